@@ -1,0 +1,1 @@
+//! Assembly: board boot files, rootfs per role, initramfs, generated configs.

@@ -1,0 +1,1 @@
+//! Components: apt (private config), Kubernetes release binaries, cache, lock, .deb reader.

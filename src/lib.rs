@@ -1,0 +1,12 @@
+//! piimg: turns per-node TOML profiles into bootable, reproducible Raspberry Pi node images.
+//!
+//! Data flows one way: [`profile`] (load, extend, validate) -> `piimg_agent::node::NodeConfig` ->
+//! [`components`] + [`assemble`] fill [`tree::Tree`]s -> [`fs`] writers -> image files.
+//! Nothing below the CLI prints; progress goes through [`report::Reporter`].
+
+pub mod assemble;
+pub mod components;
+pub mod fs;
+pub mod profile;
+pub mod report;
+pub mod tree;

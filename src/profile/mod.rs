@@ -1,0 +1,1 @@
+//! Profiles: schema, inheritance, validation, secrets.
