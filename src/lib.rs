@@ -10,3 +10,4 @@ pub mod fs;
 pub mod profile;
 pub mod report;
 pub mod tree;
+pub mod units;

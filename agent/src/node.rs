@@ -109,6 +109,9 @@ pub struct NodeConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<LoadBalancer>,
     pub agent: AgentSettings,
+    /// Which partitions the agent mounts (absent in old configs: the agent then skips /var).
+    #[serde(default)]
+    pub storage: Storage,
     /// Build time (SOURCE_DATE_EPOCH, seconds): the agent never sets the clock earlier than this.
     pub build_epoch: i64,
 }
@@ -172,6 +175,18 @@ pub struct LoadBalancer {
 pub struct Backend {
     pub name: String,
     pub address: SocketAddr,
+}
+
+/// Partition identities as the kernel reports them (`PARTUUID=`): MBR `xxxxxxxx-NN`, GPT a GUID.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Storage {
+    /// The root filesystem partition (also given to the kernel as `root=PARTUUID=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_partuuid: Option<String>,
+    /// The data partition (ext4, label "piimg-data") mounted on /var and grown on first boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_partuuid: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -263,6 +278,10 @@ mod tests {
                 debug_shell: false,
                 status_port: 9100,
             },
+            storage: Storage {
+                root_partuuid: Some("0badc0de-02".into()),
+                data_partuuid: Some("0badc0de-03".into()),
+            },
             build_epoch: 1_700_000_000,
         }
     }
@@ -288,6 +307,14 @@ mod tests {
         c.schema = 99;
         let err = NodeConfig::from_json(&c.to_json()).unwrap_err();
         assert!(err.to_string().contains("schema 99"));
+    }
+
+    #[test]
+    fn storage_is_optional() {
+        let mut v: serde_json::Value = serde_json::from_slice(&sample().to_json()).unwrap();
+        v.as_object_mut().unwrap().remove("storage");
+        let c = NodeConfig::from_json(v.to_string().as_bytes()).unwrap();
+        assert_eq!(c.storage, Storage::default());
     }
 
     #[test]

@@ -1,1 +1,1073 @@
-//! Profiles: schema, inheritance, validation, secrets.
+//! Profiles: per-node TOML files in one folder, `extends` inheritance, cluster-wide validation and
+//! the secrets they reference. The result of [`load`] is one fully resolved
+//! [`piimg_agent::node::NodeConfig`] per node, or every problem found, each with file, line and
+//! field.
+
+pub mod diag;
+pub mod schema;
+pub mod secrets;
+pub mod source;
+
+use diag::{Diagnostic, Diagnostics, Location, ProfileError};
+use ipnet::IpNet;
+use piimg_agent::node::{
+    AgentSettings, Backend, Board, Kubernetes, LoadBalancer, Network, NodeConfig, Role, Route,
+    Storage, SCHEMA_VERSION,
+};
+use schema::ProfileSpec;
+use secrets::ClusterSecrets;
+use serde::Serialize;
+use source::{Merged, Origins, SourceFile};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub const DEFAULT_SUITE: &str = "trixie";
+pub const SUPPORTED_SUITES: [&str; 2] = ["trixie", "bookworm"];
+pub const DEFAULT_STATUS_PORT: u16 = 9100;
+pub const DEFAULT_API_PORT: u16 = 6443;
+pub const DEFAULT_CLUSTER: &str = "default";
+
+/// Image settings resolved from `[image]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageSettings {
+    pub size: u64,
+    pub boot_size: u64,
+    pub data_size: u64,
+    pub suite: String,
+    /// `None`: take the mirror from the host's apt sources at fetch time.
+    pub mirror: Option<String>,
+}
+
+/// One node, ready to build.
+#[derive(Debug, Clone)]
+pub struct NodeProfile {
+    /// Profile name (file stem).
+    pub name: String,
+    pub path: PathBuf,
+    pub cluster: String,
+    pub config: NodeConfig,
+    pub image: ImageSettings,
+    /// Local files replacing components (name -> path resolved against the profile's folder).
+    pub components: BTreeMap<String, PathBuf>,
+    /// Present for Kubernetes nodes.
+    pub secrets: Option<Arc<ClusterSecrets>>,
+    pub secrets_path: Option<PathBuf>,
+}
+
+/// How failure-tolerant one cluster's control plane is.
+#[derive(Debug, Clone, Serialize)]
+pub struct HaAssessment {
+    pub cluster: String,
+    pub control_plane_members: usize,
+    pub tolerated_failures: usize,
+    pub load_balancers: usize,
+    pub highly_available: bool,
+    pub summary: String,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Profiles {
+    pub dir: PathBuf,
+    /// Nodes sorted by cluster, then profile name.
+    pub nodes: Vec<NodeProfile>,
+    /// Warnings (errors make `load` fail).
+    pub diagnostics: Diagnostics,
+    /// Secrets files created by this load.
+    pub generated_secrets: Vec<PathBuf>,
+}
+
+impl Profiles {
+    pub fn node(&self, name: &str) -> Option<&NodeProfile> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    pub fn clusters(&self) -> BTreeSet<&str> {
+        self.nodes.iter().map(|n| n.cluster.as_str()).collect()
+    }
+
+    pub fn ha(&self) -> Vec<HaAssessment> {
+        self.clusters()
+            .into_iter()
+            .map(|c| assess(c, self.nodes.iter().filter(|n| n.cluster == c)))
+            .collect()
+    }
+}
+
+/// HA assessment per the classic stacked-etcd rule: n members tolerate (n-1)/2 failures.
+fn assess<'a>(cluster: &str, nodes: impl Iterator<Item = &'a NodeProfile>) -> HaAssessment {
+    let nodes: Vec<_> = nodes.collect();
+    let n = nodes
+        .iter()
+        .filter(|n| n.config.role == Role::ControlPlane)
+        .count();
+    let lbs = nodes
+        .iter()
+        .filter(|n| n.config.role == Role::LoadBalancer)
+        .count();
+    let tolerated = n.saturating_sub(1) / 2;
+    let mut warnings = Vec::new();
+    if n > 0 && n % 2 == 0 {
+        warnings.push(format!(
+            "{n} control-plane members: an even count adds no failure tolerance over {}",
+            n - 1
+        ));
+    }
+    if n > 0 && n < 3 {
+        warnings.push(format!(
+            "not highly available: {n} control-plane member{} (3 are needed to survive a failure)",
+            if n == 1 { "" } else { "s" }
+        ));
+    }
+    if n > 1 && lbs == 0 {
+        warnings.push(
+            "several control-plane nodes but no load balancer: clients depend on one API server"
+                .to_string(),
+        );
+    }
+    let summary = if n == 0 {
+        "no control-plane members".to_string()
+    } else {
+        format!(
+            "{n} control-plane member{}, tolerates {tolerated} failure{}",
+            if n == 1 { "" } else { "s" },
+            if tolerated == 1 { "" } else { "s" }
+        )
+    };
+    HaAssessment {
+        cluster: cluster.to_string(),
+        control_plane_members: n,
+        tolerated_failures: tolerated,
+        load_balancers: lbs,
+        highly_available: n >= 3,
+        summary,
+        warnings,
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    /// Create missing secrets files (false: a missing one is an error).
+    pub generate_secrets: bool,
+    /// SOURCE_DATE_EPOCH: what the node config records as build time.
+    pub build_epoch: i64,
+    /// Wall-clock time, only used to date a newly generated CA.
+    pub now: i64,
+}
+
+/// A node being resolved, before cross-node checks.
+struct Draft {
+    name: String,
+    path: PathBuf,
+    origins: Origins,
+    spec: ProfileSpec,
+    cluster: String,
+    role: Role,
+    board: Board,
+    hostname: String,
+    network: Network,
+    k8s: Option<KDraft>,
+    lb_bind: Option<SocketAddr>,
+    lb_backends: Option<Vec<Backend>>,
+    lb_backend_port: u16,
+    image: ImageSettings,
+    components: BTreeMap<String, PathBuf>,
+    secrets_path: Option<PathBuf>,
+}
+
+struct KDraft {
+    version: String,
+    endpoint: String,
+    endpoint_host: String,
+    pod_cidr: IpNet,
+    service_cidr: IpNet,
+    init: bool,
+    discovery_ca_hash: Option<String>,
+}
+
+struct Ctx<'a> {
+    diags: &'a mut Diagnostics,
+    origins: &'a Origins,
+    path: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn at(&self, field: &str) -> Location {
+        self.origins
+            .locate(field)
+            .cloned()
+            .unwrap_or_else(|| Location::file(self.path))
+    }
+    fn err(&mut self, field: &str, msg: impl Into<String>) {
+        let l = self.at(field);
+        self.diags.push(Diagnostic::error(l, field, msg));
+    }
+    fn warn(&mut self, field: &str, msg: impl Into<String>) {
+        let l = self.at(field);
+        self.diags.push(Diagnostic::warning(l, field, msg));
+    }
+    fn missing(&mut self, field: &str, what: &str) {
+        let l = Location::file(self.path);
+        self.diags.push(Diagnostic::error(
+            l,
+            field,
+            format!("missing: {what} must be set (here or in a profile it extends)"),
+        ));
+    }
+}
+
+fn valid_hostname(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 63
+        && h.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && !h.starts_with('-')
+        && !h.ends_with('-')
+}
+
+fn parse_cidr(ctx: &mut Ctx, field: &str, v: &str) -> Option<IpNet> {
+    match v.parse::<IpNet>() {
+        Ok(n) => Some(n),
+        Err(_) => {
+            ctx.err(
+                field,
+                format!("`{v}` is not a CIDR (expected an address with a prefix, e.g. 192.168.50.11/24)"),
+            );
+            None
+        }
+    }
+}
+
+fn parse_ip(ctx: &mut Ctx, field: &str, v: &str) -> Option<IpAddr> {
+    match v.parse::<IpAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            ctx.err(field, format!("`{v}` is not an IP address"));
+            None
+        }
+    }
+}
+
+fn parse_size_field(ctx: &mut Ctx, field: &str, v: Option<&str>, default: u64) -> u64 {
+    match v {
+        None => default,
+        Some(s) => match crate::units::parse_size(s) {
+            Ok(n) => n,
+            Err(e) => {
+                ctx.err(field, e);
+                default
+            }
+        },
+    }
+}
+
+/// Splits `host:port` (IPv6 hosts in brackets).
+fn split_host_port(s: &str) -> Option<(String, u16)> {
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Some((sa.ip().to_string(), sa.port()));
+    }
+    let (h, p) = s.rsplit_once(':')?;
+    let port = p.parse().ok()?;
+    (valid_hostname(h) || h.contains('.')).then(|| (h.to_string(), port))
+}
+
+fn draft(m: &Merged, diags: &mut Diagnostics) -> Option<Draft> {
+    let spec: ProfileSpec =
+        match serde_path_to_error::deserialize(toml::Value::Table(m.table.clone())) {
+            Ok(s) => s,
+            Err(e) => {
+                let mut field = String::new();
+                for seg in e.path().iter() {
+                    let part = match seg {
+                        serde_path_to_error::Segment::Seq { index } => index.to_string(),
+                        serde_path_to_error::Segment::Map { key } => key.clone(),
+                        serde_path_to_error::Segment::Enum { variant } => variant.clone(),
+                        serde_path_to_error::Segment::Unknown => continue,
+                    };
+                    if !field.is_empty() {
+                        field.push('.');
+                    }
+                    field.push_str(&part);
+                }
+                let msg = e.inner().to_string();
+                // serde names an unknown key in the message but not in the path: add it so the
+                // error points at the key's own line.
+                if let Some(k) = msg
+                    .strip_prefix("unknown field `")
+                    .and_then(|r| r.split('`').next())
+                {
+                    if !field.ends_with(k) {
+                        if !field.is_empty() {
+                            field.push('.');
+                        }
+                        field.push_str(k);
+                    }
+                }
+                let loc = m
+                    .origins
+                    .locate(&field)
+                    .cloned()
+                    .unwrap_or_else(|| Location::file(&m.path));
+                diags.push(Diagnostic::error(loc, &field, msg.trim().to_string()));
+                return None;
+            }
+        };
+    let mut ctx = Ctx {
+        diags,
+        origins: &m.origins,
+        path: &m.path,
+    };
+    let before = ctx.diags.errors().count();
+    let cluster = spec
+        .cluster
+        .clone()
+        .unwrap_or_else(|| DEFAULT_CLUSTER.to_string());
+    let Some(role) = spec.role else {
+        ctx.missing("role", "role (control-plane, worker or load-balancer)");
+        return None;
+    };
+    let board = spec.board.unwrap_or_else(|| {
+        ctx.missing("board", "board (rpi3b, rpi3bplus, zero2w, rpi4b or cm4)");
+        Board::Rpi4b
+    });
+    let hostname = match &spec.hostname {
+        Some(h) if valid_hostname(h) => h.clone(),
+        Some(h) => {
+            ctx.err(
+                "hostname",
+                format!("`{h}` is not a valid host name (lowercase letters, digits and '-', at most 63)"),
+            );
+            h.clone()
+        }
+        None => {
+            ctx.missing("hostname", "hostname");
+            String::new()
+        }
+    };
+    // Network.
+    let n = &spec.network;
+    let interface = n.interface.clone().unwrap_or_else(|| "eth0".to_string());
+    let address = match &n.address {
+        Some(a) => parse_cidr(&mut ctx, "network.address", a),
+        None => {
+            ctx.missing("network.address", "network.address (CIDR)");
+            None
+        }
+    };
+    if let Some(a) = address {
+        if a.prefix_len() < a.max_prefix_len() && a.addr() == a.network() {
+            ctx.err(
+                "network.address",
+                format!("`{a}` is the network address of its subnet, not a host address"),
+            );
+        }
+    }
+    let gateway = n
+        .gateway
+        .as_deref()
+        .and_then(|g| parse_ip(&mut ctx, "network.gateway", g));
+    if let (Some(a), Some(g)) = (address, gateway) {
+        if !a.trunc().contains(&g) {
+            ctx.err(
+                "network.gateway",
+                format!("{g} is outside the node's subnet {}", a.trunc()),
+            );
+        }
+    }
+    let dns: Vec<IpAddr> = n
+        .dns
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| parse_ip(&mut ctx, &format!("network.dns.{i}"), d))
+        .collect();
+    let mut routes = Vec::new();
+    for (i, r) in n.routes.iter().enumerate() {
+        let to = parse_cidr(&mut ctx, &format!("network.routes.{i}.to"), &r.to);
+        let via = parse_ip(&mut ctx, &format!("network.routes.{i}.via"), &r.via);
+        if let (Some(to), Some(via)) = (to, via) {
+            routes.push(Route { to, via });
+        }
+    }
+    let network = Network {
+        interface,
+        address: address.unwrap_or_else(|| IpNet::from(IpAddr::from([0, 0, 0, 0]))),
+        gateway,
+        dns,
+        routes,
+        ntp: n.ntp.clone(),
+    };
+    // Kubernetes.
+    let k8s = if role.is_kubernetes() {
+        let k = spec.kubernetes.clone().unwrap_or_default();
+        let version = k.version.clone().unwrap_or_else(|| {
+            ctx.missing(
+                "kubernetes.version",
+                "kubernetes.version (e.g. \"v1.31.2\")",
+            );
+            String::new()
+        });
+        if !version.is_empty() && !valid_k8s_version(&version) {
+            ctx.err(
+                "kubernetes.version",
+                format!("`{version}` is not a Kubernetes release (expected vMAJOR.MINOR.PATCH)"),
+            );
+        }
+        let endpoint = k.control_plane_endpoint.clone().unwrap_or_else(|| {
+            ctx.missing(
+                "kubernetes.control_plane_endpoint",
+                "kubernetes.control_plane_endpoint (host:port)",
+            );
+            String::new()
+        });
+        let endpoint_host = match split_host_port(&endpoint) {
+            Some((h, _)) => h,
+            None => {
+                if !endpoint.is_empty() {
+                    ctx.err(
+                        "kubernetes.control_plane_endpoint",
+                        format!("`{endpoint}` is not host:port"),
+                    );
+                }
+                String::new()
+            }
+        };
+        let pod = k.pod_cidr.as_deref().unwrap_or("10.244.0.0/16").to_string();
+        let svc = k
+            .service_cidr
+            .as_deref()
+            .unwrap_or("10.96.0.0/12")
+            .to_string();
+        let pod_cidr = parse_cidr(&mut ctx, "kubernetes.pod_cidr", &pod);
+        let service_cidr = parse_cidr(&mut ctx, "kubernetes.service_cidr", &svc);
+        if let Some(a) = address {
+            for (f, c) in [
+                ("kubernetes.pod_cidr", pod_cidr),
+                ("kubernetes.service_cidr", service_cidr),
+            ] {
+                if let Some(c) = c {
+                    if overlaps(&c, &a.trunc()) {
+                        ctx.err(f, format!("{c} overlaps the node network {}", a.trunc()));
+                    }
+                }
+            }
+        }
+        if let (Some(p), Some(s)) = (pod_cidr, service_cidr) {
+            if overlaps(&p, &s) {
+                ctx.err(
+                    "kubernetes.service_cidr",
+                    format!("{s} overlaps the pod network {p}"),
+                );
+            }
+        }
+        if k.init && role != Role::ControlPlane {
+            ctx.err(
+                "kubernetes.init",
+                "only a control-plane node can initialise the cluster",
+            );
+        }
+        if let Some(h) = &k.discovery_ca_hash {
+            if !secrets::valid_ca_hash(h) {
+                ctx.err(
+                    "kubernetes.discovery_ca_hash",
+                    "expected `sha256:` followed by 64 hex digits",
+                );
+            }
+        }
+        Some(KDraft {
+            version,
+            endpoint,
+            endpoint_host,
+            pod_cidr: pod_cidr.unwrap_or_else(|| IpNet::from(IpAddr::from([0, 0, 0, 0]))),
+            service_cidr: service_cidr.unwrap_or_else(|| IpNet::from(IpAddr::from([0, 0, 0, 0]))),
+            init: k.init,
+            discovery_ca_hash: k.discovery_ca_hash,
+        })
+    } else {
+        if spec.kubernetes.as_ref().is_some_and(|k| k.init) {
+            ctx.err(
+                "kubernetes.init",
+                "only a control-plane node can initialise the cluster",
+            );
+        }
+        None
+    };
+    // Load balancer.
+    let (mut lb_bind, mut lb_backends, mut lb_backend_port) = (None, None, DEFAULT_API_PORT);
+    match (&spec.load_balancer, role) {
+        (Some(lb), Role::LoadBalancer) => {
+            let bind = lb.bind.as_deref().unwrap_or("0.0.0.0:6443");
+            lb_bind = match bind.parse::<SocketAddr>() {
+                Ok(b) => Some(b),
+                Err(_) => {
+                    ctx.err(
+                        "load_balancer.bind",
+                        format!("`{bind}` is not address:port (e.g. 0.0.0.0:6443)"),
+                    );
+                    None
+                }
+            };
+            lb_backend_port = lb.backend_port.unwrap_or(DEFAULT_API_PORT);
+            if let Some(bs) = &lb.backends {
+                let mut out = Vec::new();
+                for (i, b) in bs.iter().enumerate() {
+                    match b.parse::<SocketAddr>() {
+                        Ok(a) => out.push(Backend {
+                            name: format!("backend{}", i + 1),
+                            address: a,
+                        }),
+                        Err(_) => ctx.err(
+                            &format!("load_balancer.backends.{i}"),
+                            format!("`{b}` is not address:port"),
+                        ),
+                    }
+                }
+                lb_backends = Some(out);
+            }
+        }
+        (None, Role::LoadBalancer) => lb_bind = "0.0.0.0:6443".parse().ok(),
+        (Some(_), _) => ctx.err(
+            "load_balancer",
+            format!("only a load-balancer node takes [load_balancer] (this node is a {role})"),
+        ),
+        (None, _) => {}
+    }
+    // Image.
+    let img = &spec.image;
+    let size = parse_size_field(&mut ctx, "image.size", img.size.as_deref(), 2 << 30);
+    if !size.is_power_of_two() {
+        ctx.err(
+            "image.size",
+            format!(
+                "{size} bytes is not a power of two (QEMU's SD card model needs one, e.g. 2GiB)"
+            ),
+        );
+    }
+    let boot_size = parse_size_field(
+        &mut ctx,
+        "image.boot_size",
+        img.boot_size.as_deref(),
+        128 << 20,
+    );
+    let data_size = parse_size_field(
+        &mut ctx,
+        "image.data_size",
+        img.data_size.as_deref(),
+        256 << 20,
+    );
+    if boot_size < (64 << 20) {
+        ctx.err(
+            "image.boot_size",
+            "the FAT32 boot partition needs at least 64MiB",
+        );
+    }
+    if boot_size + data_size + (256 << 20) > size {
+        ctx.err(
+            "image.size",
+            format!(
+                "too small for a {} boot and {} data partition plus a root filesystem of at least 256 MiB",
+                crate::units::human(boot_size),
+                crate::units::human(data_size)
+            ),
+        );
+    }
+    let suite = img
+        .suite
+        .clone()
+        .unwrap_or_else(|| DEFAULT_SUITE.to_string());
+    if !SUPPORTED_SUITES.contains(&suite.as_str()) {
+        ctx.err(
+            "image.suite",
+            format!(
+                "`{suite}` is not supported (use {})",
+                SUPPORTED_SUITES.join(" or ")
+            ),
+        );
+    }
+    if let Some(mirror) = &img.mirror {
+        if !(mirror.starts_with("http://") || mirror.starts_with("https://")) {
+            ctx.err("image.mirror", format!("`{mirror}` is not an http(s) URI"));
+        }
+    }
+    let image = ImageSettings {
+        size,
+        boot_size,
+        data_size,
+        suite,
+        mirror: img.mirror.clone(),
+    };
+    // Paths relative to the file that set them.
+    let rel = |field: &str, p: &str| -> PathBuf {
+        let base = m
+            .origins
+            .file_of(field)
+            .and_then(Path::parent)
+            .unwrap_or(Path::new("."));
+        normalize(&base.join(p))
+    };
+    let components = spec
+        .components
+        .iter()
+        .map(|(k, v)| (k.clone(), rel(&format!("components.{k}"), v)))
+        .collect();
+    let secrets_path = spec.secrets.as_deref().map(|s| rel("secrets", s));
+    if role.is_kubernetes() && secrets_path.is_none() {
+        ctx.missing(
+            "secrets",
+            "secrets (path of the cluster secrets file, e.g. \"../secrets/cluster.toml\")",
+        );
+    }
+    if spec.agent.debug_shell == Some(true) {
+        ctx.warn(
+            "agent.debug_shell",
+            "debug shell is on: anyone at the serial console gets a root shell",
+        );
+    }
+    if ctx.diags.errors().count() > before {
+        return None;
+    }
+    Some(Draft {
+        name: m.name.clone(),
+        path: m.path.clone(),
+        origins: m.origins.clone(),
+        spec,
+        cluster,
+        role,
+        board,
+        hostname,
+        network,
+        k8s,
+        lb_bind,
+        lb_backends,
+        lb_backend_port,
+        image,
+        components,
+        secrets_path,
+    })
+}
+
+/// `a/b/../c` -> `a/c` without touching the filesystem (the target may not exist yet).
+fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
+}
+
+fn valid_k8s_version(v: &str) -> bool {
+    let Some(rest) = v.strip_prefix('v') else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.split('.').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit()))
+}
+
+fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// Loads every `*.toml` in `dir`, resolves inheritance and secrets, and checks each cluster.
+pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Profiles, ProfileError> {
+    let mut diags = Diagnostics::default();
+    let fail = |diags: Diagnostics| ProfileError { diagnostics: diags };
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        let mut d = Diagnostics::default();
+        d.push(Diagnostic::error(
+            Location::file(dir),
+            "",
+            format!("cannot read the profiles folder: {e}"),
+        ));
+        fail(d)
+    })?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+        .collect();
+    paths.sort();
+    let mut files: BTreeMap<String, SourceFile> = BTreeMap::new();
+    for p in &paths {
+        match source::read_file(p) {
+            Ok(f) => {
+                files.insert(source::profile_name(p), f);
+            }
+            Err(d) => diags.push(d),
+        }
+    }
+    // Profiles that others extend, or that say so, carry shared settings and are not nodes.
+    let bases: BTreeSet<String> = files
+        .values()
+        .filter_map(|f| f.table.get("extends").and_then(|v| v.as_str()))
+        .map(str::to_string)
+        .chain(
+            files
+                .iter()
+                .filter(|(_, f)| f.table.get("abstract").and_then(|v| v.as_bool()) == Some(true))
+                .map(|(n, _)| n.clone()),
+        )
+        .collect();
+    let mut drafts = Vec::new();
+    for name in files.keys() {
+        if bases.contains(name) {
+            continue;
+        }
+        if let Some(m) = source::resolve(name, &files, &mut diags) {
+            if let Some(d) = draft(&m, &mut diags) {
+                drafts.push(d);
+            }
+        }
+    }
+    if files.is_empty() && !diags.has_errors() {
+        diags.push(Diagnostic::error(
+            Location::file(dir),
+            "",
+            "no profiles (*.toml) in this folder",
+        ));
+    }
+    let mut generated = Vec::new();
+    let mut nodes = Vec::new();
+    // Cross-node checks on a partial cluster would only report follow-on errors.
+    if diags.has_errors() {
+        return Err(fail(dedup(diags)));
+    }
+    let clusters: BTreeSet<String> = drafts.iter().map(|d| d.cluster.clone()).collect();
+    for c in &clusters {
+        let members: Vec<&Draft> = drafts.iter().filter(|d| &d.cluster == c).collect();
+        check_cluster(&members, &mut diags);
+        let secrets = cluster_secrets(&members, opts, &mut diags, &mut generated);
+        for d in &members {
+            nodes.push(finish(d, &members, &secrets, opts, &mut diags));
+        }
+    }
+    if diags.has_errors() {
+        let mut sorted = diags;
+        sorted
+            .0
+            .sort_by_key(|d| d.severity != diag::Severity::Error);
+        return Err(fail(sorted));
+    }
+    Ok(Profiles {
+        dir: dir.to_path_buf(),
+        nodes: nodes.into_iter().flatten().collect(),
+        diagnostics: diags,
+        generated_secrets: generated,
+    })
+}
+
+/// Errors first; one line per distinct problem (an inherited value is checked once per node).
+fn dedup(diags: Diagnostics) -> Diagnostics {
+    let mut out: Vec<Diagnostic> = Vec::new();
+    for d in diags.0 {
+        if !out.contains(&d) {
+            out.push(d);
+        }
+    }
+    out.sort_by_key(|d| d.severity != diag::Severity::Error);
+    Diagnostics(out)
+}
+
+fn cluster_secrets(
+    members: &[&Draft],
+    opts: &LoadOptions,
+    diags: &mut Diagnostics,
+    generated: &mut Vec<PathBuf>,
+) -> BTreeMap<PathBuf, Arc<ClusterSecrets>> {
+    let mut out = BTreeMap::new();
+    let paths: BTreeSet<&PathBuf> = members
+        .iter()
+        .filter(|d| d.role.is_kubernetes())
+        .filter_map(|d| d.secrets_path.as_ref())
+        .collect();
+    if paths.len() > 1 {
+        let d = members[0];
+        diags.push(Diagnostic::error(
+            Location::file(&d.path),
+            "secrets",
+            format!(
+                "the nodes of cluster `{}` name different secrets files; a cluster has one",
+                d.cluster
+            ),
+        ));
+    }
+    for p in paths {
+        if !p.exists() && opts.generate_secrets {
+            match ClusterSecrets::generate(opts.now).and_then(|s| s.save_new(p).map(|_| s)) {
+                Ok(s) => {
+                    generated.push(p.clone());
+                    out.insert(p.clone(), Arc::new(s));
+                }
+                Err(e) => diags.push(Diagnostic::error(Location::file(p), "", e.to_string())),
+            }
+            continue;
+        }
+        match ClusterSecrets::load(p) {
+            Ok(s) => {
+                use std::os::unix::fs::PermissionsExt;
+                if let Ok(md) = std::fs::metadata(p) {
+                    if md.permissions().mode() & 0o077 != 0 {
+                        diags.push(Diagnostic::warning(
+                            Location::file(p),
+                            "",
+                            format!(
+                                "secrets file is readable by others (mode {:o}); run chmod 600",
+                                md.permissions().mode() & 0o777
+                            ),
+                        ));
+                    }
+                }
+                out.insert(p.clone(), Arc::new(s));
+            }
+            Err(ds) => ds.into_iter().for_each(|d| diags.push(d)),
+        }
+    }
+    out
+}
+
+fn check_cluster(members: &[&Draft], diags: &mut Diagnostics) {
+    let err = |diags: &mut Diagnostics, d: &Draft, field: &str, msg: String| {
+        let loc = d
+            .origins
+            .locate(field)
+            .cloned()
+            .unwrap_or_else(|| Location::file(&d.path));
+        diags.push(Diagnostic::error(loc, field, msg));
+    };
+    let mut seen_host: BTreeMap<&str, &Draft> = BTreeMap::new();
+    let mut seen_addr: BTreeMap<IpAddr, &Draft> = BTreeMap::new();
+    for d in members {
+        if let Some(o) = seen_host.insert(&d.hostname, d) {
+            err(
+                diags,
+                d,
+                "hostname",
+                format!(
+                    "`{}` is also the hostname of {}",
+                    d.hostname,
+                    o.path.display()
+                ),
+            );
+        }
+        if let Some(o) = seen_addr.insert(d.network.address.addr(), d) {
+            err(
+                diags,
+                d,
+                "network.address",
+                format!(
+                    "{} is also the address of {}",
+                    d.network.address.addr(),
+                    o.path.display()
+                ),
+            );
+        }
+    }
+    let cps: Vec<&&Draft> = members
+        .iter()
+        .filter(|d| d.role == Role::ControlPlane)
+        .collect();
+    let lbs: Vec<&&Draft> = members
+        .iter()
+        .filter(|d| d.role == Role::LoadBalancer)
+        .collect();
+    let inits: Vec<&&Draft> = cps
+        .iter()
+        .copied()
+        .filter(|d| d.k8s.as_ref().is_some_and(|k| k.init))
+        .collect();
+    if !cps.is_empty() && inits.is_empty() {
+        err(
+            diags,
+            cps[0],
+            "kubernetes.init",
+            format!(
+                "no control-plane node of cluster `{}` initialises it: set `init = true` in exactly one",
+                cps[0].cluster
+            ),
+        );
+    }
+    if inits.len() > 1 {
+        let names: Vec<&str> = inits.iter().map(|d| d.name.as_str()).collect();
+        for d in &inits[1..] {
+            err(
+                diags,
+                d,
+                "kubernetes.init",
+                format!(
+                    "several control-plane nodes initialise the cluster ({}): exactly one may",
+                    names.join(", ")
+                ),
+            );
+        }
+    }
+    // Where the API must be reachable: the load balancer if there is one, else a control plane.
+    let lb_hosts: BTreeSet<String> = lbs
+        .iter()
+        .flat_map(|d| {
+            let mut v = vec![d.network.address.addr().to_string(), d.hostname.clone()];
+            if let Some(b) = d.lb_bind.filter(|b| !b.ip().is_unspecified()) {
+                v.push(b.ip().to_string());
+            }
+            v
+        })
+        .collect();
+    let cp_hosts: BTreeSet<String> = cps
+        .iter()
+        .flat_map(|d| [d.network.address.addr().to_string(), d.hostname.clone()])
+        .collect();
+    for d in members {
+        let Some(k) = &d.k8s else { continue };
+        if k.endpoint_host.is_empty() {
+            continue;
+        }
+        let field = "kubernetes.control_plane_endpoint";
+        if !lbs.is_empty() {
+            if !lb_hosts.contains(&k.endpoint_host) {
+                err(
+                    diags,
+                    d,
+                    field,
+                    format!(
+                        "`{}` is not the load balancer's address ({})",
+                        k.endpoint,
+                        lbs.iter()
+                            .map(|l| l.network.address.addr().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+            }
+        } else if !cps.is_empty() && !cp_hosts.contains(&k.endpoint_host) {
+            err(
+                diags,
+                d,
+                field,
+                format!(
+                    "`{}` is neither a load balancer nor a control-plane node of cluster `{}`",
+                    k.endpoint, d.cluster
+                ),
+            );
+        }
+    }
+    for d in &lbs {
+        if d.lb_backends.is_none() && cps.is_empty() {
+            err(
+                diags,
+                d,
+                "load_balancer.backends",
+                format!(
+                    "cluster `{}` has no control-plane profiles to derive backends from: list them",
+                    d.cluster
+                ),
+            );
+        }
+    }
+}
+
+fn finish(
+    d: &Draft,
+    members: &[&Draft],
+    secrets: &BTreeMap<PathBuf, Arc<ClusterSecrets>>,
+    opts: &LoadOptions,
+    diags: &mut Diagnostics,
+) -> Option<NodeProfile> {
+    let sec = d
+        .secrets_path
+        .as_ref()
+        .and_then(|p| secrets.get(p))
+        .cloned();
+    let kubernetes = match (&d.k8s, d.role.is_kubernetes()) {
+        (Some(k), true) => {
+            let sec_ref = sec.as_ref()?;
+            let derived = sec_ref.ca_cert_hash().ok()?;
+            let ca_cert_hash = match &k.discovery_ca_hash {
+                Some(h) if d.role == Role::ControlPlane && *h != derived => {
+                    diags.push(Diagnostic::error(
+                        d.origins
+                            .locate("kubernetes.discovery_ca_hash")
+                            .cloned()
+                            .unwrap_or_else(|| Location::file(&d.path)),
+                        "kubernetes.discovery_ca_hash",
+                        "does not match the cluster CA in the secrets file",
+                    ));
+                    return None;
+                }
+                Some(h) => h.clone(),
+                None => derived,
+            };
+            let cp = d.role == Role::ControlPlane;
+            Some(Kubernetes {
+                version: k.version.clone(),
+                control_plane_endpoint: k.endpoint.clone(),
+                pod_cidr: k.pod_cidr,
+                service_cidr: k.service_cidr,
+                init: k.init,
+                token: sec_ref.token.clone(),
+                ca_cert_hash,
+                certificate_key: cp.then(|| sec_ref.certificate_key.clone()),
+                pki_dir: cp.then(|| "/etc/kubernetes/pki".to_string()),
+            })
+        }
+        _ => None,
+    };
+    let load_balancer = (d.role == Role::LoadBalancer).then(|| {
+        let backends = d.lb_backends.clone().unwrap_or_else(|| {
+            let mut cps: Vec<&&Draft> = members
+                .iter()
+                .filter(|m| m.role == Role::ControlPlane)
+                .collect();
+            cps.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+            cps.iter()
+                .map(|m| Backend {
+                    name: m.hostname.clone(),
+                    address: SocketAddr::new(m.network.address.addr(), d.lb_backend_port),
+                })
+                .collect()
+        });
+        LoadBalancer {
+            bind: d
+                .lb_bind
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], DEFAULT_API_PORT))),
+            backends,
+        }
+    });
+    Some(NodeProfile {
+        name: d.name.clone(),
+        path: d.path.clone(),
+        cluster: d.cluster.clone(),
+        config: NodeConfig {
+            schema: SCHEMA_VERSION,
+            hostname: d.hostname.clone(),
+            role: d.role,
+            board: d.board,
+            network: d.network.clone(),
+            kubernetes,
+            load_balancer,
+            agent: AgentSettings {
+                debug_shell: d.spec.agent.debug_shell.unwrap_or(false),
+                status_port: d.spec.agent.status_port.unwrap_or(DEFAULT_STATUS_PORT),
+            },
+            // Partition ids are derived when the image is laid out.
+            storage: Storage::default(),
+            build_epoch: opts.build_epoch,
+        },
+        image: d.image.clone(),
+        components: d.components.clone(),
+        secrets: sec,
+        secrets_path: d.secrets_path.clone(),
+    })
+}

@@ -1,0 +1,105 @@
+//! The command line: clap definitions and thin glue over the library. Only this layer prints.
+
+pub mod fs;
+mod profiles;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Default SOURCE_DATE_EPOCH (2026-01-01T00:00:00Z) when the environment sets none, so that two
+/// builds of the same input agree without any setup.
+pub const DEFAULT_SOURCE_DATE_EPOCH: i64 = 1_767_225_600;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "piimg",
+    version,
+    about = "Build bootable, reproducible Raspberry Pi Kubernetes node images from TOML profiles",
+    after_help = "Examples:\n  piimg check\n  piimg show --profile cp1\n  piimg build --profile lb1"
+)]
+pub struct Cli {
+    /// Folder holding the node profiles (*.toml)
+    #[arg(long, global = true, default_value = "profiles", value_name = "DIR")]
+    pub profiles: PathBuf,
+    /// More detail (repeat for more)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load and validate every profile, print the cluster and its HA assessment
+    #[command(
+        after_help = "Example:\n  piimg check --profiles profiles/\n  piimg check --json | jq .clusters[0].ha"
+    )]
+    Check {
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the fully resolved node configuration that goes into the image (secrets redacted)
+    #[command(
+        after_help = "Example:\n  piimg show --profile cp1\n  piimg show --profile w1 --json"
+    )]
+    Show {
+        /// Profile name (file stem in the profiles folder)
+        #[arg(long, value_name = "NAME")]
+        profile: String,
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build the SD-card image of one node into out/
+    #[command(
+        after_help = "Example:\n  piimg build --profile lb1\n  piimg build --profile w1 --component kubelet=./kubelet --component kubeadm=./kubeadm"
+    )]
+    Build {
+        /// Profile name (file stem in the profiles folder)
+        #[arg(long, value_name = "NAME")]
+        profile: String,
+        /// Output folder
+        #[arg(long, default_value = "out", value_name = "DIR")]
+        out: PathBuf,
+        /// Replace a component with a local file (repeatable)
+        #[arg(long = "component", value_name = "NAME=PATH")]
+        components: Vec<String>,
+        /// Use only the cache; fail naming anything missing
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Write filesystems and disk images from a folder (like mke2fs -d, mkfs.vfat + mcopy)
+    #[command(subcommand)]
+    Fs(fs::FsCmd),
+}
+
+/// SOURCE_DATE_EPOCH from the environment, or the fixed default.
+pub fn source_date_epoch() -> Result<i64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("SOURCE_DATE_EPOCH=`{v}` is not a number of seconds")),
+        Err(_) => Ok(DEFAULT_SOURCE_DATE_EPOCH),
+    }
+}
+
+/// Runs the parsed command; the returned code is the process exit status.
+pub fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Check { json } => profiles::check(&cli.profiles, json, cli.quiet),
+        Command::Show { ref profile, json } => profiles::show(&cli.profiles, profile, json),
+        Command::Build {
+            ref profile,
+            ref out,
+            ref components,
+            offline,
+        } => profiles::build(&cli.profiles, profile, out, components, offline, cli.quiet),
+        Command::Fs(cmd) => fs::run(cmd).map(|()| 0),
+    }
+}

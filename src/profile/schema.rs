@@ -1,0 +1,109 @@
+//! The user-facing profile format: what a `profiles/NAME.toml` may contain after `extends` has been
+//! merged. Unknown fields are errors.
+
+use piimg_agent::node::{Board, Role};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileSpec {
+    /// Name of a profile in the same folder whose settings this one extends (merged first).
+    #[serde(default)]
+    pub extends: Option<String>,
+    /// Marks a profile that only carries shared settings (not a node), e.g. `cluster.toml`.
+    #[serde(default, rename = "abstract")]
+    pub is_abstract: bool,
+    /// Cluster this node belongs to; cross-node checks run per cluster.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// Secrets file, relative to the profile that sets it (generated when missing).
+    #[serde(default)]
+    pub secrets: Option<String>,
+    pub hostname: Option<String>,
+    pub board: Option<Board>,
+    pub role: Option<Role>,
+    #[serde(default)]
+    pub network: NetworkSpec,
+    #[serde(default)]
+    pub kubernetes: Option<KubernetesSpec>,
+    #[serde(default)]
+    pub load_balancer: Option<LoadBalancerSpec>,
+    #[serde(default)]
+    pub image: ImageSpec,
+    #[serde(default)]
+    pub agent: AgentSpec,
+    /// Local files that replace a component (name -> path, relative to the profile).
+    #[serde(default)]
+    pub components: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    pub interface: Option<String>,
+    pub address: Option<String>,
+    pub gateway: Option<String>,
+    #[serde(default)]
+    pub dns: Vec<String>,
+    #[serde(default)]
+    pub ntp: Vec<String>,
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    pub to: String,
+    pub via: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesSpec {
+    pub version: Option<String>,
+    pub control_plane_endpoint: Option<String>,
+    pub pod_cidr: Option<String>,
+    pub service_cidr: Option<String>,
+    /// This control-plane node runs `kubeadm init` (exactly one per cluster).
+    #[serde(default)]
+    pub init: bool,
+    /// Discovery hash of a CA piimg did not generate (joining an existing cluster).
+    pub discovery_ca_hash: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadBalancerSpec {
+    /// Frontend bind address:port (default 0.0.0.0:6443).
+    pub bind: Option<String>,
+    /// API server backends as host:port; default: every control-plane node of the cluster.
+    pub backends: Option<Vec<String>>,
+    /// Port of the API servers when backends are derived (default 6443).
+    pub backend_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSpec {
+    /// Whole image size, a power of two (e.g. "2GiB").
+    pub size: Option<String>,
+    /// FAT boot partition size (default 128MiB).
+    pub boot_size: Option<String>,
+    /// ext4 data partition for /var (default 256MiB; the agent grows it to fill the card).
+    pub data_size: Option<String>,
+    /// Debian suite the components come from (default trixie).
+    pub suite: Option<String>,
+    /// Debian mirror URI (default: the host's apt sources).
+    pub mirror: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSpec {
+    /// Busybox shell on the serial console (default off).
+    #[serde(default)]
+    pub debug_shell: Option<bool>,
+    /// Port of the read-only HTTP status endpoint (default 9100, 0 = off).
+    pub status_port: Option<u16>,
+}

@@ -1,0 +1,538 @@
+//! The profile model through the real binary: `piimg check` / `show` / `build` on the shipped
+//! example profiles and on broken copies of them, one test per validation rule.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_piimg");
+
+/// A temp project holding a copy of the shipped profiles (secrets land beside them).
+struct Project {
+    dir: tempfile::TempDir,
+}
+
+impl Project {
+    fn new() -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles");
+        std::fs::create_dir(dir.path().join("profiles")).unwrap();
+        for e in std::fs::read_dir(src).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                std::fs::copy(&p, dir.path().join("profiles").join(p.file_name().unwrap()))
+                    .unwrap();
+            }
+        }
+        Project { dir }
+    }
+
+    /// Only the six-node home cluster (the QEMU profiles removed).
+    fn home_only() -> Project {
+        let p = Project::new();
+        p.remove("qemu");
+        p.remove("qemu-worker");
+        p
+    }
+
+    fn profiles(&self) -> PathBuf {
+        self.dir.path().join("profiles")
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.profiles().join(format!("{name}.toml"))
+    }
+
+    fn write(&self, name: &str, text: &str) {
+        std::fs::write(self.path(name), text).unwrap();
+    }
+
+    fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(name)).unwrap()
+    }
+
+    fn replace(&self, name: &str, from: &str, to: &str) {
+        let t = self.read(name);
+        assert!(t.contains(from), "{name}.toml has no `{from}`");
+        self.write(name, &t.replacen(from, to, 1));
+    }
+
+    fn append(&self, name: &str, text: &str) {
+        let t = self.read(name);
+        self.write(name, &format!("{t}\n{text}\n"));
+    }
+
+    fn remove(&self, name: &str) {
+        std::fs::remove_file(self.path(name)).unwrap();
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--profiles")
+            .arg(self.profiles())
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("SOURCE_DATE_EPOCH", "1767225600")
+            .output()
+            .unwrap()
+    }
+
+    fn secrets_text(&self, cluster: &str) -> String {
+        std::fs::read_to_string(
+            self.dir
+                .path()
+                .join("secrets")
+                .join(format!("{cluster}.toml")),
+        )
+        .unwrap()
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `check` fails with exit 1 and an error line that names file:line, the field and the message.
+fn expect_error(p: &Project, file: &str, line: Option<usize>, field: &str, msg: &str) {
+    let o = p.run(&["check"]);
+    let err = stderr(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "stdout: {}\nstderr: {err}",
+        stdout(&o)
+    );
+    let path = p.path(file).display().to_string();
+    let loc = match line {
+        Some(l) => format!("{path}:{l}:"),
+        None => format!("{path}:"),
+    };
+    let found = err.lines().any(|l| {
+        l.starts_with(&loc)
+            && l.contains(": error: ")
+            && (field.is_empty() || l.contains(&format!(" {field}: ")))
+            && l.contains(msg)
+    });
+    assert!(
+        found,
+        "expected an error at {loc} field `{field}` containing `{msg}`, got:\n{err}"
+    );
+}
+
+#[test]
+fn shipped_profiles_check_clean() {
+    let p = Project::new();
+    let o = p.run(&["check"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
+    assert!(out.contains("cluster home (6 nodes)"), "{out}");
+    for (name, role, addr) in [
+        ("cp1", "control-plane", "192.168.50.11/24"),
+        ("cp2", "control-plane", "192.168.50.12/24"),
+        ("cp3", "control-plane", "192.168.50.13/24"),
+        ("w1", "worker", "192.168.50.21/24"),
+        ("w2", "worker", "192.168.50.22/24"),
+        ("lb1", "load-balancer", "192.168.50.10/24"),
+    ] {
+        let line = out
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no row for {name}:\n{out}"));
+        assert!(line.contains(role) && line.contains(addr), "{line}");
+    }
+    assert!(
+        out.contains("3 control-plane members, tolerates 1 failure"),
+        "{out}"
+    );
+}
+
+#[test]
+fn json_output_parses_back() {
+    let p = Project::new();
+    let o = p.run(&["check", "--json"]);
+    assert_eq!(o.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let home = v["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "home")
+        .unwrap();
+    assert_eq!(home["nodes"].as_array().unwrap().len(), 6);
+    assert_eq!(home["ha"]["control_plane_members"], 3);
+    assert_eq!(home["ha"]["tolerated_failures"], 1);
+
+    let o = p.run(&["show", "--profile", "lb1", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let backends: Vec<&str> = v["node"]["load_balancer"]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["address"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        backends,
+        [
+            "192.168.50.11:6443",
+            "192.168.50.12:6443",
+            "192.168.50.13:6443"
+        ]
+    );
+
+    let broken = Project::home_only();
+    broken.replace("w1", "192.168.50.21/24", "192.168.50.21/33");
+    let o = broken.run(&["check", "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["diagnostics"][0]["field"], "network.address");
+    assert_eq!(v["diagnostics"][0]["line"], 7);
+}
+
+#[test]
+fn inheritance_merges_deeply_and_node_wins() {
+    let p = Project::home_only();
+    // The node overrides one [network] key; the others come from cluster.toml.
+    p.append("w2", "gateway = \"192.168.50.254\"");
+    let o = p.run(&["show", "--profile", "w2", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["node"]["network"]["gateway"], "192.168.50.254");
+    assert_eq!(v["node"]["network"]["dns"][0], "192.168.50.1");
+    assert_eq!(v["node"]["network"]["interface"], "eth0");
+    assert_eq!(v["node"]["kubernetes"]["version"], "v1.31.4");
+    assert_eq!(v["image"]["size"], 4u64 << 30);
+    // A two-level chain: cluster <- rack <- node.
+    p.write(
+        "rack",
+        "abstract = true\nextends = \"cluster\"\n[image]\nsize = \"8GiB\"\n",
+    );
+    p.replace("w1", "extends = \"cluster\"", "extends = \"rack\"");
+    let o = p.run(&["show", "--profile", "w1", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["image"]["size"], 8u64 << 30);
+    assert_eq!(v["node"]["network"]["gateway"], "192.168.50.1");
+}
+
+#[test]
+fn extends_cycle_and_missing_base() {
+    let p = Project::home_only();
+    p.write("a", "extends = \"b\"\n");
+    p.write("b", "extends = \"a\"\n");
+    p.replace("w1", "extends = \"cluster\"", "extends = \"a\"");
+    expect_error(&p, "b", Some(1), "extends", "cycle");
+    let p = Project::home_only();
+    p.replace("w1", "extends = \"cluster\"", "extends = \"nosuch\"");
+    expect_error(&p, "w1", Some(1), "extends", "no profile named `nosuch`");
+}
+
+#[test]
+fn malformed_toml() {
+    let p = Project::home_only();
+    p.replace("cp2", "role = \"control-plane\"", "role = \"control-plane");
+    expect_error(&p, "cp2", Some(4), "", "malformed TOML");
+}
+
+#[test]
+fn unknown_field() {
+    let p = Project::home_only();
+    p.replace("cp2", "address =", "adress =");
+    expect_error(
+        &p,
+        "cp2",
+        Some(7),
+        "network.adress",
+        "unknown field `adress`",
+    );
+}
+
+#[test]
+fn unknown_board_and_role() {
+    let p = Project::home_only();
+    p.replace("w1", "board = \"rpi4b\"", "board = \"rpi9\"");
+    expect_error(&p, "w1", Some(3), "board", "unknown variant `rpi9`");
+    let p = Project::home_only();
+    p.replace("w1", "role = \"worker\"", "role = \"boss\"");
+    expect_error(&p, "w1", Some(4), "role", "unknown variant `boss`");
+}
+
+#[test]
+fn bad_cidr() {
+    let p = Project::home_only();
+    p.replace("w1", "192.168.50.21/24", "192.168.50.21");
+    expect_error(&p, "w1", Some(7), "network.address", "is not a CIDR");
+    let p = Project::home_only();
+    p.replace("cluster", "10.244.0.0/16", "10.244.0.0/99");
+    // The pod CIDR comes from cluster.toml: the error points there, once per node using it.
+    expect_error(
+        &p,
+        "cluster",
+        Some(17),
+        "kubernetes.pod_cidr",
+        "is not a CIDR",
+    );
+}
+
+#[test]
+fn gateway_outside_subnet() {
+    let p = Project::home_only();
+    p.append("w1", "gateway = \"10.1.1.1\"");
+    expect_error(
+        &p,
+        "w1",
+        Some(9),
+        "network.gateway",
+        "10.1.1.1 is outside the node's subnet 192.168.50.0/24",
+    );
+}
+
+#[test]
+fn duplicate_hostname_and_address() {
+    let p = Project::home_only();
+    p.replace("w2", "hostname = \"w2\"", "hostname = \"w1\"");
+    expect_error(&p, "w2", Some(2), "hostname", "also the hostname of");
+    let p = Project::home_only();
+    p.replace("w2", "192.168.50.22/24", "192.168.50.21/24");
+    expect_error(&p, "w2", Some(7), "network.address", "also the address of");
+}
+
+#[test]
+fn endpoint_must_be_the_load_balancer() {
+    let p = Project::home_only();
+    p.append(
+        "w1",
+        "[kubernetes]\ncontrol_plane_endpoint = \"192.168.50.11:6443\"",
+    );
+    expect_error(
+        &p,
+        "w1",
+        Some(10),
+        "kubernetes.control_plane_endpoint",
+        "is not the load balancer's address (192.168.50.10)",
+    );
+    // Without a load balancer the endpoint must be a control-plane node.
+    let p = Project::home_only();
+    p.remove("lb1");
+    p.replace("cluster", "192.168.50.10:6443", "192.168.50.99:6443");
+    expect_error(
+        &p,
+        "cluster",
+        Some(16),
+        "kubernetes.control_plane_endpoint",
+        "neither a load balancer nor a control-plane node",
+    );
+    let p = Project::home_only();
+    p.remove("lb1");
+    p.replace("cluster", "192.168.50.10:6443", "192.168.50.11:6443");
+    let o = p.run(&["check"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("no load balancer"), "{}", stdout(&o));
+}
+
+#[test]
+fn init_exactly_once() {
+    let p = Project::home_only();
+    p.replace("cp1", "init = true", "init = false");
+    expect_error(&p, "cp1", None, "kubernetes.init", "no control-plane node");
+    let p = Project::home_only();
+    p.append("cp3", "[kubernetes]\ninit = true");
+    expect_error(
+        &p,
+        "cp3",
+        Some(10),
+        "kubernetes.init",
+        "several control-plane nodes initialise",
+    );
+    let p = Project::home_only();
+    p.append("w1", "[kubernetes]\ninit = true");
+    expect_error(
+        &p,
+        "w1",
+        Some(10),
+        "kubernetes.init",
+        "only a control-plane node",
+    );
+}
+
+#[test]
+fn cidrs_must_not_overlap_the_node_network() {
+    let p = Project::home_only();
+    p.replace("cluster", "10.244.0.0/16", "192.168.0.0/16");
+    expect_error(
+        &p,
+        "cluster",
+        Some(17),
+        "kubernetes.pod_cidr",
+        "192.168.0.0/16 overlaps the node network 192.168.50.0/24",
+    );
+    let p = Project::home_only();
+    p.replace("cluster", "10.96.0.0/12", "192.168.50.128/25");
+    expect_error(
+        &p,
+        "cluster",
+        Some(18),
+        "kubernetes.service_cidr",
+        "overlaps the node network",
+    );
+}
+
+#[test]
+fn token_hash_and_key_formats() {
+    let p = Project::home_only();
+    assert_eq!(p.run(&["check"]).status.code(), Some(0));
+    let secrets = p.dir.path().join("secrets/home.toml");
+    let text = p.secrets_text("home");
+    let bad = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("token") {
+                "token = \"NOT-A-TOKEN\"".to_string()
+            } else if l.starts_with("certificate_key") {
+                "certificate_key = \"abc\"".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&secrets, bad).unwrap();
+    let o = p.run(&["check"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1));
+    let sp = secrets.display().to_string();
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with(&sp) && l.contains(" token: not a kubeadm bootstrap token")),
+        "{err}"
+    );
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with(&sp) && l.contains(" certificate_key: expected 64")),
+        "{err}"
+    );
+    assert!(
+        !err.contains("NOT-A-TOKEN"),
+        "a secret value was echoed: {err}"
+    );
+
+    let p = Project::home_only();
+    p.append("w1", "[kubernetes]\ndiscovery_ca_hash = \"sha256:xyz\"");
+    expect_error(&p, "w1", Some(10), "kubernetes.discovery_ca_hash", "64 hex");
+}
+
+#[test]
+fn secrets_generated_private_and_never_printed() {
+    let p = Project::new();
+    let o = p.run(&["check"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(
+        stderr(&o).contains("generated cluster secrets"),
+        "{}",
+        stderr(&o)
+    );
+    let path = p.dir.path().join("secrets/home.toml");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let text = p.secrets_text("home");
+    let v: toml::Table = toml::from_str(&text).unwrap();
+    let token = v["token"].as_str().unwrap().to_string();
+    let key = v["certificate_key"].as_str().unwrap().to_string();
+    let (a, b) = token.split_once('.').unwrap();
+    assert!(a.len() == 6 && b.len() == 16);
+    assert!(token
+        .bytes()
+        .all(|c| c == b'.' || c.is_ascii_lowercase() || c.is_ascii_digit()));
+    assert!(key.len() == 64 && key.bytes().all(|c| c.is_ascii_hexdigit()));
+
+    // The discovery hash is the SPKI hash openssl computes from the CA certificate.
+    let ca = p.dir.path().join("ca.crt");
+    std::fs::write(&ca, v["ca_cert"].as_str().unwrap()).unwrap();
+    let hash = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl x509 -pubkey -noout -in {} | openssl pkey -pubin -outform der | sha256sum",
+            ca.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(hash.status.success());
+    let expected = format!(
+        "sha256:{}",
+        String::from_utf8_lossy(&hash.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+    );
+    let o = p.run(&["show", "--profile", "w1", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["node"]["kubernetes"]["ca_cert_hash"], expected.as_str());
+
+    // A second run reuses the file; no command prints a secret.
+    let before = p.secrets_text("home");
+    for args in [
+        vec!["check"],
+        vec!["check", "--json"],
+        vec!["show", "--profile", "cp1"],
+        vec!["show", "--profile", "cp1", "--json"],
+        vec!["show", "--profile", "w1"],
+    ] {
+        let o = p.run(&args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}");
+        let all = format!("{}{}", stdout(&o), stderr(&o));
+        assert!(!all.contains(&token), "{args:?} printed the token");
+        assert!(!all.contains(&key), "{args:?} printed the certificate key");
+        assert!(!all.contains("PRIVATE KEY"), "{args:?} printed the CA key");
+        assert!(!all.contains("generated cluster secrets"));
+    }
+    assert_eq!(before, p.secrets_text("home"));
+}
+
+#[test]
+fn ha_assessment_warnings() {
+    let p = Project::home_only();
+    p.write(
+        "cp4",
+        "extends = \"cluster\"\nhostname = \"cp4\"\nboard = \"rpi4b\"\nrole = \"control-plane\"\n[network]\naddress = \"192.168.50.14/24\"\n",
+    );
+    let o = p.run(&["check"]);
+    assert_eq!(o.status.code(), Some(0));
+    let out = stdout(&o);
+    assert!(
+        out.contains("4 control-plane members, tolerates 1 failure"),
+        "{out}"
+    );
+    assert!(
+        out.contains("even count adds no failure tolerance over 3"),
+        "{out}"
+    );
+
+    let p = Project::home_only();
+    p.remove("cp2");
+    p.remove("cp3");
+    let o = p.run(&["check"]);
+    let out = stdout(&o);
+    assert!(
+        out.contains("1 control-plane member, tolerates 0 failures"),
+        "{out}"
+    );
+    assert!(out.contains("not highly available"), "{out}");
+}
+
+#[test]
+fn show_unknown_profile_and_build_validates() {
+    let p = Project::home_only();
+    let o = p.run(&["show", "--profile", "nosuch"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no node profile named `nosuch`"));
+    p.replace("w1", "192.168.50.21/24", "192.168.50.21/40");
+    let o = p.run(&["build", "--profile", "w1", "--out", "out"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("network.address"), "{}", stderr(&o));
+    assert!(!p.dir.path().join("out").exists());
+}
