@@ -1,0 +1,103 @@
+//! Builds the init agent for aarch64-unknown-linux-musl and embeds it in piimg, so that a user who
+//! has only the piimg binary still gets a working agent. A prebuilt agent can be given with
+//! PIIMG_AGENT_BIN=PATH. If the agent cannot be built, piimg still builds (check/show/fs work)
+//! and `piimg build` explains why it has no agent.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const TARGET: &str = "aarch64-unknown-linux-musl";
+const PROFILE: &str = "release-agent";
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=PIIMG_AGENT_BIN");
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default());
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap_or_default());
+    let dest = out_dir.join("piimg-agent");
+    for p in [
+        "agent/src",
+        "agent/Cargo.toml",
+        "Cargo.lock",
+        ".cargo/config.toml",
+    ] {
+        println!("cargo:rerun-if-changed={}", manifest.join(p).display());
+    }
+    let result = match std::env::var_os("PIIMG_AGENT_BIN") {
+        Some(p) => std::fs::copy(&p, &dest)
+            .map(|_| ())
+            .map_err(|e| format!("PIIMG_AGENT_BIN={}: {e}", PathBuf::from(p).display())),
+        None => build_agent(&manifest, &out_dir, &dest),
+    };
+    match result {
+        Ok(()) => {
+            println!("cargo:rustc-env=PIIMG_AGENT_PATH={}", dest.display());
+            println!("cargo:rustc-env=PIIMG_AGENT_ERROR=");
+        }
+        Err(e) => {
+            println!(
+                "cargo:warning=the init agent was not built, `piimg build` will refuse to run: {e}"
+            );
+            // An empty file keeps include_bytes! valid; the error says why it is empty.
+            let _ = std::fs::write(&dest, b"");
+            println!("cargo:rustc-env=PIIMG_AGENT_PATH={}", dest.display());
+            println!("cargo:rustc-env=PIIMG_AGENT_ERROR={}", e.replace('\n', " "));
+        }
+    }
+}
+
+fn build_agent(manifest: &Path, out_dir: &Path, dest: &Path) -> Result<(), String> {
+    let agent_manifest = manifest.join("agent/Cargo.toml");
+    if !agent_manifest.exists() {
+        return Err(format!("{} not found", agent_manifest.display()));
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let target_dir = out_dir.join("agent-target");
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(manifest)
+        .args(["build", "--quiet", "--locked", "--manifest-path"])
+        .arg(&agent_manifest)
+        .args([
+            "--bin",
+            "piimg-agent",
+            "--target",
+            TARGET,
+            "--profile",
+            PROFILE,
+        ])
+        .arg("--target-dir")
+        .arg(&target_dir);
+    // The outer build's settings are for the host; the agent build makes its own.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        if k.starts_with("CARGO_") && k != "CARGO_HOME" || k == "RUSTFLAGS" || k == "RUSTC_WRAPPER"
+        {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd.env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("RUSTC")
+        .env_remove("RUSTDOC");
+    let out = cmd
+        .output()
+        .map_err(|e| format!("running cargo for the agent: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let hint = if err.contains("target may not be installed")
+            || err.contains("can't find crate for `core`")
+        {
+            " (run: rustup target add aarch64-unknown-linux-musl)"
+        } else {
+            ""
+        };
+        let tail: Vec<&str> = err.lines().rev().take(12).collect();
+        return Err(format!(
+            "cargo build of the agent failed{hint}: {}",
+            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        ));
+    }
+    let built = target_dir.join(TARGET).join(PROFILE).join("piimg-agent");
+    std::fs::copy(&built, dest)
+        .map(|_| ())
+        .map_err(|e| format!("{}: {e}", built.display()))
+}
