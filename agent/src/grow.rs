@@ -1,0 +1,337 @@
+//! First-boot growth of the data partition: rewrite its MBR or GPT entry to reach the end of the
+//! card (moving the GPT backup header), tell the kernel (BLKPG), then grow ext4 online
+//! (EXT4_IOC_RESIZE_FS). The table rewrite works on any file, so host tests use image files.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+const SECTOR: u64 = 512;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GrowError {
+    #[error("partition table: {0}")]
+    Io(#[from] io::Error),
+    #[error("no MBR/GPT signature")]
+    NoTable,
+    #[error("partition {0} not in the table")]
+    NoPartition(u32),
+    #[error("partition {0} is not the last one on the disk")]
+    NotLast(u32),
+    #[error("GPT header corrupt: {0}")]
+    BadGpt(&'static str),
+}
+
+/// The partition's extent after growing, in 512-byte sectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grown {
+    pub start: u64,
+    pub old_sectors: u64,
+    pub new_sectors: u64,
+}
+
+/// CRC-32 (IEEE, reflected), as GPT uses.
+pub fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xffff_ffffu32;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+fn u32le(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+}
+
+fn u64le(b: &[u8], o: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[o..o + 8]);
+    u64::from_le_bytes(a)
+}
+
+fn put32(b: &mut [u8], o: usize, v: u32) {
+    b[o..o + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+fn put64(b: &mut [u8], o: usize, v: u64) {
+    b[o..o + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+/// Grows partition `partno` (1-based) to the end of a disk of `disk_bytes`. Returns None when it
+/// already ends within 1 MiB of the end (nothing to do).
+pub fn grow_partition(
+    disk: &File,
+    disk_bytes: u64,
+    partno: u32,
+) -> Result<Option<Grown>, GrowError> {
+    let mut mbr = [0u8; 512];
+    disk.read_exact_at(&mut mbr, 0)?;
+    if mbr[510] != 0x55 || mbr[511] != 0xaa {
+        return Err(GrowError::NoTable);
+    }
+    let total = disk_bytes / SECTOR;
+    if (0..4).any(|i| mbr[446 + i * 16 + 4] == 0xee) {
+        grow_gpt(disk, &mut mbr, total, partno)
+    } else {
+        grow_mbr(disk, &mut mbr, total, partno)
+    }
+}
+
+const SLACK: u64 = 2048;
+
+fn grow_mbr(
+    disk: &File,
+    mbr: &mut [u8; 512],
+    total: u64,
+    partno: u32,
+) -> Result<Option<Grown>, GrowError> {
+    if !(1..=4).contains(&partno) {
+        return Err(GrowError::NoPartition(partno));
+    }
+    let off = 446 + (partno as usize - 1) * 16;
+    if mbr[off + 4] == 0 {
+        return Err(GrowError::NoPartition(partno));
+    }
+    let start = u32le(mbr, off + 8) as u64;
+    let size = u32le(mbr, off + 12) as u64;
+    for i in 0..4 {
+        let o = 446 + i * 16;
+        if i != partno as usize - 1 && mbr[o + 4] != 0 && u32le(mbr, o + 8) as u64 > start {
+            return Err(GrowError::NotLast(partno));
+        }
+    }
+    // MBR sizes are 32-bit sectors: cards past 2 TiB keep the rest unused.
+    let end = total.min(u32::MAX as u64);
+    if end <= start + size + SLACK {
+        return Ok(None);
+    }
+    let new = end - start;
+    put32(mbr, off + 12, new as u32);
+    disk.write_all_at(mbr, 0)?;
+    disk.sync_all()?;
+    Ok(Some(Grown {
+        start,
+        old_sectors: size,
+        new_sectors: new,
+    }))
+}
+
+fn grow_gpt(
+    disk: &File,
+    mbr: &mut [u8; 512],
+    total: u64,
+    partno: u32,
+) -> Result<Option<Grown>, GrowError> {
+    let mut hdr = [0u8; 512];
+    disk.read_exact_at(&mut hdr, SECTOR)?;
+    if &hdr[..8] != b"EFI PART" {
+        return Err(GrowError::BadGpt("signature"));
+    }
+    let hsize = u32le(&hdr, 12) as usize;
+    if !(92..=512).contains(&hsize) {
+        return Err(GrowError::BadGpt("header size"));
+    }
+    let mut check = hdr;
+    put32(&mut check, 16, 0);
+    if crc32(&check[..hsize]) != u32le(&hdr, 16) {
+        return Err(GrowError::BadGpt("header crc"));
+    }
+    let old_backup = u64le(&hdr, 32);
+    let entries_lba = u64le(&hdr, 72);
+    let count = u32le(&hdr, 80) as u64;
+    let esize = u32le(&hdr, 84) as u64;
+    if esize < 128 || count == 0 || count > 4096 {
+        return Err(GrowError::BadGpt("entry array"));
+    }
+    let array_bytes = count * esize;
+    let array_sectors = array_bytes.div_ceil(SECTOR);
+    let mut entries = vec![0u8; array_bytes as usize];
+    disk.read_exact_at(&mut entries, entries_lba * SECTOR)?;
+    if crc32(&entries) != u32le(&hdr, 88) {
+        return Err(GrowError::BadGpt("entries crc"));
+    }
+    let idx = partno as u64 - 1;
+    if partno == 0 || idx >= count {
+        return Err(GrowError::NoPartition(partno));
+    }
+    let e = (idx * esize) as usize;
+    if entries[e..e + 16].iter().all(|&b| b == 0) {
+        return Err(GrowError::NoPartition(partno));
+    }
+    let first = u64le(&entries, e + 32);
+    let last = u64le(&entries, e + 40);
+    for i in 0..count {
+        let o = (i * esize) as usize;
+        if i != idx && entries[o..o + 16].iter().any(|&b| b != 0) && u64le(&entries, o + 32) > first
+        {
+            return Err(GrowError::NotLast(partno));
+        }
+    }
+    let new_backup = total - 1;
+    let new_backup_entries = new_backup - array_sectors;
+    let last_usable = new_backup_entries - 1;
+    // End on a 1 MiB boundary (sgdisk's default alignment) inside the usable area.
+    let new_last = ((last_usable + 1) / SLACK) * SLACK - 1;
+    if new_last <= last + SLACK {
+        return Ok(None);
+    }
+    put64(&mut entries, e + 40, new_last);
+    let entries_crc = crc32(&entries);
+
+    let mut primary = hdr;
+    put64(&mut primary, 32, new_backup);
+    put64(&mut primary, 48, last_usable);
+    put32(&mut primary, 88, entries_crc);
+    put32(&mut primary, 16, 0);
+    let c = crc32(&primary[..hsize]);
+    put32(&mut primary, 16, c);
+
+    let mut backup = primary;
+    put64(&mut backup, 24, new_backup);
+    put64(&mut backup, 32, 1);
+    put64(&mut backup, 72, new_backup_entries);
+    put32(&mut backup, 16, 0);
+    let c = crc32(&backup[..hsize]);
+    put32(&mut backup, 16, c);
+
+    // Backup first: if power fails mid-way, the primary still describes a valid (old) disk.
+    disk.write_all_at(&entries, new_backup_entries * SECTOR)?;
+    disk.write_all_at(&backup, new_backup * SECTOR)?;
+    disk.sync_all()?;
+    disk.write_all_at(&entries, entries_lba * SECTOR)?;
+    disk.write_all_at(&primary, SECTOR)?;
+    // Protective MBR covers the whole disk.
+    let pm = (0..4)
+        .map(|i| 446 + i * 16)
+        .find(|&o| mbr[o + 4] == 0xee)
+        .unwrap_or(446);
+    put32(mbr, pm + 12, (total - 1).min(u32::MAX as u64) as u32);
+    disk.write_all_at(mbr, 0)?;
+    // The old backup header now lies inside the partition: wipe its signature.
+    if old_backup != new_backup && old_backup > 1 {
+        disk.write_all_at(&[0u8; 512], old_backup * SECTOR)?;
+    }
+    disk.sync_all()?;
+    Ok(Some(Grown {
+        start: first,
+        old_sectors: last - first + 1,
+        new_sectors: new_last - first + 1,
+    }))
+}
+
+/// Size of a block device (or regular file) in bytes.
+pub fn device_bytes(f: &File) -> io::Result<u64> {
+    let md = f.metadata()?;
+    if md.len() > 0 {
+        return Ok(md.len());
+    }
+    const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+    let mut v = 0u64;
+    crate::sys::ioctl_u64(f, BLKGETSIZE64, &mut v)?;
+    Ok(v)
+}
+
+#[repr(C)]
+struct BlkpgPartition {
+    start: i64,
+    length: i64,
+    pno: libc::c_int,
+    devname: [u8; 64],
+    volname: [u8; 64],
+}
+
+#[repr(C)]
+struct BlkpgIoctlArg {
+    op: libc::c_int,
+    flags: libc::c_int,
+    datalen: libc::c_int,
+    data: *mut libc::c_void,
+}
+
+/// Tells the kernel the partition's new size while it is mounted (BLKRRPART would refuse).
+pub fn kernel_resize_partition(disk: &File, partno: u32, g: &Grown) -> io::Result<()> {
+    const BLKPG: libc::c_ulong = 0x1269;
+    const BLKPG_RESIZE_PARTITION: libc::c_int = 3;
+    let mut p = BlkpgPartition {
+        start: (g.start * SECTOR) as i64,
+        length: (g.new_sectors * SECTOR) as i64,
+        pno: partno as libc::c_int,
+        devname: [0; 64],
+        volname: [0; 64],
+    };
+    let mut arg = BlkpgIoctlArg {
+        op: BLKPG_RESIZE_PARTITION,
+        flags: 0,
+        datalen: std::mem::size_of::<BlkpgPartition>() as libc::c_int,
+        data: &mut p as *mut BlkpgPartition as *mut libc::c_void,
+    };
+    // SAFETY: arg points to a blkpg_ioctl_arg whose data points to a blkpg_partition.
+    unsafe {
+        crate::sys::ioctl_ptr(
+            disk,
+            BLKPG,
+            &mut arg as *mut BlkpgIoctlArg as *mut libc::c_void,
+        )
+    }
+}
+
+/// Grows the ext4 mounted at `mountpoint` to `bytes` (online resize).
+pub fn resize_ext4(mountpoint: &Path, bytes: u64) -> io::Result<u64> {
+    const EXT4_IOC_RESIZE_FS: libc::c_ulong = 0x4008_6610;
+    let dir = File::open(mountpoint)?;
+    let c = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: statvfs is POD; the call fills it.
+    let mut sv: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut sv) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let bsize = (sv.f_frsize as u64).max(1024);
+    let mut blocks = bytes / bsize;
+    crate::sys::ioctl_u64(&dir, EXT4_IOC_RESIZE_FS, &mut blocks)?;
+    Ok(bytes / bsize)
+}
+
+/// Resolves a partition device name (`mmcblk0p3`) to its disk name and number through sysfs.
+pub fn disk_of(sys_block: &Path, part: &str) -> Option<(String, u32)> {
+    let dir = sys_block.join(part);
+    let n: u32 = std::fs::read_to_string(dir.join("partition"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let real = std::fs::canonicalize(&dir).ok()?;
+    let disk = real.parent()?.file_name()?.to_string_lossy().into_owned();
+    Some((disk, n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc32_known_value() {
+        assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
+    }
+
+    #[test]
+    fn disk_of_sysfs_layout() {
+        let t = tempfile::tempdir().unwrap();
+        let dev = t.path().join("devices/platform/mmc/mmcblk0/mmcblk0p3");
+        std::fs::create_dir_all(&dev).unwrap();
+        std::fs::write(dev.join("partition"), "3\n").unwrap();
+        let sb = t.path().join("class/block");
+        std::fs::create_dir_all(&sb).unwrap();
+        std::os::unix::fs::symlink(&dev, sb.join("mmcblk0p3")).unwrap();
+        assert_eq!(disk_of(&sb, "mmcblk0p3"), Some(("mmcblk0".into(), 3)));
+    }
+}

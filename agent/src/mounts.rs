@@ -1,0 +1,219 @@
+//! The mount tables of both stages and the switch to the real root.
+
+use crate::sys;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountSpec {
+    pub source: &'static str,
+    pub target: &'static str,
+    pub fstype: &'static str,
+    pub flags: libc::c_ulong,
+    pub data: Option<&'static str>,
+}
+
+const NOSUID_NODEV_NOEXEC: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+
+fn m(
+    source: &'static str,
+    target: &'static str,
+    fstype: &'static str,
+    flags: libc::c_ulong,
+    data: Option<&'static str>,
+) -> MountSpec {
+    MountSpec {
+        source,
+        target,
+        fstype,
+        flags,
+        data,
+    }
+}
+
+/// What stage 1 (the initramfs) needs: enough to load modules and find the root.
+pub fn stage1_mounts() -> Vec<MountSpec> {
+    vec![
+        m("proc", "/proc", "proc", NOSUID_NODEV_NOEXEC, None),
+        m("sysfs", "/sys", "sysfs", NOSUID_NODEV_NOEXEC, None),
+        m(
+            "devtmpfs",
+            "/dev",
+            "devtmpfs",
+            libc::MS_NOSUID,
+            Some("mode=0755"),
+        ),
+    ]
+}
+
+/// The API filesystems of a running node (the data partition on /var is mounted separately).
+pub fn stage2_mounts() -> Vec<MountSpec> {
+    let mut v = stage1_mounts();
+    v.extend([
+        m(
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            Some("gid=5,mode=620,ptmxmode=666"),
+        ),
+        m(
+            "shm",
+            "/dev/shm",
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            Some("mode=1777"),
+        ),
+        m(
+            "run",
+            "/run",
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            Some("mode=0755"),
+        ),
+        m(
+            "tmp",
+            "/tmp",
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            Some("mode=1777"),
+        ),
+        m(
+            "cgroup2",
+            "/sys/fs/cgroup",
+            "cgroup2",
+            NOSUID_NODEV_NOEXEC,
+            Some("nsdelegate"),
+        ),
+        m(
+            "bpf",
+            "/sys/fs/bpf",
+            "bpf",
+            NOSUID_NODEV_NOEXEC,
+            Some("mode=0700"),
+        ),
+    ]);
+    v
+}
+
+/// Mount points listed in /proc/self/mountinfo (field 5), unescaped.
+pub fn mount_points(mountinfo: &str) -> Vec<String> {
+    mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| {
+            p.replace("\\040", " ")
+                .replace("\\011", "\t")
+                .replace("\\012", "\n")
+                .replace("\\134", "\\")
+        })
+        .collect()
+}
+
+fn currently_mounted(root: &Path) -> Vec<String> {
+    std::fs::read_to_string(root.join("proc/self/mountinfo"))
+        .map(|t| mount_points(&t))
+        .unwrap_or_default()
+}
+
+/// Mounts each spec under `root` (creating the directory) unless something is mounted there
+/// already. Returns failures for the caller to log; the rest still gets mounted.
+pub fn mount_all(root: &Path, specs: &[MountSpec]) -> Vec<(String, std::io::Error)> {
+    let mut failed = Vec::new();
+    for s in specs {
+        let target = root.join(s.target.trim_start_matches('/'));
+        let existing = currently_mounted(root);
+        if existing.iter().any(|p| Path::new(p) == Path::new(s.target)) {
+            continue;
+        }
+        let _ = std::fs::create_dir_all(&target);
+        if let Err(e) = sys::mount(s.source, &target, Some(s.fstype), s.flags, s.data) {
+            if e.raw_os_error() != Some(libc::EBUSY) {
+                failed.push((s.target.to_string(), e));
+            }
+        }
+    }
+    failed
+}
+
+/// Enables every available controller from `wanted` for child cgroups (kubelet needs them).
+/// Returns the controllers enabled.
+pub fn enable_cgroup_controllers(cgroup_root: &Path, wanted: &[&str]) -> Vec<String> {
+    let avail = std::fs::read_to_string(cgroup_root.join("cgroup.controllers")).unwrap_or_default();
+    let mut on = Vec::new();
+    for c in wanted {
+        if avail.split_whitespace().any(|a| a == *c)
+            && std::fs::write(cgroup_root.join("cgroup.subtree_control"), format!("+{c}")).is_ok()
+        {
+            on.push(c.to_string());
+        }
+    }
+    on
+}
+
+pub const CGROUP_CONTROLLERS: [&str; 6] = ["cpu", "cpuset", "io", "memory", "pids", "hugetlb"];
+
+/// Moves the API mounts into `newroot` and makes it `/` (what switch_root does); the caller then
+/// execs init. Afterwards the process's root and cwd are the new root.
+pub fn switch_root(newroot: &Path) -> std::io::Result<()> {
+    for d in ["/proc", "/sys", "/dev"] {
+        let target: PathBuf = newroot.join(d.trim_start_matches('/'));
+        let _ = std::fs::create_dir_all(&target);
+        if let Err(e) = sys::mount(d, &target, None, libc::MS_MOVE, None) {
+            // Not fatal: stage 2 mounts them again.
+            crate::console::say(&format!("move {d}: {e}; unmounting instead"));
+            let _ = sys::umount(Path::new(d), libc::MNT_DETACH);
+        }
+    }
+    std::env::set_current_dir(newroot)?;
+    sys::mount(".", Path::new("/"), None, libc::MS_MOVE, None)?;
+    sys::chroot(Path::new("."))?;
+    std::env::set_current_dir("/")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_points() {
+        let t = "22 1 179:2 / / rw,relatime shared:1 - ext4 /dev/mmcblk0p2 rw\n\
+                 23 22 0:5 / /dev rw,nosuid shared:2 - devtmpfs devtmpfs rw\n\
+                 40 22 0:30 / /mnt/a\\040b rw - tmpfs tmpfs rw\n";
+        assert_eq!(mount_points(t), vec!["/", "/dev", "/mnt/a b"]);
+    }
+
+    #[test]
+    fn stage2_covers_everything_kubelet_needs() {
+        let targets: Vec<&str> = stage2_mounts().iter().map(|m| m.target).collect();
+        for t in [
+            "/proc",
+            "/sys",
+            "/dev",
+            "/dev/pts",
+            "/dev/shm",
+            "/run",
+            "/tmp",
+            "/sys/fs/cgroup",
+            "/sys/fs/bpf",
+        ] {
+            assert!(targets.contains(&t), "{t}");
+        }
+        // Parents come before children.
+        let pos = |t: &str| targets.iter().position(|x| *x == t).unwrap();
+        assert!(pos("/dev") < pos("/dev/pts"));
+        assert!(pos("/sys") < pos("/sys/fs/cgroup"));
+    }
+
+    #[test]
+    fn controllers_only_available_ones() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(
+            t.path().join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
+        let on = enable_cgroup_controllers(t.path(), &CGROUP_CONTROLLERS);
+        assert_eq!(on, vec!["cpu", "cpuset", "io", "memory", "pids"]);
+    }
+}

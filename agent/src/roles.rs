@@ -1,0 +1,290 @@
+//! What each role runs: pure functions from the node config to service specs and command lines.
+
+use crate::node::{NodeConfig, Role};
+use crate::supervise::{Kind, ServiceSpec};
+use std::path::{Path, PathBuf};
+
+pub const KUBEADM_YAML: &str = "/etc/piimg/kubeadm.yaml";
+pub const KUBEADM_DONE: &str = "/var/lib/piimg/kubeadm.done";
+pub const IMAGES_DONE: &str = "/var/lib/piimg/images.done";
+pub const CONTAINERD_SOCK: &str = "/run/containerd/containerd.sock";
+pub const KUBELET_CONFIG: &str = "/var/lib/kubelet/config.yaml";
+/// Where the builder may place image archives for air-gapped nodes (both are scanned).
+pub const IMAGE_DIRS: [&str; 2] = ["/var/lib/piimg/images", "/usr/share/piimg/images"];
+pub const PATH_ENV: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// The kubeadm invocation for this node (None for roles without Kubernetes).
+pub fn kubeadm_command(cfg: &NodeConfig) -> Option<Vec<String>> {
+    let k = cfg.kubernetes.as_ref()?;
+    if !cfg.role.is_kubernetes() {
+        return None;
+    }
+    Some(if k.init && cfg.role == Role::ControlPlane {
+        strings(&[
+            "/usr/bin/kubeadm",
+            "init",
+            "--config",
+            KUBEADM_YAML,
+            "--upload-certs",
+        ])
+    } else {
+        strings(&["/usr/bin/kubeadm", "join", "--config", KUBEADM_YAML])
+    })
+}
+
+pub fn kubelet_command() -> Vec<String> {
+    strings(&[
+        "/usr/bin/kubelet",
+        "--config",
+        KUBELET_CONFIG,
+        "--kubeconfig",
+        "/etc/kubernetes/kubelet.conf",
+        "--bootstrap-kubeconfig",
+        "/etc/kubernetes/bootstrap-kubelet.conf",
+        "--container-runtime-endpoint",
+        "unix:///run/containerd/containerd.sock",
+    ])
+}
+
+pub fn containerd_command() -> Vec<String> {
+    strings(&["/usr/bin/containerd"])
+}
+
+pub fn haproxy_command() -> Vec<String> {
+    strings(&[
+        "/usr/sbin/haproxy",
+        "-W",
+        "-db",
+        "-f",
+        "/etc/haproxy/haproxy.cfg",
+    ])
+}
+
+/// Image archives to import, sorted by path (deterministic order), from `dirs` under `root`.
+pub fn image_archives(root: &Path, dirs: &[&str]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for d in dirs {
+        let dir = root.join(d.trim_start_matches('/'));
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut files: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "tar") && p.is_file())
+            .collect();
+        files.sort();
+        out.extend(files);
+    }
+    out
+}
+
+/// `ctr -n k8s.io images import FILE` for one archive (path as seen inside the node).
+pub fn image_import_command(archive: &Path) -> Vec<String> {
+    vec![
+        "/usr/bin/ctr".into(),
+        "-n".into(),
+        "k8s.io".into(),
+        "images".into(),
+        "import".into(),
+        archive.display().to_string(),
+    ]
+}
+
+fn with_env(mut s: ServiceSpec) -> ServiceSpec {
+    s.env.push(("PATH".into(), PATH_ENV.into()));
+    s.env.push(("HOME".into(), "/root".into()));
+    s
+}
+
+/// The supervised services of this node, in start order. `agent_exe` is the agent's own path
+/// (the image import runs as `agent import-images`).
+pub fn services(cfg: &NodeConfig, agent_exe: &str) -> Vec<ServiceSpec> {
+    let mut v = Vec::new();
+    if cfg.role.is_kubernetes() {
+        v.push(with_env(ServiceSpec {
+            name: "containerd".into(),
+            argv: containerd_command(),
+            env: Vec::new(),
+            kind: Kind::Daemon,
+            wait_for: Vec::new(),
+            console: false,
+        }));
+        let mut images = ServiceSpec::oneshot(
+            "image-import",
+            vec![agent_exe.to_string(), "import-images".into()],
+            Some(IMAGES_DONE.into()),
+        );
+        images.wait_for = vec![CONTAINERD_SOCK.into()];
+        v.push(with_env(images));
+        if let Some(argv) = kubeadm_command(cfg) {
+            let mut k = ServiceSpec::oneshot("kubeadm", argv, Some(KUBEADM_DONE.into()));
+            k.wait_for = vec![CONTAINERD_SOCK.into(), IMAGES_DONE.into()];
+            v.push(with_env(k));
+        }
+        // kubeadm writes the kubelet config; starting earlier would only crash-loop.
+        v.push(with_env(ServiceSpec {
+            name: "kubelet".into(),
+            argv: kubelet_command(),
+            env: Vec::new(),
+            kind: Kind::Daemon,
+            wait_for: vec![CONTAINERD_SOCK.into(), KUBELET_CONFIG.into()],
+            console: false,
+        }));
+    }
+    if cfg.role == Role::LoadBalancer {
+        v.push(with_env(ServiceSpec {
+            name: "haproxy".into(),
+            argv: haproxy_command(),
+            env: Vec::new(),
+            kind: Kind::Daemon,
+            wait_for: Vec::new(),
+            console: false,
+        }));
+    }
+    if cfg.agent.debug_shell {
+        let mut sh = ServiceSpec::daemon("shell", &["/bin/sh"]);
+        sh.console = true;
+        sh.env.push(("TERM".into(), "linux".into()));
+        v.push(with_env(sh));
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::*;
+
+    pub(crate) fn cfg(role: Role, init: bool) -> NodeConfig {
+        NodeConfig {
+            schema: SCHEMA_VERSION,
+            hostname: "n1".into(),
+            role,
+            board: Board::Rpi4b,
+            network: Network {
+                interface: "eth0".into(),
+                address: "10.0.2.15/24".parse().unwrap(),
+                gateway: None,
+                dns: vec![],
+                routes: vec![],
+                ntp: vec![],
+            },
+            kubernetes: role.is_kubernetes().then(|| Kubernetes {
+                version: "v1.31.2".into(),
+                control_plane_endpoint: "10.0.2.10:6443".into(),
+                pod_cidr: "10.244.0.0/16".parse().unwrap(),
+                service_cidr: "10.96.0.0/12".parse().unwrap(),
+                init,
+                token: "abcdef.0123456789abcdef".into(),
+                ca_cert_hash: format!("sha256:{}", "ab".repeat(32)),
+                certificate_key: None,
+                pki_dir: None,
+            }),
+            load_balancer: None,
+            agent: AgentSettings {
+                debug_shell: false,
+                status_port: 0,
+            },
+            storage: Storage::default(),
+            build_epoch: 1_700_000_000,
+        }
+    }
+
+    #[test]
+    fn kubeadm_init_join_and_none() {
+        assert_eq!(
+            kubeadm_command(&cfg(Role::ControlPlane, true)).unwrap(),
+            vec![
+                "/usr/bin/kubeadm",
+                "init",
+                "--config",
+                "/etc/piimg/kubeadm.yaml",
+                "--upload-certs"
+            ]
+        );
+        assert_eq!(
+            kubeadm_command(&cfg(Role::ControlPlane, false)).unwrap(),
+            vec![
+                "/usr/bin/kubeadm",
+                "join",
+                "--config",
+                "/etc/piimg/kubeadm.yaml"
+            ]
+        );
+        assert_eq!(
+            kubeadm_command(&cfg(Role::Worker, false)).unwrap()[1],
+            "join"
+        );
+        // A worker never inits, even if the flag is set by mistake.
+        assert_eq!(
+            kubeadm_command(&cfg(Role::Worker, true)).unwrap()[1],
+            "join"
+        );
+        assert_eq!(kubeadm_command(&cfg(Role::LoadBalancer, false)), None);
+        // The command line carries no secret: the token lives in the YAML file.
+        let all = kubeadm_command(&cfg(Role::ControlPlane, true))
+            .unwrap()
+            .join(" ");
+        assert!(!all.contains("abcdef"));
+    }
+
+    #[test]
+    fn services_per_role() {
+        let names = |c: &NodeConfig| {
+            services(c, "/sbin/init")
+                .into_iter()
+                .map(|s| s.name)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(&cfg(Role::Worker, false)),
+            vec!["containerd", "image-import", "kubeadm", "kubelet"]
+        );
+        assert_eq!(names(&cfg(Role::LoadBalancer, false)), vec!["haproxy"]);
+        let mut c = cfg(Role::LoadBalancer, false);
+        c.agent.debug_shell = true;
+        let s = services(&c, "/sbin/init");
+        assert_eq!(s[1].name, "shell");
+        assert!(s[1].console);
+        let w = services(&cfg(Role::Worker, false), "/sbin/init");
+        assert_eq!(w[3].argv, kubelet_command());
+        assert_eq!(w[1].argv, vec!["/sbin/init", "import-images"]);
+        assert!(
+            matches!(&w[2].kind, Kind::Oneshot { done_file: Some(p) } if p == Path::new(KUBEADM_DONE))
+        );
+    }
+
+    #[test]
+    fn archives_sorted_tar_only() {
+        let t = tempfile::tempdir().unwrap();
+        let a = t.path().join("var/lib/piimg/images");
+        let b = t.path().join("usr/share/piimg/images");
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        for f in ["z.tar", "a.tar", "notes.txt"] {
+            std::fs::write(a.join(f), b"x").unwrap();
+        }
+        std::fs::write(b.join("pause.tar"), b"x").unwrap();
+        let got = image_archives(t.path(), &IMAGE_DIRS);
+        assert_eq!(
+            got,
+            vec![a.join("a.tar"), a.join("z.tar"), b.join("pause.tar")]
+        );
+        assert_eq!(
+            image_import_command(Path::new("/x/a.tar")),
+            vec![
+                "/usr/bin/ctr",
+                "-n",
+                "k8s.io",
+                "images",
+                "import",
+                "/x/a.tar"
+            ]
+        );
+    }
+}
