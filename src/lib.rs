@@ -7,6 +7,8 @@
 pub mod assemble;
 pub mod components;
 pub mod fs;
+pub mod image;
+pub mod pipeline;
 pub mod profile;
 pub mod report;
 pub mod tree;

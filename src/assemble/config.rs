@@ -34,9 +34,10 @@ pub fn config_txt(template: &str, board: Board, kernel: &str, initramfs: &str) -
 }
 
 /// cmdline.txt: one line. The initramfs agent mounts `root=` and switches to it.
-pub fn cmdline_txt(template: &str, root_partuuid: &str) -> String {
+pub fn cmdline_txt(template: &str, root_partuuid: &str, root_mode: &str) -> String {
     let line = template
         .replace("{root_partuuid}", root_partuuid)
+        .replace("{root_mode}", root_mode)
         .lines()
         .filter(|l| !l.trim_start().starts_with('#'))
         .collect::<Vec<_>>()
@@ -210,10 +211,10 @@ mod tests {
 
     #[test]
     fn cmdline_is_one_line() {
-        let t = "# comment\nconsole=ttyAMA0,115200\nroot=PARTUUID={root_partuuid}  rootwait\n";
+        let t = "# comment\nconsole=ttyAMA0,115200\nroot=PARTUUID={root_partuuid}  rootwait {root_mode}\n";
         assert_eq!(
-            cmdline_txt(t, "0badc0de-02"),
-            "console=ttyAMA0,115200 root=PARTUUID=0badc0de-02 rootwait\n"
+            cmdline_txt(t, "0badc0de-02", "ro"),
+            "console=ttyAMA0,115200 root=PARTUUID=0badc0de-02 rootwait ro\n"
         );
     }
 }

@@ -2,6 +2,7 @@
 //! laid out per role, the initramfs, and the generated configuration files.
 
 pub mod config;
+pub mod node;
 
 /// The init agent, cross-compiled for aarch64 musl by build.rs and embedded in piimg.
 static AGENT: &[u8] = include_bytes!(env!("PIIMG_AGENT_PATH"));
@@ -10,6 +11,22 @@ static AGENT: &[u8] = include_bytes!(env!("PIIMG_AGENT_PATH"));
 pub enum AssembleError {
     #[error("this piimg was built without the init agent: {0}")]
     NoAgent(String),
+    #[error(
+        "{0} is not in piimg.lock: run `piimg fetch` (or supply it with --component {0}=PATH)"
+    )]
+    NotLocked(String),
+    #[error("missing {0}")]
+    Missing(String),
+    #[error("{0}: {1}")]
+    Io(String, #[source] std::io::Error),
+    #[error(transparent)]
+    Deb(#[from] crate::components::deb::DebError),
+    #[error(transparent)]
+    Module(#[from] crate::components::modules::ModuleError),
+    #[error(transparent)]
+    Fetch(#[from] crate::components::fetch::FetchError),
+    #[error("assembling the image tree: {0}")]
+    Tree(#[from] crate::tree::TreeError),
 }
 
 /// The embedded agent binary, or why this piimg has none.

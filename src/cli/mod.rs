@@ -2,6 +2,7 @@
 
 pub mod fs;
 mod profiles;
+mod progress;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -73,6 +74,21 @@ pub enum Command {
         #[arg(long)]
         offline: bool,
     },
+    /// Resolve components into piimg.lock and download them into the cache
+    #[command(
+        after_help = "Examples:\n  piimg fetch --all\n  piimg fetch --profile lb1\n  piimg fetch --all --update   # re-resolve: newer packages, new pins"
+    )]
+    Fetch {
+        /// Only what this node needs
+        #[arg(long, value_name = "NAME", conflicts_with = "all")]
+        profile: Option<String>,
+        /// Everything every node in the profiles folder needs (the default)
+        #[arg(long)]
+        all: bool,
+        /// Re-resolve packages and pins even where the lock has them (changes the lock)
+        #[arg(long)]
+        update: bool,
+    },
     /// Write filesystems and disk images from a folder (like mke2fs -d, mkfs.vfat + mcopy)
     #[command(subcommand)]
     Fs(fs::FsCmd),
@@ -100,6 +116,11 @@ pub fn run(cli: Cli) -> Result<i32> {
             ref components,
             offline,
         } => profiles::build(&cli.profiles, profile, out, components, offline, cli.quiet),
+        Command::Fetch {
+            ref profile,
+            all: _,
+            update,
+        } => profiles::fetch(&cli.profiles, profile.as_deref(), update, cli.quiet),
         Command::Fs(cmd) => fs::run(cmd).map(|()| 0),
     }
 }

@@ -212,19 +212,91 @@ pub fn show(dir: &Path, name: &str, json: bool) -> Result<i32> {
     Ok(0)
 }
 
-pub fn build(
-    dir: &Path,
-    name: &str,
-    _out: &Path,
-    _components: &[String],
-    _offline: bool,
-    quiet: bool,
-) -> Result<i32> {
+fn parse_overrides(items: &[String]) -> Result<Vec<(String, std::path::PathBuf)>> {
+    items
+        .iter()
+        .map(|s| {
+            s.split_once('=')
+                .filter(|(n, p)| !n.is_empty() && !p.is_empty())
+                .map(|(n, p)| (n.to_string(), std::path::PathBuf::from(p)))
+                .ok_or_else(|| anyhow::anyhow!("--component {s}: expected NAME=PATH"))
+        })
+        .collect()
+}
+
+fn cache() -> Result<piimg::components::cache::Cache> {
+    let root = piimg::components::cache::Cache::default_root()?;
+    Ok(piimg::components::cache::Cache::open(root)?)
+}
+
+pub fn fetch(dir: &Path, profile: Option<&str>, update: bool, quiet: bool) -> Result<i32> {
     let Some(p) = load(dir, false, quiet)? else {
         return Ok(1);
     };
-    if p.node(name).is_none() {
-        bail!("no node profile named `{name}` in {}", dir.display());
+    let nodes: Vec<&NodeProfile> = match profile {
+        Some(name) => vec![p.node(name).ok_or_else(|| {
+            anyhow::anyhow!("no node profile named `{name}` in {}", dir.display())
+        })?],
+        None => p.nodes.iter().collect(),
+    };
+    let lock = piimg::pipeline::lock_path(dir);
+    let progress = super::progress::Progress::new(quiet);
+    let cache = cache()?;
+    let r = piimg::pipeline::fetch(&p, &nodes, &cache, &lock, update, &progress)?;
+    for (suite, n) in &r.suites {
+        println!("{suite}: {n} packages locked and cached");
     }
-    bail!("profile `{name}` is valid, but image assembly is not implemented yet")
+    for (name, why, users) in &r.unpinned {
+        eprintln!(
+            "piimg: warning: {name} could not be fetched ({why}); {} need it: supply it with --component {name}=PATH or run `piimg fetch --update` where it can be downloaded",
+            users.join(", ")
+        );
+    }
+    println!(
+        "{} {}",
+        lock.display(),
+        if r.lock_changed {
+            "written"
+        } else {
+            "unchanged"
+        }
+    );
+    Ok(0)
+}
+
+pub fn build(
+    dir: &Path,
+    name: &str,
+    out: &Path,
+    components: &[String],
+    offline: bool,
+    quiet: bool,
+) -> Result<i32> {
+    let overrides = parse_overrides(components)?;
+    let Some(p) = load(dir, false, quiet)? else {
+        return Ok(1);
+    };
+    let Some(node) = p.node(name) else {
+        bail!("no node profile named `{name}` in {}", dir.display());
+    };
+    let agent = piimg::assemble::agent_binary()?;
+    let progress = super::progress::Progress::new(quiet);
+    let cache = cache()?;
+    let opts = piimg::pipeline::BuildOptions {
+        out_dir: out.to_path_buf(),
+        offline,
+        overrides,
+        epoch: super::source_date_epoch()?,
+        agent,
+    };
+    let lock = piimg::pipeline::lock_path(dir);
+    let r = piimg::pipeline::build(&p, node, &cache, &lock, &opts, &progress)?;
+    println!(
+        "{} ({}, sha256 {})\n{}",
+        r.image.display(),
+        piimg::units::human(r.size),
+        r.sha256,
+        r.manifest.display()
+    );
+    Ok(0)
 }

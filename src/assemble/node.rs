@@ -1,0 +1,679 @@
+//! Fills the three trees of a node image — boot (FAT), root (ext4), initramfs (cpio) — plus the
+//! empty data filesystem, from the locked components in the cache and the node config.
+
+use super::config::{self, paths};
+use super::AssembleError;
+use crate::components::cache::Cache;
+use crate::components::deb::{self, DebOptions};
+use crate::components::lock::{LockEntry, Source};
+use crate::components::modules::ModuleSet;
+use crate::profile::NodeProfile;
+use crate::report::Reporter;
+use crate::tree::{FileData, Meta, NodeKind, Tree};
+use piimg_agent::node::{Board, NodeConfig, Role};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Debian packages every node gets, by role. Their dependency closure comes along (see
+/// [`packages_for`]).
+pub fn root_packages(role: Role) -> Vec<&'static str> {
+    let mut v = vec!["busybox-static"];
+    match role {
+        Role::ControlPlane | Role::Worker => {
+            v.extend(["containerd", "runc", "containernetworking-plugins"])
+        }
+        Role::LoadBalancer => v.push("haproxy"),
+    }
+    v
+}
+
+/// Packages that only provide boot files or kernel modules: read into their own trees.
+pub const KERNEL_PACKAGE_PREFIX: &str = "linux-image-";
+pub const FIRMWARE_PACKAGE: &str = "raspi-firmware";
+
+/// Every package any role needs: what `piimg fetch` resolves per suite.
+pub fn all_packages() -> Vec<&'static str> {
+    let mut v: BTreeSet<&str> = BTreeSet::new();
+    v.insert("linux-image-arm64");
+    v.insert(FIRMWARE_PACKAGE);
+    for r in Role::ALL {
+        v.extend(root_packages(r));
+    }
+    v.into_iter().collect()
+}
+
+/// Kernel modules the initramfs loads to reach the root filesystem (SD host drivers, ext4).
+/// ext4 with metadata_csum needs the crc32c hash, which ext4 only names as a soft dependency.
+pub const STAGE1_MODULES: &[&str] = &["bcm2835", "sdhci_iproc", "ext4", "crc32c_generic"];
+
+/// Modules every node loads at stage 2: storage, USB networking (QEMU's usb-net and the Pi 3B's
+/// smsc95xx / 3B+'s lan78xx), the Pi 4 ethernet, the watchdog.
+pub const BASE_MODULES: &[&str] = &[
+    "bcm2835",
+    "sdhci_iproc",
+    "ext4",
+    "crc32c_generic",
+    "vfat",
+    "nls_cp437",
+    "nls_iso8859_1",
+    "dwc2",
+    "cdc_ether",
+    "smsc95xx",
+    "lan78xx",
+    "genet",
+    "bcm2835_wdt",
+];
+
+/// What kubelet, kube-proxy and the CNI plugins need from the kernel.
+pub const KUBERNETES_MODULES: &[&str] = &[
+    "overlay",
+    "br_netfilter",
+    "bridge",
+    "veth",
+    "vxlan",
+    "nf_conntrack",
+    "nf_nat",
+    "nf_tables",
+    "nft_compat",
+    "nft_chain_nat",
+    "ip_tables",
+    "ip6_tables",
+    "iptable_nat",
+    "iptable_filter",
+    "iptable_mangle",
+    "ip6table_nat",
+    "ip6table_filter",
+    "ip6table_mangle",
+    "xt_conntrack",
+    "xt_MASQUERADE",
+    "xt_addrtype",
+    "xt_comment",
+    "xt_mark",
+    "xt_multiport",
+    "xt_nat",
+    "xt_statistic",
+    "xt_tcpudp",
+];
+
+/// Everything that goes into one node image, before the writers run.
+pub struct Assembled {
+    pub boot: Tree,
+    pub root: Tree,
+    pub data: Tree,
+    pub initramfs: Tree,
+    pub kernel_release: String,
+    /// Modules loaded at stage 2 (requested names) and present in the image (with deps).
+    pub modules_requested: Vec<String>,
+    pub modules_missing: Vec<String>,
+    /// Components that went into this image, with their lock entries.
+    pub components: Vec<LockEntry>,
+    /// Paths (in the root tree) of files holding secrets: mode 0600, hashes left out of manifests.
+    pub secret_paths: Vec<String>,
+}
+
+pub struct Inputs<'a> {
+    pub node: &'a NodeProfile,
+    /// Locked components of the node's suite plus URL and local components, by name.
+    pub components: &'a BTreeMap<String, LockEntry>,
+    /// Dependency closure data: package name -> names it depends on (from the lock).
+    pub depends: &'a BTreeMap<String, Vec<String>>,
+    pub cache: &'a Cache,
+    pub agent: &'a [u8],
+    /// The project's overlays folder (`overlays/common`, `overlays/<role>`), if any.
+    pub overlays: Option<&'a Path>,
+    pub epoch: i64,
+    /// The node config with partition ids filled in.
+    pub config: &'a NodeConfig,
+    pub cluster: &'a str,
+}
+
+fn meta(perm: u16, epoch: i64) -> Meta {
+    Meta::root(perm, epoch)
+}
+
+fn bytes(b: impl Into<Vec<u8>>) -> FileData {
+    FileData::from_bytes(b)
+}
+
+/// The package's dependency closure within the locked set, sorted.
+pub fn packages_for(
+    roots: &[&str],
+    depends: &BTreeMap<String, Vec<String>>,
+    available: &BTreeMap<String, LockEntry>,
+) -> Result<Vec<String>, AssembleError> {
+    let mut out = BTreeSet::new();
+    let mut stack: Vec<String> = roots.iter().map(|s| s.to_string()).collect();
+    while let Some(p) = stack.pop() {
+        if !available.contains_key(&p) {
+            return Err(AssembleError::NotLocked(p));
+        }
+        if out.insert(p.clone()) {
+            for d in depends.get(&p).into_iter().flatten() {
+                // Dependencies pruned at fetch time (debconf, perl...) are simply not in the lock.
+                if available.contains_key(d) {
+                    stack.push(d.clone());
+                }
+            }
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
+fn deb_sha<'e>(e: &'e LockEntry) -> Result<&'e str, AssembleError> {
+    e.sha256
+        .as_deref()
+        .ok_or_else(|| AssembleError::NotLocked(e.name.clone()))
+}
+
+/// Reads one locked package into `tree`.
+fn read_pkg(
+    tree: &mut Tree,
+    cache: &Cache,
+    e: &LockEntry,
+    epoch: i64,
+) -> Result<deb::DebInfo, AssembleError> {
+    let opts = DebOptions {
+        keep_docs: false,
+        allow_replace: false,
+        merge_usr: true,
+        clamp_mtime: Some(epoch),
+    };
+    Ok(deb::read_cached_deb(
+        tree,
+        cache,
+        deb_sha(e)?,
+        &format!("{} {}", e.name, e.version),
+        &opts,
+    )?)
+}
+
+/// A file's bytes from a tree (for small files such as firmware blobs and the kernel).
+fn take(tree: &Tree, path: &str, what: &str) -> Result<FileData, AssembleError> {
+    let id = tree
+        .lookup(path)
+        .ok_or_else(|| AssembleError::Missing(format!("{what}: {path}")))?;
+    match &tree.node(id).kind {
+        NodeKind::File(d) => Ok(d.clone()),
+        _ => Err(AssembleError::Missing(format!(
+            "{what}: {path} is not a file"
+        ))),
+    }
+}
+
+fn firmware_files(board: Board) -> &'static [&'static str] {
+    match board {
+        Board::Rpi3b | Board::Rpi3bplus | Board::Zero2w => {
+            &["bootcode.bin", "start.elf", "fixup.dat"]
+        }
+        Board::Rpi4b | Board::Cm4 => &["start4.elf", "fixup4.dat"],
+    }
+}
+
+/// Names of the boot files piimg writes.
+pub const KERNEL_FILE: &str = "kernel8.img";
+pub const INITRAMFS_FILE: &str = "initramfs8";
+
+/// Modules in an order that loads: every module after the modules it depends on.
+fn load_order(set: &ModuleSet, names: &[String]) -> Vec<String> {
+    fn visit(set: &ModuleSet, n: &str, seen: &mut BTreeSet<String>, out: &mut Vec<String>) {
+        if !seen.insert(n.to_string()) {
+            return;
+        }
+        if let Some(m) = set.modules.get(n) {
+            let mut deps = m.depends.clone();
+            deps.sort();
+            for d in deps {
+                visit(set, &d, seen, out);
+            }
+            out.push(m.path.clone());
+        }
+    }
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for n in names {
+        visit(set, n, &mut seen, &mut out);
+    }
+    out
+}
+
+/// Copies the modules `names` (already closed over dependencies) from the kernel tree.
+fn copy_modules(
+    kernel: &Tree,
+    set: &ModuleSet,
+    names: &[String],
+    dest: &mut Tree,
+    dest_dir: &str,
+    epoch: i64,
+) -> Result<(), AssembleError> {
+    for n in names {
+        let Some(m) = set.modules.get(n) else {
+            continue;
+        };
+        let data = take(kernel, &format!("{}/{}", set.dir, m.path), "kernel module")?;
+        dest.add_file(format!("{dest_dir}/{}", m.path), meta(0o644, epoch), data)?;
+    }
+    Ok(())
+}
+
+/// Adds every file under `dir` on the host (an overlay) to `tree`, replacing what is there.
+/// Owners become root; modes are kept.
+fn apply_overlay(tree: &mut Tree, dir: &Path, epoch: i64) -> Result<usize, AssembleError> {
+    if !dir.is_dir() {
+        return Ok(0);
+    }
+    let t = Tree::from_host_dir(
+        dir,
+        crate::tree::HostImport {
+            owner: Some((0, 0)),
+            mtime: Some(epoch),
+        },
+    )?;
+    let mut n = 0;
+    for (path, id) in t.walk().into_iter().skip(1) {
+        let node = t.node(id).clone();
+        tree.upsert(
+            &path,
+            node.meta.clone(),
+            match node.kind {
+                NodeKind::Dir(_) => NodeKind::Dir(BTreeMap::new()),
+                other => other,
+            },
+        )?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Builds every tree of the node image.
+pub fn assemble(inp: &Inputs, reporter: &dyn Reporter) -> Result<Assembled, AssembleError> {
+    let cfg = inp.config;
+    let role = cfg.role;
+    let epoch = inp.epoch;
+    let comps = inp.components;
+    let mut used: Vec<LockEntry> = Vec::new();
+
+    // Kernel: boot files, device trees and modules come from its package.
+    reporter.begin("reading the kernel package", None);
+    let kernel_entry = comps
+        .values()
+        .find(|e| {
+            e.name.starts_with(KERNEL_PACKAGE_PREFIX)
+                && e.name != "linux-image-arm64"
+                && matches!(e.source(), Some(Source::Debian { .. }))
+        })
+        .ok_or_else(|| AssembleError::NotLocked("linux-image-<version>-arm64".into()))?;
+    let mut kernel = Tree::new(meta(0o755, epoch));
+    read_pkg(&mut kernel, inp.cache, kernel_entry, epoch)?;
+    used.push(kernel_entry.clone());
+    let release = crate::components::apt::kernel_release(&kernel_entry.name)
+        .ok_or_else(|| AssembleError::Missing(format!("kernel release of {}", kernel_entry.name)))?
+        .to_string();
+    let set = ModuleSet::from_tree(&kernel, Some(&release))?;
+    reporter.end();
+
+    // Firmware.
+    let fw_entry = comps
+        .get(FIRMWARE_PACKAGE)
+        .ok_or_else(|| AssembleError::NotLocked(FIRMWARE_PACKAGE.into()))?;
+    let mut fw = Tree::new(meta(0o755, epoch));
+    read_pkg(&mut fw, inp.cache, fw_entry, epoch)?;
+    used.push(fw_entry.clone());
+
+    // Boot partition: no secrets here, ever.
+    let mut boot = Tree::new(meta(0o755, epoch));
+    for f in firmware_files(cfg.board) {
+        let data = take(&fw, &format!("usr/lib/raspi-firmware/{f}"), "Pi firmware")?;
+        boot.add_file(*f, meta(0o644, epoch), data)?;
+    }
+    boot.add_file(
+        KERNEL_FILE,
+        meta(0o644, epoch),
+        take(&kernel, &format!("boot/vmlinuz-{release}"), "kernel image")?,
+    )?;
+    let dtb = cfg.board.dtb();
+    boot.add_file(
+        dtb,
+        meta(0o644, epoch),
+        take(
+            &kernel,
+            &format!("usr/lib/linux-image-{release}/broadcom/{dtb}"),
+            "device tree",
+        )?,
+    )?;
+    let root_partuuid = cfg
+        .storage
+        .root_partuuid
+        .clone()
+        .ok_or_else(|| AssembleError::Missing("root partition id".into()))?;
+    boot.add_file(
+        "config.txt",
+        meta(0o644, epoch),
+        bytes(config::config_txt(
+            include_str!("../../firmware/config.txt"),
+            cfg.board,
+            KERNEL_FILE,
+            INITRAMFS_FILE,
+        )),
+    )?;
+    boot.add_file(
+        "cmdline.txt",
+        meta(0o644, epoch),
+        bytes(config::cmdline_txt(
+            include_str!("../../firmware/cmdline.txt"),
+            &root_partuuid,
+            // kubeadm writes under /etc; a load balancer needs nothing written to its rootfs.
+            if role.is_kubernetes() { "rw" } else { "ro" },
+        )),
+    )?;
+
+    // Modules: what stage 1 needs in the initramfs, the rest in the rootfs.
+    let present = |names: &[&str]| -> (Vec<String>, Vec<String>) {
+        let (a, b): (Vec<&str>, Vec<&str>) = names.iter().partition(|n| {
+            set.modules
+                .contains_key(&crate::components::modules::canonical(n))
+        });
+        (
+            a.iter()
+                .map(|n| crate::components::modules::canonical(n))
+                .collect(),
+            b.iter().map(|n| n.to_string()).collect(),
+        )
+    };
+    let (stage1_req, _) = present(STAGE1_MODULES);
+    let stage1_refs: Vec<&str> = stage1_req.iter().map(String::as_str).collect();
+    let stage1 = set.closure(&stage1_refs, true)?;
+    let mut wanted: Vec<&str> = BASE_MODULES.to_vec();
+    if role.is_kubernetes() {
+        wanted.extend(KUBERNETES_MODULES);
+    }
+    let (requested, missing) = present(&wanted);
+    let req_refs: Vec<&str> = requested.iter().map(String::as_str).collect();
+    let all_mods = set.closure(&req_refs, true)?;
+
+    // Initramfs: the agent as /init, the stage-1 modules and their load order.
+    let mut initramfs = Tree::new(meta(0o755, epoch));
+    for d in ["dev", "proc", "sys", "newroot", "run", "tmp"] {
+        initramfs.mkdir_p(d, meta(0o755, epoch))?;
+    }
+    // The kernel opens /dev/console before anything mounts devtmpfs.
+    initramfs.insert(
+        "dev/console",
+        meta(0o600, epoch),
+        NodeKind::CharDev { major: 5, minor: 1 },
+    )?;
+    initramfs.add_file("init", meta(0o755, epoch), bytes(inp.agent))?;
+    let mod_dir = format!("lib/modules/{release}");
+    copy_modules(&kernel, &set, &stage1, &mut initramfs, &mod_dir, epoch)?;
+    let order = load_order(&set, &stage1);
+    initramfs.add_file(
+        paths::STAGE1_MODULES,
+        meta(0o644, epoch),
+        bytes(format!("{}\n", order.join("\n"))),
+    )?;
+    initramfs.add_file(
+        format!("{mod_dir}/modules.dep"),
+        meta(0o644, epoch),
+        bytes(set.modules_dep(&stage1)),
+    )?;
+
+    // Root filesystem: merged /usr, packages, the agent, configs.
+    reporter.begin("reading packages", None);
+    let mut root = Tree::new(meta(0o755, epoch));
+    for (l, t) in [("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib")] {
+        root.mkdir_p(t, meta(0o755, epoch))?;
+        root.add_symlink(l, t, meta(0o777, epoch))?;
+    }
+    for d in [
+        "dev",
+        "proc",
+        "sys",
+        "run",
+        "var",
+        "mnt",
+        "etc/piimg",
+        "usr/share/piimg/images",
+    ] {
+        root.mkdir_p(d, meta(0o755, epoch))?;
+    }
+    root.mkdir_p("tmp", meta(0o1777, epoch))?;
+    root.mkdir_p("root", meta(0o700, epoch))?;
+    let roots = root_packages(role);
+    for name in packages_for(&roots, inp.depends, comps)? {
+        let e = &comps[&name];
+        if !matches!(e.source(), Some(Source::Debian { .. })) {
+            continue;
+        }
+        read_pkg(&mut root, inp.cache, e, epoch)?;
+        used.push(e.clone());
+    }
+    reporter.end();
+    // busybox-static ships only /usr/bin/busybox: the shell and tools need their applet names.
+    if root.lookup("usr/bin/busybox").is_some() {
+        for applet in [
+            "sh", "ls", "cat", "ps", "kill", "mount", "umount", "dmesg", "ip", "ping", "grep",
+            "vi", "free", "top", "df", "netstat", "wget", "nc", "sleep", "echo", "mkdir", "rm",
+            "cp", "mv", "ln", "chmod", "uname", "hostname", "sync", "reboot", "poweroff",
+        ] {
+            let p = format!("usr/bin/{applet}");
+            if root.lookup(&p).is_none() && root.lookup(format!("usr/sbin/{applet}")).is_none() {
+                root.add_symlink(&p, "busybox", meta(0o777, epoch))?;
+            }
+        }
+    }
+    // What iptables' update-alternatives would link: kube-proxy and the CNI plugins call these.
+    if root.lookup("usr/sbin/xtables-nft-multi").is_some() {
+        for t in [
+            "iptables",
+            "iptables-save",
+            "iptables-restore",
+            "ip6tables",
+            "ip6tables-save",
+            "ip6tables-restore",
+        ] {
+            let p = format!("usr/sbin/{t}");
+            if root.lookup(&p).is_none() {
+                root.add_symlink(&p, "xtables-nft-multi", meta(0o777, epoch))?;
+            }
+        }
+    }
+    // Kubernetes binaries (URL or local components).
+    if role.is_kubernetes() {
+        let mut bins = vec!["kubelet", "kubeadm"];
+        if role == Role::ControlPlane {
+            bins.push("kubectl");
+        }
+        for b in bins {
+            let e = comps
+                .get(b)
+                .ok_or_else(|| AssembleError::NotLocked(b.to_string()))?;
+            let sha = deb_sha(e)?;
+            let path = inp.cache.path_of(sha);
+            let len = std::fs::metadata(&path)
+                .map_err(|e| AssembleError::Io(path.display().to_string(), e))?
+                .len();
+            root.add_file(
+                format!("usr/bin/{b}"),
+                meta(0o755, epoch),
+                FileData::Host { path, len },
+            )?;
+            used.push(e.clone());
+        }
+        if let Some(e) = comps.get("crictl") {
+            let sha = deb_sha(e)?;
+            let path = inp.cache.path_of(sha);
+            let data = if matches!(e.source(), Some(Source::Url(_))) {
+                bytes(crate::components::fetch::tgz_member(&path, "crictl")?)
+            } else {
+                let len = std::fs::metadata(&path)
+                    .map_err(|e| AssembleError::Io(path.display().to_string(), e))?
+                    .len();
+                FileData::Host { path, len }
+            };
+            root.add_file("usr/bin/crictl", meta(0o755, epoch), data)?;
+            used.push(e.clone());
+        }
+    }
+    // The agent is PID 1 (and the kernel's modprobe helper).
+    root.upsert(
+        "usr/sbin/init",
+        meta(0o755, epoch),
+        NodeKind::File(bytes(inp.agent)),
+    )?;
+    // Kernel modules with depmod-format indexes.
+    let rmod_dir = format!("usr/lib/modules/{release}");
+    copy_modules(&kernel, &set, &all_mods, &mut root, &rmod_dir, epoch)?;
+    for (f, text) in [
+        ("modules.dep", set.modules_dep(&all_mods)),
+        ("modules.alias", set.modules_alias(&all_mods)),
+        ("modules.softdep", set.modules_softdep(&all_mods)),
+    ] {
+        root.add_file(format!("{rmod_dir}/{f}"), meta(0o644, epoch), bytes(text))?;
+    }
+    root.add_file(
+        paths::MODULES_LOAD,
+        meta(0o644, epoch),
+        bytes(format!("{}\n", requested.join("\n"))),
+    )?;
+
+    // Identity and system files the skipped maintainer scripts would have provided.
+    let (passwd, group) = config::passwd_group(role);
+    let etc_files: Vec<(&str, String)> = vec![
+        ("etc/hostname", format!("{}\n", cfg.hostname)),
+        (
+            "etc/hosts",
+            format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost\n{}\t{}\n",
+                cfg.network.address.addr(),
+                cfg.hostname
+            ),
+        ),
+        ("etc/passwd", passwd),
+        ("etc/group", group),
+        (
+            "etc/nsswitch.conf",
+            "passwd: files\ngroup: files\nhosts: files dns\n".into(),
+        ),
+        (
+            "etc/os-release",
+            format!(
+                "NAME=piimg\nID=piimg\nPRETTY_NAME=\"piimg {} node ({})\"\nVERSION_ID={}\n",
+                role,
+                cfg.board,
+                env!("CARGO_PKG_VERSION")
+            ),
+        ),
+    ];
+    for (p, text) in etc_files {
+        root.upsert(p, meta(0o644, epoch), NodeKind::File(bytes(text)))?;
+    }
+    // The agent writes resolv.conf at boot; the rootfs may be read-only.
+    root.upsert(
+        "etc/resolv.conf",
+        meta(0o777, epoch),
+        NodeKind::Symlink(b"../run/resolv.conf".to_vec()),
+    )?;
+    let mut secret_paths = Vec::new();
+    let node_json = piimg_agent::node::NODE_CONFIG_PATH.trim_start_matches('/');
+    let node_mode = if cfg.has_secrets() { 0o600 } else { 0o644 };
+    root.add_file(node_json, meta(node_mode, epoch), bytes(cfg.to_json()))?;
+    if cfg.has_secrets() {
+        secret_paths.push(node_json.to_string());
+    }
+    if let Some(y) = config::kubeadm_yaml(cfg, inp.cluster) {
+        root.add_file(paths::KUBEADM_CONFIG, meta(0o600, epoch), bytes(y))?;
+        secret_paths.push(paths::KUBEADM_CONFIG.to_string());
+    }
+    if role.is_kubernetes() {
+        root.upsert(
+            paths::CONTAINERD_CONFIG,
+            meta(0o644, epoch),
+            NodeKind::File(bytes(config::containerd_toml())),
+        )?;
+        if let Some(c) = config::cni_conflist(cfg) {
+            root.add_file(paths::CNI_CONFIG, meta(0o644, epoch), bytes(c))?;
+        }
+        root.upsert(
+            paths::CRICTL_CONFIG,
+            meta(0o644, epoch),
+            NodeKind::File(bytes(config::crictl_yaml())),
+        )?;
+        for d in ["etc/kubernetes/manifests", "etc/kubernetes/pki"] {
+            root.mkdir_p(d, meta(0o755, epoch))?;
+        }
+    }
+    if role == Role::ControlPlane {
+        let s = inp
+            .node
+            .secrets
+            .as_ref()
+            .ok_or_else(|| AssembleError::Missing("cluster secrets".into()))?;
+        root.add_file(
+            "etc/kubernetes/pki/ca.crt",
+            meta(0o644, epoch),
+            bytes(s.ca_cert.clone()),
+        )?;
+        root.add_file(
+            "etc/kubernetes/pki/ca.key",
+            meta(0o600, epoch),
+            bytes(s.ca_key.clone()),
+        )?;
+        secret_paths.push("etc/kubernetes/pki/ca.key".into());
+    }
+    if let Some(h) = config::haproxy_cfg(cfg) {
+        root.upsert(
+            paths::HAPROXY_CONFIG,
+            meta(0o644, epoch),
+            NodeKind::File(bytes(h)),
+        )?;
+    }
+    // Overlays last: a user's file wins over packages and generated ones.
+    if let Some(dir) = inp.overlays {
+        apply_overlay(&mut root, &dir.join("common"), epoch)?;
+        apply_overlay(&mut root, &dir.join(role.as_str()), epoch)?;
+    }
+    for p in &secret_paths {
+        if let Some(id) = root.lookup(p) {
+            root.node_mut(id).meta.perm = 0o600;
+        }
+    }
+
+    // The data filesystem mounted on /var: state of containerd, kubelet, etcd, logs.
+    let mut data = Tree::new(meta(0o755, epoch));
+    for d in [
+        "lib/piimg",
+        "lib/containerd",
+        "lib/kubelet",
+        "log",
+        "cache",
+        "lib/haproxy",
+    ] {
+        data.mkdir_p(d, meta(0o755, epoch))?;
+    }
+    data.mkdir_p("lib/etcd", meta(0o700, epoch))?;
+    data.mkdir_p("tmp", meta(0o1777, epoch))?;
+
+    used.sort();
+    used.dedup();
+    Ok(Assembled {
+        boot,
+        root,
+        data,
+        initramfs,
+        kernel_release: release,
+        modules_requested: requested,
+        modules_missing: missing,
+        components: used,
+        secret_paths,
+    })
+}
+
+/// Where the project's overlays are: `overlays/` beside the profiles folder.
+pub fn overlays_dir(profiles: &Path) -> Option<PathBuf> {
+    let parent = profiles.parent().unwrap_or(Path::new("."));
+    let d = if parent.as_os_str().is_empty() {
+        PathBuf::from("overlays")
+    } else {
+        parent.join("overlays")
+    };
+    d.is_dir().then_some(d)
+}

@@ -1,0 +1,280 @@
+//! A node image on disk: the partition layout derived from the profile, the three filesystems
+//! written into one sparse file, its `.sha256`, and a manifest of every file and component.
+
+use crate::assemble::node::{Assembled, INITRAMFS_FILE};
+use crate::fs::cpio::{self, Compression, CpioOptions};
+use crate::fs::disk::{self, Layout, PartKind, PartSpec, Table};
+use crate::fs::ext4::{self, Ext4Options};
+use crate::fs::fat32::{self, FatOptions};
+use crate::fs::sparse::{self, AtomicOutput};
+use crate::report::Reporter;
+use crate::tree::{FileData, Meta, NodeKind, Tree};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+pub const BOOT_LABEL: &str = "PIIMG-BOOT";
+pub const ROOT_LABEL: &str = "piimg-root";
+pub const DATA_LABEL: &str = "piimg-data";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("partition layout: {0}")]
+    Disk(#[from] crate::fs::disk::DiskError),
+    #[error("boot partition (FAT32): {0}")]
+    Fat(#[from] crate::fs::fat32::FatError),
+    #[error("{what} (ext4): {source}")]
+    Ext4 {
+        what: &'static str,
+        #[source]
+        source: crate::fs::ext4::Ext4Error,
+    },
+    #[error("initramfs: {0}")]
+    Cpio(#[from] crate::fs::cpio::CpioError),
+    #[error("{0}: {1}")]
+    Io(String, #[source] std::io::Error),
+    #[error("building the boot tree: {0}")]
+    Tree(#[from] crate::tree::TreeError),
+    #[error("manifest: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Sizes of the three partitions.
+#[derive(Debug, Clone, Copy)]
+pub struct Sizes {
+    pub disk: u64,
+    pub boot: u64,
+    pub data: u64,
+}
+
+/// The disk layout of a node: FAT boot, ext4 root, ext4 data last (the agent grows it to the
+/// card's end). MBR for boards whose boot ROM reads only MBR, GPT otherwise. Every id derives
+/// from `seed`.
+pub fn layout(needs_mbr: bool, sizes: Sizes, seed: &[u8]) -> Result<Layout, ImageError> {
+    let table = if needs_mbr { Table::Mbr } else { Table::Gpt };
+    // 1 MiB before the first partition and 1 MiB kept free at the end (GPT's backup header).
+    let root = sizes
+        .disk
+        .saturating_sub(sizes.boot + sizes.data + 2 * disk::ALIGN);
+    Ok(disk::plan(
+        table,
+        sizes.disk,
+        &[
+            PartSpec {
+                name: "boot".into(),
+                kind: PartKind::BootFat,
+                size: sizes.boot,
+            },
+            PartSpec {
+                name: "root".into(),
+                kind: PartKind::Linux,
+                size: root,
+            },
+            PartSpec {
+                name: "data".into(),
+                kind: PartKind::Linux,
+                size: 0,
+            },
+        ],
+        seed,
+    )?)
+}
+
+fn derive16(seed: &[u8], purpose: &str) -> [u8; 16] {
+    let mut h = Sha256::new();
+    h.update(seed);
+    h.update([0]);
+    h.update(purpose.as_bytes());
+    let d = h.finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&d[..16]);
+    // RFC 4122 version 4 / variant bits, so tools show a well-formed UUID.
+    out[6] = (out[6] & 0x0f) | 0x40;
+    out[8] = (out[8] & 0x3f) | 0x80;
+    out
+}
+
+/// One file of the image in the manifest.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileEntry {
+    pub partition: &'static str,
+    pub path: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub mode: String,
+    pub uid: u32,
+    pub gid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// Left out for files holding secrets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+fn hash_data(d: &FileData) -> std::io::Result<String> {
+    let mut h = Sha256::new();
+    let mut r = d.open()?;
+    std::io::copy(&mut r, &mut h)?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Lists a tree for the manifest (secret files get no hash).
+pub fn list_tree(
+    tree: &Tree,
+    partition: &'static str,
+    secret: &[String],
+) -> Result<Vec<FileEntry>, ImageError> {
+    let mut out = Vec::new();
+    for (path, id) in tree.walk() {
+        let n = tree.node(id);
+        let p = String::from_utf8_lossy(&path).into_owned();
+        let (kind, size, sha, target) = match &n.kind {
+            NodeKind::Dir(_) => ("dir", None, None, None),
+            NodeKind::File(d) => {
+                let sha = if secret.contains(&p) {
+                    None
+                } else {
+                    Some(hash_data(d).map_err(|e| ImageError::Io(p.clone(), e))?)
+                };
+                ("file", Some(d.len()), sha, None)
+            }
+            NodeKind::Symlink(t) => (
+                "symlink",
+                None,
+                None,
+                Some(String::from_utf8_lossy(t).into_owned()),
+            ),
+            NodeKind::CharDev { .. } => ("char", None, None, None),
+            NodeKind::BlockDev { .. } => ("block", None, None, None),
+            NodeKind::Fifo => ("fifo", None, None, None),
+            NodeKind::Socket => ("socket", None, None, None),
+        };
+        out.push(FileEntry {
+            partition,
+            path: format!("/{p}"),
+            kind,
+            mode: format!("{:04o}", n.meta.perm),
+            uid: n.meta.uid,
+            gid: n.meta.gid,
+            size,
+            sha256: sha,
+            target,
+        });
+    }
+    Ok(out)
+}
+
+/// What `write_image` produced.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub image: PathBuf,
+    pub sha256: String,
+    pub initramfs_bytes: u64,
+}
+
+/// Writes the node image at `dest` (temp file + rename) and `dest.sha256`. The initramfs is
+/// packed into the boot tree here so that its name matches config.txt.
+pub fn write_image(
+    asm: &mut Assembled,
+    layout: &Layout,
+    seed: &[u8],
+    epoch: i64,
+    dest: &Path,
+    reporter: &dyn Reporter,
+) -> Result<Written, ImageError> {
+    let io = |what: &str| {
+        let what = what.to_string();
+        move |e| ImageError::Io(what.clone(), e)
+    };
+    // zstd: smaller than gzip for the same time; Debian's kernel decompresses both.
+    let mut initrd = Vec::new();
+    cpio::write(
+        &asm.initramfs,
+        &CpioOptions {
+            compression: Compression::Zstd { level: 19 },
+        },
+        &mut initrd,
+    )?;
+    let initramfs_bytes = initrd.len() as u64;
+    asm.boot.add_file(
+        INITRAMFS_FILE,
+        Meta::root(0o644, epoch),
+        FileData::from_bytes(initrd),
+    )?;
+
+    let out = AtomicOutput::create(dest).map_err(io(&dest.display().to_string()))?;
+    let mut sink = out
+        .sink(layout.disk_size)
+        .map_err(io(&dest.display().to_string()))?;
+    disk::write_table(layout, &mut sink)?;
+    let [boot, root, data] = &layout.parts[..] else {
+        return Err(ImageError::Disk(crate::fs::disk::DiskError::Invalid(
+            "expected three partitions".into(),
+        )));
+    };
+    reporter.begin("writing boot partition (FAT32)", Some(boot.size));
+    fat32::write(
+        &asm.boot,
+        &FatOptions {
+            size: boot.size,
+            label: BOOT_LABEL.into(),
+            volume_id: u32::from_le_bytes(
+                derive16(seed, "fat-volume-id")[..4]
+                    .try_into()
+                    .unwrap_or([0; 4]),
+            ),
+            timestamp: epoch,
+            hidden_sectors: (boot.start / 512) as u32,
+        },
+        &mut sink,
+        boot.start,
+    )?;
+    reporter.end();
+    for (part, tree, label, what) in [
+        (root, &asm.root, ROOT_LABEL, "root filesystem"),
+        (data, &asm.data, DATA_LABEL, "data filesystem"),
+    ] {
+        reporter.begin(&format!("writing {what} (ext4)"), Some(part.size));
+        ext4::write(
+            tree,
+            &Ext4Options {
+                size: part.size,
+                label: label.into(),
+                uuid: derive16(seed, &format!("{label}-uuid")),
+                hash_seed: derive16(seed, &format!("{label}-hash-seed")),
+                timestamp: epoch,
+            },
+            &mut sink,
+            part.start,
+        )
+        .map_err(|source| ImageError::Ext4 { what, source })?;
+        reporter.end();
+    }
+    drop(sink);
+    reporter.begin("checksumming the image", Some(layout.disk_size));
+    let mut f = out.file().try_clone().map_err(io("image"))?;
+    let digest = sparse::sha256_file(&mut f).map_err(io("image"))?;
+    reporter.end();
+    let image = out.commit().map_err(io(&dest.display().to_string()))?;
+    let sha256 = sparse::write_sha256_sidecar(&image, &digest).map_err(io("sha256 file"))?;
+    Ok(Written {
+        image,
+        sha256,
+        initramfs_bytes,
+    })
+}
+
+/// Writes `value` as pretty JSON at `dest`, atomically.
+pub fn write_json(dest: &Path, value: &impl Serialize) -> Result<(), ImageError> {
+    let out =
+        AtomicOutput::create(dest).map_err(|e| ImageError::Io(dest.display().to_string(), e))?;
+    let mut text = serde_json::to_vec_pretty(value)?;
+    text.push(b'\n');
+    std::io::Write::write_all(&mut out.file(), &text)
+        .map_err(|e| ImageError::Io(dest.display().to_string(), e))?;
+    out.commit()
+        .map_err(|e| ImageError::Io(dest.display().to_string(), e))?;
+    Ok(())
+}

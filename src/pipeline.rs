@@ -1,0 +1,386 @@
+//! The whole job of `piimg fetch` and `piimg build`: lock -> cache -> assembled trees -> image,
+//! `.sha256` and manifest. The CLI calls these with a reporter; nothing here prints.
+
+use crate::assemble::node::{self as asm, Inputs};
+use crate::components::cache::Cache;
+use crate::components::lock::{Lock, LockEntry, Source};
+use crate::components::{self, fetch, FetchOptions};
+use crate::image::{self, Sizes};
+use crate::profile::{NodeProfile, Profiles};
+use crate::report::Reporter;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Components(#[from] components::ComponentsError),
+    #[error(transparent)]
+    Lock(#[from] components::lock::LockError),
+    #[error(transparent)]
+    Cache(#[from] components::cache::CacheError),
+    #[error(transparent)]
+    Fetch(#[from] fetch::FetchError),
+    #[error(transparent)]
+    Assemble(#[from] crate::assemble::AssembleError),
+    #[error(transparent)]
+    Image(#[from] image::ImageError),
+    #[error(
+        "{lock} has no packages for Debian {suite}: run `piimg fetch --profile {profile}` first"
+    )]
+    SuiteNotLocked {
+        lock: PathBuf,
+        suite: String,
+        profile: String,
+    },
+    #[error("--component {0}: expected NAME=PATH")]
+    BadOverride(String),
+}
+
+/// Where `piimg.lock` lives: the project root, beside the profiles folder.
+pub fn lock_path(profiles: &Path) -> PathBuf {
+    match profiles.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.join("piimg.lock"),
+        _ => PathBuf::from("piimg.lock"),
+    }
+}
+
+/// Result of `fetch`.
+#[derive(Debug, Clone, Default)]
+pub struct FetchReport {
+    pub suites: Vec<(String, usize)>,
+    /// URL components that could not be pinned here, with the reason and the profiles that need
+    /// them (they can still be supplied as local files).
+    pub unpinned: Vec<(String, String, Vec<String>)>,
+    pub lock_changed: bool,
+}
+
+/// Resolves the selected nodes' components into the lock and the cache. With `update` false an
+/// existing lock is only completed (missing suites/components), never changed.
+pub fn fetch(
+    profiles: &Profiles,
+    nodes: &[&NodeProfile],
+    cache: &Cache,
+    lock_file: &Path,
+    update: bool,
+    reporter: &dyn Reporter,
+) -> Result<FetchReport, PipelineError> {
+    let mut lock = Lock::load_or_new(lock_file)?;
+    let before = lock.clone();
+    let mut report = FetchReport::default();
+    let suites: BTreeMap<&str, Option<&str>> = nodes
+        .iter()
+        .map(|n| (n.image.suite.as_str(), n.image.mirror.as_deref()))
+        .collect();
+    for (suite, mirror) in suites {
+        if update || lock.suite_entries(suite).is_empty() {
+            reporter.info(&format!("resolving Debian {suite} arm64 packages"));
+            let resolved = components::update_suite(
+                cache,
+                suite,
+                mirror,
+                &asm::all_packages(),
+                &components::apt::DEFAULT_EXCLUDES
+                    .iter()
+                    .map(|(name, _why)| *name)
+                    .collect::<Vec<_>>(),
+                reporter,
+            )?;
+            lock.set_suite(suite, &resolved.packages);
+        } else {
+            let sub = Lock {
+                version: lock.version,
+                components: lock.suite_entries(suite).into_iter().cloned().collect(),
+            };
+            components::fetch_locked(
+                &sub,
+                cache,
+                &FetchOptions {
+                    offline: false,
+                    mirror: mirror.map(str::to_string),
+                },
+                reporter,
+            )?;
+        }
+        report
+            .suites
+            .push((suite.to_string(), lock.suite_entries(suite).len()));
+    }
+    // Kubernetes release binaries: pinned from the release's published sha256.
+    let mut wanted: BTreeMap<String, (fetch::UrlArtifact, Vec<String>)> = BTreeMap::new();
+    for n in nodes {
+        let Some(k) = &n.config.kubernetes else {
+            continue;
+        };
+        for a in fetch::kubernetes_artifacts(&k.version, fetch::DEFAULT_CRICTL) {
+            if a.name == "kubectl" && n.config.role != piimg_agent::node::Role::ControlPlane {
+                continue;
+            }
+            if n.components.contains_key(&a.name) {
+                continue;
+            }
+            wanted
+                .entry(a.name.clone())
+                .or_insert_with(|| (a, Vec::new()))
+                .1
+                .push(n.name.clone());
+        }
+    }
+    for (name, (a, users)) in wanted {
+        let locked = lock.get(&name).cloned();
+        let pinned = locked
+            .as_ref()
+            .filter(|e| e.version == a.version && e.sha256.is_some() && !update);
+        let result = match pinned {
+            Some(e) => {
+                let url = match e.source() {
+                    Some(Source::Url(u)) => u.to_string(),
+                    _ => a.url.clone(),
+                };
+                fetch::fetch_url(&name, &url, e.sha256.as_deref(), cache, reporter).map(|_| None)
+            }
+            None => fetch::pin_and_fetch(&a, cache, reporter).map(Some),
+        };
+        match result {
+            Ok(Some(pinned)) => lock.upsert(pinned.lock_entry()),
+            Ok(None) => {}
+            Err(e) => {
+                if locked.as_ref().is_none_or(|l| l.version != a.version) {
+                    lock.upsert(a.lock_entry());
+                }
+                report.unpinned.push((name, e.to_string(), users));
+            }
+        }
+    }
+    let _ = profiles;
+    report.lock_changed = lock != before;
+    if report.lock_changed || !lock_file.exists() {
+        lock.save(lock_file)?;
+    }
+    Ok(report)
+}
+
+/// Options of one build.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub out_dir: PathBuf,
+    pub offline: bool,
+    /// `NAME=PATH` overrides from the command line (win over the profile's).
+    pub overrides: Vec<(String, PathBuf)>,
+    pub epoch: i64,
+    pub agent: &'static [u8],
+}
+
+/// The manifest written beside the image.
+#[derive(Debug, Serialize)]
+pub struct Manifest {
+    pub profile: String,
+    pub cluster: String,
+    pub image: String,
+    pub sha256: String,
+    pub size: u64,
+    pub source_date_epoch: i64,
+    pub kernel_release: String,
+    pub partitions: Vec<ManifestPartition>,
+    pub node: piimg_agent::node::NodeConfig,
+    pub components: Vec<LockEntry>,
+    pub modules: Vec<String>,
+    pub modules_not_in_kernel: Vec<String>,
+    pub files: Vec<image::FileEntry>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ManifestPartition {
+    pub number: u32,
+    pub name: String,
+    pub start: u64,
+    pub size: u64,
+    pub partuuid: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct BuildOutput {
+    pub image: PathBuf,
+    pub sha256: String,
+    pub manifest: PathBuf,
+    pub size: u64,
+}
+
+/// Builds one node's image into `opts.out_dir`.
+pub fn build(
+    profiles: &Profiles,
+    node: &NodeProfile,
+    cache: &Cache,
+    lock_file: &Path,
+    opts: &BuildOptions,
+    reporter: &dyn Reporter,
+) -> Result<BuildOutput, PipelineError> {
+    let lock = Lock::load_or_new(lock_file)?;
+    let suite = &node.image.suite;
+    if lock.suite_entries(suite).is_empty() {
+        return Err(PipelineError::SuiteNotLocked {
+            lock: lock_file.to_path_buf(),
+            suite: suite.clone(),
+            profile: node.name.clone(),
+        });
+    }
+    // The components this node uses: its suite's packages, URL pins, then local overrides.
+    let mut comps: BTreeMap<String, LockEntry> = BTreeMap::new();
+    for e in &lock.components {
+        match e.source() {
+            Some(Source::Debian { suite: s, .. }) if s == suite => {
+                comps.insert(e.name.clone(), e.clone());
+            }
+            Some(Source::Url(_)) => {
+                comps.insert(e.name.clone(), e.clone());
+            }
+            _ => {}
+        }
+    }
+    let mut overrides: BTreeMap<String, PathBuf> = node.components.clone();
+    overrides.extend(opts.overrides.iter().cloned());
+    for (name, path) in &overrides {
+        let version = comps
+            .get(name)
+            .map_or_else(|| "local".to_string(), |e| e.version.clone());
+        let e = fetch::add_local(name, &version, path, cache)?;
+        comps.insert(name.clone(), e);
+    }
+    // Only what this node needs must be present.
+    let role = node.config.role;
+    let mut needed: BTreeSet<String> = BTreeSet::new();
+    let pkgs = asm::packages_for(
+        &asm::root_packages(role),
+        &lock_depends(&lock, suite),
+        &comps,
+    )?;
+    needed.extend(pkgs);
+    needed.insert(asm::FIRMWARE_PACKAGE.to_string());
+    if let Some(k) = comps
+        .keys()
+        .find(|k| k.starts_with(asm::KERNEL_PACKAGE_PREFIX) && *k != "linux-image-arm64")
+    {
+        needed.insert(k.clone());
+    }
+    if role.is_kubernetes() {
+        needed.extend(["kubelet", "kubeadm"].map(String::from));
+        if role == piimg_agent::node::Role::ControlPlane {
+            needed.insert("kubectl".into());
+        }
+        if comps.contains_key("crictl") {
+            needed.insert("crictl".into());
+        }
+    }
+    let sub = Lock {
+        version: lock.version,
+        components: needed
+            .iter()
+            .map(|n| {
+                comps
+                    .get(n)
+                    .cloned()
+                    .ok_or_else(|| crate::assemble::AssembleError::NotLocked(n.clone()))
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    components::fetch_locked(
+        &sub,
+        cache,
+        &FetchOptions {
+            offline: opts.offline,
+            mirror: node.image.mirror.clone(),
+        },
+        reporter,
+    )?;
+    // Partition ids come from the node's identity, so PARTUUIDs are stable across builds.
+    let seed = format!(
+        "piimg:{}:{}:{}",
+        node.cluster, node.name, node.config.hostname
+    );
+    let layout = image::layout(
+        node.config.board.needs_mbr(),
+        Sizes {
+            disk: node.image.size,
+            boot: node.image.boot_size,
+            data: node.image.data_size,
+        },
+        seed.as_bytes(),
+    )?;
+    let mut config = node.config.clone();
+    config.storage.root_partuuid = Some(layout.parts[1].partuuid.clone());
+    config.storage.data_partuuid = Some(layout.parts[2].partuuid.clone());
+    let depends = lock_depends(&lock, suite);
+    let overlays = asm::overlays_dir(&profiles.dir);
+    let inputs = Inputs {
+        node,
+        components: &comps,
+        depends: &depends,
+        cache,
+        agent: opts.agent,
+        overlays: overlays.as_deref(),
+        epoch: opts.epoch,
+        config: &config,
+        cluster: &node.cluster,
+    };
+    let mut assembled = asm::assemble(&inputs, reporter)?;
+    let dest = opts.out_dir.join(format!("{}.img", node.name));
+    let written = image::write_image(
+        &mut assembled,
+        &layout,
+        seed.as_bytes(),
+        opts.epoch,
+        &dest,
+        reporter,
+    )?;
+    reporter.begin("writing the manifest", None);
+    let mut files = image::list_tree(&assembled.boot, "boot", &[])?;
+    files.extend(image::list_tree(
+        &assembled.root,
+        "root",
+        &assembled.secret_paths,
+    )?);
+    files.extend(image::list_tree(&assembled.data, "data", &[])?);
+    let manifest = Manifest {
+        profile: node.name.clone(),
+        cluster: node.cluster.clone(),
+        image: format!("{}.img", node.name),
+        sha256: written.sha256.clone(),
+        size: layout.disk_size,
+        source_date_epoch: opts.epoch,
+        kernel_release: assembled.kernel_release.clone(),
+        partitions: layout
+            .parts
+            .iter()
+            .map(|p| ManifestPartition {
+                number: p.number,
+                name: p.name.clone(),
+                start: p.start,
+                size: p.size,
+                partuuid: p.partuuid.clone(),
+            })
+            .collect(),
+        node: config.redacted(),
+        components: assembled.components.clone(),
+        modules: assembled.modules_requested.clone(),
+        modules_not_in_kernel: assembled.modules_missing.clone(),
+        files,
+    };
+    let manifest_path = opts.out_dir.join(format!("{}.manifest.json", node.name));
+    image::write_json(&manifest_path, &manifest)?;
+    reporter.end();
+    Ok(BuildOutput {
+        image: written.image,
+        sha256: written.sha256,
+        manifest: manifest_path,
+        size: layout.disk_size,
+    })
+}
+
+/// Package -> the locked packages it depends on, as recorded by `piimg fetch`.
+pub fn lock_depends(lock: &Lock, suite: &str) -> BTreeMap<String, Vec<String>> {
+    lock.suite_entries(suite)
+        .into_iter()
+        .map(|e| (e.name.clone(), e.depends.clone()))
+        .collect()
+}
