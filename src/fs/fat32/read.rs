@@ -1,0 +1,574 @@
+//! Read-only FAT reader: enough to list and read files of a boot partition inside a disk image
+//! (`piimg qemu` takes the kernel, device tree, initramfs, config.txt and cmdline.txt from it).
+//!
+//! Parses the BPB, follows FAT chains and reads directories with VFAT long names. FAT32 is the
+//! target; FAT12/16 (fixed root directory) are read too, since mkfs.vfat picks them for small
+//! volumes. Every offset read from the volume is bounds-checked, and chains are cut at the
+//! volume's cluster count, so a corrupt image gives an error, never a hang.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FatReadError {
+    #[error("reading the image: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("not a FAT filesystem: {0}")]
+    NotFat(String),
+    #[error("corrupt FAT filesystem: {0}")]
+    Corrupt(String),
+    #[error("{0}: no such file or directory")]
+    NotFound(String),
+    #[error("{0}: not a directory")]
+    NotDir(String),
+    #[error("{0}: is a directory")]
+    IsDir(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FatType {
+    Fat12,
+    Fat16,
+    Fat32,
+}
+
+/// One directory entry, long name resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The long name when a valid one precedes the short entry, else the 8.3 name (lower-cased
+    /// parts as the NT case flags say).
+    pub name: String,
+    /// The 8.3 name as stored, e.g. `KERNEL8.IMG`.
+    pub short_name: String,
+    pub attr: u8,
+    pub first_cluster: u32,
+    pub size: u32,
+}
+
+impl Entry {
+    pub fn is_dir(&self) -> bool {
+        self.attr & ATTR_DIR != 0
+    }
+}
+
+const ATTR_VOLUME: u8 = 0x08;
+const ATTR_DIR: u8 = 0x10;
+const ATTR_LFN: u8 = 0x0f;
+
+/// A FAT volume at byte `offset` of `dev` (a whole disk image or a partition file).
+pub struct FatVolume<R> {
+    dev: R,
+    offset: u64,
+    fat_type: FatType,
+    bytes_per_sector: u64,
+    cluster_bytes: u64,
+    /// Byte offset of the first FAT, from the volume start.
+    fat_start: u64,
+    /// FAT12/16: byte offset and size of the fixed root directory.
+    root_dir: (u64, u64),
+    root_cluster: u32,
+    data_start: u64,
+    /// Highest valid cluster number + 1.
+    cluster_end: u32,
+    volume_bytes: u64,
+}
+
+fn le16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+impl<R: Read + Seek> FatVolume<R> {
+    /// Parses the boot sector (BPB) of the volume at `offset`.
+    pub fn open(mut dev: R, offset: u64) -> Result<Self, FatReadError> {
+        let mut b = [0u8; 512];
+        dev.seek(SeekFrom::Start(offset))?;
+        dev.read_exact(&mut b)?;
+        if b[510] != 0x55 || b[511] != 0xaa {
+            return Err(FatReadError::NotFat(format!(
+                "no boot signature at byte {offset}"
+            )));
+        }
+        let bps = le16(&b, 11);
+        let spc = b[13];
+        let reserved = le16(&b, 14);
+        let nfats = b[16];
+        let root_entries = le16(&b, 17);
+        let total16 = le16(&b, 19);
+        let fat16_size = le16(&b, 22);
+        let total32 = le32(&b, 32);
+        let fat32_size = le32(&b, 36);
+        if !matches!(bps, 512 | 1024 | 2048 | 4096) {
+            return Err(FatReadError::NotFat(format!("{bps} bytes per sector")));
+        }
+        if spc == 0 || !spc.is_power_of_two() {
+            return Err(FatReadError::NotFat(format!("{spc} sectors per cluster")));
+        }
+        if reserved == 0 || nfats == 0 {
+            return Err(FatReadError::NotFat(
+                "no reserved sectors or no FAT".to_string(),
+            ));
+        }
+        let bps64 = u64::from(bps);
+        let total = if total16 != 0 {
+            u64::from(total16)
+        } else {
+            u64::from(total32)
+        };
+        let fat_sectors = if fat16_size != 0 {
+            u64::from(fat16_size)
+        } else {
+            u64::from(fat32_size)
+        };
+        if total == 0 || fat_sectors == 0 {
+            return Err(FatReadError::NotFat(
+                "zero total sectors or FAT size".to_string(),
+            ));
+        }
+        let root_dir_sectors = (u64::from(root_entries) * 32).div_ceil(bps64);
+        let data_sector = u64::from(reserved) + u64::from(nfats) * fat_sectors + root_dir_sectors;
+        let clusters = total
+            .checked_sub(data_sector)
+            .ok_or_else(|| FatReadError::Corrupt("the data area starts past the end".into()))?
+            / u64::from(spc);
+        // Microsoft's rule: the type follows from the cluster count alone.
+        let fat_type = if clusters < 4085 {
+            FatType::Fat12
+        } else if clusters < 65525 {
+            FatType::Fat16
+        } else {
+            FatType::Fat32
+        };
+        let root_cluster = if fat_type == FatType::Fat32 {
+            le32(&b, 44)
+        } else {
+            0
+        };
+        let fat_entries = match fat_type {
+            FatType::Fat12 => fat_sectors * bps64 * 2 / 3,
+            FatType::Fat16 => fat_sectors * bps64 / 2,
+            FatType::Fat32 => fat_sectors * bps64 / 4,
+        };
+        let cluster_end = (clusters + 2).min(fat_entries).min(0x0fff_fff7) as u32;
+        if fat_type == FatType::Fat32 && !(2..cluster_end).contains(&root_cluster) {
+            return Err(FatReadError::Corrupt(format!(
+                "root directory cluster {root_cluster} out of range"
+            )));
+        }
+        let fat_start = u64::from(reserved) * bps64;
+        Ok(FatVolume {
+            dev,
+            offset,
+            fat_type,
+            bytes_per_sector: bps64,
+            cluster_bytes: u64::from(spc) * bps64,
+            fat_start,
+            root_dir: (
+                fat_start + u64::from(nfats) * fat_sectors * bps64,
+                u64::from(root_entries) * 32,
+            ),
+            root_cluster,
+            data_start: data_sector * bps64,
+            cluster_end,
+            volume_bytes: total * bps64,
+        })
+    }
+
+    pub fn fat_type(&self) -> FatType {
+        self.fat_type
+    }
+
+    pub fn cluster_bytes(&self) -> u64 {
+        self.cluster_bytes
+    }
+
+    pub fn sector_bytes(&self) -> u64 {
+        self.bytes_per_sector
+    }
+
+    fn read_at(&mut self, at: u64, buf: &mut [u8]) -> Result<(), FatReadError> {
+        if at + buf.len() as u64 > self.volume_bytes {
+            return Err(FatReadError::Corrupt(format!(
+                "read of {} bytes at {at} past the volume's end ({})",
+                buf.len(),
+                self.volume_bytes
+            )));
+        }
+        self.dev.seek(SeekFrom::Start(self.offset + at))?;
+        self.dev.read_exact(buf)?;
+        Ok(())
+    }
+
+    /// The FAT entry of `cluster` (from the first FAT).
+    fn next_cluster(&mut self, cluster: u32) -> Result<u32, FatReadError> {
+        match self.fat_type {
+            FatType::Fat32 => {
+                let mut e = [0u8; 4];
+                self.read_at(self.fat_start + u64::from(cluster) * 4, &mut e)?;
+                Ok(u32::from_le_bytes(e) & 0x0fff_ffff)
+            }
+            FatType::Fat16 => {
+                let mut e = [0u8; 2];
+                self.read_at(self.fat_start + u64::from(cluster) * 2, &mut e)?;
+                Ok(u32::from(u16::from_le_bytes(e)))
+            }
+            FatType::Fat12 => {
+                let mut e = [0u8; 2];
+                let at = u64::from(cluster) + u64::from(cluster) / 2;
+                self.read_at(self.fat_start + at, &mut e)?;
+                let v = u16::from_le_bytes(e);
+                Ok(u32::from(if cluster & 1 == 1 { v >> 4 } else { v & 0xfff }))
+            }
+        }
+    }
+
+    fn is_end(&self, c: u32) -> bool {
+        match self.fat_type {
+            FatType::Fat12 => c >= 0xff8,
+            FatType::Fat16 => c >= 0xfff8,
+            FatType::Fat32 => c >= 0x0fff_fff8,
+        }
+    }
+
+    /// The clusters of the chain starting at `first` (empty for cluster 0).
+    pub fn chain(&mut self, first: u32) -> Result<Vec<u32>, FatReadError> {
+        let mut out = Vec::new();
+        let mut c = first;
+        if c == 0 {
+            return Ok(out);
+        }
+        loop {
+            if !(2..self.cluster_end).contains(&c) {
+                return Err(FatReadError::Corrupt(format!(
+                    "cluster {c} in the chain from {first} is out of range"
+                )));
+            }
+            if out.len() as u32 >= self.cluster_end {
+                return Err(FatReadError::Corrupt(format!(
+                    "the chain from cluster {first} loops"
+                )));
+            }
+            out.push(c);
+            let n = self.next_cluster(c)?;
+            if self.is_end(n) {
+                return Ok(out);
+            }
+            c = n;
+        }
+    }
+
+    fn cluster_offset(&self, c: u32) -> u64 {
+        self.data_start + u64::from(c - 2) * self.cluster_bytes
+    }
+
+    /// Reads the whole chain (directories).
+    fn read_chain(&mut self, first: u32) -> Result<Vec<u8>, FatReadError> {
+        let chain = self.chain(first)?;
+        let mut out = vec![0u8; chain.len() * self.cluster_bytes as usize];
+        for (i, c) in chain.iter().enumerate() {
+            let at = self.cluster_offset(*c);
+            let cb = self.cluster_bytes as usize;
+            self.read_at(at, &mut out[i * cb..(i + 1) * cb])?;
+        }
+        Ok(out)
+    }
+
+    /// The raw entries of the root directory.
+    fn root_bytes(&mut self) -> Result<Vec<u8>, FatReadError> {
+        if self.fat_type == FatType::Fat32 {
+            self.read_chain(self.root_cluster)
+        } else {
+            let (at, len) = self.root_dir;
+            let mut buf = vec![0u8; len as usize];
+            self.read_at(at, &mut buf)?;
+            Ok(buf)
+        }
+    }
+
+    /// The entries of the root directory (without `.`, `..` and the volume label).
+    pub fn root(&mut self) -> Result<Vec<Entry>, FatReadError> {
+        let raw = self.root_bytes()?;
+        Ok(parse_dir(&raw))
+    }
+
+    /// The entries of the directory at `path` (`/`-separated, case-insensitive, as FAT is).
+    pub fn read_dir(&mut self, path: &str) -> Result<Vec<Entry>, FatReadError> {
+        let mut entries = self.root()?;
+        let mut walked = String::new();
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            walked.push('/');
+            walked.push_str(part);
+            let e = find(&entries, part).ok_or_else(|| FatReadError::NotFound(walked.clone()))?;
+            if !e.is_dir() {
+                return Err(FatReadError::NotDir(walked));
+            }
+            entries = if e.first_cluster == 0 {
+                // `..` of a first-level directory points at the root as cluster 0.
+                self.root()?
+            } else {
+                let raw = self.read_chain(e.first_cluster)?;
+                parse_dir(&raw)
+            };
+        }
+        Ok(entries)
+    }
+
+    /// The entry at `path`.
+    pub fn lookup(&mut self, path: &str) -> Result<Entry, FatReadError> {
+        let path = path.trim_matches('/');
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        if name.is_empty() {
+            return Err(FatReadError::NotFound("/".into()));
+        }
+        let entries = self.read_dir(dir)?;
+        find(&entries, name)
+            .cloned()
+            .ok_or_else(|| FatReadError::NotFound(format!("/{path}")))
+    }
+
+    /// Copies the file at `path` into `out`; returns its size.
+    pub fn copy_file(&mut self, path: &str, out: &mut dyn Write) -> Result<u64, FatReadError> {
+        let e = self.lookup(path)?;
+        if e.is_dir() {
+            return Err(FatReadError::IsDir(path.to_string()));
+        }
+        let size = u64::from(e.size);
+        let chain = self.chain(e.first_cluster)?;
+        if (chain.len() as u64) * self.cluster_bytes < size {
+            return Err(FatReadError::Corrupt(format!(
+                "{path}: {size} bytes but only {} clusters",
+                chain.len()
+            )));
+        }
+        let mut left = size;
+        let mut buf = vec![0u8; self.cluster_bytes as usize];
+        // Runs of consecutive clusters are read in one go (our writer and mkfs lay files out
+        // contiguously), at most 1 MiB at a time.
+        let mut i = 0;
+        while left > 0 {
+            let start = chain[i];
+            let mut run = 1;
+            while i + run < chain.len()
+                && chain[i + run] == start + run as u32
+                && (run as u64 + 1) * self.cluster_bytes <= (1 << 20)
+            {
+                run += 1;
+            }
+            let want = (run as u64 * self.cluster_bytes).min(left) as usize;
+            if buf.len() < want {
+                buf.resize(want, 0);
+            }
+            let at = self.cluster_offset(start);
+            self.read_at(at, &mut buf[..want])?;
+            out.write_all(&buf[..want])?;
+            left -= want as u64;
+            i += run;
+        }
+        Ok(size)
+    }
+
+    /// The file at `path` as bytes.
+    pub fn read_file(&mut self, path: &str) -> Result<Vec<u8>, FatReadError> {
+        let mut v = Vec::new();
+        self.copy_file(path, &mut v)?;
+        Ok(v)
+    }
+
+    /// Every file and directory below the root as (`/path`, entry), depth first, in directory
+    /// order.
+    pub fn walk(&mut self) -> Result<Vec<(String, Entry)>, FatReadError> {
+        let mut out = Vec::new();
+        let mut stack: Vec<(String, Vec<Entry>)> = vec![(String::new(), self.root()?)];
+        let mut dirs = 0u32;
+        while let Some((prefix, entries)) = stack.pop() {
+            let mut subdirs = Vec::new();
+            for e in entries {
+                let p = format!("{prefix}/{}", e.name);
+                if e.is_dir() && e.first_cluster != 0 {
+                    dirs += 1;
+                    if dirs > self.cluster_end {
+                        return Err(FatReadError::Corrupt("directory cycle".into()));
+                    }
+                    let raw = self.read_chain(e.first_cluster)?;
+                    subdirs.push((p.clone(), parse_dir(&raw)));
+                }
+                out.push((p, e));
+            }
+            stack.extend(subdirs.into_iter().rev());
+        }
+        Ok(out)
+    }
+}
+
+fn find<'e>(entries: &'e [Entry], name: &str) -> Option<&'e Entry> {
+    entries.iter().find(|e| {
+        e.name.eq_ignore_ascii_case(name)
+            || e.name.to_lowercase() == name.to_lowercase()
+            || e.short_name.eq_ignore_ascii_case(name)
+    })
+}
+
+/// Short-name bytes are in an OEM code page; ASCII is what matters here, anything else is shown
+/// as Latin-1.
+fn oem(bytes: &[u8], lower: bool) -> String {
+    bytes
+        .iter()
+        .map(|&b| {
+            let c = char::from(b);
+            if lower {
+                c.to_ascii_lowercase()
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+fn short_name(e: &[u8]) -> (String, String) {
+    let mut base = e[..8].to_vec();
+    if base[0] == 0x05 {
+        base[0] = 0xe5;
+    }
+    let trim = |v: &[u8]| -> Vec<u8> {
+        let end = v.iter().rposition(|&b| b != b' ').map_or(0, |p| p + 1);
+        v[..end].to_vec()
+    };
+    let base = trim(&base);
+    let ext = trim(&e[8..11]);
+    let case = e[12];
+    let stored = if ext.is_empty() {
+        oem(&base, false)
+    } else {
+        format!("{}.{}", oem(&base, false), oem(&ext, false))
+    };
+    let shown_base = oem(&base, case & 0x08 != 0);
+    let shown = if ext.is_empty() {
+        shown_base
+    } else {
+        format!("{shown_base}.{}", oem(&ext, case & 0x10 != 0))
+    };
+    (stored, shown)
+}
+
+fn lfn_checksum(short: &[u8]) -> u8 {
+    short[..11]
+        .iter()
+        .fold(0u8, |s, &b| s.rotate_right(1).wrapping_add(b))
+}
+
+/// Parses raw directory entries (32 bytes each) up to the end marker.
+pub fn parse_dir(raw: &[u8]) -> Vec<Entry> {
+    let mut out = Vec::new();
+    // Long-name pieces collected so far: (sequence number, checksum, 13 UTF-16 units).
+    let mut lfn: Vec<(u8, u8, [u16; 13])> = Vec::new();
+    for e in raw.chunks_exact(32) {
+        match e[0] {
+            0x00 => break,
+            0xe5 => {
+                lfn.clear();
+                continue;
+            }
+            _ => {}
+        }
+        let attr = e[11];
+        if attr & 0x3f == ATTR_LFN {
+            let seq = e[0];
+            if seq & 0x40 != 0 {
+                lfn.clear();
+            }
+            let mut units = [0u16; 13];
+            let offsets = [1, 3, 5, 7, 9, 14, 16, 18, 20, 22, 24, 28, 30];
+            for (u, &o) in units.iter_mut().zip(offsets.iter()) {
+                *u = le16(e, o);
+            }
+            lfn.push((seq & 0x1f, e[13], units));
+            continue;
+        }
+        let pieces = std::mem::take(&mut lfn);
+        if attr & ATTR_VOLUME != 0 {
+            continue;
+        }
+        let (stored, shown) = short_name(e);
+        if stored == "." || stored == ".." {
+            continue;
+        }
+        let long = long_name(&pieces, lfn_checksum(e));
+        out.push(Entry {
+            name: long.unwrap_or(shown),
+            short_name: stored,
+            attr,
+            first_cluster: (u32::from(le16(e, 20)) << 16) | u32::from(le16(e, 26)),
+            size: le32(e, 28),
+        });
+    }
+    out
+}
+
+/// The long name from its pieces (stored last piece first), if they are complete and belong to
+/// the short entry whose checksum is `sum`.
+fn long_name(pieces: &[(u8, u8, [u16; 13])], sum: u8) -> Option<String> {
+    if pieces.is_empty() {
+        return None;
+    }
+    let n = pieces.len();
+    for (i, (seq, s, _)) in pieces.iter().enumerate() {
+        if *s != sum || usize::from(*seq) != n - i {
+            return None;
+        }
+    }
+    let mut units: Vec<u16> = Vec::with_capacity(n * 13);
+    for (_, _, u) in pieces.iter().rev() {
+        units.extend_from_slice(u);
+    }
+    if let Some(end) = units.iter().position(|&u| u == 0) {
+        units.truncate(end);
+    }
+    String::from_utf16(&units).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_names_and_case_flags() {
+        let mut e = [0u8; 32];
+        e[..11].copy_from_slice(b"CONFIG  TXT");
+        e[12] = 0x18;
+        e[11] = 0x20;
+        let v = parse_dir(&e);
+        assert_eq!(v[0].name, "config.txt");
+        assert_eq!(v[0].short_name, "CONFIG.TXT");
+        e[12] = 0x08;
+        assert_eq!(parse_dir(&e)[0].name, "config.TXT");
+        // 0x05 stands for a leading 0xE5 byte.
+        e[0] = 0x05;
+        assert_eq!(parse_dir(&e)[0].short_name, "\u{e5}ONFIG.TXT");
+    }
+
+    #[test]
+    fn orphan_long_name_is_ignored() {
+        // A long-name piece whose checksum does not match the short entry that follows.
+        let mut raw = vec![0u8; 64];
+        raw[0] = 0x41;
+        raw[11] = ATTR_LFN;
+        raw[13] = 0x00;
+        raw[1] = b'x';
+        raw[32..43].copy_from_slice(b"README     ");
+        raw[43] = 0x20;
+        let v = parse_dir(&raw);
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].name, "README");
+    }
+
+    #[test]
+    fn rejects_a_non_fat_sector() {
+        let zeros = std::io::Cursor::new(vec![0u8; 4096]);
+        assert!(matches!(
+            FatVolume::open(zeros, 0),
+            Err(FatReadError::NotFat(_))
+        ));
+    }
+}
