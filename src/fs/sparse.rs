@@ -61,17 +61,30 @@ impl Sink for FileSink {
                     ),
                 )
             })?;
-        // Split on absolute chunk boundaries so holes line up with filesystem blocks.
+        // Split on absolute chunk boundaries so holes line up with filesystem blocks; runs of
+        // non-zero chunks go out in one write (one syscall per run, not per 4 KiB).
         let mut pos = 0usize;
+        let mut run: Option<usize> = None;
         while pos < data.len() {
             let abs = offset + pos as u64;
             let room = HOLE_CHUNK - (abs % HOLE_CHUNK as u64) as usize;
             let n = room.min(data.len() - pos);
             let chunk = &data[pos..pos + n];
-            if chunk.iter().any(|b| *b != 0) {
-                self.file.write_all_at(chunk, abs)?;
+            let zero = chunk.iter().fold(0u8, |acc, b| acc | b) == 0;
+            match (zero, run) {
+                (false, None) => run = Some(pos),
+                (true, Some(start)) => {
+                    self.file
+                        .write_all_at(&data[start..pos], offset + start as u64)?;
+                    run = None;
+                }
+                _ => {}
             }
             pos += n;
+        }
+        if let Some(start) = run {
+            self.file
+                .write_all_at(&data[start..], offset + start as u64)?;
         }
         Ok(())
     }
