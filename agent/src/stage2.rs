@@ -165,7 +165,15 @@ fn setup_kernel() {
             say(&format!("modprobe {name}: {e}"));
         }
     }
-    for (k, e) in sysctl::apply(Path::new("/proc/sys"), sysctl::DEFAULTS) {
+    // bridge-nf-call-* exist only with br_netfilter (Kubernetes nodes); a failed load of it is
+    // already reported above, so their absence is not news.
+    let bridge = Path::new("/proc/sys/net/bridge").exists();
+    let wanted: Vec<(&str, &str)> = sysctl::DEFAULTS
+        .iter()
+        .copied()
+        .filter(|(k, _)| bridge || !k.starts_with("net.bridge."))
+        .collect();
+    for (k, e) in sysctl::apply(Path::new("/proc/sys"), &wanted) {
         say(&format!("sysctl {k}: {e}"));
     }
     let _ = std::fs::create_dir_all("/run/piimg");
