@@ -74,7 +74,12 @@ fn build_agent(manifest: &Path, out_dir: &Path, dest: &Path) -> Result<(), Strin
             cmd.env_remove(&k);
         }
     }
-    cmd.env_remove("CARGO_ENCODED_RUSTFLAGS")
+    // Under `cargo clippy` the outer build sets a wrapper; the agent is built, not linted, here
+    // (and a lint failure must not silently leave piimg without its agent).
+    cmd.env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("CLIPPY_ARGS")
+        .env_remove("CLIPPY_CONF_DIR")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("CARGO_TARGET_DIR")
         .env_remove("RUSTC")
         .env_remove("RUSTDOC");

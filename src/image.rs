@@ -52,7 +52,8 @@ pub struct Sizes {
 /// from `seed`.
 pub fn layout(needs_mbr: bool, sizes: Sizes, seed: &[u8]) -> Result<Layout, ImageError> {
     let table = if needs_mbr { Table::Mbr } else { Table::Gpt };
-    // 1 MiB before the first partition and 1 MiB kept free at the end (GPT's backup header).
+    // 1 MiB before the first partition; the data partition takes the rest (up to GPT's backup
+    // table), about `sizes.data`: the root gets what is left between them.
     let root = sizes
         .disk
         .saturating_sub(sizes.boot + sizes.data + 2 * disk::ALIGN);

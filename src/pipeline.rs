@@ -241,10 +241,8 @@ pub fn build(
     let mut overrides: BTreeMap<String, PathBuf> = node.components.clone();
     overrides.extend(opts.overrides.iter().cloned());
     for (name, path) in &overrides {
-        let version = comps
-            .get(name)
-            .map_or_else(|| "local".to_string(), |e| e.version.clone());
-        let e = fetch::add_local(name, &version, path, cache)?;
+        // A local file's version is unknown: say so rather than borrow the lock's.
+        let e = fetch::add_local(name, "local", path, cache)?;
         comps.insert(name.clone(), e);
     }
     // Only what this node needs must be present.
@@ -265,11 +263,20 @@ pub fn build(
     }
     if role.is_kubernetes() {
         needed.extend(["kubelet", "kubeadm"].map(String::from));
+        // Tools for people, not for the node to work: included when pinned or supplied.
+        let mut optional = vec!["crictl"];
         if role == piimg_agent::node::Role::ControlPlane {
-            needed.insert("kubectl".into());
+            optional.push("kubectl");
         }
-        if comps.contains_key("crictl") {
-            needed.insert("crictl".into());
+        for name in optional {
+            if comps.get(name).is_some_and(|e| e.sha256.is_some()) {
+                needed.insert(name.to_string());
+            } else {
+                comps.remove(name);
+                reporter.info(&format!(
+                    "{name} is not pinned in the lock nor supplied: the image will not include it"
+                ));
+            }
         }
     }
     let sub = Lock {

@@ -87,7 +87,12 @@ pub fn kernel_release() -> String {
         .release
         .iter()
         .take_while(|&&c| c != 0)
-        .map(|&c| c as u8)
+        // c_char is i8 on x86_64 (the host tests) and u8 on aarch64 (the node).
+        .map(|&c| {
+            #[allow(clippy::unnecessary_cast)]
+            let b = c as u8;
+            b
+        })
         .collect();
     String::from_utf8_lossy(&bytes).into_owned()
 }

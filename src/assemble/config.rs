@@ -21,7 +21,10 @@ pub mod paths {
 pub fn config_txt(template: &str, board: Board, kernel: &str, initramfs: &str) -> String {
     let board_section = match board {
         Board::Rpi3b | Board::Rpi3bplus | Board::Zero2w => {
-            "[pi3]\n# The PL011 UART (ttyAMA0) carries the console; Bluetooth moves to the mini UART.\ndtoverlay=disable-bt\n[pi02]\ndtoverlay=disable-bt\n"
+            // Neither raspi-firmware nor Debian's kernel ships the disable-bt overlay, so the
+            // PL011 (ttyAMA0, QEMU's console) stays wired to Bluetooth on real boards; the
+            // kernel also logs to the mini UART (ttyS1) on the header pins, see cmdline.txt.
+            "[pi3]\n# Console: ttyS1 (mini UART) on the header pins, ttyAMA0 in QEMU.\n"
         }
         Board::Rpi4b | Board::Cm4 => "[pi4]\narm_boost=1\n",
     };

@@ -159,7 +159,7 @@ pub fn packages_for(
     Ok(out.into_iter().collect())
 }
 
-fn deb_sha<'e>(e: &'e LockEntry) -> Result<&'e str, AssembleError> {
+fn deb_sha(e: &LockEntry) -> Result<&str, AssembleError> {
     e.sha256
         .as_deref()
         .ok_or_else(|| AssembleError::NotLocked(e.name.clone()))
@@ -284,6 +284,37 @@ fn apply_overlay(tree: &mut Tree, dir: &Path, epoch: i64) -> Result<usize, Assem
     Ok(n)
 }
 
+/// The kernel's module index. Parsing means decompressing every module, so it is kept in the
+/// cache beside the package it came from (`modinfo/<kernel deb sha256>.json`).
+fn module_set(
+    cache: &Cache,
+    kernel_sha: &str,
+    kernel: &Tree,
+    release: &str,
+) -> Result<ModuleSet, AssembleError> {
+    let path = cache
+        .root()
+        .join("modinfo")
+        .join(format!("{kernel_sha}.json"));
+    if let Ok(text) = std::fs::read(&path) {
+        if let Ok(set) = serde_json::from_slice::<ModuleSet>(&text) {
+            if set.release == release {
+                return Ok(set);
+            }
+        }
+    }
+    let set = ModuleSet::from_tree(kernel, Some(release))?;
+    // A cache that cannot be written only costs the next build the parse again.
+    if let Ok(out) = crate::fs::sparse::AtomicOutput::create(&path) {
+        if let Ok(json) = serde_json::to_vec(&set) {
+            if std::io::Write::write_all(&mut out.file(), &json).is_ok() {
+                let _ = out.commit();
+            }
+        }
+    }
+    Ok(set)
+}
+
 /// Builds every tree of the node image.
 pub fn assemble(inp: &Inputs, reporter: &dyn Reporter) -> Result<Assembled, AssembleError> {
     let cfg = inp.config;
@@ -308,7 +339,7 @@ pub fn assemble(inp: &Inputs, reporter: &dyn Reporter) -> Result<Assembled, Asse
     let release = crate::components::apt::kernel_release(&kernel_entry.name)
         .ok_or_else(|| AssembleError::Missing(format!("kernel release of {}", kernel_entry.name)))?
         .to_string();
-    let set = ModuleSet::from_tree(&kernel, Some(&release))?;
+    let set = module_set(inp.cache, deb_sha(kernel_entry)?, &kernel, &release)?;
     reporter.end();
 
     // Firmware.
@@ -479,7 +510,7 @@ pub fn assemble(inp: &Inputs, reporter: &dyn Reporter) -> Result<Assembled, Asse
     // Kubernetes binaries (URL or local components).
     if role.is_kubernetes() {
         let mut bins = vec!["kubelet", "kubeadm"];
-        if role == Role::ControlPlane {
+        if role == Role::ControlPlane && comps.contains_key("kubectl") {
             bins.push("kubectl");
         }
         for b in bins {

@@ -39,7 +39,7 @@ pub fn canonical(name: &str) -> String {
 }
 
 /// The `.modinfo` fields piimg uses.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ModInfo {
     /// Canonical name (from `name=`, else from the file name).
     pub name: String,
@@ -190,7 +190,7 @@ pub fn parse_module(path: &str, elf: &[u8]) -> Result<ModInfo, ModuleError> {
 }
 
 /// Every module of one kernel release.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ModuleSet {
     pub release: String,
     /// Path of the modules directory in the tree, e.g. `usr/lib/modules/6.12.107+deb13-arm64`.
