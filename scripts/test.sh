@@ -8,7 +8,8 @@ need_pkgs=()
 for pair in e2fsck:e2fsprogs fsck.vfat:dosfstools mdir:mtools sfdisk:fdisk sgdisk:gdisk \
             cpio:cpio qemu-system-aarch64:qemu-system-arm openssl:openssl file:file \
             bmaptool:bmap-tools zstd:zstd depmod:kmod readelf:binutils xz:xz-utils \
-            dpkg-deb:dpkg partx:util-linux qemu-img:qemu-utils; do
+            faketime:faketime cmp:diffutils \
+            dpkg-deb:dpkg partx:util-linux; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need_pkgs+=("${pair#*:}")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

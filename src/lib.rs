@@ -10,6 +10,8 @@ pub mod fs;
 pub mod image;
 pub mod pipeline;
 pub mod profile;
+pub mod qemu;
 pub mod report;
 pub mod tree;
 pub mod units;
+pub mod verify;

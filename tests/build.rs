@@ -27,7 +27,7 @@ const IMAGES: [&str; 3] = ["lb1", "w1", "cp1"];
 
 /// `$XDG_CACHE_HOME` of every piimg run: shared by test runs, so packages download once.
 fn cache_home() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join("piimg-cache")
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("piimg-test-cache")
 }
 
 fn standin(name: &str) -> PathBuf {

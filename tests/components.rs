@@ -59,7 +59,9 @@ struct Shared {
 }
 
 fn test_cache_root() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join("piimg-test-cache")
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("piimg-test-cache")
+        .join("piimg")
 }
 
 /// One `apt-get update` + resolution of the node package set per test run.

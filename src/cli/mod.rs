@@ -3,6 +3,7 @@
 pub mod fs;
 mod profiles;
 mod progress;
+mod qemu;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -92,6 +93,46 @@ pub enum Command {
     /// Write filesystems and disk images from a folder (like mke2fs -d, mkfs.vfat + mcopy)
     #[command(subcommand)]
     Fs(fs::FsCmd),
+    /// Boot an image in QEMU's raspi3b machine (kernel, dtb, initramfs and cmdline read from its
+    /// boot partition); the console is stdin/stdout; the image file is never modified
+    #[command(
+        after_help = "Examples:\n  piimg qemu out/qemu.img\n  piimg qemu out/qemu.img --until 'piimg-agent: ready' --timeout 300 --forward 6443:6443 --forward 9100:9100\n\nExit status: 0 when --until matched (or QEMU ended / --timeout passed without --until), 1 on a timeout or QEMU failure, 2 on a kernel panic.\nQuit an interactive session with Ctrl-A X."
+    )]
+    Qemu {
+        /// The image (out/NAME.img)
+        image: PathBuf,
+        /// Stop after this many seconds
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+        /// Stop with success when a console line matches this regular expression
+        #[arg(long, value_name = "REGEX")]
+        until: Option<String>,
+        /// Forward a TCP port on 127.0.0.1 to the guest (repeatable)
+        #[arg(long = "forward", value_name = "HOSTPORT:GUESTPORT")]
+        forwards: Vec<String>,
+        /// Guest memory (raspi3b has 1G)
+        #[arg(long, default_value = "1G", value_name = "SIZE")]
+        memory: String,
+    },
+    /// Build a profile twice in different environments (time zone, locale, umask, clock) and
+    /// check that the images are identical; otherwise say where they differ
+    #[command(
+        after_help = "Example:\n  piimg verify --profile lb1\n  piimg verify --profile w1 --component kubelet=./kubelet --component kubeadm=./kubeadm"
+    )]
+    Verify {
+        /// Profile name (file stem in the profiles folder)
+        #[arg(long, value_name = "NAME")]
+        profile: String,
+        /// Replace a component with a local file (repeatable)
+        #[arg(long = "component", value_name = "NAME=PATH")]
+        components: Vec<String>,
+        /// Use only the cache
+        #[arg(long)]
+        offline: bool,
+        /// Keep both builds in this folder (default: a temporary folder, removed)
+        #[arg(long, value_name = "DIR")]
+        keep: Option<PathBuf>,
+    },
 }
 
 /// SOURCE_DATE_EPOCH from the environment, or the fixed default.
@@ -122,5 +163,18 @@ pub fn run(cli: Cli) -> Result<i32> {
             update,
         } => profiles::fetch(&cli.profiles, profile.as_deref(), update, cli.quiet),
         Command::Fs(cmd) => fs::run(cmd).map(|()| 0),
+        Command::Qemu {
+            ref image,
+            timeout,
+            ref until,
+            ref forwards,
+            ref memory,
+        } => qemu::run_qemu(image, timeout, until.as_deref(), forwards, memory),
+        Command::Verify {
+            ref profile,
+            ref components,
+            offline,
+            ref keep,
+        } => qemu::run_verify(&cli.profiles, profile, components, offline, keep.as_deref()),
     }
 }

@@ -402,26 +402,158 @@ impl<R: Read + Seek> FatVolume<R> {
     }
 }
 
-fn find<'e>(entries: &'e [Entry], name: &str) -> Option<&'e Entry> {
-    entries.iter().find(|e| {
-        e.name.eq_ignore_ascii_case(name)
-            || e.name.to_lowercase() == name.to_lowercase()
-            || e.short_name.eq_ignore_ascii_case(name)
-    })
+impl<R: Read + Seek> FatVolume<R> {
+    /// Names what lives at byte `at` of the volume: a reserved sector, a FAT, the entry of a
+    /// directory (and whose entry it is) or the content of a file (used by `piimg verify` to
+    /// explain where two images differ).
+    pub fn locate(&mut self, at: u64) -> Result<String, FatReadError> {
+        let bps = self.bytes_per_sector;
+        if at >= self.volume_bytes {
+            return Ok(format!("byte {at}: past the end of the volume"));
+        }
+        if at < self.fat_start {
+            let what = match at / bps {
+                0 => "boot sector (BPB)",
+                1 => "FSInfo sector",
+                6 => "backup boot sector",
+                7 => "backup FSInfo sector",
+                _ => "reserved sectors",
+            };
+            return Ok(format!("{what}, byte {} of its sector", at % bps));
+        }
+        let (root_at, root_len) = self.root_dir;
+        if at < root_at {
+            let fat_bytes = (root_at - self.fat_start) / u64::from(self.fat_copies());
+            let copy = (at - self.fat_start) / fat_bytes;
+            let entry_bytes = match self.fat_type {
+                FatType::Fat32 => 4,
+                FatType::Fat16 => 2,
+                FatType::Fat12 => 1,
+            };
+            return Ok(format!(
+                "FAT #{} (entry of cluster ~{})",
+                copy + 1,
+                (at - self.fat_start - copy * fat_bytes) / entry_bytes
+            ));
+        }
+        if at < self.data_start {
+            if at < root_at + root_len {
+                let raw = self.root_bytes()?;
+                return Ok(describe_dir_entry("/", &raw, at - root_at));
+            }
+            return Ok("between the FATs and the data area".into());
+        }
+        let cluster = ((at - self.data_start) / self.cluster_bytes) as u32 + 2;
+        let within = (at - self.data_start) % self.cluster_bytes;
+        if cluster >= self.cluster_end {
+            return Ok("past the last cluster".into());
+        }
+        // Which chain holds the cluster: the root, a directory or a file.
+        let mut owners: Vec<(String, u32, bool)> = vec![("/".into(), self.root_cluster, true)];
+        for (p, e) in self.walk()? {
+            owners.push((p, e.first_cluster, e.is_dir()));
+        }
+        for (path, first, is_dir) in owners {
+            if first < 2 {
+                continue;
+            }
+            let chain = self.chain(first)?;
+            let Some(idx) = chain.iter().position(|&c| c == cluster) else {
+                continue;
+            };
+            let off = idx as u64 * self.cluster_bytes + within;
+            if is_dir {
+                let raw = self.read_chain(first)?;
+                return Ok(describe_dir_entry(&path, &raw, off));
+            }
+            return Ok(format!("content of {path}, byte {off}"));
+        }
+        Ok(format!("cluster {cluster}, used by no file (free space)"))
+    }
+
+    fn fat_copies(&mut self) -> u32 {
+        let mut b = [0u8; 1];
+        if self.read_at(16, &mut b).is_err() {
+            return 1;
+        }
+        u32::from(b[0].max(1))
+    }
 }
 
-/// Short-name bytes are in an OEM code page; ASCII is what matters here, anything else is shown
-/// as Latin-1.
+/// What the directory entry at byte `off` of a directory's raw entries belongs to.
+fn describe_dir_entry(dir: &str, raw: &[u8], off: u64) -> String {
+    let idx = (off / 32) as usize;
+    let field = match off % 32 {
+        0..=10 => "name",
+        11 => "attributes",
+        12 => "case flags",
+        13..=17 => "creation time",
+        18..=19 => "access date",
+        20..=21 | 26..=27 => "first cluster",
+        22..=25 => "modification time",
+        _ => "size",
+    };
+    let Some(e) = raw.chunks_exact(32).nth(idx) else {
+        return format!("directory {dir}, past its entries");
+    };
+    if e[0] == 0 {
+        return format!("directory {dir}, unused entry space");
+    }
+    if e[11] & 0x3f == ATTR_LFN {
+        // Long-name pieces precede their short entry: name the file they belong to.
+        let next = raw
+            .chunks_exact(32)
+            .skip(idx)
+            .position(|x| x[11] & 0x3f != ATTR_LFN)
+            .map(|p| idx + p);
+        let name = next
+            .and_then(|n| {
+                let start = n.saturating_sub(20) * 32;
+                parse_dir(&raw[start..(n + 1) * 32]).pop()
+            })
+            .map_or_else(|| "?".to_string(), |e| e.name);
+        return format!("directory {dir}, long-name entry of {name:?}");
+    }
+    if e[11] & ATTR_VOLUME != 0 {
+        return format!("directory {dir}, volume label entry ({field})");
+    }
+    let (stored, _) = short_name(e);
+    if e[0] == 0xe5 || stored == "." || stored == ".." {
+        return format!("directory {dir}, entry {stored:?} ({field})");
+    }
+    let start = idx.saturating_sub(20) * 32;
+    let name = parse_dir(&raw[start..(idx + 1) * 32])
+        .pop()
+        .map_or(stored, |e| e.name);
+    format!("directory {dir}, entry of {name:?} ({field})")
+}
+
+fn find<'e>(entries: &'e [Entry], name: &str) -> Option<&'e Entry> {
+    let lower = name.to_lowercase();
+    entries
+        .iter()
+        .find(|e| e.name.to_lowercase() == lower || e.short_name.eq_ignore_ascii_case(name))
+}
+
+/// The upper half of code page 437, the OEM code page Linux and mtools (850 agrees on letters
+/// such as é) use for short names.
+const CP437_HIGH: &str = "ÇüéâäàåçêëèïîìÄÅÉæÆôöòûùÿÖÜ¢£¥₧ƒáíóúñÑªº¿⌐¬½¼¡«»░▒▓│┤╡╢╖╕╣║╗╝╜╛┐└┴┬├─┼╞╟╚╔╩╦╠═╬╧╨╤╥╙╘╒╓╫╪┘┌█▄▌▐▀αßΓπΣσµτΦΘΩδ∞φε∩≡±≥≤⌠⌡÷≈°∙·√ⁿ²■ ";
+
+/// Short-name bytes are in an OEM code page: decoded as code page 437.
 fn oem(bytes: &[u8], lower: bool) -> String {
     bytes
         .iter()
-        .map(|&b| {
-            let c = char::from(b);
-            if lower {
-                c.to_ascii_lowercase()
+        .flat_map(|&b| {
+            let c = if b < 0x80 {
+                char::from(b)
             } else {
-                c
+                CP437_HIGH.chars().nth(usize::from(b - 0x80)).unwrap_or('?')
+            };
+            let mut one = [c; 1].into_iter().collect::<String>();
+            if lower {
+                one = one.to_lowercase();
             }
+            one.chars().collect::<Vec<_>>()
         })
         .collect()
 }
@@ -545,7 +677,7 @@ mod tests {
         assert_eq!(parse_dir(&e)[0].name, "config.TXT");
         // 0x05 stands for a leading 0xE5 byte.
         e[0] = 0x05;
-        assert_eq!(parse_dir(&e)[0].short_name, "\u{e5}ONFIG.TXT");
+        assert_eq!(parse_dir(&e)[0].short_name, "\u{3c3}ONFIG.TXT");
     }
 
     #[test]
@@ -561,6 +693,184 @@ mod tests {
         let v = parse_dir(&raw);
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].name, "README");
+    }
+
+    use crate::tree::{FileData, Meta, Tree};
+    use std::collections::BTreeMap;
+    use std::process::Command;
+
+    /// Files with long, mixed-case, multi-piece and non-ASCII names, a few sizes around cluster
+    /// boundaries, nested folders.
+    fn sample() -> BTreeMap<String, Vec<u8>> {
+        let mut m = BTreeMap::new();
+        let pat = |n: usize, k: u8| (0..n).map(|i| (i as u8).wrapping_mul(31) ^ k).collect();
+        m.insert(
+            "config.txt".to_string(),
+            b"arm_64bit=1\nkernel=kernel8.img\n".to_vec(),
+        );
+        m.insert("CMDLINE.TXT".to_string(), b"console=ttyAMA0\n".to_vec());
+        m.insert("kernel8.img".to_string(), pat(3 * 4096 + 17, 1));
+        m.insert("empty".to_string(), Vec::new());
+        m.insert(
+            "overlays/a-very-long-file-name-that-needs-three-lfn-pieces.dtbo".to_string(),
+            pat(512, 2),
+        );
+        m.insert("overlays/Mixed.Case.Name.txt".to_string(), pat(4096, 3));
+        m.insert("deep/er/still/f\u{e9}te.bin".to_string(), pat(100_000, 4));
+        m
+    }
+
+    fn check_volume(img: &std::path::Path, offset: u64, files: &BTreeMap<String, Vec<u8>>) {
+        let mut v = FatVolume::open(File::open(img).unwrap(), offset).unwrap();
+        assert_eq!(v.fat_type(), FatType::Fat32);
+        for (path, data) in files {
+            assert_eq!(&v.read_file(path).unwrap(), data, "{path}");
+            // FAT names are case-insensitive.
+            assert_eq!(&v.read_file(&path.to_uppercase()).unwrap(), data, "{path}");
+        }
+        let walked: Vec<String> = v
+            .walk()
+            .unwrap()
+            .into_iter()
+            .filter(|(_, e)| !e.is_dir())
+            .map(|(p, _)| p)
+            .collect();
+        let mut want: Vec<String> = files.keys().map(|k| format!("/{k}")).collect();
+        let mut got = walked.clone();
+        want.sort();
+        got.sort();
+        assert_eq!(got, want);
+        assert!(matches!(
+            v.read_file("nope.txt"),
+            Err(FatReadError::NotFound(_))
+        ));
+        assert!(matches!(
+            v.read_file("overlays"),
+            Err(FatReadError::IsDir(_))
+        ));
+        let names: Vec<String> = v
+            .read_dir("/overlays")
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert!(
+            names.contains(&"Mixed.Case.Name.txt".to_string()),
+            "{names:?}"
+        );
+    }
+
+    use std::fs::File;
+
+    #[test]
+    fn reads_what_mkfs_vfat_and_mcopy_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("fat.img");
+        let files = sample();
+        // 1 MiB in, like a partition; mkfs.vfat --offset writes the filesystem there.
+        let offset = 1u64 << 20;
+        File::create(&img)
+            .unwrap()
+            .set_len(offset + (40 << 20))
+            .unwrap();
+        let st = Command::new("mkfs.vfat")
+            .args(["-F", "32", "-n", "TESTVOL", "--offset", "2048"])
+            .arg(&img)
+            .arg(((40u64 << 20) / 1024).to_string())
+            .output()
+            .expect("mkfs.vfat (apt-get install dosfstools)");
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        let src = dir.path().join("src");
+        for (p, d) in &files {
+            let f = src.join(p);
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(&f, d).unwrap();
+        }
+        let mut entries: Vec<_> = std::fs::read_dir(&src)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        let st = Command::new("mcopy")
+            .arg("-s")
+            .arg("-i")
+            .arg(format!("{}@@{offset}", img.display()))
+            .args(&entries)
+            .arg("::")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .output()
+            .expect("mcopy (apt-get install mtools)");
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        check_volume(&img, offset, &files);
+        // The label entry is not a file.
+        let mut v = FatVolume::open(File::open(&img).unwrap(), offset).unwrap();
+        assert!(v.root().unwrap().iter().all(|e| e.name != "TESTVOL"));
+    }
+
+    #[test]
+    fn reads_what_our_writer_wrote() {
+        let files = sample();
+        let mut t = Tree::new(Meta::root(0o755, 0));
+        for (p, d) in &files {
+            t.add_file(p, Meta::root(0o644, 0), FileData::from_bytes(d.clone()))
+                .unwrap();
+        }
+        let offset = 1u64 << 20;
+        let size = 40u64 << 20;
+        let mut sink = crate::fs::sparse::MemSink::new(offset + size);
+        crate::fs::fat32::write(
+            &t,
+            &crate::fs::fat32::FatOptions {
+                size,
+                label: "PIIMG".into(),
+                volume_id: 1,
+                timestamp: 1_767_225_600,
+                hidden_sectors: 2048,
+            },
+            &mut sink,
+            offset,
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("ours.img");
+        std::fs::write(&img, &sink.bytes).unwrap();
+        check_volume(&img, offset, &files);
+        // What mtools lists agrees with what we read.
+        let o = Command::new("mdir")
+            .args(["-b", "-i"])
+            .arg(format!("{}@@{offset}", img.display()))
+            .arg("::/overlays")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .output()
+            .expect("mdir (apt-get install mtools)");
+        assert!(o.status.success());
+        let listed = String::from_utf8_lossy(&o.stdout);
+        let mut v = FatVolume::open(File::open(&img).unwrap(), offset).unwrap();
+        for e in v.read_dir("overlays").unwrap() {
+            assert!(listed.contains(&e.name), "{} not in {listed}", e.name);
+        }
+        // locate() names the file whose bytes are at an offset, and directory entries.
+        let k = v.lookup("kernel8.img").unwrap();
+        let at = v.data_start + u64::from(k.first_cluster - 2) * v.cluster_bytes() + 5000;
+        assert_eq!(v.locate(at).unwrap(), "content of /kernel8.img, byte 5000");
+        let root_entries = v.data_start + u64::from(v.root_cluster - 2) * v.cluster_bytes();
+        let mut found = false;
+        for i in 0..32 {
+            let d = v.locate(root_entries + i * 32 + 22).unwrap();
+            if d.contains("\"config.txt\" (modification time)") {
+                found = true;
+            }
+        }
+        assert!(found, "no root entry located as config.txt");
+        assert!(v.locate(0).unwrap().starts_with("boot sector"));
     }
 
     #[test]

@@ -1,0 +1,180 @@
+//! `piimg qemu` and `piimg verify`: glue over `piimg::qemu` and `piimg::verify`.
+
+use anyhow::{Context, Result};
+use piimg::qemu::{self, End, Forward, RunOptions};
+use piimg::verify::{self, BuildRequest};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+extern "C" fn on_signal(_: libc::c_int) {
+    qemu::INTERRUPT.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+pub fn run_qemu(
+    image: &Path,
+    timeout: Option<u64>,
+    until: Option<&str>,
+    forwards: &[String],
+    memory: &str,
+) -> Result<i32> {
+    let until = until
+        .map(|u| regex::Regex::new(u).with_context(|| format!("--until {u}")))
+        .transpose()?;
+    let forwards = forwards
+        .iter()
+        .map(|f| f.parse::<Forward>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let opts = RunOptions {
+        image: image.to_path_buf(),
+        memory: memory.to_string(),
+        forwards,
+        timeout: timeout.map(Duration::from_secs),
+        until,
+        qemu: None,
+    };
+    // SIGINT/SIGTERM stop QEMU and clean up instead of killing us mid-run.
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    let mut out = std::io::stdout();
+    let o = qemu::run(&opts, &mut out)?;
+    if !o.ignored_overlays.is_empty() {
+        eprintln!(
+            "piimg qemu: config.txt overlays not applied under QEMU: {}",
+            o.ignored_overlays.join(", ")
+        );
+    }
+    let guest = match (o.guest_seconds, o.guest_exact) {
+        (Some(g), true) => format!("guest {g:.3} s"),
+        (Some(g), false) => format!("guest >= {g:.3} s (last kernel timestamp)"),
+        (None, _) => "guest time unknown".to_string(),
+    };
+    let tail = || {
+        if o.stderr_tail.is_empty() {
+            String::new()
+        } else {
+            format!("\nQEMU said:\n  {}", o.stderr_tail.join("\n  "))
+        }
+    };
+    let code = match &o.end {
+        End::Matched => {
+            eprintln!(
+                "\npiimg qemu: matched {:?} after {} wall, {guest}",
+                o.line.as_deref().unwrap_or(""),
+                secs(o.wall)
+            );
+            0
+        }
+        End::Panic(line) => {
+            eprintln!(
+                "\npiimg qemu: kernel panic after {} wall, {guest}: {line}",
+                secs(o.wall)
+            );
+            2
+        }
+        End::TimedOut => {
+            if opts.until.is_some() {
+                eprintln!(
+                    "\npiimg qemu: timed out after {} without a console line matching {:?}{}",
+                    secs(o.wall),
+                    opts.until.as_ref().map(|r| r.as_str()).unwrap_or(""),
+                    tail()
+                );
+                1
+            } else {
+                eprintln!("\npiimg qemu: stopped after {} (--timeout)", secs(o.wall));
+                0
+            }
+        }
+        End::Exited(c) => {
+            let ok = *c == Some(0) && opts.until.is_none();
+            eprintln!(
+                "\npiimg qemu: QEMU exited ({}) after {}{}",
+                c.map_or("killed by a signal".to_string(), |c| format!("status {c}")),
+                secs(o.wall),
+                if ok { String::new() } else { tail() }
+            );
+            if ok {
+                0
+            } else {
+                1
+            }
+        }
+        End::Interrupted => {
+            eprintln!("\npiimg qemu: interrupted after {}", secs(o.wall));
+            130
+        }
+    };
+    Ok(code)
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    std::path::absolute(p).with_context(|| format!("{}", p.display()))
+}
+
+pub fn run_verify(
+    profiles: &Path,
+    profile: &str,
+    components: &[String],
+    offline: bool,
+    keep: Option<&Path>,
+) -> Result<i32> {
+    let exe = std::env::current_exe().context("finding the piimg executable")?;
+    // The builds run in other working folders: every path becomes absolute.
+    let components = components
+        .iter()
+        .map(|c| match c.split_once('=') {
+            Some((n, p)) if !n.is_empty() && !p.is_empty() => {
+                Ok(format!("{n}={}", absolute(Path::new(p))?.display()))
+            }
+            _ => anyhow::bail!("--component {c}: expected NAME=PATH"),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let req = BuildRequest {
+        exe,
+        profiles: absolute(profiles)?,
+        profile: profile.to_string(),
+        components,
+        offline,
+    };
+    let faketime = verify::faketime_available();
+    let envs = verify::environments(faketime);
+    if !faketime {
+        eprintln!(
+            "piimg verify: `faketime` is not installed (apt-get install faketime): the build clock is not varied"
+        );
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("piimg-verify-")
+        .tempdir()
+        .context("creating a temporary folder")?;
+    let base = match keep {
+        Some(k) => {
+            std::fs::create_dir_all(k).with_context(|| format!("{}", k.display()))?;
+            absolute(k)?
+        }
+        None => tmp.path().to_path_buf(),
+    };
+    let mut built = Vec::new();
+    for (i, env) in envs.iter().enumerate() {
+        let dir = base.join(format!("build{}", i + 1));
+        std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
+        eprintln!("piimg verify: build {} of {profile}: {env}", i + 1);
+        built.push(verify::build_in(&req, env, i + 1, &dir)?);
+    }
+    let cmp = verify::compare(
+        [&built[0].image, &built[1].image],
+        Some([&built[0].manifest, &built[1].manifest]),
+    )?;
+    print!("{}", cmp.report());
+    if keep.is_some() {
+        eprintln!("piimg verify: builds kept in {}", base.display());
+    }
+    Ok(if cmp.identical { 0 } else { 1 })
+}

@@ -1,0 +1,594 @@
+//! End to end: real images built by `piimg build` in a temporary copy of the project, booted by
+//! `piimg qemu` in QEMU's raspi3b machine, checked from the outside (port forwards, the serial
+//! console) and from the inside (the debug shell, driven through QEMU's stdin).
+//!
+//! Needs Debian's archive for the first build on a machine (packages are cached in
+//! target/tmp/piimg-test-cache) and qemu-system-aarch64 (`apt-get install qemu-system-arm`).
+//! Missing either is a failure, not a skip. The boots are serialised: two TCG guests on a
+//! two-core CI machine would only slow each other down.
+
+use regex::Regex;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+static BOOTS: Mutex<()> = Mutex::new(());
+
+const PIIMG: &str = env!("CARGO_BIN_EXE_piimg");
+/// Generous: TCG on a loaded two-core machine (a boot to `ready` takes ~30 s when idle).
+const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
+const STEP_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn cache_home() -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("piimg-test-cache");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A temporary project: the named profiles, piimg.lock and overlays copied from the repository.
+fn project(profiles: &[&str]) -> tempfile::TempDir {
+    let t = tempfile::Builder::new()
+        .prefix("piimg-e2e-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    std::fs::create_dir_all(t.path().join("profiles")).unwrap();
+    for p in profiles {
+        std::fs::copy(
+            repo().join("profiles").join(format!("{p}.toml")),
+            t.path().join("profiles").join(format!("{p}.toml")),
+        )
+        .unwrap();
+    }
+    std::fs::copy(repo().join("piimg.lock"), t.path().join("piimg.lock")).unwrap();
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(repo().join("overlays"))
+        .arg(t.path().join("overlays"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    t
+}
+
+fn piimg(project: &Path) -> Command {
+    let mut c = Command::new(PIIMG);
+    c.current_dir(project)
+        .env("XDG_CACHE_HOME", cache_home())
+        .env_remove("SOURCE_DATE_EPOCH");
+    c
+}
+
+fn build(project: &Path, profile: &str, extra: &[&str]) -> PathBuf {
+    let t = Instant::now();
+    let o = piimg(project)
+        .args(["--quiet", "build", "--profile", profile])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "piimg build --profile {profile} failed:\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    eprintln!("built {profile} in {:.1} s", t.elapsed().as_secs_f64());
+    project.join("out").join(format!("{profile}.img"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `piimg qemu`: console lines arrive on a channel (and are echoed to the test's
+/// output); the serial port's input is our pipe to its stdin.
+struct Guest {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+    started: Instant,
+    /// Last kernel timestamp seen.
+    last_kernel_ts: Option<f64>,
+}
+
+impl Guest {
+    fn boot(image: &Path, forwards: &[(u16, u16)]) -> Guest {
+        let mut c = Command::new(PIIMG);
+        c.arg("qemu").arg(image).args(["--timeout", "1500"]);
+        for (h, g) in forwards {
+            c.args(["--forward", &format!("{h}:{g}")]);
+        }
+        let mut child = c
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stdout);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match r.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let l = String::from_utf8_lossy(&buf)
+                            .trim_end_matches(['\r', '\n'])
+                            .to_string();
+                        eprintln!("console| {l}");
+                        if tx.send(l).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Guest {
+            child,
+            stdin,
+            lines: rx,
+            seen: Vec::new(),
+            started: Instant::now(),
+            last_kernel_ts: None,
+        }
+    }
+
+    /// Waits for a console line matching `re` (lines seen earlier do not count); returns it.
+    fn wait(&mut self, re: &str, timeout: Duration) -> String {
+        let re = Regex::new(re).unwrap();
+        let until = Instant::now() + timeout;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    if let Some(ts) = l
+                        .strip_prefix('[')
+                        .and_then(|r| r.split_once(']'))
+                        .and_then(|(n, _)| n.trim().parse::<f64>().ok())
+                    {
+                        self.last_kernel_ts = Some(ts);
+                    }
+                    assert!(
+                        !l.contains("Kernel panic"),
+                        "kernel panic while waiting for {re}: {l}"
+                    );
+                    self.seen.push(l.clone());
+                    if re.is_match(&l) {
+                        return l;
+                    }
+                }
+                Err(e) => panic!(
+                    "no console line matching {re} within {timeout:?} ({e:?}); last lines:\n{}",
+                    self.seen[self.seen.len().saturating_sub(30)..].join("\n")
+                ),
+            }
+        }
+    }
+
+    fn send(&mut self, line: &str) {
+        self.stdin.write_all(line.as_bytes()).unwrap();
+        self.stdin.write_all(b"\n").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    /// Runs a shell command on the debug shell and returns the line after `BEGIN`-marker.
+    fn shell(&mut self, cmd: &str, tag: &str) -> String {
+        // The marker is printed by the command's output, not its echo: `echo A""B` echoes as
+        // typed but prints AB.
+        self.send(&format!("echo {tag}\"\"BEGIN; {cmd}; echo {tag}\"\"END"));
+        self.wait(&format!("^{tag}BEGIN"), STEP_TIMEOUT);
+        let l = self.wait(".", STEP_TIMEOUT);
+        self.wait(&format!("{tag}END"), STEP_TIMEOUT);
+        l
+    }
+
+    /// Boot milestones: wall time since QEMU started and the guest's uptime read right after.
+    fn report_ready(&mut self, what: &str) {
+        // Not anchored at the start: the shell's prompt may precede it on the same line.
+        self.wait("piimg-agent: ready$", BOOT_TIMEOUT);
+        let wall = self.started.elapsed();
+        let kernel = self.last_kernel_ts;
+        let up = self.shell("cat /proc/uptime", "UPTIME");
+        let guest: f64 = up
+            .split_whitespace()
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected /proc/uptime line {up:?}"));
+        eprintln!(
+            "BOOT {what}: power-on to `piimg-agent: ready`: wall {:.1} s, guest uptime {guest:.1} s \
+             (read just after ready; last kernel timestamp before it {kernel:?})",
+            wall.as_secs_f64()
+        );
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        // SIGTERM: piimg stops QEMU and removes its temporary files.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(15) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An echo server on 127.0.0.1 (the guest reaches it as 10.0.2.2); returns its port.
+fn echo_server() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                loop {
+                    match c.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if c.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Connects to the forwarded frontend and round-trips `msg`, retrying while HAProxy (or its
+/// health check of the backend) is not up yet. Returns the attempts it took.
+fn round_trip(port: u16, msg: &[u8], within: Duration) -> usize {
+    let until = Instant::now() + within;
+    let mut attempts = 0;
+    let mut last = String::new();
+    while Instant::now() < until {
+        attempts += 1;
+        let r = (|| -> std::io::Result<Vec<u8>> {
+            let mut s = TcpStream::connect(("127.0.0.1", port))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(msg)?;
+            let mut got = vec![0u8; msg.len()];
+            s.read_exact(&mut got)?;
+            Ok(got)
+        })();
+        match r {
+            Ok(got) if got == msg => return attempts,
+            Ok(got) => last = format!("got {:?}", String::from_utf8_lossy(&got)),
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    panic!("no round trip through 127.0.0.1:{port} within {within:?}: {last}");
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: piimg\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// The agent's status endpoint through a forward: hostname, address and a running service.
+fn check_status(port: u16, hostname: &str, address: &str, service: &str) {
+    let resp = http_get(port, "/status");
+    let (head, body) = resp.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "status endpoint: {head}");
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(v["hostname"], hostname, "{v}");
+    let addrs: Vec<&str> = v["addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert!(
+        addrs.iter().any(|a| a.starts_with(address)),
+        "addresses {addrs:?} lack {address}"
+    );
+    let svc = v["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == service)
+        .unwrap_or_else(|| panic!("no service {service} in {v}"));
+    assert_eq!(svc["state"], "running", "{svc}");
+}
+
+fn sha256_of(p: &Path) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut std::fs::File::open(p).unwrap(), &mut h).unwrap();
+    hex::encode(h.finalize())
+}
+
+#[test]
+fn load_balancer_forwards_restarts_and_reports_status() {
+    let _serial = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let proj = project(&["qemu"]);
+    // The guest's backend is the host (10.0.2.2) at a port this test listens on.
+    let backend = echo_server();
+    let profile = proj.path().join("profiles/qemu.toml");
+    let text = std::fs::read_to_string(&profile).unwrap();
+    let edited = text.replace("\"10.0.2.2:6443\"", &format!("\"10.0.2.2:{backend}\""));
+    assert_ne!(
+        text, edited,
+        "the qemu profile no longer names 10.0.2.2:6443"
+    );
+    std::fs::write(&profile, edited).unwrap();
+    let image = build(proj.path(), "qemu", &[]);
+    let before = sha256_of(&image);
+
+    let (front, status) = (free_port(), free_port());
+    let mut g = Guest::boot(&image, &[(front, 6443), (status, 9100)]);
+    g.report_ready("load balancer");
+    assert!(
+        g.seen
+            .iter()
+            .any(|l| l.contains("piimg-agent: service haproxy running")),
+        "haproxy never reported running"
+    );
+    assert!(g
+        .seen
+        .iter()
+        .any(|l| l.ends_with("piimg-agent: network up eth0 10.0.2.15/24")));
+
+    // host -> forward -> HAProxy in the guest -> 10.0.2.2 -> the echo server, and back.
+    let n = round_trip(front, b"piimg-e2e hello\n", STEP_TIMEOUT);
+    eprintln!("first round trip after {n} attempt(s)");
+    check_status(status, "qemu-lb", "10.0.2.15", "haproxy");
+
+    // Kill HAProxy from the debug shell: the agent restarts it and traffic flows again.
+    g.send("busybox killall haproxy");
+    let exited = g.wait(
+        r"piimg-agent: service haproxy exited .*restart in",
+        STEP_TIMEOUT,
+    );
+    eprintln!("{exited}");
+    g.wait(r"piimg-agent: service haproxy running", STEP_TIMEOUT);
+    round_trip(front, b"piimg-e2e after restart\n", STEP_TIMEOUT);
+    let resp = http_get(status, "/status");
+    let body = resp.split_once("\r\n\r\n").unwrap().1;
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    let restarts = v["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "haproxy")
+        .map(|s| s["restarts"].as_u64().unwrap());
+    assert_eq!(restarts, Some(1), "status after the restart: {v}");
+    drop(g);
+    // The image itself was never written (the SD card was a snapshot overlay).
+    assert_eq!(sha256_of(&image), before);
+    let sidecar = std::fs::read_to_string(image.with_extension("img.sha256")).unwrap();
+    assert!(sidecar.starts_with(&before));
+}
+
+/// /usr/bin/busybox from the locked busybox-static .deb in the cache (read with dpkg-deb).
+fn busybox_from_cache(project: &Path) -> Vec<u8> {
+    // Makes sure the LB's packages (busybox-static among them) are in the cache.
+    let o = piimg(project)
+        .args(["--quiet", "fetch", "--profile", "qemu"])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "piimg fetch: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let lock: toml::Value =
+        toml::from_str(&std::fs::read_to_string(project.join("piimg.lock")).unwrap()).unwrap();
+    let sha = lock["component"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| {
+            c["name"].as_str() == Some("busybox-static")
+                && c["source"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("debian:trixie/"))
+        })
+        .and_then(|c| c["sha256"].as_str())
+        .expect("busybox-static for trixie in piimg.lock")
+        .to_string();
+    let deb = cache_home().join("piimg/sha256").join(sha);
+    let dir = tempfile::tempdir().unwrap();
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "dpkg-deb --fsys-tarfile '{}' | tar -x -C '{}' ./usr/bin/busybox",
+            deb.display(),
+            dir.path().display()
+        ))
+        .status()
+        .unwrap();
+    assert!(st.success(), "extracting busybox from {}", deb.display());
+    std::fs::read(dir.path().join("usr/bin/busybox")).unwrap()
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+/// A one-layer OCI image archive (what `ctr images import` reads): the layer holds
+/// /bin/busybox; the index names the image `name`.
+fn oci_archive(busybox: &[u8], name: &str) -> Vec<u8> {
+    let mut layer = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_mode(0o755);
+    h.set_size(0);
+    h.set_mtime(0);
+    h.set_cksum();
+    layer.append_data(&mut h, "bin/", &[][..]).unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_mode(0o755);
+    h.set_size(busybox.len() as u64);
+    h.set_mtime(0);
+    h.set_cksum();
+    layer.append_data(&mut h, "bin/busybox", busybox).unwrap();
+    let layer = layer.into_inner().unwrap();
+    let layer_sha = sha256_hex(&layer);
+    let config = serde_json::json!({
+        "architecture": "arm64",
+        "os": "linux",
+        "config": { "Cmd": ["/bin/busybox", "true"] },
+        "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{layer_sha}")] },
+    })
+    .to_string()
+    .into_bytes();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": format!("sha256:{}", sha256_hex(&config)),
+            "size": config.len(),
+        },
+        "layers": [{
+            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "digest": format!("sha256:{layer_sha}"),
+            "size": layer.len(),
+        }],
+    })
+    .to_string()
+    .into_bytes();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": format!("sha256:{}", sha256_hex(&manifest)),
+            "size": manifest.len(),
+            "platform": { "architecture": "arm64", "os": "linux" },
+            "annotations": {
+                "io.containerd.image.name": name,
+                "org.opencontainers.image.ref.name": name.rsplit(':').next().unwrap(),
+            },
+        }],
+    })
+    .to_string()
+    .into_bytes();
+    let mut ar = tar::Builder::new(Vec::new());
+    let mut add = |path: String, data: &[u8]| {
+        let mut h = tar::Header::new_ustar();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        h.set_mtime(0);
+        h.set_cksum();
+        ar.append_data(&mut h, path, data).unwrap();
+    };
+    add(
+        "oci-layout".into(),
+        br#"{"imageLayoutVersion":"1.0.0"}"#.as_slice(),
+    );
+    add("index.json".into(), &index);
+    for blob in [&layer, &config, &manifest] {
+        add(format!("blobs/sha256/{}", sha256_hex(blob)), blob);
+    }
+    ar.into_inner().unwrap()
+}
+
+#[test]
+fn worker_runs_containerd_a_preloaded_container_and_the_join_command() {
+    let _serial = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let proj = project(&["qemu", "qemu-worker"]);
+    let image_name = "docker.io/piimg/e2e-marker:1";
+    let archive = oci_archive(&busybox_from_cache(proj.path()), image_name);
+    let images = proj.path().join("overlays/worker/usr/share/piimg/images");
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::write(images.join("e2e-marker.tar"), archive).unwrap();
+    let standins = repo().join("tests/standins");
+    let image = build(
+        proj.path(),
+        "qemu-worker",
+        &[
+            "--component",
+            &format!("kubelet={}", standins.join("kubelet").display()),
+            "--component",
+            &format!("kubeadm={}", standins.join("kubeadm").display()),
+        ],
+    );
+    // What the join must carry: the generated token and the CA hash piimg reports.
+    let secrets: toml::Value = toml::from_str(
+        &std::fs::read_to_string(proj.path().join("secrets/qemu-worker.toml")).unwrap(),
+    )
+    .unwrap();
+    let token = secrets["token"].as_str().unwrap().to_string();
+    let shown = piimg(proj.path())
+        .args(["show", "--profile", "qemu-worker", "--json"])
+        .output()
+        .unwrap();
+    assert!(shown.status.success());
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    let ca_hash = shown["node"]["kubernetes"]["ca_cert_hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(ca_hash.starts_with("sha256:"));
+
+    let status = free_port();
+    let mut g = Guest::boot(&image, &[(status, 9100)]);
+    g.wait(r"piimg-agent: service containerd running", BOOT_TIMEOUT);
+    g.wait(r"piimg-agent: service image-import done", BOOT_TIMEOUT);
+    // Service output comes prefixed with the service name.
+    g.wait(
+        r"^\[kubeadm\] piimg-test-standin kubeadm: argv: join --config /etc/piimg/kubeadm.yaml$",
+        BOOT_TIMEOUT,
+    );
+    let mut config = Vec::new();
+    loop {
+        let l = g.wait(r"^\[kubeadm\] piimg-test-standin kubeadm: ", STEP_TIMEOUT);
+        if l.ends_with("done (stand-in, nothing joined)") {
+            break;
+        }
+        config.push(l);
+    }
+    let has = |needle: &str| config.iter().any(|l| l.contains(needle));
+    assert!(has("apiServerEndpoint: \"10.0.2.2:6443\""), "{config:#?}");
+    assert!(has(&format!("token: \"{token}\"")), "{config:#?}");
+    assert!(
+        has(&format!("caCertHashes: [\"{ca_hash}\"]")),
+        "{config:#?}"
+    );
+    assert!(has("kind: JoinConfiguration"), "{config:#?}");
+    // kubelet starts once kubeadm has written its configuration (the stand-in writes one).
+    g.wait(
+        r"^\[kubelet\] piimg-test-standin kubelet: started: ",
+        STEP_TIMEOUT,
+    );
+    g.report_ready("worker");
+    check_status(status, "qemu-worker", "10.0.2.15", "containerd");
+    // The socket works and the preloaded image was imported on first boot.
+    let listed = g.shell("ctr -n k8s.io images ls -q | grep e2e-marker", "IMAGES");
+    assert_eq!(listed, image_name);
+    g.send(&format!(
+        "ctr -n k8s.io run --rm {image_name} e2e-marker /bin/busybox echo PIIMG\"\"E2E\"\"MARKER"
+    ));
+    g.wait("^PIIMGE2EMARKER$", STEP_TIMEOUT);
+}
