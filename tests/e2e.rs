@@ -592,3 +592,56 @@ fn worker_runs_containerd_a_preloaded_container_and_the_join_command() {
     ));
     g.wait("^PIIMGE2EMARKER$", STEP_TIMEOUT);
 }
+
+#[test]
+fn data_partition_and_filesystem_grow_to_fill_a_larger_card() {
+    let _serial = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let p = project(&["qemu"]);
+    let img = build(p.path(), "qemu", &[]);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p.path().join("out/qemu.manifest.json")).unwrap())
+            .unwrap();
+    let data_start = manifest["partitions"][2]["start"].as_u64().unwrap();
+    let data_size = manifest["partitions"][2]["size"].as_u64().unwrap();
+    // The image written to a card twice its size (QEMU needs a power of two).
+    let card = p.path().join("card.img");
+    std::fs::copy(&img, &card).unwrap();
+    let card_size = 2 * std::fs::metadata(&img).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&card)
+        .unwrap()
+        .set_len(card_size)
+        .unwrap();
+    let mut g = Guest::boot(&card, &[]);
+    let line = g.wait(r"piimg-agent: grow mmcblk0p3: ", BOOT_TIMEOUT);
+    let re =
+        Regex::new(r"grow mmcblk0p3: (\d+) sectors -> (\d+) sectors \((\d+) blocks\)").unwrap();
+    let c = re
+        .captures(&line)
+        .unwrap_or_else(|| panic!("the data partition did not grow: {line}"));
+    let old: u64 = c[1].parse().unwrap();
+    let new: u64 = c[2].parse().unwrap();
+    let blocks: u64 = c[3].parse().unwrap();
+    assert_eq!(old * 512, data_size, "{line}");
+    // MBR: the partition now ends at the end of the card.
+    assert_eq!(data_start + new * 512, card_size, "{line}");
+    assert_eq!(
+        blocks,
+        new * 512 / 4096,
+        "the filesystem did not take the new space: {line}"
+    );
+    g.report_ready("grown card");
+    // The kernel's view of the mounted filesystem: total 1K blocks of /var.
+    let df = g.shell("busybox df -k /var | busybox tail -n 1", "DF");
+    let total_kib: u64 = df
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected df line {df:?}"));
+    assert!(
+        total_kib * 1024
+            > data_size + (card_size - std::fs::metadata(&img).unwrap().len()) * 9 / 10,
+        "df shows {total_kib} KiB for /var after growth"
+    );
+}
