@@ -43,8 +43,20 @@ pub fn all_packages() -> Vec<&'static str> {
 }
 
 /// Kernel modules the initramfs loads to reach the root filesystem (SD host drivers, ext4).
-/// ext4 with metadata_csum needs the crc32c hash, which ext4 only names as a soft dependency.
-pub const STAGE1_MODULES: &[&str] = &["bcm2835", "sdhci_iproc", "ext4", "crc32c_generic"];
+/// Stage 1 loads what reaches the root filesystem — SD hosts, ext4 and the crc32c hash that
+/// metadata_csum needs (ext4 names it only as a soft dependency) — and the network drivers, so the
+/// USB bus enumerates (Pi 3 ethernet, QEMU's usb-net) while the root is being mounted.
+pub const STAGE1_MODULES: &[&str] = &[
+    "bcm2835",
+    "sdhci_iproc",
+    "ext4",
+    "crc32c_generic",
+    "dwc2",
+    "cdc_ether",
+    "smsc95xx",
+    "lan78xx",
+    "genet",
+];
 
 /// Modules every node loads at stage 2: storage, USB networking (QEMU's usb-net and the Pi 3B's
 /// smsc95xx / 3B+'s lan78xx), the Pi 4 ethernet, the watchdog.
@@ -240,19 +252,43 @@ fn load_order(set: &ModuleSet, names: &[String]) -> Vec<String> {
 fn copy_modules(
     kernel: &Tree,
     set: &ModuleSet,
+    installed: &ModuleSet,
     names: &[String],
     dest: &mut Tree,
     dest_dir: &str,
     epoch: i64,
 ) -> Result<(), AssembleError> {
     for n in names {
-        let Some(m) = set.modules.get(n) else {
+        let (Some(m), Some(i)) = (set.modules.get(n), installed.modules.get(n)) else {
             continue;
         };
         let data = take(kernel, &format!("{}/{}", set.dir, m.path), "kernel module")?;
-        dest.add_file(format!("{dest_dir}/{}", m.path), meta(0o644, epoch), data)?;
+        let raw = data
+            .read_all()
+            .map_err(|e| AssembleError::Io(m.path.clone(), e))?;
+        let elf = crate::components::modules::decompress_module(&m.path, &raw)?;
+        dest.add_file(
+            format!("{dest_dir}/{}", i.path),
+            meta(0o644, epoch),
+            bytes(elf),
+        )?;
     }
     Ok(())
+}
+
+/// The module set as installed: modules are stored decompressed (`.ko`), because the kernel's
+/// in-kernel xz decompression at every boot costs seconds on a Pi (and more under emulation),
+/// while the image only grows by a few MB and the initramfs is compressed as a whole anyway.
+fn uncompressed(set: &ModuleSet) -> ModuleSet {
+    let mut out = set.clone();
+    for m in out.modules.values_mut() {
+        for suffix in [".xz", ".zst", ".gz"] {
+            if let Some(p) = m.path.strip_suffix(suffix) {
+                m.path = p.to_string();
+            }
+        }
+    }
+    out
 }
 
 /// Adds every file under `dir` on the host (an overlay) to `tree`, replacing what is there.
@@ -340,6 +376,7 @@ pub fn assemble(inp: &Inputs, reporter: &dyn Reporter) -> Result<Assembled, Asse
         .ok_or_else(|| AssembleError::Missing(format!("kernel release of {}", kernel_entry.name)))?
         .to_string();
     let set = module_set(inp.cache, deb_sha(kernel_entry)?, &kernel, &release)?;
+    let installed = uncompressed(&set);
     reporter.end();
 
     // Firmware.
@@ -434,8 +471,16 @@ pub fn assemble(inp: &Inputs, reporter: &dyn Reporter) -> Result<Assembled, Asse
     )?;
     initramfs.add_file("init", meta(0o755, epoch), bytes(inp.agent))?;
     let mod_dir = format!("lib/modules/{release}");
-    copy_modules(&kernel, &set, &stage1, &mut initramfs, &mod_dir, epoch)?;
-    let order = load_order(&set, &stage1);
+    copy_modules(
+        &kernel,
+        &set,
+        &installed,
+        &stage1,
+        &mut initramfs,
+        &mod_dir,
+        epoch,
+    )?;
+    let order = load_order(&installed, &stage1);
     initramfs.add_file(
         paths::STAGE1_MODULES,
         meta(0o644, epoch),
@@ -444,7 +489,7 @@ pub fn assemble(inp: &Inputs, reporter: &dyn Reporter) -> Result<Assembled, Asse
     initramfs.add_file(
         format!("{mod_dir}/modules.dep"),
         meta(0o644, epoch),
-        bytes(set.modules_dep(&stage1)),
+        bytes(installed.modules_dep(&stage1)),
     )?;
 
     // Root filesystem: merged /usr, packages, the agent, configs.
@@ -552,11 +597,13 @@ pub fn assemble(inp: &Inputs, reporter: &dyn Reporter) -> Result<Assembled, Asse
     )?;
     // Kernel modules with depmod-format indexes.
     let rmod_dir = format!("usr/lib/modules/{release}");
-    copy_modules(&kernel, &set, &all_mods, &mut root, &rmod_dir, epoch)?;
+    copy_modules(
+        &kernel, &set, &installed, &all_mods, &mut root, &rmod_dir, epoch,
+    )?;
     for (f, text) in [
-        ("modules.dep", set.modules_dep(&all_mods)),
-        ("modules.alias", set.modules_alias(&all_mods)),
-        ("modules.softdep", set.modules_softdep(&all_mods)),
+        ("modules.dep", installed.modules_dep(&all_mods)),
+        ("modules.alias", installed.modules_alias(&all_mods)),
+        ("modules.softdep", installed.modules_softdep(&all_mods)),
     ] {
         root.add_file(format!("{rmod_dir}/{f}"), meta(0o644, epoch), bytes(text))?;
     }

@@ -224,8 +224,19 @@ fn produce(out: &Path, len: u64, fill: impl FnOnce(&mut dyn Sink) -> Result<()>)
             .with_context(|| format!("sizing {}", out.display()))?;
         fill(&mut sink)?;
     }
+    // Hashing is CPU work and the sync is disk work: run them side by side (the sync in
+    // `commit` then finds nothing left to write).
     let mut f = output.file().try_clone()?;
-    let digest = sha256_file(&mut f).with_context(|| format!("hashing {}", out.display()))?;
+    let syncer = output.file().try_clone()?;
+    let (digest, synced) = std::thread::scope(|s| {
+        let sync = s.spawn(move || syncer.sync_data());
+        let digest = sha256_file(&mut f);
+        (digest, sync.join())
+    });
+    let digest = digest.with_context(|| format!("hashing {}", out.display()))?;
+    synced
+        .map_err(|_| anyhow!("syncing {}: the sync thread panicked", out.display()))?
+        .with_context(|| format!("syncing {}", out.display()))?;
     let dest = output
         .commit()
         .with_context(|| format!("writing {}", out.display()))?;

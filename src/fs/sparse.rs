@@ -3,7 +3,7 @@
 
 use sha2::{Digest, Sha256};
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -180,18 +180,70 @@ impl AtomicOutput {
     }
 }
 
-/// sha256 of a whole file, reading holes as zeros (they are part of the image bytes).
-pub fn sha256_file(file: &mut File) -> io::Result<[u8; 32]> {
-    file.seek(SeekFrom::Start(0))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
+/// Next offset at or after `from` where the file has data (`SEEK_DATA`) or a hole (`SEEK_HOLE`);
+/// `None` when the filesystem cannot say (the caller then reads everything).
+fn seek_region(file: &File, from: u64, whence: libc::c_int, len: u64) -> io::Result<Option<u64>> {
+    use std::os::fd::AsRawFd;
+    let Ok(off) = libc::off_t::try_from(from) else {
+        return Ok(None);
+    };
+    // SAFETY: lseek on a valid, owned descriptor; no memory is passed.
+    let r = unsafe { libc::lseek(file.as_raw_fd(), off, whence) };
+    if r >= 0 {
+        return Ok(Some((r as u64).min(len)));
     }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        // No data at or after `from`: the rest is a hole.
+        Some(libc::ENXIO) => Ok(Some(len)),
+        Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => Ok(None),
+        _ => Err(e),
+    }
+}
+
+/// sha256 of a whole file, holes read as zeros (they are part of the image bytes). Holes are found
+/// with SEEK_DATA/SEEK_HOLE and fed to the hash from a zero buffer: reading them would make the
+/// kernel allocate and clear page-cache pages for every hole (most of a fresh image).
+pub fn sha256_file(file: &mut File) -> io::Result<[u8; 32]> {
+    const BUF: usize = 1 << 20;
+    let len = file.metadata()?.len();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; BUF];
+    let zeros = vec![0u8; BUF];
+    let mut pos = 0u64;
+    while pos < len {
+        let (data, hole) = match seek_region(file, pos, libc::SEEK_DATA, len)? {
+            Some(d) => (
+                d,
+                seek_region(file, d, libc::SEEK_HOLE, len)?.unwrap_or(len),
+            ),
+            None => (pos, len),
+        };
+        // A hole reported at the data offset itself (a racing writer) must not stall the loop.
+        let hole = if hole > data { hole } else { len };
+        let mut gap = data.saturating_sub(pos);
+        while gap > 0 {
+            let n = gap.min(BUF as u64) as usize;
+            h.update(&zeros[..n]);
+            gap -= n as u64;
+        }
+        let mut at = data.max(pos);
+        while at < hole {
+            let want = (hole - at).min(BUF as u64) as usize;
+            let n = file.read_at(&mut buf[..want], at)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file shrank while hashing",
+                ));
+            }
+            h.update(&buf[..n]);
+            at += n as u64;
+        }
+        pos = hole.max(at);
+    }
+    // Callers used to get the file positioned at its end; keep that.
+    file.seek(SeekFrom::Start(len))?;
     Ok(h.finalize().into())
 }
 
@@ -234,6 +286,37 @@ mod tests {
         let bytes = std::fs::read(&p).unwrap();
         assert_eq!(bytes[0], 1);
         assert_eq!(bytes[(64 << 20) - 1], 7);
+    }
+
+    #[test]
+    fn sha256_of_a_sparse_file_counts_holes_as_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img");
+        let out = AtomicOutput::create(&path).unwrap();
+        let len = (9 << 20) + 100;
+        let mut sink = out.sink(len).unwrap();
+        // Data at the start, in the middle (unaligned), and a last partial block.
+        sink.write_at(0, &[1u8; 5000]).unwrap();
+        sink.write_at((3 << 20) + 123, &[2u8; 70000]).unwrap();
+        sink.write_at(len - 7, &[3u8; 7]).unwrap();
+        drop(sink);
+        // Before the sync (data only in the page cache, delayed allocation) and after it.
+        let before = sha256_file(&mut out.file().try_clone().unwrap()).unwrap();
+        let p = out.commit().unwrap();
+        let after = sha256_file(&mut File::open(&p).unwrap()).unwrap();
+        let want: [u8; 32] = Sha256::digest(std::fs::read(&p).unwrap()).into();
+        assert_eq!(before, want);
+        assert_eq!(after, want);
+        // A file with no data at all, and an empty file.
+        let hole = dir.path().join("hole");
+        let f = File::create(&hole).unwrap();
+        f.set_len(3 << 20).unwrap();
+        let want: [u8; 32] = Sha256::digest(vec![0u8; 3 << 20]).into();
+        assert_eq!(sha256_file(&mut File::open(&hole).unwrap()).unwrap(), want);
+        let empty = dir.path().join("empty");
+        File::create(&empty).unwrap();
+        let want: [u8; 32] = Sha256::digest([]).into();
+        assert_eq!(sha256_file(&mut File::open(&empty).unwrap()).unwrap(), want);
     }
 
     #[test]
