@@ -59,7 +59,6 @@ pub struct FetchReport {
 /// Resolves the selected nodes' components into the lock and the cache. With `update` false an
 /// existing lock is only completed (missing suites/components), never changed.
 pub fn fetch(
-    profiles: &Profiles,
     nodes: &[&NodeProfile],
     cache: &Cache,
     lock_file: &Path,
@@ -153,7 +152,6 @@ pub fn fetch(
             }
         }
     }
-    let _ = profiles;
     report.lock_changed = lock != before;
     if report.lock_changed || !lock_file.exists() {
         lock.save(lock_file)?;

@@ -242,7 +242,7 @@ pub fn fetch(dir: &Path, profile: Option<&str>, update: bool, quiet: bool) -> Re
     let lock = piimg::pipeline::lock_path(dir);
     let progress = super::progress::Progress::new(quiet);
     let cache = cache()?;
-    let r = piimg::pipeline::fetch(&p, &nodes, &cache, &lock, update, &progress)?;
+    let r = piimg::pipeline::fetch(&nodes, &cache, &lock, update, &progress)?;
     for (suite, n) in &r.suites {
         println!("{suite}: {n} packages locked and cached");
     }
