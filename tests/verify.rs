@@ -20,14 +20,18 @@ fn cache_home() -> PathBuf {
 }
 
 fn project() -> tempfile::TempDir {
+    project_with("qemu")
+}
+
+fn project_with(profile: &str) -> tempfile::TempDir {
     let t = tempfile::Builder::new()
         .prefix("piimg-verify-")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .unwrap();
     std::fs::create_dir_all(t.path().join("profiles")).unwrap();
     std::fs::copy(
-        repo().join("profiles/qemu.toml"),
-        t.path().join("profiles/qemu.toml"),
+        repo().join(format!("profiles/{profile}.toml")),
+        t.path().join(format!("profiles/{profile}.toml")),
     )
     .unwrap();
     std::fs::copy(repo().join("piimg.lock"), t.path().join("piimg.lock")).unwrap();
@@ -154,4 +158,23 @@ fn a_different_build_time_is_found_and_located() {
         };
         assert_eq!(byte(&imgs[0].0), Some(1), "{d}");
     }
+}
+
+#[test]
+fn a_worker_with_secrets_and_local_components_builds_identically() {
+    let p = project_with("qemu-worker");
+    let standin = |n: &str| format!("{n}={}", repo().join("tests/standins").join(n).display());
+    let o = piimg(p.path())
+        .args(["verify", "--profile", "qemu-worker", "--component"])
+        .arg(standin("kubelet"))
+        .arg("--component")
+        .arg(standin("kubeadm"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "verify failed:\n{out}\n{err}");
+    assert!(out.starts_with("identical: sha256 "), "{out}");
+    // The secrets file was generated once and both builds used it.
+    assert!(p.path().join("secrets/qemu-worker.toml").exists());
 }
