@@ -24,7 +24,7 @@ pub struct Cli {
     /// Folder holding the node profiles (*.toml)
     #[arg(long, global = true, default_value = "profiles", value_name = "DIR")]
     pub profiles: PathBuf,
-    /// More detail (repeat for more)
+    /// More detail (build: list every component that went into the image)
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// Only errors
@@ -156,7 +156,14 @@ pub fn run(cli: Cli) -> Result<i32> {
             ref out,
             ref components,
             offline,
-        } => profiles::build(&cli.profiles, profile, out, components, offline, cli.quiet),
+        } => profiles::build(
+            &cli.profiles,
+            profile,
+            out,
+            components,
+            offline,
+            (cli.quiet, cli.verbose),
+        ),
         Command::Fetch {
             ref profile,
             all: _,

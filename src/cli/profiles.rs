@@ -270,7 +270,7 @@ pub fn build(
     out: &Path,
     components: &[String],
     offline: bool,
-    quiet: bool,
+    (quiet, verbose): (bool, u8),
 ) -> Result<i32> {
     let overrides = parse_overrides(components)?;
     let Some(p) = load(dir, false, quiet)? else {
@@ -298,5 +298,16 @@ pub fn build(
         r.sha256,
         r.manifest.display()
     );
+    if verbose > 0 {
+        let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&r.manifest)?)?;
+        for c in m["components"].as_array().into_iter().flatten() {
+            eprintln!(
+                "component {} {} {}",
+                c["name"].as_str().unwrap_or_default(),
+                c["version"].as_str().unwrap_or_default(),
+                c["source"].as_str().unwrap_or_default()
+            );
+        }
+    }
     Ok(0)
 }
