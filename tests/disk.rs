@@ -1,6 +1,9 @@
 //! Partition tables checked with sfdisk, sgdisk and blkid; a FAT32 filesystem written into
 //! partition 1 is checked through the table's offsets.
 
+mod common;
+use common::run;
+
 use piimg::fs::disk::{self, DiskError, Layout, PartKind, PartSpec, Table};
 use piimg::fs::fat32::{self, FatOptions};
 use piimg::fs::sparse::FileSink;
@@ -23,19 +26,6 @@ fn specs() -> Vec<PartSpec> {
             size: 0,
         },
     ]
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?} could not run (tool missing?): {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{cmd:?} failed: {text}");
-    text
 }
 
 /// Writes the table and a FAT32 filesystem in partition 1.

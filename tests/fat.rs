@@ -1,5 +1,8 @@
 //! FAT32 writer checked with dosfstools (fsck.vfat), mtools (mdir/mcopy) and blkid.
 
+mod common;
+use common::run;
+
 use piimg::fs::fat32::{self, FatError, FatOptions};
 use piimg::fs::sparse::{FileSink, Sink};
 use piimg::tree::{FileData, Meta, NodeKind, Tree};
@@ -93,19 +96,6 @@ fn write_img(dir: &Path, tree: &Tree, o: &FatOptions, offset: u64) -> PathBuf {
     let mut sink = FileSink::new(f, offset + o.size).unwrap();
     fat32::write(tree, o, &mut sink, offset).unwrap();
     path
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?} could not run (tool missing?): {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{cmd:?} failed: {text}");
-    text
 }
 
 fn fsck(img: &Path) -> String {

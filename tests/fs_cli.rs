@@ -1,6 +1,9 @@
 //! `piimg fs ...` run as a real binary; outputs checked with fsck.vfat, mtools, e2fsck, debugfs,
 //! sfdisk, sgdisk and partx.
 
+mod common;
+use common::run;
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -25,19 +28,6 @@ fn ok(o: &Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(o.status.success(), "failed: {text}");
-    text
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?} could not run (tool missing?): {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{cmd:?} failed: {text}");
     text
 }
 
