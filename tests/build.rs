@@ -1258,7 +1258,10 @@ fn initramfs_holds_the_stage1_modules_it_lists() {
         let list = String::from_utf8(initrd_member(p, "etc/piimg/stage1.modules")).unwrap();
         let mods: Vec<&str> = list.lines().filter(|l| !l.is_empty()).collect();
         let names: Vec<String> = mods.iter().map(|m| module_name(m)).collect();
-        for want in ["ext4", "bcm2835", "sdhci_iproc"] {
+        // phy_generic is dwc2's device-tree PHY: without it dwc2's probe waits for the kernel's
+        // 10 s deferred-probe timeout and the USB network comes up that much later. (Order does
+        // not matter: a deferred probe is retried whenever another driver binds.)
+        for want in ["ext4", "bcm2835", "sdhci_iproc", "phy_generic", "dwc2"] {
             assert!(
                 names.iter().any(|n| n == want),
                 "{name}: {want} not in stage 1: {list}"
