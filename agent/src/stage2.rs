@@ -257,7 +257,14 @@ fn spawn_network(cfg: &NodeConfig, up: Arc<AtomicBool>) {
                     }
                     _ => {}
                 }
-                std::thread::sleep(Duration::from_secs(1));
+                // The USB NIC usually appears within seconds of boot: look often at first so
+                // `ready` follows it closely, then settle to once a second.
+                let pause = if started.elapsed() < Duration::from_secs(20) {
+                    100
+                } else {
+                    1000
+                };
+                std::thread::sleep(Duration::from_millis(pause));
             }
         });
     if let Err(e) = r {
@@ -329,7 +336,10 @@ pub fn signal_action(sig: libc::c_int) -> Option<Halt> {
 
 fn main_loop(node: &mut Node) -> Halt {
     loop {
-        if let Some(sig) = node.sup.step(Duration::from_secs(1)) {
+        // Until `ready` is said, wake often: it waits on the network thread, which has no way
+        // to interrupt the signal wait.
+        let poll = Duration::from_millis(if node.ready { 1000 } else { 100 });
+        if let Some(sig) = node.sup.step(poll) {
             if let Some(h) = signal_action(sig) {
                 return h;
             }
