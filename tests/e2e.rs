@@ -209,7 +209,10 @@ impl Guest {
             .next()
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("unexpected /proc/uptime line {up:?}"));
-        eprintln!(
+        // Straight to the process's stderr: eprintln! is captured by the test harness, and these
+        // figures belong in every CI log, passing or not.
+        let _ = writeln!(
+            std::io::stderr(),
             "BOOT {what}: power-on to `piimg-agent: ready`: wall {:.1} s, guest uptime {guest:.1} s \
              (read just after ready; last kernel timestamp before it {kernel:?})",
             wall.as_secs_f64()
