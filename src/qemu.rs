@@ -551,8 +551,9 @@ pub struct Outcome {
     pub line: Option<String>,
     /// Wall time from starting QEMU to the end.
     pub wall: Duration,
-    /// The guest's clock at that point: the kernel timestamp `[ N.NNN]` of the line itself
-    /// (`exact`), else of the last kernel line before it (a lower bound).
+    /// The guest's clock at that point: the kernel timestamp `[ N.NNN]` (or the agent's `ready
+    /// (uptime N s)`) of the line itself (`exact`), else of the last such line before it (a lower
+    /// bound).
     pub guest_seconds: Option<f64>,
     pub guest_exact: bool,
     /// The QEMU command line that ran (for the user to repeat by hand).
@@ -578,6 +579,17 @@ pub fn kernel_timestamp(line: &str) -> Option<f64> {
     let rest = line.trim_start_matches(['\r', '\n']).strip_prefix('[')?;
     let (num, _) = rest.split_once(']')?;
     num.trim().parse().ok()
+}
+
+/// The guest's clock on a console line: a kernel timestamp, or the uptime the agent prints with
+/// `piimg-agent: ready (uptime N s)`.
+pub fn guest_timestamp(line: &str) -> Option<f64> {
+    if let Some(t) = kernel_timestamp(line) {
+        return Some(t);
+    }
+    let (_, rest) = line.split_once("piimg-agent: ready (uptime ")?;
+    let (num, _) = rest.split_once(" s)")?;
+    num.parse().ok()
 }
 
 /// The QEMU arguments for an image whose boot files are in `boot`.
@@ -640,6 +652,89 @@ enum Msg {
     Out(Vec<u8>),
     OutEof,
     Err(String),
+}
+
+/// How a run ended: why, the console line, the guest clock and whether that clock is the line's own.
+type Hit = (End, Option<String>, Option<f64>, bool);
+
+/// Splits console output into lines and checks each for `--until` and kernel panics.
+struct Watch<'a> {
+    until: Option<&'a Regex>,
+    pending: Vec<u8>,
+    /// The guest clock of the last complete line that carried one.
+    last_ts: Option<f64>,
+    /// A match on the unfinished last line: a prompt waits without a newline, so it counts once
+    /// the console has been quiet for a moment ([`Watch::quiet`]); if the line goes on, the
+    /// whole line is checked instead.
+    partial_hit: Option<Hit>,
+}
+
+impl<'a> Watch<'a> {
+    fn new(until: Option<&'a Regex>) -> Self {
+        Watch {
+            until,
+            pending: Vec::new(),
+            last_ts: None,
+            partial_hit: None,
+        }
+    }
+
+    /// Console bytes as they come; a match on a complete line ends the run.
+    fn feed(&mut self, bytes: &[u8]) -> Option<Hit> {
+        self.pending.extend_from_slice(bytes);
+        self.partial_hit = None;
+        while let Some(nl) = self.pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=nl).collect();
+            let text = String::from_utf8_lossy(&line).into_owned();
+            if let Some(hit) = self.check(&text, false) {
+                return Some(hit);
+            }
+        }
+        if !self.pending.is_empty() {
+            let text = String::from_utf8_lossy(&self.pending).into_owned();
+            self.partial_hit = self.check(&text, true);
+        }
+        None
+    }
+
+    fn has_partial_hit(&self) -> bool {
+        self.partial_hit.is_some()
+    }
+
+    /// The console went quiet: a match on the unfinished line now counts.
+    fn quiet(&mut self) -> Option<Hit> {
+        self.partial_hit.take()
+    }
+
+    /// An end without a matching line, at the last guest time seen.
+    fn end(&self, why: End) -> Hit {
+        (why, None, self.last_ts, false)
+    }
+
+    /// Checks one console line (complete, or the unfinished tail when `partial`).
+    fn check(&mut self, line: &str, partial: bool) -> Option<Hit> {
+        let ts = guest_timestamp(line);
+        if !partial {
+            if let Some(t) = ts {
+                self.last_ts = Some(t);
+            }
+        }
+        let clean = line.trim_end_matches(['\r', '\n']).to_string();
+        if !partial && clean.contains("Kernel panic") {
+            return Some((
+                End::Panic(clean.clone()),
+                Some(clean),
+                ts.or(self.last_ts),
+                ts.is_some(),
+            ));
+        }
+        match self.until {
+            Some(re) if re.is_match(&clean) => {
+                Some((End::Matched, Some(clean), ts.or(self.last_ts), ts.is_some()))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Asks QEMU to quit (SIGTERM: it restores the terminal), then kills it if it does not.
@@ -746,46 +841,21 @@ pub fn run(opts: &RunOptions, console: &mut dyn Write) -> Result<Outcome, QemuEr
     drop(tx);
 
     let deadline = opts.timeout.map(|t| started + t);
-    let mut pending: Vec<u8> = Vec::new();
-    let mut last_ts: Option<f64> = None;
+    let mut watch = Watch::new(opts.until.as_ref());
     let mut stderr_tail: Vec<String> = Vec::new();
-    let mut result: Option<(End, Option<String>, Option<f64>, bool)> = None;
+    let mut result: Option<Hit> = None;
     let mut out_done = false;
     let mut console_err = None;
-    // Checks one console line (complete, or the unfinished tail when `partial`).
-    let check = |line: &str, partial: bool, last_ts: &mut Option<f64>| {
-        let ts = kernel_timestamp(line);
-        if !partial {
-            if let Some(t) = ts {
-                *last_ts = Some(t);
-            }
-        }
-        let clean = line.trim_end_matches(['\r', '\n']).to_string();
-        if !partial && clean.contains("Kernel panic") {
-            return Some((
-                End::Panic(clean.clone()),
-                Some(clean),
-                ts.or(*last_ts),
-                ts.is_some(),
-            ));
-        }
-        if let Some(re) = &opts.until {
-            if re.is_match(&clean) {
-                return Some((End::Matched, Some(clean), ts.or(*last_ts), ts.is_some()));
-            }
-        }
-        None
-    };
     while result.is_none() {
         if INTERRUPT.load(Ordering::SeqCst) {
-            result = Some((End::Interrupted, None, last_ts, false));
+            result = Some(watch.end(End::Interrupted));
             break;
         }
         let wait = match deadline {
             Some(d) => {
                 let now = Instant::now();
                 if now >= d {
-                    result = Some((End::TimedOut, None, last_ts, false));
+                    result = Some(watch.quiet().unwrap_or_else(|| watch.end(End::TimedOut)));
                     break;
                 }
                 (d - now).min(Duration::from_millis(200))
@@ -799,19 +869,11 @@ pub fn run(opts: &RunOptions, console: &mut dyn Write) -> Result<Outcome, QemuEr
                         console_err = Some(e);
                     }
                 }
-                pending.extend_from_slice(&bytes);
-                while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
-                    let line: Vec<u8> = pending.drain(..=nl).collect();
-                    let text = String::from_utf8_lossy(&line);
-                    if let Some(r) = check(&text, false, &mut last_ts) {
-                        result = Some(r);
-                        break;
-                    }
-                }
-                if result.is_none() && !pending.is_empty() {
-                    let text = String::from_utf8_lossy(&pending).into_owned();
-                    result = check(&text, true, &mut last_ts);
-                }
+                result = watch.feed(&bytes);
+            }
+            // Nothing for up to 200 ms: quiet enough for a prompt without its newline.
+            Err(mpsc::RecvTimeoutError::Timeout) if watch.has_partial_hit() => {
+                result = watch.quiet();
             }
             Ok(Msg::OutEof) => out_done = true,
             Ok(Msg::Err(l)) => {
@@ -823,12 +885,14 @@ pub fn run(opts: &RunOptions, console: &mut dyn Write) -> Result<Outcome, QemuEr
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => out_done = true,
         }
-        if out_done {
+        if out_done && watch.has_partial_hit() {
+            result = watch.quiet();
+        } else if out_done {
             if let Ok(Some(status)) = child.try_wait() {
-                result = Some((End::Exited(status.code()), None, last_ts, false));
+                result = Some(watch.end(End::Exited(status.code())));
             } else if matches!(rx.try_recv(), Err(mpsc::TryRecvError::Disconnected)) {
                 let status = child.wait().map_err(QemuError::Spawn)?;
-                result = Some((End::Exited(status.code()), None, last_ts, false));
+                result = Some(watch.end(End::Exited(status.code())));
             }
         }
     }
@@ -845,7 +909,7 @@ pub fn run(opts: &RunOptions, console: &mut dyn Write) -> Result<Outcome, QemuEr
         return Err(QemuError::Console(e));
     }
     let (end, line, guest_seconds, guest_exact) =
-        result.unwrap_or((End::Interrupted, None, last_ts, false));
+        result.unwrap_or_else(|| watch.end(End::Interrupted));
     Ok(Outcome {
         end,
         line,
@@ -898,9 +962,60 @@ mod tests {
     }
 
     #[test]
+    fn watch_matches_whole_lines_prompts_and_panics() {
+        let re = Regex::new("piimg-agent: ready").unwrap();
+        let mut w = Watch::new(Some(&re));
+        assert_eq!(w.feed(b"[    1.250000] mmc0: new\r\n"), None);
+        // The line arrives in pieces: the unfinished match waits for the rest of the line.
+        assert_eq!(w.feed(b"/ # piimg-agent: ready (up"), None);
+        assert!(w.has_partial_hit());
+        let hit = w.feed(b"time 6.42 s)\r\nnext").unwrap();
+        assert_eq!(
+            hit,
+            (
+                End::Matched,
+                Some("/ # piimg-agent: ready (uptime 6.42 s)".to_string()),
+                Some(6.42),
+                true
+            )
+        );
+        // A prompt that never gets its newline counts once the console is quiet.
+        let prompt = Regex::new(r"login: $").unwrap();
+        let mut w = Watch::new(Some(&prompt));
+        assert_eq!(w.feed(b"[    2.5] x\nnode login: "), None);
+        let hit = w.quiet().unwrap();
+        assert_eq!(hit.0, End::Matched);
+        assert_eq!(hit.1.as_deref(), Some("node login: "));
+        assert_eq!((hit.2, hit.3), (Some(2.5), false));
+        // More output on the same line replaces the partial match.
+        let mut w = Watch::new(Some(&prompt));
+        assert_eq!(w.feed(b"login: "), None);
+        assert_eq!(w.feed(b"x"), None);
+        assert_eq!(w.quiet(), None);
+        // Panics end the run whatever `until` says; other ends keep the last clock seen.
+        let mut w = Watch::new(None);
+        let hit = w
+            .feed(b"[    3.0] ok\n[    3.5] Kernel panic - not syncing: VFS\n")
+            .unwrap();
+        assert!(matches!(hit.0, End::Panic(ref l) if l.contains("not syncing")));
+        assert_eq!((hit.2, hit.3), (Some(3.5), true));
+        assert_eq!(
+            w.end(End::TimedOut),
+            (End::TimedOut, None, Some(3.5), false)
+        );
+    }
+
+    #[test]
     fn kernel_timestamps() {
         assert_eq!(kernel_timestamp("[    5.678901] mmc0: new"), Some(5.678901));
         assert_eq!(kernel_timestamp("\r[ 12.5] x"), Some(12.5));
         assert_eq!(kernel_timestamp("piimg-agent: ready"), None);
+        assert_eq!(
+            guest_timestamp("/ # piimg-agent: ready (uptime 6.42 s)"),
+            Some(6.42)
+        );
+        assert_eq!(guest_timestamp("[ 1.5] x"), Some(1.5));
+        assert_eq!(guest_timestamp("piimg-agent: ready"), None);
+        assert_eq!(guest_timestamp("piimg-agent: ready (uptime x s)"), None);
     }
 }

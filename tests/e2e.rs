@@ -197,24 +197,38 @@ impl Guest {
         l
     }
 
-    /// Boot milestones: wall time since QEMU started and the guest's uptime read right after.
+    /// Boot milestones: wall time since QEMU started, and the guest's uptime that the agent
+    /// prints with `ready`, checked against /proc/uptime read right after.
     fn report_ready(&mut self, what: &str) {
         // Not anchored at the start: the shell's prompt may precede it on the same line.
-        self.wait("piimg-agent: ready$", BOOT_TIMEOUT);
+        let line = self.wait(
+            r"piimg-agent: ready \(uptime [0-9]+\.[0-9]+ s\)$",
+            BOOT_TIMEOUT,
+        );
         let wall = self.started.elapsed();
         let kernel = self.last_kernel_ts;
+        let guest: f64 = line
+            .rsplit_once("(uptime ")
+            .and_then(|(_, r)| r.strip_suffix(" s)"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no uptime in {line:?}"));
         let up = self.shell("cat /proc/uptime", "UPTIME");
-        let guest: f64 = up
+        let now: f64 = up
             .split_whitespace()
             .next()
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("unexpected /proc/uptime line {up:?}"));
+        // The agent's figure is the guest clock at `ready`: after the last kernel line and
+        // before the shell read the clock again.
+        assert!(
+            kernel.is_none_or(|k| k <= guest) && guest <= now,
+            "ready at uptime {guest}, last kernel line {kernel:?}, /proc/uptime after {now}"
+        );
         // Straight to the process's stderr: eprintln! is captured by the test harness, and these
         // figures belong in every CI log, passing or not.
         let _ = writeln!(
             std::io::stderr(),
-            "BOOT {what}: power-on to `piimg-agent: ready`: wall {:.1} s, guest uptime {guest:.1} s \
-             (read just after ready; last kernel timestamp before it {kernel:?})",
+            "BOOT {what}: power-on to `piimg-agent: ready`: wall {:.1} s, guest uptime {guest:.2} s",
             wall.as_secs_f64()
         );
     }

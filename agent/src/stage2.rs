@@ -347,7 +347,11 @@ fn main_loop(node: &mut Node) -> Halt {
         let net_ok = node.cfg.is_none() || node.net_up.load(Ordering::SeqCst);
         if !node.ready && net_ok && node.sup.all_started() {
             node.ready = true;
-            say("ready");
+            // The guest's own clock since power-on: what `piimg qemu` and the tests report.
+            match sys::uptime() {
+                Some(up) => say(&format!("ready (uptime {up:.2} s)")),
+                None => say("ready"),
+            }
         }
     }
 }

@@ -158,6 +158,15 @@ pub fn realtime_secs() -> i64 {
     ts.tv_sec as i64
 }
 
+/// Seconds since the kernel booted (CLOCK_BOOTTIME, the clock behind /proc/uptime).
+pub fn uptime() -> Option<f64> {
+    // SAFETY: timespec is POD; clock_gettime fills it.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    (r == 0).then(|| ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9)
+}
+
 pub fn set_realtime(secs: i64, nanos: i64) -> io::Result<()> {
     let ts = libc::timespec {
         tv_sec: secs as _,

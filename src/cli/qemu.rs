@@ -52,7 +52,7 @@ pub fn run_qemu(
     }
     let guest = match (o.guest_seconds, o.guest_exact) {
         (Some(g), true) => format!("guest {g:.3} s"),
-        (Some(g), false) => format!("guest >= {g:.3} s (last kernel timestamp)"),
+        (Some(g), false) => format!("guest >= {g:.3} s (last timestamp on the console)"),
         (None, _) => "guest time unknown".to_string(),
     };
     let tail = || {
