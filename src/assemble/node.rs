@@ -61,24 +61,9 @@ pub const STAGE1_MODULES: &[&str] = &[
     "genet",
 ];
 
-/// Modules every node loads at stage 2: storage, USB networking (QEMU's usb-net and the Pi 3B's
-/// smsc95xx / 3B+'s lan78xx), the Pi 4 ethernet, the watchdog.
-pub const BASE_MODULES: &[&str] = &[
-    "bcm2835",
-    "sdhci_iproc",
-    "ext4",
-    "crc32c_generic",
-    "vfat",
-    "nls_cp437",
-    "nls_iso8859_1",
-    "phy_generic",
-    "dwc2",
-    "cdc_ether",
-    "smsc95xx",
-    "lan78xx",
-    "genet",
-    "bcm2835_wdt",
-];
+/// Modules every node loads at stage 2 after the stage-1 list (listed again there; loading a
+/// loaded module is a no-op): the FAT boot partition and the watchdog.
+pub const BASE_MODULES: &[&str] = &["vfat", "nls_cp437", "nls_iso8859_1", "bcm2835_wdt"];
 
 /// What kubelet, kube-proxy and the CNI plugins need from the kernel.
 pub const KUBERNETES_MODULES: &[&str] = &[
@@ -454,7 +439,8 @@ pub fn assemble(inp: &Inputs, reporter: &dyn Reporter) -> Result<Assembled, Asse
     let (stage1_req, _) = present(STAGE1_MODULES);
     let stage1_refs: Vec<&str> = stage1_req.iter().map(String::as_str).collect();
     let stage1 = set.closure(&stage1_refs, true)?;
-    let mut wanted: Vec<&str> = BASE_MODULES.to_vec();
+    let mut wanted: Vec<&str> = STAGE1_MODULES.to_vec();
+    wanted.extend(BASE_MODULES);
     if role.is_kubernetes() {
         wanted.extend(KUBERNETES_MODULES);
     }
