@@ -2,6 +2,11 @@
 //! has only the piimg binary still gets a working agent. A prebuilt agent can be given with
 //! PIIMG_AGENT_BIN=PATH. If the agent cannot be built, piimg still builds (check/show/fs work)
 //! and `piimg build` explains why it has no agent.
+//!
+//! A toolchain that rustup installed before rust-toolchain.toml named the musl target lacks it
+//! (rustup honours `targets` only when it installs the toolchain), so the README's first command
+//! would build a piimg without an agent: the target is added here when it is missing, and never
+//! asked for when present, so an offline build with the target keeps working.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -45,11 +50,53 @@ fn main() {
     }
 }
 
+/// The sysroot of the compiler cargo uses for this build.
+fn sysroot() -> Option<PathBuf> {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let out = Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+/// Adds the musl target with rustup when this toolchain does not have it.
+fn ensure_target() -> Result<(), String> {
+    let Some(root) = sysroot() else {
+        return Ok(()); // cargo's own error below says more than a guess here
+    };
+    if root.join("lib/rustlib").join(TARGET).join("lib").is_dir() {
+        return Ok(());
+    }
+    let mut cmd = Command::new("rustup");
+    cmd.args(["target", "add", TARGET]);
+    // Under rustup, the toolchain cargo runs with; rustup's own choice otherwise.
+    if let Ok(tc) = std::env::var("RUSTUP_TOOLCHAIN") {
+        cmd.args(["--toolchain", &tc]);
+    }
+    println!(
+        "cargo:warning=adding the Rust target {TARGET} for the init agent (rustup target add)"
+    );
+    match cmd.output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!(
+            "`rustup target add {TARGET}` failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim().replace('\n', " | ")
+        )),
+        Err(e) => Err(format!(
+            "the Rust target {TARGET} is missing and rustup could not be run ({e}): install the target"
+        )),
+    }
+}
+
 fn build_agent(manifest: &Path, out_dir: &Path, dest: &Path) -> Result<(), String> {
     let agent_manifest = manifest.join("agent/Cargo.toml");
     if !agent_manifest.exists() {
         return Err(format!("{} not found", agent_manifest.display()));
     }
+    ensure_target()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let target_dir = out_dir.join("agent-target");
     let mut cmd = Command::new(cargo);
