@@ -2,6 +2,7 @@
 //! `.sha256` and manifest. The CLI calls these with a reporter; nothing here prints.
 
 use crate::assemble::node::{self as asm, Inputs};
+use crate::components::apt::SuiteSources;
 use crate::components::cache::Cache;
 use crate::components::lock::{Lock, LockEntry, Source};
 use crate::components::{self, fetch, FetchOptions};
@@ -36,6 +37,8 @@ pub enum PipelineError {
     },
     #[error("--component {0}: expected NAME=PATH")]
     BadOverride(String),
+    #[error("profiles {a} and {b} both use Debian {suite} but from different sources ([image] mirror, archives, snapshot or keyring): one lock holds one resolution per suite")]
+    SourcesDisagree { suite: String, a: String, b: String },
 }
 
 /// Where `piimg.lock` lives: the project root, beside the profiles folder.
@@ -54,6 +57,8 @@ pub struct FetchReport {
     /// them (they can still be supplied as local files).
     pub unpinned: Vec<(String, String, Vec<String>)>,
     pub lock_changed: bool,
+    /// What the update changed, one line per package: `NAME OLD -> NEW (archive)`.
+    pub changes: Vec<String>,
 }
 
 /// Resolves the selected nodes' components into the lock and the cache. With `update` false an
@@ -68,17 +73,13 @@ pub fn fetch(
     let mut lock = Lock::load_or_new(lock_file)?;
     let before = lock.clone();
     let mut report = FetchReport::default();
-    let suites: BTreeMap<&str, Option<&str>> = nodes
-        .iter()
-        .map(|n| (n.image.suite.as_str(), n.image.mirror.as_deref()))
-        .collect();
-    for (suite, mirror) in suites {
+    for (suite, sources) in suites(nodes)? {
+        let suite = suite.as_str();
         if update || lock.suite_entries(suite).is_empty() {
             reporter.info(&format!("resolving Debian {suite} arm64 packages"));
             let resolved = components::update_suite(
                 cache,
-                suite,
-                mirror,
+                &sources,
                 &asm::all_packages(),
                 &components::apt::DEFAULT_EXCLUDES
                     .iter()
@@ -87,20 +88,25 @@ pub fn fetch(
                 reporter,
             )?;
             lock.set_suite(suite, &resolved.packages);
+            lock.set_snapshot(suite, sources.snapshot.as_ref());
         } else {
             let sub = Lock {
                 version: lock.version,
                 components: lock.suite_entries(suite).into_iter().cloned().collect(),
+                snapshots: lock.snapshots.clone(),
             };
             components::fetch_locked(
                 &sub,
                 cache,
                 &FetchOptions {
                     offline: false,
-                    mirror: mirror.map(str::to_string),
+                    sources: sources.clone(),
                 },
                 reporter,
             )?;
+            if sources.snapshot.is_some() {
+                lock.set_snapshot(suite, sources.snapshot.as_ref());
+            }
         }
         report
             .suites
@@ -153,10 +159,53 @@ pub fn fetch(
         }
     }
     report.lock_changed = lock != before;
+    report.changes = lock_changes(&before, &lock);
     if report.lock_changed || !lock_file.exists() {
         lock.save(lock_file)?;
     }
     Ok(report)
+}
+
+/// The suites the nodes use, each with where its packages come from. Nodes of one suite must
+/// agree on that: a lock holds one resolution per suite.
+fn suites(nodes: &[&NodeProfile]) -> Result<BTreeMap<String, SuiteSources>, PipelineError> {
+    let mut out: BTreeMap<String, (SuiteSources, &str)> = BTreeMap::new();
+    for n in nodes {
+        let s = &n.image.sources;
+        match out.get(&s.suite) {
+            Some((first, by)) if first != s => {
+                return Err(PipelineError::SourcesDisagree {
+                    suite: s.suite.clone(),
+                    a: by.to_string(),
+                    b: n.name.clone(),
+                })
+            }
+            Some(_) => {}
+            None => {
+                out.insert(s.suite.clone(), (s.clone(), &n.name));
+            }
+        }
+    }
+    Ok(out.into_iter().map(|(k, (v, _))| (k, v)).collect())
+}
+
+/// `fetch --outdated`: every selected suite's locked packages that have a newer version.
+pub fn outdated(
+    nodes: &[&NodeProfile],
+    cache: &Cache,
+    lock_file: &Path,
+    reporter: &dyn Reporter,
+) -> Result<Vec<components::Outdated>, PipelineError> {
+    let lock = Lock::load_or_new(lock_file)?;
+    let mut all = Vec::new();
+    for (suite, sources) in suites(nodes)? {
+        if lock.suite_entries(&suite).is_empty() {
+            continue;
+        }
+        reporter.info(&format!("checking Debian {suite} for newer packages"));
+        all.extend(components::outdated(&lock, cache, &sources, reporter)?);
+    }
+    Ok(all)
 }
 
 /// Options of one build.
@@ -215,7 +264,7 @@ pub fn build(
     reporter: &dyn Reporter,
 ) -> Result<BuildOutput, PipelineError> {
     let lock = Lock::load_or_new(lock_file)?;
-    let suite = &node.image.suite;
+    let suite = &node.image.sources.suite;
     if lock.suite_entries(suite).is_empty() {
         return Err(PipelineError::SuiteNotLocked {
             lock: lock_file.to_path_buf(),
@@ -279,6 +328,7 @@ pub fn build(
     }
     let sub = Lock {
         version: lock.version,
+        snapshots: lock.snapshots.clone(),
         components: needed
             .iter()
             .map(|n| {
@@ -294,7 +344,7 @@ pub fn build(
         cache,
         &FetchOptions {
             offline: opts.offline,
-            mirror: node.image.mirror.clone(),
+            sources: node.image.sources.clone(),
         },
         reporter,
     )?;
@@ -380,6 +430,41 @@ pub fn build(
         manifest: manifest_path,
         size: layout.disk_size,
     })
+}
+
+/// Packages (per suite, or per name for other components) whose version or file changed.
+fn lock_changes(before: &Lock, after: &Lock) -> Vec<String> {
+    let key = |e: &LockEntry| {
+        let suite = match e.source() {
+            Some(Source::Debian { suite, .. }) => suite.to_string(),
+            _ => String::new(),
+        };
+        (e.name.clone(), suite)
+    };
+    let old: BTreeMap<_, &LockEntry> = before.components.iter().map(|e| (key(e), e)).collect();
+    let new: BTreeMap<_, &LockEntry> = after.components.iter().map(|e| (key(e), e)).collect();
+    let mut out = Vec::new();
+    for (k, n) in &new {
+        let from = n
+            .archive
+            .as_deref()
+            .map(|a| format!(" ({a})"))
+            .unwrap_or_default();
+        match old.get(k) {
+            None => out.push(format!("added   {} {}{from}", n.name, n.version)),
+            Some(o) if o.version != n.version || o.sha256 != n.sha256 => out.push(format!(
+                "updated {} {} -> {}{from}",
+                n.name, o.version, n.version
+            )),
+            Some(_) => {}
+        }
+    }
+    for (k, o) in &old {
+        if !new.contains_key(k) {
+            out.push(format!("removed {} {}", o.name, o.version));
+        }
+    }
+    out
 }
 
 /// Package -> the locked packages it depends on, as recorded by `piimg fetch`.

@@ -228,7 +228,7 @@ fn download_verifies_and_host_apt_state_is_untouched() {
 }
 
 #[test]
-fn fetch_locked_refuses_a_lock_that_disagrees_with_the_index() {
+fn fetch_locked_refuses_a_file_whose_sha256_differs_from_the_lock() {
     let s = shared();
     let p = pkg(&s.resolved, "busybox-static");
     let tmp = tempfile::tempdir().unwrap();
@@ -237,8 +237,12 @@ fn fetch_locked_refuses_a_lock_that_disagrees_with_the_index() {
     let mut e = LockEntry::from_deb("trixie", p);
     e.sha256 = Some("0".repeat(64));
     lock.upsert(e);
-    // A fresh cache has no apt lists of its own: use the shared one's mirror via the host.
-    let err = piimg::components::fetch_locked(&lock, &cache, &Default::default(), &Silent)
+    // The file is fetched by its pool path from the host's mirror; the index is not read.
+    let opts = piimg::components::FetchOptions {
+        offline: false,
+        sources: apt::SuiteSources::host("trixie"),
+    };
+    let err = piimg::components::fetch_locked(&lock, &cache, &opts, &Silent)
         .unwrap_err()
         .to_string();
     assert!(
@@ -686,6 +690,7 @@ fn entry(name: &str, version: &str, source: &str, sha: Option<&str>) -> LockEntr
         source: source.into(),
         sha256: sha.map(str::to_string),
         size: None,
+        archive: None,
         depends: Vec::new(),
     }
 }

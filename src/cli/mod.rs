@@ -77,7 +77,7 @@ pub enum Command {
     },
     /// Resolve components into piimg.lock and download them into the cache
     #[command(
-        after_help = "Examples:\n  piimg fetch --all\n  piimg fetch --profile lb1\n  piimg fetch --all --update   # re-resolve: newer packages, new pins"
+        after_help = "Examples:\n  piimg fetch --all\n  piimg fetch --profile lb1\n  piimg fetch --all --update   # re-resolve: newer packages, new pins\n  piimg fetch --outdated       # exit 1 when the archive has newer packages than the lock\n\nLocked .debs are downloaded by the pool path and checked against the size and sha256 the lock\nrecords; the archive's index is read only to resolve what the lock lacks, on --update and on\n--outdated."
     )]
     Fetch {
         /// Only what this node needs
@@ -87,8 +87,15 @@ pub enum Command {
         #[arg(long)]
         all: bool,
         /// Re-resolve packages and pins even where the lock has them (changes the lock)
-        #[arg(long)]
+        #[arg(long, conflicts_with = "outdated")]
         update: bool,
+        /// List locked packages the archive has newer versions of (security updates marked);
+        /// exit 0 when none, 1 when some; the lock is not changed
+        #[arg(long)]
+        outdated: bool,
+        /// With --outdated: print JSON
+        #[arg(long, requires = "outdated")]
+        json: bool,
     },
     /// Write filesystems and disk images from a folder (like mke2fs -d, mkfs.vfat + mcopy)
     #[command(subcommand)]
@@ -167,7 +174,16 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Fetch {
             ref profile,
             all: _,
+            update: _,
+            outdated: true,
+            json,
+        } => profiles::outdated(&cli.profiles, profile.as_deref(), json, cli.quiet),
+        Command::Fetch {
+            ref profile,
+            all: _,
             update,
+            outdated: false,
+            json: _,
         } => profiles::fetch(&cli.profiles, profile.as_deref(), update, cli.quiet),
         Command::Fs(cmd) => fs::run(cmd).map(|()| 0),
         Command::Qemu {

@@ -229,20 +229,31 @@ fn cache() -> Result<piimg::components::cache::Cache> {
     Ok(piimg::components::cache::Cache::open(root)?)
 }
 
-pub fn fetch(dir: &Path, profile: Option<&str>, update: bool, quiet: bool) -> Result<i32> {
-    let Some(p) = load(dir, false, quiet)? else {
-        return Ok(1);
-    };
-    let nodes: Vec<&NodeProfile> = match profile {
+fn selected<'a>(
+    p: &'a Profiles,
+    dir: &Path,
+    profile: Option<&str>,
+) -> Result<Vec<&'a NodeProfile>> {
+    Ok(match profile {
         Some(name) => vec![p.node(name).ok_or_else(|| {
             anyhow::anyhow!("no node profile named `{name}` in {}", dir.display())
         })?],
         None => p.nodes.iter().collect(),
+    })
+}
+
+pub fn fetch(dir: &Path, profile: Option<&str>, update: bool, quiet: bool) -> Result<i32> {
+    let Some(p) = load(dir, false, quiet)? else {
+        return Ok(1);
     };
+    let nodes = selected(&p, dir, profile)?;
     let lock = piimg::pipeline::lock_path(dir);
     let progress = super::progress::Progress::new(quiet);
     let cache = cache()?;
     let r = piimg::pipeline::fetch(&nodes, &cache, &lock, update, &progress)?;
+    for c in &r.changes {
+        println!("{c}");
+    }
     for (suite, n) in &r.suites {
         println!("{suite}: {n} packages locked and cached");
     }
@@ -262,6 +273,60 @@ pub fn fetch(dir: &Path, profile: Option<&str>, update: bool, quiet: bool) -> Re
         }
     );
     Ok(0)
+}
+
+/// `fetch --outdated`: a table (or JSON) of locked packages with newer versions; exit 1 if any.
+pub fn outdated(dir: &Path, profile: Option<&str>, json: bool, quiet: bool) -> Result<i32> {
+    let Some(p) = load(dir, false, quiet)? else {
+        return Ok(1);
+    };
+    let nodes = selected(&p, dir, profile)?;
+    let lock = piimg::pipeline::lock_path(dir);
+    let progress = super::progress::Progress::new(quiet);
+    let cache = cache()?;
+    let found = piimg::pipeline::outdated(&nodes, &cache, &lock, &progress)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&found)?);
+    } else if found.is_empty() {
+        println!(
+            "{}: every locked package is the newest the archive has",
+            lock.display()
+        );
+    } else {
+        let w = found.iter().map(|o| o.name.len()).max().unwrap_or(0).max(7);
+        let wl = found
+            .iter()
+            .map(|o| o.locked.len())
+            .max()
+            .unwrap_or(0)
+            .max(6);
+        let wa = found
+            .iter()
+            .map(|o| o.available.len())
+            .max()
+            .unwrap_or(0)
+            .max(9);
+        println!(
+            "{:w$}  {:wl$}  {:wa$}  FROM",
+            "PACKAGE", "LOCKED", "AVAILABLE"
+        );
+        for o in &found {
+            println!(
+                "{:w$}  {:wl$}  {:wa$}  {}{}",
+                o.name,
+                o.locked,
+                o.available,
+                o.from.join(","),
+                if o.security { "  [security]" } else { "" }
+            );
+        }
+        let sec = found.iter().filter(|o| o.security).count();
+        println!(
+            "{} outdated ({sec} from the security archive): run `piimg fetch --update`",
+            found.len()
+        );
+    }
+    Ok(if found.is_empty() { 0 } else { 1 })
 }
 
 pub fn build(

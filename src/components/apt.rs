@@ -106,11 +106,24 @@ pub enum AptError {
     RequestedExcluded(String),
     #[error("apt's resolution did not contain requested package {0}")]
     NotResolved(String),
-    #[error("apt-get download did not produce {package} {version} with sha256 {sha256}")]
-    NotDownloaded {
+    #[error("no Debian security archive in the host's apt sources: set image.security_mirror, or leave \"security\" out of image.archives")]
+    NoSecurityMirror,
+    #[error("{0:?} is not a snapshot timestamp (want the snapshot archive's form, e.g. 20251120T000000Z)")]
+    BadSnapshot(String),
+    #[error("{0:?} is not an archive piimg resolves from (want \"updates\" or \"security\")")]
+    BadArchive(String),
+    #[error("apt gave no download URI under a configured mirror for {package} {version}: {uri}")]
+    UnknownUri {
         package: String,
         version: String,
-        sha256: String,
+        uri: String,
+    },
+    #[error("{package} {version}: {uri}: got {got}")]
+    Download {
+        package: String,
+        version: String,
+        uri: String,
+        got: String,
     },
 }
 
@@ -127,6 +140,116 @@ pub struct DebPackage {
     /// Depends + Pre-Depends: a list of groups, each a list of alternative package names.
     pub depends: Vec<Vec<String>>,
     pub provides: Vec<String>,
+    /// Which of the suite's archives the file is downloaded from.
+    pub archive: Archive,
+}
+
+/// The places one suite's packages come from: the suite itself, `SUITE-updates` (same archive,
+/// same pool) and `SUITE-security` (Debian's security archive, its own mirror and pool).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Archive {
+    #[default]
+    Release,
+    Updates,
+    Security,
+}
+
+impl Archive {
+    /// The name used in profiles and the lock (`None` for the suite itself).
+    pub fn name(self) -> Option<&'static str> {
+        match self {
+            Archive::Release => None,
+            Archive::Updates => Some("updates"),
+            Archive::Security => Some("security"),
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Archive, AptError> {
+        match s {
+            "updates" => Ok(Archive::Updates),
+            "security" => Ok(Archive::Security),
+            _ => Err(AptError::BadArchive(s.to_string())),
+        }
+    }
+
+    /// The apt suite name, e.g. `trixie-security`.
+    pub fn suite(self, base: &str) -> String {
+        match self.name() {
+            None => base.to_string(),
+            Some(n) => format!("{base}-{n}"),
+        }
+    }
+
+    /// The directory under the snapshot service (`archive/<this>/<timestamp>/`).
+    fn snapshot_archive(self) -> &'static str {
+        match self {
+            Archive::Security => "debian-security",
+            Archive::Release | Archive::Updates => "debian",
+        }
+    }
+}
+
+/// A timestamp of Debian's snapshot archive and the service's base URI.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    pub timestamp: String,
+    pub mirror: String,
+}
+
+impl Snapshot {
+    /// `20251120T000000Z`: the form the snapshot archive's URLs use.
+    pub fn valid_timestamp(t: &str) -> bool {
+        let b = t.as_bytes();
+        b.len() == 16
+            && b[8] == b'T'
+            && b[15] == b'Z'
+            && b[..8].iter().chain(&b[9..15]).all(u8::is_ascii_digit)
+    }
+
+    /// Where the snapshot archive serves `filename` of `archive`.
+    pub fn uri(&self, archive: Archive, filename: &str) -> String {
+        format!(
+            "{}/archive/{}/{}/{}",
+            self.mirror.trim_end_matches('/'),
+            archive.snapshot_archive(),
+            self.timestamp,
+            filename
+        )
+    }
+}
+
+/// Where one Debian suite's packages come from, as a profile's `[image]` says. `None` mirrors
+/// are read from the host's apt sources when needed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SuiteSources {
+    pub suite: String,
+    pub mirror: Option<String>,
+    pub security_mirror: Option<String>,
+    /// Archives resolved besides the suite itself.
+    #[serde(serialize_with = "archive_names")]
+    pub archives: Vec<Archive>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<Snapshot>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keyring: Option<PathBuf>,
+}
+
+fn archive_names<S: serde::Serializer>(a: &[Archive], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(a.iter().filter_map(|a| a.name()))
+}
+
+impl SuiteSources {
+    /// The suite from the host's mirrors with updates and security, the default of a profile.
+    pub fn host(suite: &str) -> SuiteSources {
+        SuiteSources {
+            suite: suite.to_string(),
+            mirror: None,
+            security_mirror: None,
+            archives: vec![Archive::Updates, Archive::Security],
+            snapshot: None,
+            keyring: None,
+        }
+    }
 }
 
 /// The kernel release (module directory name) of a versioned kernel image package:
@@ -158,6 +281,20 @@ const DEBIAN_SUITES: &[&str] = &[
     "unstable",
 ];
 
+/// Which sources [`mirror_from_sources`] looks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    /// The Debian archive: suites such as `trixie`, `bookworm-updates`.
+    Archive,
+    /// Debian's security archive: `trixie-security`.
+    Security,
+}
+
+fn is_security_suite(s: &str) -> bool {
+    s.strip_suffix("-security")
+        .is_some_and(|base| DEBIAN_SUITES.contains(&base))
+}
+
 fn is_debian_suite(s: &str) -> bool {
     let base = s.split('-').next().unwrap_or(s);
     let suffix_ok = match s.find('-') {
@@ -169,9 +306,18 @@ fn is_debian_suite(s: &str) -> bool {
 
 /// The first Debian archive URI in apt sources: `sources_list` is the content of
 /// /etc/apt/sources.list, `deb822` the contents of sources.list.d/*.sources in name order.
-/// A source counts when it is a `deb` source listing a Debian suite such as `trixie` or
-/// `bookworm-updates` (security and third-party suites do not count).
-pub fn mirror_from_sources(sources_list: &str, deb822: &[String]) -> Option<String> {
+/// For [`SourceKind::Archive`] a source counts when it is a `deb` source listing a Debian suite
+/// such as `trixie` or `bookworm-updates` (security and third-party suites do not count); for
+/// [`SourceKind::Security`] one listing `SUITE-security`.
+pub fn mirror_from_sources(
+    sources_list: &str,
+    deb822: &[String],
+    kind: SourceKind,
+) -> Option<String> {
+    let wanted = |suite: &str| match kind {
+        SourceKind::Archive => is_debian_suite(suite),
+        SourceKind::Security => is_security_suite(suite),
+    };
     for line in sources_list.lines() {
         let line = line.split('#').next().unwrap_or("").trim();
         let mut words = line.split_whitespace();
@@ -185,7 +331,7 @@ pub fn mirror_from_sources(sources_list: &str, deb822: &[String]) -> Option<Stri
             rest.drain(..=end);
         }
         if let (Some(uri), Some(suite)) = (rest.first(), rest.get(1)) {
-            if is_debian_suite(suite) {
+            if wanted(suite) {
                 return Some(uri.trim_end_matches('/').to_string());
             }
         }
@@ -211,7 +357,7 @@ pub fn mirror_from_sources(sources_list: &str, deb822: &[String]) -> Option<Stri
             let get = |k: &str| fields.get(k).map(String::as_str).unwrap_or("");
             if !get("types").split_whitespace().any(|t| t == "deb")
                 || get("enabled").eq_ignore_ascii_case("no")
-                || !get("suites").split_whitespace().any(is_debian_suite)
+                || !get("suites").split_whitespace().any(wanted)
             {
                 continue;
             }
@@ -225,6 +371,15 @@ pub fn mirror_from_sources(sources_list: &str, deb822: &[String]) -> Option<Stri
 
 /// Reads the host's apt sources and returns the first Debian archive mirror.
 pub fn host_mirror() -> Result<String, AptError> {
+    host_source(SourceKind::Archive).ok_or(AptError::NoMirror)
+}
+
+/// Reads the host's apt sources and returns the first mirror of the security archive.
+pub fn host_security_mirror() -> Result<String, AptError> {
+    host_source(SourceKind::Security).ok_or(AptError::NoSecurityMirror)
+}
+
+fn host_source(kind: SourceKind) -> Option<String> {
     let sources_list = std::fs::read_to_string("/etc/apt/sources.list").unwrap_or_default();
     let mut names: Vec<PathBuf> = std::fs::read_dir("/etc/apt/sources.list.d")
         .map(|rd| {
@@ -252,7 +407,7 @@ pub fn host_mirror() -> Result<String, AptError> {
         all_list.push('\n');
         all_list.push_str(&std::fs::read_to_string(&p).unwrap_or_default());
     }
-    mirror_from_sources(&all_list, &deb822).ok_or(AptError::NoMirror)
+    mirror_from_sources(&all_list, &deb822, kind)
 }
 
 fn check_mirror(m: &str) -> Result<(), AptError> {
@@ -277,32 +432,100 @@ fn check_suite(s: &str) -> Result<(), AptError> {
     }
 }
 
-/// How to reach one Debian suite.
+/// How to reach one Debian suite and the archives resolved with it.
 #[derive(Debug, Clone)]
 pub struct AptConfig {
     pub suite: String,
     /// Archive root, e.g. the `URIs:` value of the host's Debian source.
     pub mirror: String,
+    /// Root of the security archive; `None` when security is not resolved.
+    pub security_mirror: Option<String>,
+    pub archives: Vec<Archive>,
     pub components: Vec<String>,
     pub keyring: PathBuf,
+    pub snapshot: Option<Snapshot>,
 }
 
 impl AptConfig {
-    /// `main non-free-firmware` of `suite` (raspi-firmware lives in non-free-firmware), verified
-    /// with the host's Debian archive keyring. `mirror: None` reads the host's apt sources.
+    /// `main non-free-firmware` of `suite` (raspi-firmware lives in non-free-firmware) with its
+    /// updates and security archives, from the host's mirrors (or `mirror`), verified with the
+    /// host's Debian archive keyring.
     pub fn new(suite: &str, mirror: Option<&str>) -> Result<AptConfig, AptError> {
-        let mirror = match mirror {
+        let mut s = SuiteSources::host(suite);
+        s.mirror = mirror.map(str::to_string);
+        if mirror.is_some() {
+            // A given mirror says nothing about where security lives.
+            s.archives.retain(|a| *a != Archive::Security);
+        }
+        AptConfig::from_sources(&s)
+    }
+
+    /// The configuration a profile's `[image]` describes; missing mirrors come from the host.
+    pub fn from_sources(s: &SuiteSources) -> Result<AptConfig, AptError> {
+        let mirror = match &s.mirror {
             Some(m) => m.trim_end_matches('/').to_string(),
             None => host_mirror()?,
         };
         check_mirror(&mirror)?;
-        check_suite(suite)?;
+        check_suite(&s.suite)?;
+        let security_mirror = if s.archives.contains(&Archive::Security) {
+            let m = match (&s.security_mirror, &s.mirror) {
+                (Some(m), _) => m.trim_end_matches('/').to_string(),
+                // The host's security source belongs with the host's mirror, not a chosen one.
+                (None, Some(_)) => return Err(AptError::NoSecurityMirror),
+                (None, None) => host_security_mirror()?,
+            };
+            check_mirror(&m)?;
+            Some(m)
+        } else {
+            None
+        };
+        if let Some(snap) = &s.snapshot {
+            check_mirror(snap.mirror.trim_end_matches('/'))?;
+            if !Snapshot::valid_timestamp(&snap.timestamp) {
+                return Err(AptError::BadSnapshot(snap.timestamp.clone()));
+            }
+        }
+        let mut archives = s.archives.clone();
+        archives.sort();
+        archives.dedup();
+        archives.retain(|a| *a != Archive::Release);
         Ok(AptConfig {
-            suite: suite.to_string(),
+            suite: s.suite.clone(),
             mirror,
+            security_mirror,
+            archives,
             components: vec!["main".into(), "non-free-firmware".into()],
-            keyring: PathBuf::from(DEBIAN_KEYRING),
+            keyring: s
+                .keyring
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEBIAN_KEYRING)),
+            snapshot: s.snapshot.clone(),
         })
+    }
+
+    /// The archive root `archive`'s files are served under.
+    pub fn base(&self, archive: Archive) -> &str {
+        match (archive, &self.security_mirror) {
+            (Archive::Security, Some(m)) => m,
+            _ => &self.mirror,
+        }
+    }
+
+    /// The sources.list apt reads: one line per archive.
+    fn sources_list(&self) -> String {
+        let keyring = self.keyring.display();
+        let comps = self.components.join(" ");
+        std::iter::once(Archive::Release)
+            .chain(self.archives.iter().copied())
+            .map(|a| {
+                format!(
+                    "deb [arch=arm64 signed-by={keyring}] {} {} {comps}\n",
+                    self.base(a),
+                    a.suite(&self.suite)
+                )
+            })
+            .collect()
     }
 }
 
@@ -323,9 +546,16 @@ pub struct Resolved {
 }
 
 impl Apt {
-    /// The apt state for `cfg.suite` under `<cache>/apt/<suite>`.
+    /// The apt state for `cfg` under `<cache>/apt/<suite>-<hash of its sources>`: lists of
+    /// different mirrors or keyrings never mix.
     pub fn in_cache(cache: &Cache, cfg: AptConfig) -> Result<Apt, AptError> {
-        let dir = cache.root().join("apt").join(&cfg.suite);
+        use sha2::{Digest, Sha256};
+        let id = Sha256::digest(format!("{}{}", cfg.sources_list(), cfg.keyring.display()));
+        let dir =
+            cache
+                .root()
+                .join("apt")
+                .join(format!("{}-{}", cfg.suite, &hex::encode(id)[..12]));
         Apt::new(dir, cfg)
     }
 
@@ -416,13 +646,7 @@ impl Apt {
             log = d("log"),
         );
         self.write_atomic("apt.conf", &conf)?;
-        let sources = format!(
-            "deb [arch=arm64 signed-by={keyring}] {} {} {}\n",
-            self.cfg.mirror,
-            self.cfg.suite,
-            self.cfg.components.join(" ")
-        );
-        self.write_atomic("sources.list", &sources)?;
+        self.write_atomic("sources.list", &self.cfg.sources_list())?;
         // An empty dpkg status: nothing is installed, so apt resolves the full closure.
         self.write_atomic("status", "")?;
         self.write_atomic("preferences", "")?;
@@ -458,7 +682,11 @@ impl Apt {
     pub fn update(&self, reporter: &dyn Reporter) -> Result<(), AptError> {
         let _guard = self.lock()?;
         self.write_config()?;
-        reporter.begin(&format!("apt-get update ({})", self.cfg.suite), None);
+        let suites: Vec<String> = std::iter::once(Archive::Release)
+            .chain(self.cfg.archives.iter().copied())
+            .map(|a| a.suite(&self.cfg.suite))
+            .collect();
+        reporter.begin(&format!("apt-get update ({})", suites.join(", ")), None);
         let r = self.run("apt-get", &["-q", "update", "--error-on=any"], None);
         reporter.end();
         r.map(|_| ())
@@ -522,69 +750,380 @@ impl Apt {
             }
         }
         let all = self.show(&pins)?;
-        prune(all, requested, exclude)
+        let mut resolved = prune(all, requested, exclude)?;
+        self.locate(&mut resolved.packages)?;
+        Ok(resolved)
     }
 
-    /// Downloads packages not yet in the cache with `apt-get download` (apt checks them against
-    /// the signed index), re-checks each sha256 and moves it into the cache.
+    /// Sets each package's archive and pool path to where apt would fetch it from
+    /// (`apt-get download --print-uris`), labelled `updates` when only `SUITE-updates` has it.
+    fn locate(&self, pkgs: &mut [DebPackage]) -> Result<(), AptError> {
+        if pkgs.is_empty() {
+            return Ok(());
+        }
+        let specs: Vec<String> = pkgs
+            .iter()
+            .map(|p| format!("{}={}", p.name, p.version))
+            .collect();
+        let mut argv = vec!["-q", "download", "--print-uris"];
+        argv.extend(specs.iter().map(String::as_str));
+        let names: Vec<&str> = pkgs.iter().map(|p| p.name.as_str()).collect();
+        let (uris, policy) = {
+            let _guard = self.lock()?;
+            let tmp = tempfile::Builder::new()
+                .prefix(".uris-")
+                .tempdir_in(&self.dir)
+                .map_err(io_err(&self.dir))?;
+            let uris = self.run("apt-get", &argv, Some(tmp.path()))?;
+            let mut pargv = vec!["policy"];
+            pargv.extend(names.iter().copied());
+            (uris, parse_policy(&self.run("apt-cache", &pargv, None)?))
+        };
+        // `'URI' FILE SIZE SHA256:HEX`, one line per package, in no promised order.
+        let mut by_sha: BTreeMap<String, String> = BTreeMap::new();
+        for line in uris.lines() {
+            let mut w = line.split_whitespace();
+            let (Some(uri), _, _, Some(hash)) = (w.next(), w.next(), w.next(), w.next()) else {
+                continue;
+            };
+            if let Some(h) = hash.strip_prefix("SHA256:") {
+                by_sha.insert(h.to_ascii_lowercase(), uri.trim_matches('\'').to_string());
+            }
+        }
+        let security = self.cfg.security_mirror.as_deref();
+        for p in pkgs.iter_mut() {
+            let unknown = |uri: &str| AptError::UnknownUri {
+                package: p.name.clone(),
+                version: p.version.clone(),
+                uri: uri.to_string(),
+            };
+            let uri = by_sha.get(&p.sha256).ok_or_else(|| unknown("(none)"))?;
+            let strip = |base: &str| {
+                uri.strip_prefix(base)
+                    .and_then(|r| r.strip_prefix('/'))
+                    .map(percent_decode)
+            };
+            let (archive, filename) = match security.and_then(strip) {
+                Some(f) => (Archive::Security, f),
+                None => {
+                    let f = strip(&self.cfg.mirror).ok_or_else(|| unknown(uri))?;
+                    let suites = policy
+                        .get(&p.name)
+                        .and_then(|pol| pol.versions.iter().find(|v| v.0 == p.version))
+                        .map(|v| v.1.clone())
+                        .unwrap_or_default();
+                    let release = suites.contains(&self.cfg.suite);
+                    let updates = Archive::Updates.suite(&self.cfg.suite);
+                    if !release && suites.contains(&updates) {
+                        (Archive::Updates, f)
+                    } else {
+                        (Archive::Release, f)
+                    }
+                }
+            };
+            p.archive = archive;
+            p.filename = filename;
+        }
+        Ok(())
+    }
+
+    /// apt's candidate (the newest version over every configured archive) of each package the
+    /// index knows, with the archive that offers it: security when the security archive does.
+    pub fn candidates(&self, names: &[&str]) -> Result<BTreeMap<String, Candidate>, AptError> {
+        if names.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let mut argv = vec!["policy"];
+        argv.extend(names.iter().copied());
+        let out = {
+            let _guard = self.lock()?;
+            self.run("apt-cache", &argv, None)?
+        };
+        let security = Archive::Security.suite(&self.cfg.suite);
+        let mut found = BTreeMap::new();
+        for (name, pol) in parse_policy(&out) {
+            let Some(cand) = pol.candidate.clone() else {
+                continue;
+            };
+            let suites = pol
+                .versions
+                .iter()
+                .find(|v| v.0 == cand)
+                .map(|v| v.1.clone())
+                .unwrap_or_default();
+            // apt lists versions newest first: what precedes the candidate is newer than it.
+            let newer: Vec<String> = pol
+                .versions
+                .iter()
+                .take_while(|v| v.0 != cand)
+                .map(|v| v.0.clone())
+                .collect();
+            found.insert(
+                name,
+                Candidate {
+                    version: cand,
+                    security: suites.contains(&security),
+                    suites,
+                    newer_than_candidate: newer,
+                },
+            );
+        }
+        Ok(found)
+    }
+
+    /// Downloads one file of the archive by URI with apt's own downloader (`apt-helper
+    /// download-file`), checks its size and sha256 and moves it into the cache; a file that does
+    /// not match never enters the cache. A file the server does not have is [`Fetched::NotFound`].
+    pub fn download_file(
+        &self,
+        what: &str,
+        uri: &str,
+        sha256: &str,
+        size: Option<u64>,
+        cache: &Cache,
+    ) -> Result<Fetched, AptError> {
+        let _guard = self.lock()?;
+        let work = tempfile::Builder::new()
+            .prefix(".download-")
+            .tempdir_in(&self.dir)
+            .map_err(io_err(&self.dir))?;
+        let dest = work.path().join("file");
+        let helper = APT_HELPER;
+        let mut cmd = Command::new(helper);
+        // No hash for apt-helper: piimg checks size and sha256 itself, to name both on a mismatch.
+        cmd.args(["-q", "download-file", uri])
+            .arg(&dest)
+            .env("APT_CONFIG", self.dir.join("apt.conf"))
+            .env("LC_ALL", "C")
+            .stdin(Stdio::null());
+        let out = cmd.output().map_err(|source| AptError::Spawn {
+            cmd: format!("{helper} download-file {uri}"),
+            source,
+        })?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let (version, package) = what.split_once(' ').map_or(("", what), |(n, v)| (v, n));
+        let failed = |got: String| AptError::Download {
+            package: package.to_string(),
+            version: version.to_string(),
+            uri: uri.to_string(),
+            got,
+        };
+        if !out.status.success() {
+            let text = format!("{stdout}{stderr}");
+            if text.contains(" 404 ") || text.contains("404  Not Found") {
+                return Ok(Fetched::NotFound);
+            }
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("E:"))
+                .unwrap_or(text.trim());
+            return Err(failed(line.trim().to_string()));
+        }
+        let len = std::fs::metadata(&dest).map_err(io_err(&dest))?.len();
+        if size.is_some_and(|s| s != len) {
+            return Err(failed(format!(
+                "{len} bytes, the lock records {}",
+                size.unwrap_or(0)
+            )));
+        }
+        let got = sha256_of_path(&dest)?;
+        if got != sha256 {
+            return Err(failed(format!("sha256 {got}, the lock records {sha256}")));
+        }
+        if std::fs::rename(&dest, cache.path_of(&got)).is_err() {
+            cache.insert_file(&dest, &got)?;
+        }
+        Ok(Fetched::Cached)
+    }
+}
+
+/// One file of the archive to download: what a lock entry or a resolved package says of it.
+#[derive(Debug, Clone)]
+pub struct PoolFile<'a> {
+    /// `NAME VERSION`, for messages.
+    pub what: String,
+    pub archive: Archive,
+    pub filename: &'a str,
+    pub sha256: &'a str,
+    pub size: Option<u64>,
+}
+
+impl Apt {
+    /// Downloads the files the cache lacks by pool path: from the mirror of each file's archive,
+    /// then from the snapshot archive when one is configured. Returns the files nothing served
+    /// (`NAME VERSION (URI)`); any other failure, a wrong size or sha256 included, is an error.
+    pub fn download_pool(
+        &self,
+        files: &[PoolFile],
+        cache: &Cache,
+        reporter: &dyn Reporter,
+    ) -> Result<Vec<String>, AptError> {
+        let todo: Vec<&PoolFile> = files.iter().filter(|f| !cache.has(f.sha256)).collect();
+        if todo.is_empty() {
+            return Ok(Vec::new());
+        }
+        let total: u64 = todo.iter().filter_map(|f| f.size).sum();
+        reporter.begin(
+            &format!("download {} packages ({})", todo.len(), self.cfg.suite),
+            Some(total),
+        );
+        let result = (|| {
+            let mut missing = Vec::new();
+            for f in &todo {
+                let mut uris = vec![format!("{}/{}", self.cfg.base(f.archive), f.filename)];
+                if let Some(snap) = &self.cfg.snapshot {
+                    uris.push(snap.uri(f.archive, f.filename));
+                }
+                let mut got = false;
+                for uri in &uris {
+                    if self.download_file(&f.what, uri, f.sha256, f.size, cache)? == Fetched::Cached
+                    {
+                        got = true;
+                        break;
+                    }
+                }
+                if !got {
+                    missing.push(format!("{} ({})", f.what, uris[0]));
+                }
+                reporter.advance(f.size.unwrap_or(0));
+            }
+            Ok(missing)
+        })();
+        reporter.end();
+        result
+    }
+
+    /// Downloads resolved packages the cache lacks; a file the mirror does not serve is an error.
     pub fn download(
         &self,
         pkgs: &[DebPackage],
         cache: &Cache,
         reporter: &dyn Reporter,
     ) -> Result<(), AptError> {
-        let todo: Vec<&DebPackage> = pkgs.iter().filter(|p| !cache.has(&p.sha256)).collect();
-        if todo.is_empty() {
-            return Ok(());
-        }
-        let _guard = self.lock()?;
-        let total: u64 = todo.iter().map(|p| p.size).sum();
-        reporter.begin(
-            &format!("download {} packages ({})", todo.len(), self.cfg.suite),
-            Some(total),
-        );
-        let work = tempfile::Builder::new()
-            .prefix(".download-")
-            .tempdir_in(&self.dir)
-            .map_err(io_err(&self.dir))?;
-        let result = (|| {
-            for p in &todo {
-                let spec = format!("{}={}", p.name, p.version);
-                self.run("apt-get", &["-q", "download", &spec], Some(work.path()))?;
-                self.adopt_download(work.path(), p, cache)?;
-                reporter.advance(p.size);
-            }
-            Ok(())
-        })();
-        reporter.end();
-        result
-    }
-
-    fn adopt_download(&self, dir: &Path, p: &DebPackage, cache: &Cache) -> Result<(), AptError> {
-        let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(io_err(dir))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "deb"))
+        let files: Vec<PoolFile> = pkgs
+            .iter()
+            .map(|p| PoolFile {
+                what: format!("{} {}", p.name, p.version),
+                archive: p.archive,
+                filename: &p.filename,
+                sha256: &p.sha256,
+                size: Some(p.size),
+            })
             .collect();
-        names.sort();
-        for path in names {
-            let sha = sha256_of_path(&path)?;
-            if sha == p.sha256 {
-                let dest = cache.path_of(&sha);
-                // Same filesystem (the apt dir is inside the cache): a rename of a verified file.
-                if std::fs::rename(&path, &dest).is_err() {
-                    cache.insert_file(&path, &sha)?;
-                }
-                return Ok(());
-            }
-            std::fs::remove_file(&path).map_err(io_err(&path))?;
+        match self.download_pool(&files, cache, reporter)?.first() {
+            None => Ok(()),
+            Some(m) => Err(AptError::Download {
+                package: m.clone(),
+                version: String::new(),
+                uri: String::new(),
+                got: "HTTP 404 (not in the pool)".into(),
+            }),
         }
-        Err(AptError::NotDownloaded {
-            package: p.name.clone(),
-            version: p.version.clone(),
-            sha256: p.sha256.clone(),
-        })
     }
+}
+
+/// apt's downloader for single files, part of the apt package.
+pub const APT_HELPER: &str = "/usr/lib/apt/apt-helper";
+
+/// Outcome of [`Apt::download_file`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetched {
+    Cached,
+    NotFound,
+}
+
+/// What [`Apt::candidates`] found for one package.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub version: String,
+    /// Suites offering the candidate, e.g. `trixie-security`.
+    pub suites: Vec<String>,
+    pub security: bool,
+    /// Versions apt ranks above the candidate (pinned away); normally none.
+    pub newer_than_candidate: Vec<String>,
+}
+
+/// One package's part of `apt-cache policy`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    pub candidate: Option<String>,
+    /// Versions newest first, each with the suites (`trixie-security`) that offer it.
+    pub versions: Vec<(String, Vec<String>)>,
+}
+
+/// Parses `apt-cache policy NAME...`:
+/// ```text
+/// haproxy:
+///   Installed: (none)
+///   Candidate: 3.0.11-1+deb13u3
+///   Version table:
+///      3.0.11-1+deb13u3 500
+///         500 http://mirror/debian trixie/main arm64 Packages
+/// ```
+pub fn parse_policy(text: &str) -> BTreeMap<String, Policy> {
+    let mut all: BTreeMap<String, Policy> = BTreeMap::new();
+    let mut current: Option<String> = None;
+    let mut in_table = false;
+    for line in text.lines() {
+        if !line.starts_with(' ') {
+            current = line
+                .strip_suffix(':')
+                .map(|n| n.split(':').next().unwrap_or(n).to_string());
+            if let Some(n) = &current {
+                all.entry(n.clone()).or_default();
+            }
+            in_table = false;
+            continue;
+        }
+        let Some(pol) = current.as_ref().and_then(|n| all.get_mut(n)) else {
+            continue;
+        };
+        let t = line.trim();
+        if let Some(c) = t.strip_prefix("Candidate:") {
+            let c = c.trim();
+            pol.candidate = (c != "(none)").then(|| c.to_string());
+        } else if t == "Version table:" {
+            in_table = true;
+        } else if in_table {
+            let words: Vec<&str> = t.split_whitespace().collect();
+            // A version line: `[***] VERSION PRIO`; a source line: `PRIO URI SUITE/COMP ARCH Packages`.
+            let words: Vec<&str> = words.into_iter().filter(|w| *w != "***").collect();
+            if words.len() == 2 {
+                pol.versions.push((words[0].to_string(), Vec::new()));
+            } else if words.len() >= 3 && words[0].parse::<i32>().is_ok() {
+                if let (Some(v), Some(suite)) = (
+                    pol.versions.last_mut(),
+                    words[2]
+                        .split('/')
+                        .next()
+                        .filter(|_| words[1].contains("://")),
+                ) {
+                    v.1.push(suite.to_string());
+                }
+            }
+        }
+    }
+    all
+}
+
+/// Undoes the %XX escapes apt puts in URIs (`%2b` for `+`, `%7e` for `~`).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Package names from a Depends-style field: groups of alternatives, versions and arch
@@ -663,6 +1202,7 @@ fn parse_stanza(stanza: &str) -> Result<DebPackage, AptError> {
         size,
         depends,
         provides,
+        archive: Archive::Release,
     })
 }
 
@@ -754,18 +1294,35 @@ mod tests {
                 .to_string(),
         ];
         assert_eq!(
-            mirror_from_sources("", &files).as_deref(),
+            mirror_from_sources("", &files, SourceKind::Archive).as_deref(),
             Some("http://archive.example.invalid/debian")
         );
         let list =
             "# c\ndeb [arch=amd64 signed-by=/x] http://one.example.invalid/debian bookworm main\n";
         assert_eq!(
-            mirror_from_sources(list, &files).as_deref(),
+            mirror_from_sources(list, &files, SourceKind::Archive).as_deref(),
             Some("http://one.example.invalid/debian")
         );
         assert_eq!(
-            mirror_from_sources("deb http://x.invalid/d bookworm-security main", &[]),
+            mirror_from_sources(
+                "deb http://x.invalid/d bookworm-security main",
+                &[],
+                SourceKind::Archive
+            ),
             None
+        );
+        assert_eq!(
+            mirror_from_sources("", &files, SourceKind::Security).as_deref(),
+            Some("http://sec.example.invalid/debian-security")
+        );
+        assert_eq!(
+            mirror_from_sources(
+                "deb http://x.invalid/d bookworm-security main",
+                &[],
+                SourceKind::Security
+            )
+            .as_deref(),
+            Some("http://x.invalid/d")
         );
     }
 
@@ -779,6 +1336,7 @@ mod tests {
             size: 1,
             depends: parse_depends(deps),
             provides: parse_depends(provides).into_iter().flatten().collect(),
+            archive: Archive::Release,
         }
     }
 
@@ -795,6 +1353,51 @@ mod tests {
         let names: Vec<_> = r.packages.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["app", "libc6", "real"]);
         assert_eq!(r.pruned, ["debconf", "perl-base"]);
+    }
+
+    #[test]
+    fn policy_parsing() {
+        let text = "haproxy:\n  Installed: (none)\n  Candidate: 3.0.12-1\n  Version table:\n     \
+                    3.0.12-1 500\n        500 http://s.invalid/debian-security trixie-security/main arm64 Packages\n     \
+                    3.0.11-1 500\n        500 http://m.invalid/debian trixie/main arm64 Packages\n        \
+                    500 http://m.invalid/debian trixie-updates/main arm64 Packages\nzstd:\n  Installed: (none)\n  Candidate: (none)\n";
+        let p = parse_policy(text);
+        assert_eq!(p["haproxy"].candidate.as_deref(), Some("3.0.12-1"));
+        assert_eq!(
+            p["haproxy"].versions,
+            vec![
+                ("3.0.12-1".to_string(), vec!["trixie-security".to_string()]),
+                (
+                    "3.0.11-1".to_string(),
+                    vec!["trixie".to_string(), "trixie-updates".to_string()]
+                ),
+            ]
+        );
+        assert_eq!(p["zstd"].candidate, None);
+    }
+
+    #[test]
+    fn percent_escapes_and_snapshot_uris() {
+        assert_eq!(
+            percent_decode("pool/main/z/zstd_1.5%2bdfsg-1%7edeb12u1_arm64.deb"),
+            "pool/main/z/zstd_1.5+dfsg-1~deb12u1_arm64.deb"
+        );
+        assert_eq!(percent_decode("a%2"), "a%2");
+        assert!(Snapshot::valid_timestamp("20251120T000000Z"));
+        assert!(!Snapshot::valid_timestamp("2025-11-20"));
+        assert!(!Snapshot::valid_timestamp("20251120T0000000"));
+        let s = Snapshot {
+            timestamp: "20251120T000000Z".into(),
+            mirror: "http://snap.invalid/".into(),
+        };
+        assert_eq!(
+            s.uri(Archive::Security, "pool/updates/main/x.deb"),
+            "http://snap.invalid/archive/debian-security/20251120T000000Z/pool/updates/main/x.deb"
+        );
+        assert_eq!(
+            s.uri(Archive::Updates, "pool/main/x.deb"),
+            "http://snap.invalid/archive/debian/20251120T000000Z/pool/main/x.deb"
+        );
     }
 
     #[test]

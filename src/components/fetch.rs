@@ -64,6 +64,7 @@ impl UrlArtifact {
             source: self.url.clone(),
             sha256: self.sha256.clone(),
             size: None,
+            archive: None,
             depends: Vec::new(),
         }
     }
@@ -238,6 +239,7 @@ pub fn add_local(
         source: format!("local:{base}"),
         sha256: Some(sha),
         size: Some(md.len()),
+        archive: None,
         depends: Vec::new(),
     })
 }

@@ -2,8 +2,12 @@
 //! function of the lock (plus profile, secrets and SOURCE_DATE_EPOCH).
 //!
 //! Sources:
-//! - `debian:<suite>/<filename>`: a .deb from the suite's archive (`filename` is the pool path;
-//!   no mirror is recorded, any mirror serves it).
+//! - `debian:<suite>/<filename>`: a .deb of the suite (`filename` is the pool path; no mirror is
+//!   recorded, any mirror serves it). `archive = "updates"` or `"security"` says it was resolved
+//!   from `SUITE-updates` or Debian's security archive (whose mirror and pool are its own).
+//!   A build downloads exactly that file and checks its size and sha256; the archive's index is
+//!   not read, so a lock keeps building after Debian moves on, for as long as the pool (or the
+//!   snapshot archive named in `[[snapshot]]`) has the file.
 //! - `https://...`: a URL artifact (Kubernetes release binaries). Its `sha256` may be absent
 //!   until `piimg fetch --update` pins it.
 //! - `local:<basename>`: a file supplied on the command line (`name=PATH`); only the cache can
@@ -12,7 +16,7 @@
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-use super::apt::DebPackage;
+use super::apt::{Archive, DebPackage, Snapshot};
 use super::cache::{is_sha256, Cache, CacheError};
 
 /// Format version written to the lock.
@@ -97,6 +101,9 @@ pub struct LockEntry {
     pub sha256: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
+    /// Debian packages: `updates` or `security` when not from the suite itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<String>,
     /// Debian packages: names this package depends on (every alternative), so a build picks a
     /// role's closure from the lock without apt.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -108,6 +115,14 @@ impl LockEntry {
         Source::parse(&self.source)
     }
 
+    /// The archive a Debian package's file is served from.
+    pub fn archive(&self) -> Archive {
+        self.archive
+            .as_deref()
+            .and_then(|a| Archive::parse(a).ok())
+            .unwrap_or_default()
+    }
+
     /// The entry for a package resolved by apt.
     pub fn from_deb(suite: &str, p: &DebPackage) -> LockEntry {
         LockEntry {
@@ -116,6 +131,7 @@ impl LockEntry {
             source: format!("debian:{suite}/{}", p.filename),
             sha256: Some(p.sha256.clone()),
             size: Some(p.size),
+            archive: p.archive.name().map(str::to_string),
             depends: {
                 let mut d: Vec<String> = p.depends.iter().flatten().cloned().collect();
                 d.sort();
@@ -140,6 +156,17 @@ pub struct Lock {
     pub version: u32,
     #[serde(default, rename = "component")]
     pub components: Vec<LockEntry>,
+    /// The snapshot archive each suite falls back to, as the profiles named it at `fetch`.
+    #[serde(default, rename = "snapshot", skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<LockSnapshot>,
+}
+
+/// `[[snapshot]]`: where a suite's locked files are found once the mirror's pool dropped them.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct LockSnapshot {
+    pub suite: String,
+    pub timestamp: String,
+    pub mirror: String,
 }
 
 impl Lock {
@@ -147,6 +174,7 @@ impl Lock {
         Lock {
             version: LOCK_VERSION,
             components: Vec::new(),
+            snapshots: Vec::new(),
         }
     }
 
@@ -175,6 +203,13 @@ impl Lock {
             if e.source().is_none() {
                 return Err(bad(&format!("unknown source {:?}", e.source)));
             }
+            if let Some(a) = &e.archive {
+                if Archive::parse(a).is_err() {
+                    return Err(bad(&format!(
+                        "unknown archive {a:?} (want \"updates\" or \"security\")"
+                    )));
+                }
+            }
             match &e.sha256 {
                 Some(s) if !is_sha256(s) => {
                     return Err(bad("sha256 is not 64 lowercase hex digits"))
@@ -201,6 +236,32 @@ impl Lock {
     pub fn sort(&mut self) {
         self.components.sort();
         self.components.dedup();
+        self.snapshots.sort();
+        self.snapshots.dedup();
+    }
+
+    /// The snapshot recorded for `suite`.
+    pub fn snapshot(&self, suite: &str) -> Option<Snapshot> {
+        self.snapshots
+            .iter()
+            .find(|s| s.suite == suite)
+            .map(|s| Snapshot {
+                timestamp: s.timestamp.clone(),
+                mirror: s.mirror.clone(),
+            })
+    }
+
+    /// Records (or, with `None`, forgets) the snapshot of `suite`.
+    pub fn set_snapshot(&mut self, suite: &str, snap: Option<&Snapshot>) {
+        self.snapshots.retain(|s| s.suite != suite);
+        if let Some(s) = snap {
+            self.snapshots.push(LockSnapshot {
+                suite: suite.to_string(),
+                timestamp: s.timestamp.clone(),
+                mirror: s.mirror.clone(),
+            });
+        }
+        self.sort();
     }
 
     /// The TOML text (sorted; the same lock always gives the same bytes).

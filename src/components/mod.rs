@@ -19,10 +19,8 @@ pub mod fetch;
 pub mod lock;
 pub mod modules;
 
-use std::collections::BTreeMap;
-
 use crate::report::Reporter;
-use apt::{Apt, AptConfig, AptError, Resolved};
+use apt::{Apt, AptConfig, AptError, Resolved, SuiteSources};
 use cache::Cache;
 use fetch::FetchError;
 use lock::{Lock, LockEntry, LockError, Source};
@@ -38,13 +36,7 @@ pub enum ComponentsError {
     #[error(transparent)]
     Cache(#[from] cache::CacheError),
     #[error(transparent)]
-    IndexChanged(Box<IndexChanged>),
-    #[error("{name} {version} ({suite}) is no longer in the archive's index: run `piimg fetch --update`")]
-    GoneFromIndex {
-        name: String,
-        version: String,
-        suite: String,
-    },
+    GoneFromPool(Box<GoneFromPool>),
     #[error("{name}: URL component has no sha256 pin yet: run `piimg fetch --update`")]
     Unpinned { name: String },
     #[error(
@@ -53,55 +45,91 @@ pub enum ComponentsError {
     LocalMissing { name: String, origin: String },
 }
 
-/// A locked .deb whose sha256 the archive's index no longer agrees with.
+/// Locked .debs that neither the mirror's pool nor the snapshot archive (if any) still serve.
 #[derive(Debug, thiserror::Error)]
-#[error("{name} {version}: the lock pins sha256 {locked} but the {suite} index now has {index}: run `piimg fetch --update`")]
-pub struct IndexChanged {
-    pub name: String,
-    pub version: String,
+#[error("{} locked package(s) of Debian {suite} are no longer served{}:\n{}\nways out:\n  \
+         piimg fetch --update         re-resolve against the archive as it is now (changes piimg.lock)\n  \
+         image.snapshot = \"YYYYMMDDThhmmssZ\" with image.snapshot_mirror = \"URI\" in the profile: \
+         fetch these exact files from Debian's snapshot archive\n  \
+         piimg build --offline        with a cache that still holds them",
+    .missing.len(),
+    .snapshot.as_ref().map(|s| format!(" (the snapshot {s} does not have them either)")).unwrap_or_default(),
+    .missing.iter().map(|m| format!("  {m}")).collect::<Vec<_>>().join("\n"))]
+pub struct GoneFromPool {
     pub suite: String,
-    pub locked: String,
-    pub index: String,
+    pub snapshot: Option<String>,
+    /// `NAME VERSION (URI)` per missing package.
+    pub missing: Vec<String>,
 }
 
 /// How [`fetch_locked`] may get what the cache lacks.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct FetchOptions {
     /// Use only the cache; fail naming every missing component.
     pub offline: bool,
-    /// Debian mirror; `None` reads the host's apt sources.
-    pub mirror: Option<String>,
+    /// Where the suite's packages are served.
+    pub sources: SuiteSources,
 }
 
-fn has_lists(apt: &Apt) -> bool {
-    std::fs::read_dir(apt.dir().join("lists"))
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .any(|e| e.file_name().to_string_lossy().contains("_Packages"))
-        })
-        .unwrap_or(false)
-}
-
-/// `apt-get update` for `suite`, resolve `packages` minus `exclude`, download the result into the
-/// cache (sha256-verified). The caller records it with [`Lock::set_suite`].
+/// `apt-get update` for the suite and its archives, resolve `packages` minus `exclude`, download
+/// the result into the cache (size and sha256 checked). The caller records it with
+/// [`Lock::set_suite`].
 pub fn update_suite(
     cache: &Cache,
-    suite: &str,
-    mirror: Option<&str>,
+    sources: &SuiteSources,
     packages: &[&str],
     exclude: &[&str],
     reporter: &dyn Reporter,
 ) -> Result<Resolved, ComponentsError> {
-    let apt = Apt::in_cache(cache, AptConfig::new(suite, mirror)?)?;
+    let apt = Apt::in_cache(cache, AptConfig::from_sources(sources)?)?;
     apt.update(reporter)?;
     let resolved = apt.resolve(packages, exclude)?;
-    apt.download(&resolved.packages, cache, reporter)?;
+    let entries: Vec<LockEntry> = resolved
+        .packages
+        .iter()
+        .map(|p| LockEntry::from_deb(&sources.suite, p))
+        .collect();
+    download_debs(&apt, &entries, cache, reporter)?;
     Ok(resolved)
 }
 
-/// Makes sure every locked component is in the cache, downloading what is missing (debs with the
-/// private apt, pinned URLs over https). Never changes a pin: an index that disagrees with the
-/// lock is an error.
+/// Downloads locked .debs the cache lacks by the pool path the lock records, from the mirror of
+/// the archive each came from, then from the snapshot archive when one is configured. Every
+/// file is checked against the lock's size and sha256; the index is never consulted.
+fn download_debs(
+    apt: &Apt,
+    entries: &[LockEntry],
+    cache: &Cache,
+    reporter: &dyn Reporter,
+) -> Result<(), ComponentsError> {
+    let files: Vec<apt::PoolFile> = entries
+        .iter()
+        .filter_map(|e| match (e.source(), e.sha256.as_deref()) {
+            (Some(Source::Debian { filename, .. }), Some(sha)) => Some(apt::PoolFile {
+                what: format!("{} {}", e.name, e.version),
+                archive: e.archive(),
+                filename,
+                sha256: sha,
+                size: e.size,
+            }),
+            _ => None,
+        })
+        .collect();
+    let missing = apt.download_pool(&files, cache, reporter)?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let cfg = apt.config();
+    Err(ComponentsError::GoneFromPool(Box::new(GoneFromPool {
+        suite: cfg.suite.clone(),
+        snapshot: cfg.snapshot.as_ref().map(|s| s.timestamp.clone()),
+        missing,
+    })))
+}
+
+/// Makes sure every locked component is in the cache, downloading what is missing (debs by
+/// their locked pool path, pinned URLs over https). Never changes a pin and never reads the
+/// archive's index.
 pub fn fetch_locked(
     lock: &Lock,
     cache: &Cache,
@@ -112,13 +140,14 @@ pub fn fetch_locked(
         return Ok(lock.check_offline(cache)?);
     }
     let missing = lock.missing(cache);
-    let mut by_suite: BTreeMap<String, Vec<LockEntry>> = BTreeMap::new();
+    let mut debs: Vec<LockEntry> = Vec::new();
     for e in missing {
         match e.source() {
-            Some(Source::Debian { suite, .. }) => by_suite
-                .entry(suite.to_string())
-                .or_default()
-                .push(e.clone()),
+            Some(Source::Debian { suite, .. }) => {
+                if suite == opts.sources.suite {
+                    debs.push(e.clone());
+                }
+            }
             Some(Source::Url(url)) => {
                 let sha = e
                     .sha256
@@ -136,62 +165,61 @@ pub fn fetch_locked(
             }
         }
     }
-    for (suite, entries) in by_suite {
-        let apt = Apt::in_cache(cache, AptConfig::new(&suite, opts.mirror.as_deref())?)?;
-        if !has_lists(&apt) {
-            apt.update(reporter)?;
-        }
-        let pins: Vec<(String, String)> = entries
-            .iter()
-            .map(|e| (e.name.clone(), e.version.clone()))
-            .collect();
-        let shown = match apt.show(&pins) {
-            Ok(s) => s,
-            Err(AptError::Failed { .. }) => {
-                // apt-cache show fails as a whole when one version is gone; find which.
-                let mut ok = Vec::new();
-                for p in &pins {
-                    match apt.show(std::slice::from_ref(p)) {
-                        Ok(mut v) => ok.append(&mut v),
-                        Err(AptError::Failed { .. }) => {
-                            return Err(ComponentsError::GoneFromIndex {
-                                name: p.0.clone(),
-                                version: p.1.clone(),
-                                suite: suite.clone(),
-                            })
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                ok
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let mut pkgs = Vec::new();
-        for e in &entries {
-            let p = shown
-                .iter()
-                .find(|p| p.name == e.name && p.version == e.version)
-                .ok_or_else(|| ComponentsError::GoneFromIndex {
-                    name: e.name.clone(),
-                    version: e.version.clone(),
-                    suite: suite.clone(),
-                })?;
-            let locked = e.sha256.clone().unwrap_or_default();
-            if p.sha256 != locked {
-                return Err(ComponentsError::IndexChanged(Box::new(IndexChanged {
-                    name: e.name.clone(),
-                    version: e.version.clone(),
-                    suite: suite.clone(),
-                    locked,
-                    index: p.sha256.clone(),
-                })));
-            }
-            pkgs.push(p.clone());
-        }
-        apt.download(&pkgs, cache, reporter)?;
+    if debs.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let mut sources = opts.sources.clone();
+    if sources.snapshot.is_none() {
+        sources.snapshot = lock.snapshot(&sources.suite);
+    }
+    // Downloads need the mirrors, not the index: no `apt-get update` here.
+    let apt = Apt::in_cache(cache, AptConfig::from_sources(&sources)?)?;
+    download_debs(&apt, &debs, cache, reporter)
+}
+
+/// One locked package the archive has a newer version of.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Outdated {
+    pub name: String,
+    pub suite: String,
+    pub locked: String,
+    pub available: String,
+    /// The newer version comes from Debian's security archive.
+    pub security: bool,
+    /// The suites that offer it (`trixie-security`, ...).
+    pub from: Vec<String>,
+}
+
+/// Refreshes the suite's index and lists the locked packages whose newest version (apt's
+/// candidate over the suite and its archives) differs from the locked one.
+pub fn outdated(
+    lock: &Lock,
+    cache: &Cache,
+    sources: &SuiteSources,
+    reporter: &dyn Reporter,
+) -> Result<Vec<Outdated>, ComponentsError> {
+    let apt = Apt::in_cache(cache, AptConfig::from_sources(sources)?)?;
+    apt.update(reporter)?;
+    let entries = lock.suite_entries(&sources.suite);
+    let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+    let cands = apt.candidates(&names)?;
+    let mut out = Vec::new();
+    for e in entries {
+        let Some(c) = cands.get(&e.name) else {
+            continue;
+        };
+        if c.version != e.version && !c.newer_than_candidate.contains(&e.version) {
+            out.push(Outdated {
+                name: e.name.clone(),
+                suite: sources.suite.clone(),
+                locked: e.version.clone(),
+                available: c.version.clone(),
+                security: c.security,
+                from: c.suites.clone(),
+            });
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod schema;
 pub mod secrets;
 pub mod source;
 
+use crate::components::apt::{Archive, Snapshot, SuiteSources};
 use diag::{Diagnostic, Diagnostics, Location, ProfileError};
 use ipnet::IpNet;
 use piimg_agent::node::{
@@ -35,9 +36,9 @@ pub struct ImageSettings {
     pub size: u64,
     pub boot_size: u64,
     pub data_size: u64,
-    pub suite: String,
-    /// `None`: take the mirror from the host's apt sources at fetch time.
-    pub mirror: Option<String>,
+    /// The Debian suite and where its packages come from (`suite`, `mirror`, `archives`, ...).
+    #[serde(flatten)]
+    pub sources: SuiteSources,
 }
 
 /// One node, ready to build.
@@ -585,17 +586,73 @@ fn draft(m: &Merged, diags: &mut Diagnostics) -> Option<Draft> {
             ),
         );
     }
-    if let Some(mirror) = &img.mirror {
-        if !(mirror.starts_with("http://") || mirror.starts_with("https://")) {
-            ctx.err("image.mirror", format!("`{mirror}` is not an http(s) URI"));
+    for (field, uri) in [
+        ("image.mirror", &img.mirror),
+        ("image.security_mirror", &img.security_mirror),
+        ("image.snapshot_mirror", &img.snapshot_mirror),
+    ] {
+        if let Some(u) = uri {
+            let ok = (u.starts_with("http://") || u.starts_with("https://"))
+                && !u.contains(char::is_whitespace);
+            if !ok {
+                ctx.err(field, format!("`{u}` is not an http(s) URI"));
+            }
         }
     }
-    let image = ImageSettings {
-        size,
-        boot_size,
-        data_size,
-        suite,
-        mirror: img.mirror.clone(),
+    let mut archives = Vec::new();
+    for a in img
+        .archives
+        .clone()
+        .unwrap_or_else(|| vec!["updates".into(), "security".into()])
+    {
+        match Archive::parse(&a) {
+            Ok(x) if archives.contains(&x) => {
+                ctx.err("image.archives", format!("`{a}` is listed twice"))
+            }
+            Ok(x) => archives.push(x),
+            Err(_) => ctx.err(
+                "image.archives",
+                format!(
+                    "`{a}` is not an archive piimg resolves from (use \"updates\", \"security\")"
+                ),
+            ),
+        }
+    }
+    if archives.contains(&Archive::Security)
+        && img.mirror.is_some()
+        && img.security_mirror.is_none()
+    {
+        ctx.err(
+            "image.security_mirror",
+            "needed with image.mirror while image.archives includes \"security\" \
+             (the security archive has its own mirror), or leave \"security\" out of image.archives",
+        );
+    }
+    let snapshot = match (&img.snapshot, &img.snapshot_mirror) {
+        (Some(t), Some(m)) => {
+            if !Snapshot::valid_timestamp(t) {
+                ctx.err(
+                    "image.snapshot",
+                    format!("`{t}` is not a snapshot timestamp (want the form 20251120T000000Z)"),
+                );
+            }
+            Some(Snapshot {
+                timestamp: t.clone(),
+                mirror: m.trim_end_matches('/').to_string(),
+            })
+        }
+        (Some(_), None) => {
+            ctx.err(
+                "image.snapshot",
+                "needs image.snapshot_mirror, the snapshot archive's base URI",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            ctx.err("image.snapshot_mirror", "set without image.snapshot");
+            None
+        }
+        (None, None) => None,
     };
     // Paths relative to the file that set them.
     let rel = |field: &str, p: &str| -> PathBuf {
@@ -605,6 +662,31 @@ fn draft(m: &Merged, diags: &mut Diagnostics) -> Option<Draft> {
             .and_then(Path::parent)
             .unwrap_or(Path::new("."));
         normalize(&base.join(p))
+    };
+    let keyring = img.keyring.as_deref().map(|k| rel("image.keyring", k));
+    if let Some(k) = &keyring {
+        if !k.is_file() {
+            ctx.err("image.keyring", format!("{} is not a file", k.display()));
+        }
+    }
+    let image = ImageSettings {
+        size,
+        boot_size,
+        data_size,
+        sources: SuiteSources {
+            suite,
+            mirror: img
+                .mirror
+                .as_ref()
+                .map(|m| m.trim_end_matches('/').to_string()),
+            security_mirror: img
+                .security_mirror
+                .as_ref()
+                .map(|m| m.trim_end_matches('/').to_string()),
+            archives,
+            snapshot,
+            keyring,
+        },
     };
     let components = spec
         .components

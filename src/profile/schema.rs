@@ -96,6 +96,19 @@ pub struct ImageSpec {
     pub suite: Option<String>,
     /// Debian mirror URI (default: the host's apt sources).
     pub mirror: Option<String>,
+    /// Debian security archive URI (default: the host's apt sources; required with `mirror`).
+    pub security_mirror: Option<String>,
+    /// Suites resolved besides `suite` itself: `updates`, `security` (default both).
+    pub archives: Option<Vec<String>>,
+    /// Timestamp of Debian's snapshot archive (`20251120T000000Z`) to fetch locked files from
+    /// when the mirror's pool no longer has them.
+    pub snapshot: Option<String>,
+    /// Base URI of the snapshot archive (the service under which `archive/debian/<timestamp>/`
+    /// lives); required with `snapshot`.
+    pub snapshot_mirror: Option<String>,
+    /// OpenPGP keyring that verifies the archives' Release files (default: the host's Debian
+    /// archive keyring).
+    pub keyring: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
