@@ -1539,3 +1539,179 @@ fn same_input_gives_the_same_image() {
         std::fs::read(out2.join("lb1.manifest.json")).unwrap()
     );
 }
+
+// ---------------------------------------------------------------- kubeadm v1.31's requirements
+
+/// kubeadm v1.31 preflight, cmd/kubeadm/app/preflight/checks.go `addExecChecks`: executables
+/// that must be on PATH (LookPath; a miss is an error). conntrack stops being required only in
+/// v1.32 (PR 126952); crictl is not checked since v1.31 (PR 124685).
+const KUBEADM_REQUIRED_EXECS: &[&str] = &["conntrack", "ip", "iptables", "mount", "nsenter"];
+
+/// k8s.io/system-validators v1.8.0 (kubeadm v1.31's SystemVerification),
+/// validators/types_unix.go L34-54: kernel options that must be `y` or `m`; the alternatives are
+/// the validator's aliases. It reads /boot/config-$(uname -r) among other paths
+/// (kernel_validator.go L180-190); a node with none fails.
+const REQUIRED_KERNEL_CONFIGS: &[&[&str]] = &[
+    &["NAMESPACES"],
+    &["NET_NS"],
+    &["PID_NS"],
+    &["IPC_NS"],
+    &["UTS_NS"],
+    &["CGROUPS"],
+    &["CGROUP_CPUACCT"],
+    &["CGROUP_DEVICE"],
+    &["CGROUP_FREEZER"],
+    &["CGROUP_PIDS"],
+    &["CGROUP_SCHED"],
+    &["CPUSETS"],
+    &["MEMCG"],
+    &["INET"],
+    &["EXT4_FS"],
+    &["PROC_FS"],
+    &["NETFILTER_XT_TARGET_REDIRECT", "IP_NF_TARGET_REDIRECT"],
+    &["NETFILTER_XT_MATCH_COMMENT"],
+    &["FAIR_GROUP_SCHED"],
+];
+
+/// The modules kube-proxy v1.31's iptables rules use (pkg/proxy/iptables/proxier.go: matches
+/// comment, mark, conntrack, statistic, recent, addrtype, tcp/udp/sctp; targets DNAT,
+/// MASQUERADE, MARK, REJECT) on an iptables-nft node, plus the netlink module the conntrack CLI
+/// needs for kube-proxy's stale-UDP cleanup.
+const KUBE_PROXY_MODULES: &[&str] = &[
+    "nft_compat",
+    "nft_chain_nat",
+    "xt_comment",
+    "xt_mark",
+    "xt_conntrack",
+    "xt_statistic",
+    "xt_recent",
+    "xt_addrtype",
+    "xt_tcpudp",
+    "xt_sctp",
+    "xt_nat",
+    "xt_MASQUERADE",
+    "ipt_REJECT",
+    "ip6t_REJECT",
+    "nf_conntrack_netlink",
+];
+
+/// The executable `name` as a program on the node's PATH would find it.
+fn on_path(p: &Parts, name: &str) -> Option<PathBuf> {
+    piimg_agent::roles::PATH_ENV.split(':').find_map(|dir| {
+        let f = resolve(&p.dump, &format!("{dir}/{name}"))?;
+        let md = std::fs::metadata(&f).ok()?;
+        use std::os::unix::fs::PermissionsExt;
+        (md.is_file() && md.permissions().mode() & 0o111 != 0).then_some(f)
+    })
+}
+
+#[test]
+fn kubernetes_images_hold_what_kubeadm_v1_31_and_image_pulls_need() {
+    for name in ["w1", "cp1"] {
+        let p = parts(name);
+        let m = manifest(name);
+        // Exec checks: each found on PATH, an aarch64 ELF program.
+        for exe in KUBEADM_REQUIRED_EXECS {
+            let f = on_path(p, exe)
+                .unwrap_or_else(|| panic!("{name}: {exe} is not on PATH (kubeadm preflight)"));
+            let h = ok_text(Command::new("readelf").arg("-h").arg(&f));
+            assert!(h.contains("AArch64"), "{name}: {exe} ({f:?}): {h}");
+        }
+        // SystemVerification's kernel config, for the release the image boots.
+        let rel = m["kernel_release"].as_str().unwrap();
+        let cfg_path = resolve(&p.dump, &format!("/boot/config-{rel}"))
+            .unwrap_or_else(|| panic!("{name}: no /boot/config-{rel}"));
+        let config = std::fs::read_to_string(cfg_path).unwrap();
+        for names in REQUIRED_KERNEL_CONFIGS {
+            let set = names.iter().any(|n| {
+                config
+                    .lines()
+                    .any(|l| l == format!("CONFIG_{n}=y") || l == format!("CONFIG_{n}=m"))
+            });
+            assert!(set, "{name}: CONFIG_{} is neither y nor m", names[0]);
+        }
+        // kube-proxy's modules: in the image with their index, and loaded at boot.
+        let dep = std::fs::read_to_string(
+            resolve(&p.dump, &format!("/usr/lib/modules/{rel}/modules.dep")).unwrap(),
+        )
+        .unwrap();
+        let load =
+            std::fs::read_to_string(resolve(&p.dump, "/etc/piimg/modules.load").unwrap()).unwrap();
+        for module in KUBE_PROXY_MODULES {
+            let file = format!("/{module}.ko:");
+            let alt = format!("/{}.ko:", module.replace('_', "-"));
+            assert!(
+                dep.lines().any(|l| l.contains(&file) || l.contains(&alt)),
+                "{name}: {module} is not in modules.dep"
+            );
+            assert!(
+                load.lines().any(|l| l.replace('-', "_") == *module),
+                "{name}: {module} is not loaded at boot (modules.load)"
+            );
+        }
+        // The trust bundle: every certificate ca-certificates ships, each one parseable.
+        let bundle = resolve(&p.dump, "/etc/ssl/certs/ca-certificates.crt")
+            .unwrap_or_else(|| panic!("{name}: no /etc/ssl/certs/ca-certificates.crt"));
+        let shipped = ok_text(
+            Command::new("dpkg-deb")
+                .arg("-c")
+                .arg(cached_deb("ca-certificates")),
+        )
+        .lines()
+        .filter(|l| l.contains("./usr/share/ca-certificates/") && l.ends_with(".crt"))
+        .count();
+        let p7 = ok(Command::new("openssl")
+            .args(["crl2pkcs7", "-nocrl", "-certfile"])
+            .arg(&bundle));
+        let o = run_tool_stdin(
+            Command::new("openssl").args(["pkcs7", "-print_certs", "-noout"]),
+            p7,
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let subjects: Vec<String> = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.starts_with("subject="))
+            .map(str::to_string)
+            .collect();
+        assert!(shipped > 100, "{shipped} certificates in ca-certificates?");
+        assert_eq!(subjects.len(), shipped, "{name}: bundle vs package");
+        // Roots of the chains registry.k8s.io and its mirrors serve today.
+        for root in ["GTS Root R1", "Amazon Root CA 1", "ISRG Root X1"] {
+            assert!(
+                subjects.iter().any(|s| s.contains(root)),
+                "{name}: {root} missing"
+            );
+        }
+        // containerd: kubeadm v1.31's pause image (constants.PauseVersion 3.10, CHANGELOG-1.31
+        // #125112) and the CNI folder Flannel and Calico install into.
+        let k8s: toml::Value = toml::from_str(
+            &std::fs::read_to_string(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/cluster.toml"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(k8s["kubernetes"]["version"]
+            .as_str()
+            .unwrap()
+            .starts_with("v1.31."));
+        let ctd: toml::Value = toml::from_str(
+            &std::fs::read_to_string(resolve(&p.dump, "/etc/containerd/config.toml").unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        let cri = &ctd["plugins"]["io.containerd.grpc.v1.cri"];
+        assert_eq!(
+            cri["sandbox_image"].as_str(),
+            Some("registry.k8s.io/pause:3.10")
+        );
+        let bin_dir = cri["cni"]["bin_dir"].as_str().unwrap();
+        assert_eq!(bin_dir, "/opt/cni/bin");
+        for plugin in ["bridge", "host-local", "loopback", "portmap"] {
+            let f = resolve(&p.dump, &format!("{bin_dir}/{plugin}"))
+                .unwrap_or_else(|| panic!("{name}: no {bin_dir}/{plugin}"));
+            let h = ok_text(Command::new("readelf").arg("-h").arg(&f));
+            assert!(h.contains("AArch64"), "{name}: {plugin}: {h}");
+        }
+    }
+}

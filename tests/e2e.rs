@@ -587,6 +587,8 @@ fn worker_runs_containerd_a_preloaded_container_and_the_join_command() {
         config.push(l);
     }
     let has = |needle: &str| config.iter().any(|l| l.contains(needle));
+    // The stand-in ran kubeadm v1.31's join preflight in the guest (tests/standins/kubeadm).
+    assert!(has("preflight passed"), "{config:#?}");
     assert!(has("apiServerEndpoint: \"10.0.2.2:6443\""), "{config:#?}");
     assert!(has(&format!("token: \"{token}\"")), "{config:#?}");
     assert!(
@@ -601,6 +603,18 @@ fn worker_runs_containerd_a_preloaded_container_and_the_join_command() {
     );
     g.report_ready("worker");
     check_status(status, "qemu-worker", "10.0.2.15", "containerd");
+    // The stand-in's preflight fails as kubeadm's would on a node that has joined before, and
+    // --ignore-preflight-errors demotes that one check.
+    let again = g.shell(
+        "busybox touch /etc/kubernetes/kubelet.conf; kubeadm join --config /etc/piimg/kubeadm.yaml >/tmp/k.out 2>&1; r=$?; busybox grep -q '^.\\[ERROR FileAvailable--etc-kubernetes-kubelet.conf\\]: /etc/kubernetes/kubelet.conf already exists$' /tmp/k.out && echo rc=$r named",
+        "AGAIN",
+    );
+    assert_eq!(again, "rc=1 named", "second join");
+    let ignored = g.shell(
+        "kubeadm join --config /etc/piimg/kubeadm.yaml --ignore-preflight-errors=FileAvailable--etc-kubernetes-kubelet.conf >/tmp/k.out 2>&1; r=$?; busybox rm /etc/kubernetes/kubelet.conf; echo rc=$r",
+        "IGNORED",
+    );
+    assert_eq!(ignored, "rc=0", "join with the check ignored");
     // The socket works and the preloaded image was imported on first boot.
     let listed = g.shell("ctr -n k8s.io images ls -q | grep e2e-marker", "IMAGES");
     assert_eq!(listed, image_name);

@@ -162,6 +162,29 @@ pub struct Kubernetes {
     pub pki_dir: Option<String>,
 }
 
+impl Kubernetes {
+    /// The pause (sandbox) image tag kubeadm of this minor release pulls and expects containerd
+    /// to use (kubeadm's constants.PauseVersion); `None` for releases piimg does not know.
+    pub fn pause_version(&self) -> Option<&'static str> {
+        pause_version(&self.version)
+    }
+}
+
+/// See [`Kubernetes::pause_version`]: `v1.31.4` -> `3.10`.
+pub fn pause_version(version: &str) -> Option<&'static str> {
+    let minor: u32 = version
+        .strip_prefix("v1.")?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()?;
+    match minor {
+        28..=30 => Some("3.9"),
+        31..=33 => Some("3.10"),
+        _ => None,
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoadBalancer {

@@ -9,7 +9,7 @@ use crate::components::lock::{LockEntry, Source};
 use crate::components::modules::ModuleSet;
 use crate::profile::NodeProfile;
 use crate::report::Reporter;
-use crate::tree::{FileData, Meta, NodeKind, Tree};
+use crate::tree::{FileData, Meta, NodeId, NodeKind, Tree};
 use piimg_agent::node::{Board, NodeConfig, Role};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -19,9 +19,19 @@ use std::path::{Path, PathBuf};
 pub fn root_packages(role: Role) -> Vec<&'static str> {
     let mut v = vec!["busybox-static"];
     match role {
-        Role::ControlPlane | Role::Worker => {
-            v.extend(["containerd", "runc", "containernetworking-plugins"])
-        }
+        // conntrack, nsenter (util-linux), ip (iproute2) and mount are kubeadm v1.31's required
+        // executables (preflight addExecChecks); ca-certificates holds the roots containerd
+        // needs to pull images over TLS.
+        Role::ControlPlane | Role::Worker => v.extend([
+            "containerd",
+            "runc",
+            "containernetworking-plugins",
+            "conntrack",
+            "util-linux",
+            "iproute2",
+            "mount",
+            "ca-certificates",
+        ]),
         Role::LoadBalancer => v.push("haproxy"),
     }
     v
@@ -65,7 +75,12 @@ pub const STAGE1_MODULES: &[&str] = &[
 /// loaded module is a no-op): the FAT boot partition and the watchdog.
 pub const BASE_MODULES: &[&str] = &["vfat", "nls_cp437", "nls_iso8859_1", "bcm2835_wdt"];
 
-/// What kubelet, kube-proxy and the CNI plugins need from the kernel.
+/// What kubelet, kube-proxy and the CNI plugins need from the kernel. kube-proxy v1.31 in
+/// iptables mode (pkg/proxy/iptables/proxier.go) matches comment, mark, conntrack, statistic,
+/// recent (ClientIP affinity), addrtype and tcp/udp/sctp, jumps to DNAT, MASQUERADE, MARK and
+/// REJECT (services without endpoints), and clears stale UDP flows with the conntrack CLI, which
+/// speaks nf_conntrack_netlink; kubelet's KUBE-FIREWALL needs conntrack and comment too.
+/// iptables-nft reaches the xt_ modules through nft_compat.
 pub const KUBERNETES_MODULES: &[&str] = &[
     "overlay",
     "br_netfilter",
@@ -73,6 +88,7 @@ pub const KUBERNETES_MODULES: &[&str] = &[
     "veth",
     "vxlan",
     "nf_conntrack",
+    "nf_conntrack_netlink",
     "nf_nat",
     "nf_tables",
     "nft_compat",
@@ -85,6 +101,8 @@ pub const KUBERNETES_MODULES: &[&str] = &[
     "ip6table_nat",
     "ip6table_filter",
     "ip6table_mangle",
+    "ipt_REJECT",
+    "ip6t_REJECT",
     "xt_conntrack",
     "xt_MASQUERADE",
     "xt_addrtype",
@@ -92,6 +110,8 @@ pub const KUBERNETES_MODULES: &[&str] = &[
     "xt_mark",
     "xt_multiport",
     "xt_nat",
+    "xt_recent",
+    "xt_sctp",
     "xt_statistic",
     "xt_tcpudp",
 ];
@@ -651,12 +671,16 @@ pub fn assemble(inp: &Inputs, reporter: &dyn Reporter) -> Result<Assembled, Asse
         root.add_file(paths::KUBEADM_CONFIG, meta(0o600, epoch), bytes(y))?;
         secret_paths.push(paths::KUBEADM_CONFIG.to_string());
     }
-    if role.is_kubernetes() {
+    if let Some(k) = &cfg.kubernetes {
+        let pause = config::pause_image(k).ok_or_else(|| {
+            AssembleError::Missing(format!("the pause image of Kubernetes {}", k.version))
+        })?;
         root.upsert(
             paths::CONTAINERD_CONFIG,
             meta(0o644, epoch),
-            NodeKind::File(bytes(config::containerd_toml())),
+            NodeKind::File(bytes(config::containerd_toml(&pause))),
         )?;
+        kubeadm_prerequisites(&mut root, &kernel, &release, epoch)?;
         if let Some(c) = config::cni_conflist(cfg) {
             root.add_file(paths::CNI_CONFIG, meta(0o644, epoch), bytes(c))?;
         }
@@ -736,6 +760,79 @@ pub fn assemble(inp: &Inputs, reporter: &dyn Reporter) -> Result<Assembled, Asse
 }
 
 /// Where the project's overlays are: `overlays/` beside the profiles folder.
+/// What kubeadm v1.31's preflight and an image-pulling containerd need beyond the packages:
+/// the kernel config SystemVerification reads (/boot/config-RELEASE), the trust bundle
+/// ca-certificates' postinst would have written, and the CNI plugins where containerd, Flannel
+/// and Calico look for them.
+fn kubeadm_prerequisites(
+    root: &mut Tree,
+    kernel: &Tree,
+    release: &str,
+    epoch: i64,
+) -> Result<(), AssembleError> {
+    let config = format!("boot/config-{release}");
+    root.mkdir_p("boot", meta(0o755, epoch))?;
+    root.add_file(
+        &config,
+        meta(0o644, epoch),
+        take(kernel, &config, "kernel config")?,
+    )?;
+
+    let bundle = ca_bundle(root)?;
+    root.mkdir_p("etc/ssl/certs", meta(0o755, epoch))?;
+    root.upsert(
+        paths::CA_BUNDLE,
+        meta(0o644, epoch),
+        NodeKind::File(bytes(bundle)),
+    )?;
+
+    let cni = paths::CNI_BIN_DIR.trim_start_matches('/');
+    root.mkdir_p(cni, meta(0o755, epoch))?;
+    let plugins: Vec<Vec<u8>> = match root.lookup(paths::DEBIAN_CNI_DIR) {
+        Some(dir) => root.children(dir).map(|(n, _)| n.to_vec()).collect(),
+        None => Vec::new(),
+    };
+    for name in plugins {
+        let name = String::from_utf8_lossy(&name).into_owned();
+        let link = format!("{cni}/{name}");
+        if root.lookup(&link).is_none() {
+            let target = format!("/{}/{name}", paths::DEBIAN_CNI_DIR);
+            root.add_symlink(&link, target, meta(0o777, epoch))?;
+        }
+    }
+    Ok(())
+}
+
+/// update-ca-certificates with Debian's default configuration (every certificate the package
+/// ships enabled): the certificates under /usr/share/ca-certificates in path order, concatenated.
+fn ca_bundle(root: &Tree) -> Result<Vec<u8>, AssembleError> {
+    const DIR: &str = "usr/share/ca-certificates/";
+    let mut certs: Vec<(Vec<u8>, NodeId)> = root
+        .walk()
+        .into_iter()
+        .filter(|(p, _)| p.starts_with(DIR.as_bytes()) && p.ends_with(b".crt"))
+        .collect();
+    certs.sort();
+    let mut out = Vec::new();
+    for (path, id) in certs {
+        if let NodeKind::File(data) = &root.node(id).kind {
+            let mut pem = data
+                .read_all()
+                .map_err(|e| AssembleError::Io(String::from_utf8_lossy(&path).into_owned(), e))?;
+            if !pem.ends_with(b"\n") {
+                pem.push(b'\n');
+            }
+            out.extend(pem);
+        }
+    }
+    if out.is_empty() {
+        return Err(AssembleError::Missing(
+            "CA certificates under /usr/share/ca-certificates (package ca-certificates)".into(),
+        ));
+    }
+    Ok(out)
+}
+
 pub fn overlays_dir(profiles: &Path) -> Option<PathBuf> {
     let parent = profiles.parent().unwrap_or(Path::new("."));
     let d = if parent.as_os_str().is_empty() {

@@ -414,6 +414,13 @@ fn draft(m: &Merged, diags: &mut Diagnostics) -> Option<Draft> {
                 "kubernetes.version",
                 format!("`{version}` is not a Kubernetes release (expected vMAJOR.MINOR.PATCH)"),
             );
+        } else if !version.is_empty() && piimg_agent::node::pause_version(&version).is_none() {
+            ctx.err(
+                "kubernetes.version",
+                format!(
+                    "`{version}`: piimg knows the pause image of v1.28 to v1.33 only (containerd's sandbox image must match kubeadm's)"
+                ),
+            );
         }
         let endpoint = k.control_plane_endpoint.clone().unwrap_or_else(|| {
             ctx.missing(
