@@ -10,7 +10,8 @@ for pair in e2fsck:e2fsprogs fsck.vfat:dosfstools mdir:mtools sfdisk:fdisk sgdis
             bmaptool:bmap-tools zstd:zstd depmod:kmod readelf:binutils xz:xz-utils \
             faketime:faketime cmp:diffutils \
             dpkg-deb:dpkg partx:util-linux \
-            gpg:gnupg gpgv:gpgv dpkg-scanpackages:dpkg-dev /usr/lib/apt/apt-helper:apt; do
+            gpg:gnupg gpgv:gpgv dpkg-scanpackages:dpkg-dev /usr/lib/apt/apt-helper:apt \
+            haproxy:haproxy; do
   command -v "${pair%:*}" >/dev/null 2>&1 || need_pkgs+=("${pair##*:}")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

@@ -1715,3 +1715,39 @@ fn kubernetes_images_hold_what_kubeadm_v1_31_and_image_pulls_need() {
         }
     }
 }
+
+#[test]
+fn load_balancer_config_passes_haproxy_and_checks_the_api_servers_readiness() {
+    let p = parts("lb1");
+    let cfg = resolve(&p.dump, "/etc/haproxy/haproxy.cfg").expect("lb1 has haproxy.cfg");
+    // HAProxy itself (the host's) parses the file the image holds.
+    let out = ok_text(Command::new("haproxy").arg("-c").arg("-f").arg(&cfg));
+    assert!(out.contains("Configuration file is valid"), "{out}");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    // kubeadm's HA guide (kubernetes/kubeadm docs/ha-considerations.md): an HTTPS health check
+    // of each API server, redispatch, the guide's timeouts; /readyz so that a joining control
+    // plane gets traffic only once its etcd member is up.
+    for want in [
+        "mode tcp",
+        "option httpchk",
+        "http-check send meth GET uri /readyz",
+        "http-check expect status 200",
+        "option redispatch",
+        "timeout connect 5s",
+        "timeout client 35s",
+        "timeout server 35s",
+        "timeout check 10s",
+    ] {
+        assert!(lines.contains(&want), "no `{want}` in:\n{text}");
+    }
+    // Every control-plane node of the cluster, checked over TLS without verification.
+    for (name, addr) in [
+        ("cp1", "192.168.50.11:6443"),
+        ("cp2", "192.168.50.12:6443"),
+        ("cp3", "192.168.50.13:6443"),
+    ] {
+        let line = format!("server {name} {addr} check check-ssl verify none");
+        assert!(lines.contains(&line.as_str()), "no `{line}` in:\n{text}");
+    }
+}

@@ -12,8 +12,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 static BOOTS: Mutex<()> = Mutex::new(());
@@ -251,13 +252,69 @@ impl Drop for Guest {
 }
 
 /// An echo server on 127.0.0.1 (the guest reaches it as 10.0.2.2); returns its port.
-fn echo_server() -> u16 {
+/// A stand-in for an API server behind HAProxy: a TLS client (HAProxy's health check) gets a
+/// TLS session whose `GET /readyz` is answered `200 ok` while `ready` is set and `503` otherwise,
+/// as kube-apiserver answers it; a plain TCP client gets its bytes echoed, so the test can see
+/// traffic pass the frontend. Returns the port and the count of /readyz requests.
+fn apiserver_like_backend(ready: Arc<AtomicBool>) -> (u16, Arc<AtomicUsize>) {
+    let checks = Arc::new(AtomicUsize::new(0));
+    let counted = checks.clone();
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let tls = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap(),
+    );
     std::thread::spawn(move || {
         for c in l.incoming() {
             let Ok(mut c) = c else { continue };
+            let tls = tls.clone();
+            let (ready, counted) = (ready.clone(), counted.clone());
             std::thread::spawn(move || {
+                let _ = c.set_read_timeout(Some(Duration::from_secs(30)));
+                let mut first = [0u8; 1];
+                // 0x16: a TLS handshake record.
+                if matches!(c.peek(&mut first), Ok(1) if first[0] == 0x16) {
+                    let Ok(conn) = rustls::ServerConnection::new(tls) else {
+                        return;
+                    };
+                    let mut s = rustls::StreamOwned::new(conn, c);
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let resp: &[u8] = if !req.starts_with(b"GET /readyz ") {
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    } else if ready.load(Ordering::SeqCst) {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                    } else {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    };
+                    let _ = s.write_all(resp);
+                    s.conn.send_close_notify();
+                    let _ = s.flush();
+                    return;
+                }
                 let mut buf = [0u8; 4096];
                 loop {
                     match c.read(&mut buf) {
@@ -272,7 +329,20 @@ fn echo_server() -> u16 {
             });
         }
     });
-    port
+    (port, checks)
+}
+
+/// One attempt: does the frontend echo `msg`?
+fn answers(port: u16, msg: &[u8]) -> bool {
+    let r = (|| -> std::io::Result<bool> {
+        let mut s = TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(msg)?;
+        let mut got = vec![0u8; msg.len()];
+        s.read_exact(&mut got)?;
+        Ok(got == msg)
+    })();
+    r.unwrap_or(false)
 }
 
 /// Connects to the forwarded frontend and round-trips `msg`, retrying while HAProxy (or its
@@ -348,7 +418,8 @@ fn load_balancer_forwards_restarts_and_reports_status() {
     let _serial = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
     let proj = project(&["qemu"]);
     // The guest's backend is the host (10.0.2.2) at a port this test listens on.
-    let backend = echo_server();
+    let ready = Arc::new(AtomicBool::new(false));
+    let (backend, checks) = apiserver_like_backend(ready.clone());
     let profile = proj.path().join("profiles/qemu.toml");
     let text = std::fs::read_to_string(&profile).unwrap();
     let edited = text.replace("\"10.0.2.2:6443\"", &format!("\"10.0.2.2:{backend}\""));
@@ -374,7 +445,19 @@ fn load_balancer_forwards_restarts_and_reports_status() {
         .iter()
         .any(|l| l.ends_with("piimg-agent: network up eth0 10.0.2.15/24")));
 
-    // host -> forward -> HAProxy in the guest -> 10.0.2.2 -> the echo server, and back.
+    // While the API server's /readyz says 503, HAProxy's HTTPS check keeps it out: a client
+    // gets no answer through the frontend.
+    let until = Instant::now() + STEP_TIMEOUT;
+    while checks.load(Ordering::SeqCst) < 4 {
+        assert!(Instant::now() < until, "HAProxy never asked /readyz");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        !answers(front, b"piimg-e2e not ready\n"),
+        "traffic reached an API server that is not ready"
+    );
+    // host -> forward -> HAProxy in the guest -> 10.0.2.2 -> the backend, and back, once ready.
+    ready.store(true, Ordering::SeqCst);
     let n = round_trip(front, b"piimg-e2e hello\n", STEP_TIMEOUT);
     eprintln!("first round trip after {n} attempt(s)");
     check_status(status, "qemu-lb", "10.0.2.15", "haproxy");
