@@ -673,7 +673,13 @@ fn worker_runs_containerd_a_preloaded_container_and_the_join_command() {
     // The stand-in ran kubeadm v1.31's join preflight in the guest (tests/standins/kubeadm).
     assert!(has("preflight passed"), "{config:#?}");
     assert!(has("apiServerEndpoint: \"10.0.2.2:6443\""), "{config:#?}");
-    assert!(has(&format!("token: \"{token}\"")), "{config:#?}");
+    // The stand-in prints the token it was given; the agent shows it redacted.
+    assert!(has("token: \"[redacted]\""), "{config:#?}");
+    let secret_half = token.split_once('.').unwrap().1.to_string();
+    assert!(
+        !g.seen.iter().any(|l| l.contains(&secret_half)),
+        "the join token reached the console"
+    );
     assert!(
         has(&format!("caCertHashes: [\"{ca_hash}\"]")),
         "{config:#?}"
@@ -686,6 +692,13 @@ fn worker_runs_containerd_a_preloaded_container_and_the_join_command() {
     );
     g.report_ready("worker");
     check_status(status, "qemu-worker", "10.0.2.15", "containerd");
+    // The service log holds the same redacted lines and only root reads it. The token is read
+    // from the node's own kubeadm.yaml so that it is never typed on the console.
+    let log = g.shell(
+        "T=$(busybox grep -o '[a-z0-9]\\{6\\}\\.[a-z0-9]\\{16\\}' /etc/piimg/kubeadm.yaml | busybox head -1); echo mode=$(busybox stat -c %a /var/log/kubeadm.log) has=$(busybox grep -c \"${T#*.}\" /var/log/kubeadm.log) redacted=$(busybox grep -c 'token: \"\\[redacted\\]\"' /var/log/kubeadm.log)",
+        "KLOG",
+    );
+    assert_eq!(log, "mode=600 has=0 redacted=1", "kubeadm.log");
     // The stand-in's preflight fails as kubeadm's would on a node that has joined before, and
     // --ignore-preflight-errors demotes that one check.
     let again = g.shell(

@@ -536,3 +536,23 @@ fn show_unknown_profile_and_build_validates() {
     assert!(stderr(&o).contains("network.address"), "{}", stderr(&o));
     assert!(!p.dir.path().join("out").exists());
 }
+
+#[test]
+fn token_ttl_is_a_finite_duration() {
+    let p = Project::home_only();
+    p.append("w1", "[kubernetes]\ntoken_ttl = \"0s\"");
+    expect_error(&p, "w1", Some(10), "kubernetes.token_ttl", "never expire");
+    let p = Project::home_only();
+    p.append("w1", "[kubernetes]\ntoken_ttl = \"1 day\"");
+    expect_error(&p, "w1", Some(10), "kubernetes.token_ttl", "not a duration");
+    // The default lands in the kubeadm configuration the init node uses.
+    let p = Project::home_only();
+    p.replace("cp1", "init = true", "init = true\ntoken_ttl = \"1h30m\"");
+    let o = p.run(&["show", "--profile", "cp1", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["node"]["kubernetes"]["token_ttl"], "1h30m");
+    let o = p.run(&["show", "--profile", "w1", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["node"]["kubernetes"]["token_ttl"], "24h");
+}

@@ -154,12 +154,22 @@ pub struct Kubernetes {
     pub token: String,
     /// `sha256:<hex>` of the cluster CA's SubjectPublicKeyInfo (public).
     pub ca_cert_hash: String,
+    /// Lifetime of the bootstrap token, a Go duration (`24h`): a leaked token stops working.
+    #[serde(default = "default_token_ttl")]
+    pub token_ttl: String,
     /// Key that encrypts the uploaded control-plane certificates, 64 hex (secret; control plane only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_key: Option<String>,
     /// Where the cluster CA certificate and key are in the rootfs (control plane only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pki_dir: Option<String>,
+}
+
+/// The bootstrap token's lifetime when a profile names none.
+pub const DEFAULT_TOKEN_TTL: &str = "24h";
+
+fn default_token_ttl() -> String {
+    DEFAULT_TOKEN_TTL.to_string()
 }
 
 impl Kubernetes {
@@ -254,6 +264,21 @@ impl NodeConfig {
         self.kubernetes.is_some()
     }
 
+    /// The secret strings of this node, as they could appear in a service's output: the join
+    /// token, its secret half and the certificate key. The agent redacts them.
+    pub fn secret_strings(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if let Some(k) = &self.kubernetes {
+            v.push(k.token.clone());
+            if let Some((_, secret)) = k.token.split_once('.') {
+                v.push(secret.to_string());
+            }
+            v.extend(k.certificate_key.clone());
+        }
+        v.retain(|s| s.len() >= 6 && s != REDACTED);
+        v
+    }
+
     /// A copy safe to print or put in a manifest: join token and certificate key replaced.
     pub fn redacted(&self) -> NodeConfig {
         let mut c = self.clone();
@@ -286,6 +311,7 @@ mod tests {
                 ntp: vec![],
             },
             kubernetes: Some(Kubernetes {
+                token_ttl: "24h".into(),
                 version: "v1.31.2".into(),
                 control_plane_endpoint: "10.0.2.2:6443".into(),
                 pod_cidr: "10.244.0.0/16".parse().unwrap(),

@@ -24,12 +24,15 @@ pub fn kubeadm_command(cfg: &NodeConfig) -> Option<Vec<String>> {
         return None;
     }
     Some(if k.init && cfg.role == Role::ControlPlane {
+        // kubeadm init prints the token and certificate key unless told not to.
         strings(&[
             "/usr/bin/kubeadm",
             "init",
             "--config",
             KUBEADM_YAML,
             "--upload-certs",
+            "--skip-token-print",
+            "--skip-certificate-key-print",
         ])
     } else {
         strings(&["/usr/bin/kubeadm", "join", "--config", KUBEADM_YAML])
@@ -175,6 +178,7 @@ mod tests {
                 ntp: vec![],
             },
             kubernetes: role.is_kubernetes().then(|| Kubernetes {
+                token_ttl: "24h".into(),
                 version: "v1.31.2".into(),
                 control_plane_endpoint: "10.0.2.10:6443".into(),
                 pod_cidr: "10.244.0.0/16".parse().unwrap(),
@@ -204,7 +208,9 @@ mod tests {
                 "init",
                 "--config",
                 "/etc/piimg/kubeadm.yaml",
-                "--upload-certs"
+                "--upload-certs",
+                "--skip-token-print",
+                "--skip-certificate-key-print"
             ]
         );
         assert_eq!(

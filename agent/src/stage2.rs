@@ -295,7 +295,14 @@ fn setup() -> Node {
     } else {
         setup_kernel();
     }
-    let sup = Supervisor::new(specs, Options::default());
+    let opts = Options {
+        redact: cfg
+            .as_ref()
+            .map(NodeConfig::secret_strings)
+            .unwrap_or_default(),
+        ..Options::default()
+    };
+    let sup = Supervisor::new(specs, opts);
     if let Some(cfg) = &cfg {
         if cfg.agent.status_port != 0 {
             let src = status::Source {

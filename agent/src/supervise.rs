@@ -95,6 +95,9 @@ pub struct Options {
     pub grace: Duration,
     /// The console device for console services.
     pub console_path: PathBuf,
+    /// Strings never shown: replaced by `[redacted]` in console lines and log files (join
+    /// tokens, certificate keys), whatever a service prints.
+    pub redact: Vec<String>,
 }
 
 impl Default for Options {
@@ -104,8 +107,20 @@ impl Default for Options {
             log_dir: Some(PathBuf::from("/var/log")),
             grace: Duration::from_secs(10),
             console_path: PathBuf::from("/dev/console"),
+            redact: Vec::new(),
         }
     }
+}
+
+/// `text` with every secret replaced by `[redacted]`.
+pub fn redact(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_string();
+    for s in secrets.iter().filter(|s| !s.is_empty()) {
+        if out.contains(s.as_str()) {
+            out = out.replace(s.as_str(), "[redacted]");
+        }
+    }
+    out
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -411,19 +426,29 @@ impl Supervisor {
     }
 }
 
+/// The service's log, 0600: a service may print what only root should read.
 fn open_log(opts: &Options, name: &str) -> Option<Arc<Mutex<File>>> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = opts.log_dir.as_ref()?;
     let _ = fs::create_dir_all(dir);
-    OpenOptions::new()
+    let f = OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(dir.join(format!("{name}.log")))
-        .ok()
-        .map(|f| Arc::new(Mutex::new(f)))
+        .ok()?;
+    // A log created by an earlier image or by hand keeps its mode otherwise.
+    let _ = f.set_permissions(fs::Permissions::from_mode(0o600));
+    Some(Arc::new(Mutex::new(f)))
 }
 
 /// Copies lines from a child's pipe to the console (prefixed) and the log file.
-fn pump(name: String, pipe: impl Read + Send + 'static, log: Option<Arc<Mutex<File>>>) {
+fn pump(
+    name: String,
+    pipe: impl Read + Send + 'static,
+    log: Option<Arc<Mutex<File>>>,
+    secrets: Arc<Vec<String>>,
+) {
     let thread_name = format!("out-{name}");
     let prefix = name.clone();
     let spawned = std::thread::Builder::new()
@@ -438,7 +463,7 @@ fn pump(name: String, pipe: impl Read + Send + 'static, log: Option<Arc<Mutex<Fi
                     Ok(_) => {}
                 }
                 let text = String::from_utf8_lossy(&buf);
-                let text = text.trim_end_matches(['\n', '\r']);
+                let text = redact(text.trim_end_matches(['\n', '\r']), &secrets);
                 console::line(&format!("[{prefix}] {text}"));
                 if let Some(l) = &log {
                     if let Ok(mut f) = l.lock() {
@@ -499,11 +524,12 @@ fn spawn(spec: &ServiceSpec, opts: &Options) -> std::io::Result<i32> {
         .stderr(Stdio::piped());
     let mut child = cmd.spawn()?;
     let log = open_log(opts, &spec.name);
+    let secrets = Arc::new(opts.redact.clone());
     if let Some(out) = child.stdout.take() {
-        pump(spec.name.clone(), out, log.clone());
+        pump(spec.name.clone(), out, log.clone(), secrets.clone());
     }
     if let Some(err) = child.stderr.take() {
-        pump(spec.name.clone(), err, log);
+        pump(spec.name.clone(), err, log, secrets);
     }
     // The Child is dropped without wait(): reaping happens in Supervisor::reap.
     Ok(child.id() as i32)

@@ -68,6 +68,16 @@ fn supervisor_end_to_end() {
     gated.wait_for = vec![gate.clone()];
     let specs = vec![
         sh("crash", "echo boom; echo oops >&2; exit 3"),
+        // kubeadm printing its join command: the token never reaches console or log.
+        ServiceSpec::oneshot(
+            "leaky",
+            vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "echo join --token abcdef.0123456789abcdef --certificate-key 0a1b2c3d4e5f6789; echo 0123456789abcdef >&2".into(),
+            ],
+            None,
+        ),
         // The background sleep is orphaned when the subshell exits: it comes back to us.
         sh(
             "orphaner",
@@ -102,6 +112,11 @@ fn supervisor_end_to_end() {
         log_dir: Some(dir.join("log")),
         grace: Duration::from_secs(5),
         console_path: "/dev/null".into(),
+        redact: vec![
+            "abcdef.0123456789abcdef".into(),
+            "0123456789abcdef".into(),
+            "0a1b2c3d4e5f6789".into(),
+        ],
     };
     let mut sup = Supervisor::new(specs, opts);
     assert!(!sup.all_started());
@@ -178,6 +193,25 @@ fn supervisor_end_to_end() {
     assert!(lines
         .iter()
         .any(|l| l.starts_with("piimg-agent: service missing exited (spawn failed: ")));
+    // Secrets are redacted on the console and in the log, which only root may read.
+    assert!(
+        has("[leaky] join --token [redacted] --certificate-key [redacted]"),
+        "{lines:#?}"
+    );
+    assert!(has("[leaky] [redacted]"), "{lines:#?}");
+    let leaky = std::fs::read_to_string(dir.join("log/leaky.log")).unwrap();
+    assert!(
+        !leaky.contains("0123456789abcdef") && !leaky.contains("0a1b2c3d4e5f6789"),
+        "{leaky}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    for log in ["leaky", "crash", "a"] {
+        let mode = std::fs::metadata(dir.join(format!("log/{log}.log")))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{log}.log");
+    }
     // Log files hold the unprefixed output.
     let crash_log = std::fs::read_to_string(dir.join("log/crash.log")).unwrap();
     assert!(crash_log.lines().filter(|l| *l == "boom").count() >= 2);

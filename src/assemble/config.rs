@@ -84,8 +84,7 @@ apiVersion: kubeadm.k8s.io/v1beta4\n\
 kind: InitConfiguration\n\
 bootstrapTokens:\n\
   - token: {token}\n\
-    # Preseeded nodes may join long after this node boots: delete the token when all have.\n\
-    ttl: \"0s\"\n\
+    ttl: {ttl}\n\
     usages: [signing, authentication]\n\
     groups: [\"system:bootstrappers:kubeadm:default-node-token\"]\n\
 certificateKey: {cert_key}\n\
@@ -110,6 +109,7 @@ cgroupDriver: cgroupfs\n\
 containerRuntimeEndpoint: {sock}\n\
 failSwapOn: false\n",
             token = yaml_str(&k.token),
+            ttl = yaml_str(&k.token_ttl),
             cert_key = yaml_str(cert_key),
             addr = yaml_str(&addr.to_string()),
             cluster = yaml_str(cluster),

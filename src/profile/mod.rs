@@ -41,6 +41,31 @@ pub struct ImageSettings {
     pub sources: SuiteSources,
 }
 
+/// Seconds of a Go duration made of hours, minutes and seconds (`24h`, `1h30m`, `90s`); the
+/// forms kubeadm's token TTL takes that a profile needs.
+pub fn go_duration_secs(s: &str) -> Option<u64> {
+    let mut total = 0u64;
+    let mut num = String::new();
+    if s.is_empty() {
+        return None;
+    }
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num.parse().ok()?;
+        num.clear();
+        total += n * match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return None,
+        };
+    }
+    num.is_empty().then_some(total)
+}
+
 /// One node, ready to build.
 #[derive(Debug, Clone)]
 pub struct NodeProfile {
@@ -186,6 +211,7 @@ struct KDraft {
     service_cidr: IpNet,
     init: bool,
     discovery_ca_hash: Option<String>,
+    token_ttl: String,
 }
 
 struct Ctx<'a> {
@@ -483,10 +509,26 @@ fn draft(m: &Merged, diags: &mut Diagnostics) -> Option<Draft> {
                 );
             }
         }
+        let token_ttl = k
+            .token_ttl
+            .clone()
+            .unwrap_or_else(|| piimg_agent::node::DEFAULT_TOKEN_TTL.to_string());
+        match go_duration_secs(&token_ttl) {
+            Some(0) => ctx.err(
+                "kubernetes.token_ttl",
+                "a token that never expires stays usable if it leaks: give a lifetime such as \"24h\"",
+            ),
+            Some(_) => {}
+            None => ctx.err(
+                "kubernetes.token_ttl",
+                format!("`{token_ttl}` is not a duration such as \"24h\", \"90m\" or \"1h30m\""),
+            ),
+        }
         Some(KDraft {
             version,
             endpoint,
             endpoint_host,
+            token_ttl,
             pod_cidr: pod_cidr.unwrap_or_else(|| IpNet::from(IpAddr::from([0, 0, 0, 0]))),
             service_cidr: service_cidr.unwrap_or_else(|| IpNet::from(IpAddr::from([0, 0, 0, 0]))),
             init: k.init,
@@ -1106,6 +1148,7 @@ fn finish(
                 service_cidr: k.service_cidr,
                 init: k.init,
                 token: sec_ref.token.clone(),
+                token_ttl: k.token_ttl.clone(),
                 ca_cert_hash,
                 certificate_key: cp.then(|| sec_ref.certificate_key.clone()),
                 pki_dir: cp.then(|| "/etc/kubernetes/pki".to_string()),

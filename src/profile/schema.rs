@@ -70,6 +70,8 @@ pub struct KubernetesSpec {
     pub init: bool,
     /// Discovery hash of a CA piimg did not generate (joining an existing cluster).
     pub discovery_ca_hash: Option<String>,
+    /// Lifetime of the bootstrap token, a Go duration such as "24h" (default 24h).
+    pub token_ttl: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
