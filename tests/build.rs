@@ -166,6 +166,8 @@ struct Secrets {
     certificate_key: String,
     ca_cert: String,
     ca_key: String,
+    /// The other private keys of the shared control-plane PKI, by field name.
+    other_keys: Vec<(String, String)>,
 }
 
 struct Built {
@@ -251,6 +253,10 @@ fn shared() -> &'static Built {
                     certificate_key: s("certificate_key"),
                     ca_cert: s("ca_cert"),
                     ca_key: s("ca_key"),
+                    other_keys: ["front_proxy_ca_key", "etcd_ca_key", "sa_key"]
+                        .iter()
+                        .map(|k| (k.to_string(), s(k)))
+                        .collect(),
                 }
             })
             .unwrap_or_else(|e| {
@@ -1369,7 +1375,11 @@ fn secret_files_are_private_and_the_ca_is_the_clusters() {
         let p = parts(name);
         let mut secret = vec!["/etc/piimg/node.json", "/etc/piimg/kubeadm.yaml"];
         if name == "cp1" {
-            secret.push("/etc/kubernetes/pki/ca.key");
+            for base in ["/etc/kubernetes/pki", "/etc/piimg/pki"] {
+                for key in ["ca.key", "front-proxy-ca.key", "etcd/ca.key", "sa.key"] {
+                    secret.push(Box::leak(format!("{base}/{key}").into_boxed_str()));
+                }
+            }
         }
         for path in &secret {
             // Straight from debugfs stat, not only from the walk.
@@ -1411,6 +1421,55 @@ fn secret_files_are_private_and_the_ca_is_the_clusters() {
     assert_eq!(key.trim(), b.secrets.ca_key.trim());
     let e = &p.root_list["/etc/kubernetes/pki/ca.crt"];
     assert_eq!(e.perm(), 0o644);
+    // The rest of the shared PKI kubeadm's `join --control-plane` needs without uploaded
+    // certificates (phases/certs SharedCertificateExists), from the secrets file, in kubeadm's
+    // folder and in the copy the agent restores after `kubeadm reset`.
+    let file: toml::Value =
+        toml::from_str(&std::fs::read_to_string(b.root.join("secrets/home.toml")).unwrap())
+            .unwrap();
+    for base in ["etc/kubernetes/pki", "etc/piimg/pki"] {
+        for (path, field, ca) in [
+            ("ca.crt", "ca_cert", true),
+            ("front-proxy-ca.crt", "front_proxy_ca_cert", true),
+            ("etcd/ca.crt", "etcd_ca_cert", true),
+            ("front-proxy-ca.key", "front_proxy_ca_key", false),
+            ("etcd/ca.key", "etcd_ca_key", false),
+            ("sa.key", "sa_key", false),
+            ("sa.pub", "sa_pub", false),
+        ] {
+            let f = p.dump.join(base).join(path);
+            let text = std::fs::read_to_string(&f).unwrap_or_else(|e| panic!("{f:?}: {e}"));
+            assert_eq!(
+                text.trim(),
+                file[field].as_str().unwrap().trim(),
+                "{base}/{path}"
+            );
+            if ca {
+                let ext = ok_text(
+                    Command::new("openssl")
+                        .args(["x509", "-noout", "-ext", "basicConstraints", "-in"])
+                        .arg(&f),
+                );
+                assert!(ext.contains("CA:TRUE"), "{base}/{path}: {ext}");
+            }
+        }
+        // sa.pub is sa.key's public half.
+        let derived = ok_text(
+            Command::new("openssl")
+                .args(["pkey", "-pubout", "-in"])
+                .arg(p.dump.join(base).join("sa.key")),
+        );
+        let stored = std::fs::read_to_string(p.dump.join(base).join("sa.pub")).unwrap();
+        assert_eq!(derived.trim(), stored.trim(), "{base}: sa.pub");
+    }
+    // A worker carries no control-plane key.
+    let w = parts("w1");
+    assert!(
+        !w.root_list
+            .keys()
+            .any(|k| k.starts_with("/etc/kubernetes/pki/") || k.starts_with("/etc/piimg/pki")),
+        "w1 holds PKI files"
+    );
 }
 
 /// The byte strings that must not leak: token (whole and its secret half), certificate key (hex
@@ -1435,6 +1494,17 @@ fn secret_needles(s: &Secrets) -> Vec<(String, Vec<u8>)> {
             s.ca_key.trim().as_bytes().to_vec(),
         ),
     ];
+    for (field, pem) in &s.other_keys {
+        v.push((format!("{field} (PEM)"), pem.trim().as_bytes().to_vec()));
+        for (i, l) in pem
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.len() >= 16 && !l.starts_with("-----"))
+            .enumerate()
+        {
+            v.push((format!("{field} line {}", i + 1), l.as_bytes().to_vec()));
+        }
+    }
     let body: Vec<&str> = s
         .ca_key
         .lines()
@@ -1477,7 +1547,19 @@ fn secrets_appear_nowhere_outside_the_root_filesystem() {
     let kubeadm = std::fs::read(p.dump.join("etc/piimg/kubeadm.yaml")).unwrap();
     assert!(contains(&key, b.secrets.ca_key.trim().as_bytes()));
     assert!(contains(&kubeadm, b.secrets.token.as_bytes()));
-    assert!(contains(&kubeadm, b.secrets.certificate_key.as_bytes()));
+    // The certificate key stays in the node config; the preseeded PKI needs no upload, so
+    // kubeadm's configuration no longer carries it.
+    let node = std::fs::read(p.dump.join("etc/piimg/node.json")).unwrap();
+    assert!(contains(&node, b.secrets.certificate_key.as_bytes()));
+    assert!(!contains(&kubeadm, b.secrets.certificate_key.as_bytes()));
+    let sa = std::fs::read(p.dump.join("etc/piimg/pki/sa.key")).unwrap();
+    let (_, sa_key) = b
+        .secrets
+        .other_keys
+        .iter()
+        .find(|k| k.0 == "sa_key")
+        .unwrap();
+    assert!(contains(&sa, sa_key.trim().as_bytes()));
 
     let mut outputs = b.fetch.stdout.clone() + &b.fetch.stderr;
     for name in IMAGES {
@@ -1704,6 +1786,29 @@ fn kubernetes_images_hold_what_kubeadm_v1_31_and_image_pulls_need() {
         assert_eq!(
             cri["sandbox_image"].as_str(),
             Some("registry.k8s.io/pause:3.10")
+        );
+        // The bridge hands out this node's pod subnet from the profiles (every other node
+        // routes it here; tests/profiles checks the routes).
+        let conflist: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(
+                resolve(&p.dump, "/etc/cni/net.d/10-piimg-bridge.conflist").unwrap(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let node: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(resolve(&p.dump, "/etc/piimg/node.json").unwrap()).unwrap(),
+        )
+        .unwrap();
+        let want = if name == "w1" {
+            "10.244.21.0/24"
+        } else {
+            "10.244.11.0/24"
+        };
+        assert_eq!(node["kubernetes"]["node_pod_cidr"], want);
+        assert_eq!(
+            conflist["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
+            want
         );
         let bin_dir = cri["cni"]["bin_dir"].as_str().unwrap();
         assert_eq!(bin_dir, "/opt/cni/bin");

@@ -181,6 +181,17 @@ impl Guest {
         }
     }
 
+    /// Reads console lines for `dur` (into `seen`) without waiting for anything in particular.
+    fn drain(&mut self, dur: Duration) {
+        let until = Instant::now() + dur;
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(l) => self.seen.push(l),
+                Err(_) => break,
+            }
+        }
+    }
+
     fn send(&mut self, line: &str) {
         self.stdin.write_all(line.as_bytes()).unwrap();
         self.stdin.write_all(b"\n").unwrap();
@@ -330,6 +341,36 @@ fn apiserver_like_backend(ready: Arc<AtomicBool>) -> (u16, Arc<AtomicUsize>) {
         }
     });
     (port, checks)
+}
+
+/// An SNTP server on host loopback (the guest reaches it as 10.0.2.2:PORT) that answers with the
+/// host's clock once `on` is set, and stays silent before, like an unreachable server.
+fn sntp_server(on: Arc<AtomicBool>) -> u16 {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = sock.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 128];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            if n < 48 || !on.load(Ordering::SeqCst) {
+                continue;
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap();
+            let secs = (now.as_secs() + 2_208_988_800) as u32;
+            let frac = ((u64::from(now.subsec_nanos()) << 32) / 1_000_000_000) as u32;
+            let mut r = [0u8; 48];
+            r[0] = 0x24; // version 4, server
+            r[1] = 2; // stratum 2: synchronised
+            r[24..32].copy_from_slice(&buf[40..48]); // originate = client's transmit
+            for off in [32, 40] {
+                r[off..off + 4].copy_from_slice(&secs.to_be_bytes());
+                r[off + 4..off + 8].copy_from_slice(&frac.to_be_bytes());
+            }
+            let _ = sock.send_to(&r, from);
+        }
+    });
+    port
 }
 
 /// One attempt: does the frontend echo `msg`?
@@ -623,6 +664,24 @@ fn worker_runs_containerd_a_preloaded_container_and_the_join_command() {
     let images = proj.path().join("overlays/worker/usr/share/piimg/images");
     std::fs::create_dir_all(&images).unwrap();
     std::fs::write(images.join("e2e-marker.tar"), archive).unwrap();
+    // The stand-in kubeadm's test mode: the first join fails after leaving partial state.
+    let fail_once = proj.path().join("overlays/worker/etc/piimg-test");
+    std::fs::create_dir_all(&fail_once).unwrap();
+    std::fs::write(fail_once.join("kubeadm-fail-once"), b"").unwrap();
+    // The guest's NTP server is the host, at a port this test answers on.
+    let ntp_on = Arc::new(AtomicBool::new(false));
+    let ntp = sntp_server(ntp_on.clone());
+    let profile = proj.path().join("profiles/qemu-worker.toml");
+    let text = std::fs::read_to_string(&profile).unwrap();
+    let edited = text.replace(
+        "ntp = [\"10.0.2.2\"]",
+        &format!("ntp = [\"10.0.2.2:{ntp}\"]"),
+    );
+    assert_ne!(
+        text, edited,
+        "the qemu-worker profile no longer names ntp 10.0.2.2"
+    );
+    std::fs::write(&profile, edited).unwrap();
     let standins = repo().join("tests/standins");
     let image = build(
         proj.path(),
@@ -656,11 +715,36 @@ fn worker_runs_containerd_a_preloaded_container_and_the_join_command() {
     let mut g = Guest::boot(&image, &[(status, 9100)]);
     g.wait(r"piimg-agent: service containerd running", BOOT_TIMEOUT);
     g.wait(r"piimg-agent: service image-import done", BOOT_TIMEOUT);
-    // Service output comes prefixed with the service name.
-    g.wait(
-        r"^\[kubeadm\] piimg-test-standin kubeadm: argv: join --config /etc/piimg/kubeadm.yaml$",
-        BOOT_TIMEOUT,
+    // No NTP answer yet: kubeadm (and kubelet) must not start on an unsynced clock.
+    g.drain(Duration::from_secs(8));
+    assert!(
+        !g.seen.iter().any(|l| l.starts_with("[kubeadm]")),
+        "kubeadm started before the clock was synced"
     );
+    ntp_on.store(true, Ordering::SeqCst);
+    g.wait(
+        &format!(r"^piimg-agent: clock synced from 10\.0\.2\.2:{ntp}: \d+$"),
+        STEP_TIMEOUT,
+    );
+    // Service output comes prefixed with the service name.
+    // First attempt: fails after writing partial state. The agent resets (kubeadm reset -f)
+    // and joins again, in that order.
+    let join =
+        r"^\[kubeadm\] piimg-test-standin kubeadm: argv: join --config /etc/piimg/kubeadm.yaml$";
+    g.wait(join, BOOT_TIMEOUT);
+    g.wait(
+        r"^\[kubeadm\] piimg-test-standin kubeadm: failing once after writing partial state",
+        STEP_TIMEOUT,
+    );
+    g.wait(
+        r"^\[kubeadm\] kubeadm-run: an earlier attempt did not finish \(/etc/kubernetes/kubelet.conf, /etc/kubernetes/bootstrap-kubelet.conf left behind\): kubeadm reset -f$",
+        STEP_TIMEOUT,
+    );
+    g.wait(
+        r"^\[kubeadm\] piimg-test-standin kubeadm: argv: reset -f$",
+        STEP_TIMEOUT,
+    );
+    g.wait(join, STEP_TIMEOUT);
     let mut config = Vec::new();
     loop {
         let l = g.wait(r"^\[kubeadm\] piimg-test-standin kubeadm: ", STEP_TIMEOUT);
@@ -692,6 +776,16 @@ fn worker_runs_containerd_a_preloaded_container_and_the_join_command() {
     );
     g.report_ready("worker");
     check_status(status, "qemu-worker", "10.0.2.15", "containerd");
+    // The guest's clock is the host's (it started at the build time, months earlier).
+    let guest: i64 = g.shell("busybox date +%s", "DATE").trim().parse().unwrap();
+    let host = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        (guest - host).abs() < 120,
+        "guest clock {guest}, host {host}"
+    );
     // The service log holds the same redacted lines and only root reads it. The token is read
     // from the node's own kubeadm.yaml so that it is never typed on the console.
     let log = g.shell(
@@ -699,15 +793,15 @@ fn worker_runs_containerd_a_preloaded_container_and_the_join_command() {
         "KLOG",
     );
     assert_eq!(log, "mode=600 has=0 redacted=1", "kubeadm.log");
-    // The stand-in's preflight fails as kubeadm's would on a node that has joined before, and
-    // --ignore-preflight-errors demotes that one check.
+    // The stand-in's preflight fails as kubeadm's would on a node that has joined (kubelet.conf
+    // exists), and --ignore-preflight-errors demotes that one check.
     let again = g.shell(
-        "busybox touch /etc/kubernetes/kubelet.conf; kubeadm join --config /etc/piimg/kubeadm.yaml >/tmp/k.out 2>&1; r=$?; busybox grep -q '^.\\[ERROR FileAvailable--etc-kubernetes-kubelet.conf\\]: /etc/kubernetes/kubelet.conf already exists$' /tmp/k.out && echo rc=$r named",
+        "kubeadm join --config /etc/piimg/kubeadm.yaml >/tmp/k.out 2>&1; r=$?; busybox grep -q '^.\\[ERROR FileAvailable--etc-kubernetes-kubelet.conf\\]: /etc/kubernetes/kubelet.conf already exists$' /tmp/k.out && echo rc=$r named",
         "AGAIN",
     );
     assert_eq!(again, "rc=1 named", "second join");
     let ignored = g.shell(
-        "kubeadm join --config /etc/piimg/kubeadm.yaml --ignore-preflight-errors=FileAvailable--etc-kubernetes-kubelet.conf >/tmp/k.out 2>&1; r=$?; busybox rm /etc/kubernetes/kubelet.conf; echo rc=$r",
+        "kubeadm join --config /etc/piimg/kubeadm.yaml --ignore-preflight-errors=FileAvailable--etc-kubernetes-kubelet.conf >/tmp/k.out 2>&1; r=$?; echo rc=$r",
         "IGNORED",
     );
     assert_eq!(ignored, "rc=0", "join with the check ignored");

@@ -273,7 +273,7 @@ fn bad_cidr() {
     expect_error(
         &p,
         "cluster",
-        Some(17),
+        Some(18),
         "kubernetes.pod_cidr",
         "is not a CIDR",
     );
@@ -323,7 +323,7 @@ fn endpoint_must_be_the_load_balancer() {
     expect_error(
         &p,
         "cluster",
-        Some(16),
+        Some(17),
         "kubernetes.control_plane_endpoint",
         "neither a load balancer nor a control-plane node",
     );
@@ -367,7 +367,7 @@ fn cidrs_must_not_overlap_the_node_network() {
     expect_error(
         &p,
         "cluster",
-        Some(17),
+        Some(18),
         "kubernetes.pod_cidr",
         "192.168.0.0/16 overlaps the node network 192.168.50.0/24",
     );
@@ -376,7 +376,7 @@ fn cidrs_must_not_overlap_the_node_network() {
     expect_error(
         &p,
         "cluster",
-        Some(18),
+        Some(19),
         "kubernetes.service_cidr",
         "overlaps the node network",
     );
@@ -555,4 +555,110 @@ fn token_ttl_is_a_finite_duration() {
     let o = p.run(&["show", "--profile", "w1", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["node"]["kubernetes"]["token_ttl"], "24h");
+}
+
+#[test]
+fn control_plane_boards_have_the_memory_kubeadm_requires() {
+    let p = Project::home_only();
+    p.replace("cp2", "board = \"rpi4b\"", "board = \"rpi3b\"");
+    expect_error(&p, "cp2", Some(3), "board", "1700 MB");
+}
+
+#[test]
+fn kubernetes_nodes_need_ntp_and_never_start_their_clock_before_the_ca() {
+    let p = Project::home_only();
+    p.replace("cluster", "ntp = [\"pool.ntp.org\"]", "");
+    expect_error(&p, "w1", None, "network.ntp", "no clock of its own");
+
+    // SOURCE_DATE_EPOCH (2026-01-01) lies before the CA generated now: the node's clock floor
+    // is the CA's notBefore, as openssl reads it.
+    let p = Project::new();
+    let o = p.run(&["show", "--profile", "w1", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let floor = v["node"]["build_epoch"].as_i64().unwrap();
+    let secrets: toml::Table = toml::from_str(&p.secrets_text("home")).unwrap();
+    let ca = p.dir.path().join("ca.crt");
+    std::fs::write(&ca, secrets["ca_cert"].as_str().unwrap()).unwrap();
+    let o = Command::new("openssl")
+        .args([
+            "x509",
+            "-noout",
+            "-startdate",
+            "-dateopt",
+            "iso_8601",
+            "-in",
+        ])
+        .arg(&ca)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    // notBefore=2026-11-24 00:00:00Z
+    let text = stdout(&o);
+    let date = text.trim().trim_start_matches("notBefore=");
+    let o = Command::new("date")
+        .args(["-u", "-d", date, "+%s"])
+        .output()
+        .unwrap();
+    let not_before: i64 = stdout(&o).trim().parse().unwrap();
+    assert!(
+        not_before > 1_767_225_600,
+        "the CA predates SOURCE_DATE_EPOCH?"
+    );
+    assert_eq!(floor, not_before);
+}
+
+#[test]
+fn pod_subnets_come_from_the_profiles_and_are_routed_between_nodes() {
+    let p = Project::new();
+    let o = p.run(&["show", "--profile", "w1", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    // 192.168.50.21/24 in 10.244.0.0/16: the node's host number picks its /24.
+    assert_eq!(v["node"]["kubernetes"]["node_pod_cidr"], "10.244.21.0/24");
+    let routes: Vec<(String, String)> = v["node"]["network"]["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["to"].as_str().unwrap().to_string(),
+                r["via"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("10.244.11.0/24", "192.168.50.11"),
+        ("10.244.12.0/24", "192.168.50.12"),
+        ("10.244.13.0/24", "192.168.50.13"),
+        ("10.244.22.0/24", "192.168.50.22"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(routes, want);
+    // The load balancer runs no pods and gets no pod routes.
+    let o = p.run(&["show", "--profile", "lb1", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(v["node"]["network"]["routes"]
+        .as_array()
+        .is_none_or(|r| r.is_empty()));
+
+    // Two nodes claiming one subnet, and a node whose host number does not fit.
+    let p = Project::home_only();
+    p.append("w2", "[kubernetes]\nnode_pod_cidr = \"10.244.21.0/24\"");
+    expect_error(&p, "w2", Some(10), "kubernetes.node_pod_cidr", "collides");
+    let p = Project::home_only();
+    p.replace(
+        "cluster",
+        "pod_cidr = \"10.244.0.0/16\"",
+        "pod_cidr = \"10.244.0.0/20\"",
+    );
+    expect_error(
+        &p,
+        "cluster",
+        Some(18),
+        "kubernetes.pod_cidr",
+        "host number 21 of 192.168.50.21/24 is beyond the 16 /24 subnets",
+    );
 }

@@ -1,4 +1,6 @@
-//! The clock of a board without RTC: never earlier than the image's build time, then SNTP.
+//! The clock of a board without RTC: never earlier than the image's build time (which the
+//! builder puts no earlier than the cluster CA's notBefore) or the last time this node knew,
+//! then SNTP. Services that check certificates wait for [`SYNCED_MARKER`].
 
 use std::net::{ToSocketAddrs, UdpSocket};
 use std::time::{Duration, Instant};
@@ -6,9 +8,22 @@ use std::time::{Duration, Instant};
 /// Seconds between 1900-01-01 (NTP era 0) and 1970-01-01.
 const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
 
-/// The time to set, if `now` is before `build_epoch` (certificates would look "not yet valid").
-pub fn clamp_target(now: i64, build_epoch: i64) -> Option<i64> {
-    (now < build_epoch).then_some(build_epoch)
+/// Written once the clock has been set from an NTP server: kubeadm and kubelet wait for it.
+pub const SYNCED_MARKER: &str = "/run/piimg/time-synced";
+/// The last time this node knew (saved on every sync and hourly, on the data partition), so a
+/// reboot without network does not go back to the build time.
+pub const SAVED_TIME: &str = "/var/lib/piimg/clock";
+
+/// The time to set, if `now` is before `floor` (certificates would look "not yet valid").
+pub fn clamp_target(now: i64, floor: i64) -> Option<i64> {
+    (now < floor).then_some(floor)
+}
+
+/// The clock floor at boot: the build epoch, or the saved time when it is later.
+pub fn floor(build_epoch: i64, saved: Option<&str>) -> i64 {
+    saved
+        .and_then(|t| t.trim().parse::<i64>().ok())
+        .map_or(build_epoch, |t| t.max(build_epoch))
 }
 
 /// An SNTP v4 client request.
@@ -97,6 +112,10 @@ mod tests {
     fn clamp() {
         assert_eq!(clamp_target(0, 1_700_000_000), Some(1_700_000_000));
         assert_eq!(clamp_target(1_800_000_000, 1_700_000_000), None);
+        assert_eq!(floor(1_700_000_000, None), 1_700_000_000);
+        assert_eq!(floor(1_700_000_000, Some("1750000000\n")), 1_750_000_000);
+        assert_eq!(floor(1_700_000_000, Some("1600000000")), 1_700_000_000);
+        assert_eq!(floor(1_700_000_000, Some("garbage")), 1_700_000_000);
     }
 
     fn reply(secs_unix: u64) -> [u8; 48] {

@@ -154,6 +154,10 @@ pub struct Kubernetes {
     pub token: String,
     /// `sha256:<hex>` of the cluster CA's SubjectPublicKeyInfo (public).
     pub ca_cert_hash: String,
+    /// This node's share of the pod network: its CNI bridge hands out addresses from it, and
+    /// every other node routes it to this node's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_pod_cidr: Option<IpNet>,
     /// Lifetime of the bootstrap token, a Go duration (`24h`): a leaked token stops working.
     #[serde(default = "default_token_ttl")]
     pub token_ttl: String,
@@ -312,6 +316,7 @@ mod tests {
             },
             kubernetes: Some(Kubernetes {
                 token_ttl: "24h".into(),
+                node_pod_cidr: None,
                 version: "v1.31.2".into(),
                 control_plane_endpoint: "10.0.2.2:6443".into(),
                 pod_cidr: "10.244.0.0/16".parse().unwrap(),

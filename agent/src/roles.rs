@@ -24,13 +24,14 @@ pub fn kubeadm_command(cfg: &NodeConfig) -> Option<Vec<String>> {
         return None;
     }
     Some(if k.init && cfg.role == Role::ControlPlane {
-        // kubeadm init prints the token and certificate key unless told not to.
+        // The shared control-plane certificates are preseeded in every control-plane image:
+        // nothing to upload. kubeadm init prints the token and certificate key unless told not
+        // to.
         strings(&[
             "/usr/bin/kubeadm",
             "init",
             "--config",
             KUBEADM_YAML,
-            "--upload-certs",
             "--skip-token-print",
             "--skip-certificate-key-print",
         ])
@@ -124,9 +125,16 @@ pub fn services(cfg: &NodeConfig, agent_exe: &str) -> Vec<ServiceSpec> {
         );
         images.wait_for = vec![CONTAINERD_SOCK.into()];
         v.push(with_env(images));
-        if let Some(argv) = kubeadm_command(cfg) {
+        if kubeadm_command(cfg).is_some() {
+            // The agent runs kubeadm (crate::kubeadm): reset and PKI restore between attempts.
+            let argv = vec![agent_exe.to_string(), "kubeadm".into()];
             let mut k = ServiceSpec::oneshot("kubeadm", argv, Some(KUBEADM_DONE.into()));
-            k.wait_for = vec![CONTAINERD_SOCK.into(), IMAGES_DONE.into()];
+            // Certificates are checked against the clock: wait for NTP.
+            k.wait_for = vec![
+                CONTAINERD_SOCK.into(),
+                IMAGES_DONE.into(),
+                crate::clock::SYNCED_MARKER.into(),
+            ];
             v.push(with_env(k));
         }
         // kubeadm writes the kubelet config; starting earlier would only crash-loop.
@@ -135,7 +143,11 @@ pub fn services(cfg: &NodeConfig, agent_exe: &str) -> Vec<ServiceSpec> {
             argv: kubelet_command(),
             env: Vec::new(),
             kind: Kind::Daemon,
-            wait_for: vec![CONTAINERD_SOCK.into(), KUBELET_CONFIG.into()],
+            wait_for: vec![
+                CONTAINERD_SOCK.into(),
+                KUBELET_CONFIG.into(),
+                crate::clock::SYNCED_MARKER.into(),
+            ],
             console: false,
         }));
     }
@@ -179,6 +191,7 @@ mod tests {
             },
             kubernetes: role.is_kubernetes().then(|| Kubernetes {
                 token_ttl: "24h".into(),
+                node_pod_cidr: None,
                 version: "v1.31.2".into(),
                 control_plane_endpoint: "10.0.2.10:6443".into(),
                 pod_cidr: "10.244.0.0/16".parse().unwrap(),
@@ -208,7 +221,6 @@ mod tests {
                 "init",
                 "--config",
                 "/etc/piimg/kubeadm.yaml",
-                "--upload-certs",
                 "--skip-token-print",
                 "--skip-certificate-key-print"
             ]

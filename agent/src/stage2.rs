@@ -186,13 +186,31 @@ fn setup_kernel() {
     }
 }
 
+/// Before anything reads the clock: no earlier than the build time or the last known time
+/// (after /var is mounted, where that is saved).
 fn set_clock(cfg: &NodeConfig) {
-    if let Some(t) = clock::clamp_target(sys::realtime_secs(), cfg.build_epoch) {
+    let saved = std::fs::read_to_string(clock::SAVED_TIME).ok();
+    let floor = clock::floor(cfg.build_epoch, saved.as_deref());
+    if let Some(t) = clock::clamp_target(sys::realtime_secs(), floor) {
+        let from = if floor > cfg.build_epoch {
+            "the last known time"
+        } else {
+            "build time"
+        };
         match sys::set_realtime(t, 0) {
-            Ok(()) => say(&format!("clock set to build time {t}")),
+            Ok(()) => say(&format!("clock set to {from} {t}")),
             Err(e) => say(&format!("clock: {e}")),
         }
     }
+}
+
+fn save_time() {
+    let now = sys::realtime_secs();
+    let _ = sys::write_atomic(
+        Path::new(clock::SAVED_TIME),
+        format!("{now}\n").as_bytes(),
+        0o644,
+    );
 }
 
 fn spawn_ntp(servers: Vec<String>, build_epoch: i64) {
@@ -201,20 +219,32 @@ fn spawn_ntp(servers: Vec<String>, build_epoch: i64) {
     }
     let _ = std::thread::Builder::new()
         .name("ntp".into())
-        .spawn(move || loop {
-            let mut synced = false;
-            for s in &servers {
-                let Ok((secs, nanos)) = clock::query(s, Duration::from_secs(3)) else {
-                    continue;
-                };
-                // A server claiming a time before the build is wrong: ignore it.
-                if secs >= build_epoch && sys::set_realtime(secs, nanos as i64).is_ok() {
-                    synced = true;
-                    break;
+        .spawn(move || {
+            let mut announced = false;
+            loop {
+                let mut synced = false;
+                for s in &servers {
+                    let Ok((secs, nanos)) = clock::query(s, Duration::from_secs(3)) else {
+                        continue;
+                    };
+                    // A server claiming a time before the build is wrong: ignore it.
+                    if secs >= build_epoch && sys::set_realtime(secs, nanos as i64).is_ok() {
+                        synced = true;
+                        if !announced {
+                            say(&format!("clock synced from {s}: {secs}"));
+                            let marker = Path::new(clock::SYNCED_MARKER);
+                            if let Err(e) = sys::write_atomic(marker, b"synced\n", 0o644) {
+                                say(&format!("{}: {e}", marker.display()));
+                            }
+                            announced = true;
+                        }
+                        break;
+                    }
                 }
+                save_time();
+                // Quick retries until the first success, then hourly.
+                std::thread::sleep(Duration::from_secs(if synced { 3600 } else { 15 }));
             }
-            // Quick retries until the first success, then hourly.
-            std::thread::sleep(Duration::from_secs(if synced { 3600 } else { 15 }));
         });
 }
 
@@ -285,6 +315,8 @@ fn setup() -> Node {
             say(&format!("hostname: {e}"));
         }
         mount_data(cfg);
+        // Again with the time saved on /var, now that it is mounted.
+        set_clock(cfg);
         for d in ["/var/log", "/var/lib/piimg", "/var/lib/kubelet"] {
             let _ = std::fs::create_dir_all(d);
         }

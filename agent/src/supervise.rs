@@ -361,7 +361,8 @@ impl Supervisor {
                 if let Some(dir) = f.parent() {
                     let _ = fs::create_dir_all(dir);
                 }
-                if let Err(e) = fs::write(f, b"done\n") {
+                // Atomic and durable: a marker that exists is a whole one, even after a power cut.
+                if let Err(e) = sys::write_atomic(f, b"done\n", 0o644) {
                     console::say(&format!("cannot record {}: {e}", f.display()));
                 }
             }

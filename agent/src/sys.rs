@@ -287,3 +287,25 @@ pub unsafe fn ioctl_ptr(
     // SAFETY: forwarded to the caller.
     check(unsafe { libc::ioctl(file.as_raw_fd(), req as _, arg) })
 }
+
+/// Writes `data` to `path` so that a power cut leaves the old file or the new one, never a
+/// partial one: a temp file beside it, fsync, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir)?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(".{}.tmp", name.unwrap_or_default()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}

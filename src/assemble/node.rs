@@ -699,17 +699,21 @@ pub fn assemble(inp: &Inputs, reporter: &dyn Reporter) -> Result<Assembled, Asse
             .secrets
             .as_ref()
             .ok_or_else(|| AssembleError::Missing("cluster secrets".into()))?;
-        root.add_file(
-            "etc/kubernetes/pki/ca.crt",
-            meta(0o644, epoch),
-            bytes(s.ca_cert.clone()),
-        )?;
-        root.add_file(
-            "etc/kubernetes/pki/ca.key",
-            meta(0o600, epoch),
-            bytes(s.ca_key.clone()),
-        )?;
-        secret_paths.push("etc/kubernetes/pki/ca.key".into());
+        // kubeadm's folder, and the pristine copy the agent restores after `kubeadm reset`
+        // (which empties kubeadm's folder) before it retries.
+        for base in [paths::KUBE_PKI, paths::PRESEED_PKI] {
+            for (name, content, private) in s.pki_files() {
+                let path = format!("{base}/{name}");
+                if let Some((dir, _)) = path.rsplit_once('/') {
+                    root.mkdir_p(dir, meta(0o755, epoch))?;
+                }
+                let mode = if private { 0o600 } else { 0o644 };
+                root.add_file(&path, meta(mode, epoch), bytes(content.to_string()))?;
+                if private {
+                    secret_paths.push(path);
+                }
+            }
+        }
     }
     if let Some(h) = config::haproxy_cfg(cfg) {
         root.upsert(

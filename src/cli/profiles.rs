@@ -22,7 +22,7 @@ fn load(dir: &Path, json: bool, quiet: bool) -> Result<Option<Profiles>> {
         Ok(p) => {
             for s in &p.generated_secrets {
                 eprintln!(
-                    "piimg: generated cluster secrets (token, certificate key, CA) in {} (mode 0600); keep it private and out of version control",
+                    "piimg: generated cluster secrets (token, certificate key, cluster, front-proxy and etcd CAs, service-account key) in {} (mode 0600); keep it private and out of version control",
                     s.display()
                 );
             }

@@ -66,6 +66,34 @@ pub fn go_duration_secs(s: &str) -> Option<u64> {
     num.is_empty().then_some(total)
 }
 
+/// A node's /24 of an IPv4 pod network, numbered by the node's host number in its own subnet
+/// (192.168.50.21/24 in 10.244.0.0/16 -> 10.244.21.0/24): stable, and distinct for nodes of one
+/// subnet. Errors say why none fits (then `kubernetes.node_pod_cidr` sets it).
+pub fn node_subnet(pods: &IpNet, address: &IpNet) -> Result<IpNet, String> {
+    let (IpNet::V4(p), IpNet::V4(a)) = (pods, address) else {
+        return Err(format!(
+            "per-node pod subnets are derived for IPv4 only: set kubernetes.node_pod_cidr for {}",
+            address.addr()
+        ));
+    };
+    if p.prefix_len() > 24 {
+        return Err(format!(
+            "{pods} is smaller than one /24 per node: use a larger pod network or set kubernetes.node_pod_cidr"
+        ));
+    }
+    let host = u32::from(a.addr()) - u32::from(a.network());
+    let slots = 1u32 << (24 - p.prefix_len());
+    if host >= slots {
+        return Err(format!(
+            "host number {host} of {address} is beyond the {slots} /24 subnets of {pods}: set kubernetes.node_pod_cidr"
+        ));
+    }
+    let base = u32::from(p.network()) + (host << 8);
+    ipnet::Ipv4Net::new(std::net::Ipv4Addr::from(base), 24)
+        .map(IpNet::V4)
+        .map_err(|e| e.to_string())
+}
+
 /// One node, ready to build.
 #[derive(Debug, Clone)]
 pub struct NodeProfile {
@@ -209,6 +237,8 @@ struct KDraft {
     endpoint_host: String,
     pod_cidr: IpNet,
     service_cidr: IpNet,
+    /// This node's /24 (or the profile's choice) of the pod network.
+    node_pod_cidr: Option<IpNet>,
     init: bool,
     discovery_ca_hash: Option<String>,
     token_ttl: String,
@@ -359,6 +389,18 @@ fn draft(m: &Merged, diags: &mut Diagnostics) -> Option<Draft> {
         ctx.missing("board", "board (rpi3b, rpi3bplus, zero2w, rpi4b or cm4)");
         Board::Rpi4b
     });
+    // kubeadm v1.31's preflight (checks_linux.go, Mem) fails a control-plane node with less than
+    // 1700 MB of RAM, and no preflight error is ignored: these boards have 1 GiB or less.
+    if role == Role::ControlPlane
+        && matches!(board, Board::Rpi3b | Board::Rpi3bplus | Board::Zero2w)
+    {
+        ctx.err(
+            "board",
+            format!(
+                "{board} has at most 1 GiB of RAM; kubeadm requires 1700 MB on a control-plane node (use rpi4b or cm4 with 2 GB or more)"
+            ),
+        );
+    }
     let hostname = match &spec.hostname {
         Some(h) if valid_hostname(h) => h.clone(),
         Some(h) => {
@@ -425,6 +467,21 @@ fn draft(m: &Merged, diags: &mut Diagnostics) -> Option<Draft> {
         routes,
         ntp: n.ntp.clone(),
     };
+    if role.is_kubernetes() && n.ntp.is_empty() {
+        // A Pi has no RTC and kubeadm and kubelet wait for a synced clock.
+        ctx.missing(
+            "network.ntp",
+            "network.ntp (NTP servers, e.g. [\"pool.ntp.org\"] or your router: a Pi has no clock of its own, and kubeadm and kubelet start only once it is synced)",
+        );
+    }
+    for (i, server) in n.ntp.iter().enumerate() {
+        if server.is_empty() || server.contains(char::is_whitespace) {
+            ctx.err(
+                &format!("network.ntp.{i}"),
+                format!("`{server}` is not a host, address or host:port"),
+            );
+        }
+    }
     // Kubernetes.
     let k8s = if role.is_kubernetes() {
         let k = spec.kubernetes.clone().unwrap_or_default();
@@ -501,6 +558,28 @@ fn draft(m: &Merged, diags: &mut Diagnostics) -> Option<Draft> {
                 "only a control-plane node can initialise the cluster",
             );
         }
+        let node_pod_cidr = match (&k.node_pod_cidr, pod_cidr, address) {
+            (Some(text), Some(pods), _) => {
+                let own = parse_cidr(&mut ctx, "kubernetes.node_pod_cidr", text);
+                if let Some(o) = own {
+                    if !pods.contains(&o) {
+                        ctx.err(
+                            "kubernetes.node_pod_cidr",
+                            format!("{o} is not inside the pod network {pods}"),
+                        );
+                    }
+                }
+                own
+            }
+            (None, Some(pods), Some(a)) => match node_subnet(&pods, &a) {
+                Ok(n) => Some(n),
+                Err(why) => {
+                    ctx.err("kubernetes.pod_cidr", why);
+                    None
+                }
+            },
+            _ => None,
+        };
         if let Some(h) = &k.discovery_ca_hash {
             if !secrets::valid_ca_hash(h) {
                 ctx.err(
@@ -530,6 +609,7 @@ fn draft(m: &Merged, diags: &mut Diagnostics) -> Option<Draft> {
             endpoint_host,
             token_ttl,
             pod_cidr: pod_cidr.unwrap_or_else(|| IpNet::from(IpAddr::from([0, 0, 0, 0]))),
+            node_pod_cidr,
             service_cidr: service_cidr.unwrap_or_else(|| IpNet::from(IpAddr::from([0, 0, 0, 0]))),
             init: k.init,
             discovery_ca_hash: k.discovery_ca_hash,
@@ -948,7 +1028,19 @@ fn cluster_secrets(
             continue;
         }
         match ClusterSecrets::load(p) {
-            Ok(s) => {
+            Ok(mut s) => {
+                // Files from before piimg preseeded the whole control-plane PKI get it added.
+                match s.complete(opts.now) {
+                    Ok(true) if opts.generate_secrets => {
+                        if let Err(e) = s.save_replace(p) {
+                            diags.push(Diagnostic::error(Location::file(p), "", e.to_string()));
+                        } else {
+                            generated.push(p.clone());
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => diags.push(Diagnostic::error(Location::file(p), "", e.to_string())),
+                }
                 use std::os::unix::fs::PermissionsExt;
                 if let Ok(md) = std::fs::metadata(p) {
                     if md.permissions().mode() & 0o077 != 0 {
@@ -979,6 +1071,55 @@ fn check_cluster(members: &[&Draft], diags: &mut Diagnostics) {
             .unwrap_or_else(|| Location::file(&d.path));
         diags.push(Diagnostic::error(loc, field, msg));
     };
+    // Pod subnets: one per Kubernetes node, none shared; peers off the node's subnet get no
+    // route to their pods.
+    let mut pods: Vec<(&Draft, IpNet)> = Vec::new();
+    for d in members.iter().filter(|d| d.role.is_kubernetes()) {
+        let Some(own) = d.k8s.as_ref().and_then(|k| k.node_pod_cidr) else {
+            continue;
+        };
+        let field = if d
+            .spec
+            .kubernetes
+            .as_ref()
+            .is_some_and(|k| k.node_pod_cidr.is_some())
+        {
+            "kubernetes.node_pod_cidr"
+        } else {
+            "network.address"
+        };
+        if let Some((o, other)) = pods.iter().find(|(_, c)| overlaps(c, &own)) {
+            err(
+                diags,
+                d,
+                field,
+                format!(
+                    "pod subnet {own} collides with {other} of {} ({}): set kubernetes.node_pod_cidr",
+                    o.name,
+                    o.path.display()
+                ),
+            );
+        }
+        for (o, _) in &pods {
+            if !d
+                .network
+                .address
+                .trunc()
+                .contains(&o.network.address.addr())
+            {
+                diags.push(Diagnostic::warning(
+                    Location::file(&d.path),
+                    "network.address",
+                    format!(
+                        "{} is not on this node's subnet: pods here and on {} cannot reach each other without routes in your network",
+                        o.network.address.addr(),
+                        o.name
+                    ),
+                ));
+            }
+        }
+        pods.push((d, own));
+    }
     let mut seen_host: BTreeMap<&str, &Draft> = BTreeMap::new();
     let mut seen_addr: BTreeMap<IpAddr, &Draft> = BTreeMap::new();
     for d in members {
@@ -1109,6 +1250,30 @@ fn check_cluster(members: &[&Draft], diags: &mut Diagnostics) {
     }
 }
 
+/// The node's network plus a route to every other Kubernetes node's pod subnet via that node's
+/// address, for peers on the node's own subnet: pods reach pods on other nodes with no overlay.
+fn with_pod_routes(d: &Draft, members: &[&Draft]) -> Network {
+    let mut net = d.network.clone();
+    if !d.role.is_kubernetes() {
+        return net;
+    }
+    let mut peers: Vec<&&Draft> = members
+        .iter()
+        .filter(|m| m.role.is_kubernetes() && m.hostname != d.hostname)
+        .collect();
+    peers.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+    for m in peers {
+        let Some(cidr) = m.k8s.as_ref().and_then(|k| k.node_pod_cidr) else {
+            continue;
+        };
+        let via = m.network.address.addr();
+        if net.address.trunc().contains(&via) && !net.routes.iter().any(|r| r.to == cidr) {
+            net.routes.push(Route { to: cidr, via });
+        }
+    }
+    net
+}
+
 fn finish(
     d: &Draft,
     members: &[&Draft],
@@ -1147,6 +1312,7 @@ fn finish(
                 pod_cidr: k.pod_cidr,
                 service_cidr: k.service_cidr,
                 init: k.init,
+                node_pod_cidr: k.node_pod_cidr,
                 token: sec_ref.token.clone(),
                 token_ttl: k.token_ttl.clone(),
                 ca_cert_hash,
@@ -1186,7 +1352,7 @@ fn finish(
             hostname: d.hostname.clone(),
             role: d.role,
             board: d.board,
-            network: d.network.clone(),
+            network: with_pod_routes(d, members),
             kubernetes,
             load_balancer,
             agent: AgentSettings {
@@ -1195,7 +1361,12 @@ fn finish(
             },
             // Partition ids are derived when the image is laid out.
             storage: Storage::default(),
-            build_epoch: opts.build_epoch,
+            // The node's clock never starts before its certificates are valid (a Pi has no
+            // RTC; before NTP answers, "not yet valid" would fail every TLS handshake).
+            build_epoch: sec
+                .as_ref()
+                .and_then(|s| secrets::cert_not_before(&s.ca_cert))
+                .map_or(opts.build_epoch, |nb| nb.max(opts.build_epoch)),
         },
         image: d.image.clone(),
         components: d.components.clone(),

@@ -72,6 +72,9 @@ pub struct KubernetesSpec {
     pub discovery_ca_hash: Option<String>,
     /// Lifetime of the bootstrap token, a Go duration such as "24h" (default 24h).
     pub token_ttl: Option<String>,
+    /// This node's share of the pod network (default: the /24 of pod_cidr numbered by the
+    /// node's host number in its subnet).
+    pub node_pod_cidr: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

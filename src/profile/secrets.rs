@@ -1,6 +1,9 @@
-//! Cluster secrets: the kubeadm bootstrap token, the certificate key and the cluster CA. They live
-//! in a file of their own (git-ignored, mode 0600) that profiles reference; piimg generates it on
-//! first use. Nothing here prints a secret; `Debug` is redacted.
+//! Cluster secrets: the kubeadm bootstrap token, the certificate key, the cluster CA and the rest
+//! of the control plane's shared PKI (front-proxy CA, etcd CA, service-account key pair), so that
+//! every control-plane image carries them and `kubeadm join --control-plane` needs no uploaded
+//! certificates. They live in a file of their own (git-ignored, mode 0600) that profiles
+//! reference; piimg generates it on first use and adds what an older file lacks. Nothing here
+//! prints a secret; `Debug` is redacted.
 
 use super::diag::{Diagnostic, Location};
 use serde::{Deserialize, Serialize};
@@ -21,7 +24,26 @@ pub struct ClusterSecrets {
     pub ca_cert: String,
     /// Cluster CA private key (PKCS#8 PEM).
     pub ca_key: String,
+    /// The front-proxy CA (kubeadm's front-proxy-ca.crt/.key), PEM.
+    #[serde(default)]
+    pub front_proxy_ca_cert: String,
+    #[serde(default)]
+    pub front_proxy_ca_key: String,
+    /// The etcd CA (kubeadm's etcd/ca.crt/.key), PEM.
+    #[serde(default)]
+    pub etcd_ca_cert: String,
+    #[serde(default)]
+    pub etcd_ca_key: String,
+    /// The key pair service-account tokens are signed with (kubeadm's sa.key / sa.pub), PEM.
+    #[serde(default)]
+    pub sa_key: String,
+    #[serde(default)]
+    pub sa_pub: String,
 }
+
+/// The files of kubeadm's certificates folder the secrets provide: (path under
+/// /etc/kubernetes/pki, content, private).
+pub type PkiFile<'a> = (&'static str, &'a str, bool);
 
 impl fmt::Debug for ClusterSecrets {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -82,6 +104,64 @@ fn random_alnum(n: usize) -> Result<String, SecretsError> {
     Ok(out)
 }
 
+/// Day count since 1970-01-01 of a proleptic Gregorian date (inverse of [`civil_from_days`]).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// One DER element at the start of `b`: (tag, content, rest).
+fn der_next(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = b.split_first()?;
+    let (&l0, rest) = rest.split_first()?;
+    let (len, rest) = if l0 < 0x80 {
+        (usize::from(l0), rest)
+    } else {
+        let n = usize::from(l0 & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |a, &x| (a << 8) | usize::from(x));
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// notBefore of a PEM certificate as Unix seconds: Certificate -> tbsCertificate -> (version)
+/// serialNumber, signature, issuer, validity.notBefore (UTCTime or GeneralizedTime).
+pub fn cert_not_before(pem_text: &str) -> Option<i64> {
+    let der = pem::parse(pem_text).ok()?;
+    let (_, cert, _) = der_next(der.contents())?;
+    let (_, tbs, _) = der_next(cert)?;
+    let (tag, _, after) = der_next(tbs)?;
+    // [0] version is optional (v1 certificates start with the serial number).
+    let rest = if tag == 0xa0 { after } else { tbs };
+    let (_, _, rest) = der_next(rest)?; // serialNumber
+    let (_, _, rest) = der_next(rest)?; // signature
+    let (_, _, rest) = der_next(rest)?; // issuer
+    let (_, validity, _) = der_next(rest)?;
+    let (tag, t, _) = der_next(validity)?;
+    let t = std::str::from_utf8(t).ok()?;
+    let (year, rest) = match tag {
+        0x17 => {
+            let yy: i64 = t.get(..2)?.parse().ok()?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, t.get(2..)?)
+        }
+        0x18 => (t.get(..4)?.parse().ok()?, t.get(4..)?),
+        _ => return None,
+    };
+    let n = |r: std::ops::Range<usize>| -> Option<i64> { rest.get(r)?.parse().ok() };
+    let days = days_from_civil(year, n(0..2)?, n(2..4)?);
+    Some(days * 86_400 + n(4..6)? * 3600 + n(6..8)? * 60 + n(8..10)?)
+}
+
 /// Proleptic Gregorian date of a day count since 1970-01-01.
 fn civil_from_days(z: i64) -> (i32, u8, u8) {
     let z = z + 719_468;
@@ -96,42 +176,96 @@ fn civil_from_days(z: i64) -> (i32, u8, u8) {
     (y, m, d)
 }
 
+/// A CA the way kubeadm makes one (CN, CA:TRUE, keyCertSign, ten years), valid from the day
+/// before `now_unix` (nodes whose clock starts slightly behind); ECDSA P-256, which the generated
+/// ClusterConfiguration's `encryptionAlgorithm: ECDSA-P256` matches. Returns (cert, key) PEM.
+fn new_ca(cn: &str, now_unix: i64) -> Result<(String, String), SecretsError> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let ca = |e: rcgen::Error| SecretsError::Ca(e.to_string());
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(ca)?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+        KeyUsagePurpose::KeyCertSign,
+    ];
+    let (y, m, d) = civil_from_days(now_unix.div_euclid(86_400) - 1);
+    params.not_before = rcgen::date_time_ymd(y, m, d);
+    params.not_after = rcgen::date_time_ymd(y + 10, m, d.min(28));
+    let serial = random_bytes::<16>()?;
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+    let cert = params.self_signed(&key).map_err(ca)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
 impl ClusterSecrets {
-    /// Fresh secrets: random token and certificate key, and a new CA the way kubeadm makes one
-    /// (CN=kubernetes, CA:TRUE, keyCertSign, ten years). The key is ECDSA P-256; the generated
-    /// ClusterConfiguration sets `encryptionAlgorithm: ECDSA-P256` to match.
+    /// Fresh secrets: random token and certificate key, the cluster CA (CN=kubernetes) and the
+    /// rest of the shared control-plane PKI.
     pub fn generate(now_unix: i64) -> Result<ClusterSecrets, SecretsError> {
-        use rcgen::{
-            BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair,
-            KeyUsagePurpose,
-        };
         let token = format!("{}.{}", random_alnum(6)?, random_alnum(16)?);
         let certificate_key = hex::encode(random_bytes::<32>()?);
-        let ca = |e: rcgen::Error| SecretsError::Ca(e.to_string());
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(ca)?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, "kubernetes");
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-            KeyUsagePurpose::KeyCertSign,
-        ];
-        // Backdate a day for nodes whose clock starts slightly behind.
-        let (y, m, d) = civil_from_days(now_unix.div_euclid(86_400) - 1);
-        params.not_before = rcgen::date_time_ymd(y, m, d);
-        params.not_after = rcgen::date_time_ymd(y + 10, m, d.min(28));
-        let serial = random_bytes::<16>()?;
-        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
-        let cert = params.self_signed(&key).map_err(ca)?;
-        Ok(ClusterSecrets {
+        let (ca_cert, ca_key) = new_ca("kubernetes", now_unix)?;
+        let mut s = ClusterSecrets {
             token,
             certificate_key,
-            ca_cert: cert.pem(),
-            ca_key: key.serialize_pem(),
-        })
+            ca_cert,
+            ca_key,
+            front_proxy_ca_cert: String::new(),
+            front_proxy_ca_key: String::new(),
+            etcd_ca_cert: String::new(),
+            etcd_ca_key: String::new(),
+            sa_key: String::new(),
+            sa_pub: String::new(),
+        };
+        s.complete(now_unix)?;
+        Ok(s)
+    }
+
+    /// Generates whatever shared control-plane PKI the secrets lack (files written before
+    /// piimg preseeded it); true when something was added.
+    pub fn complete(&mut self, now_unix: i64) -> Result<bool, SecretsError> {
+        let mut added = false;
+        if self.front_proxy_ca_cert.is_empty() || self.front_proxy_ca_key.is_empty() {
+            (self.front_proxy_ca_cert, self.front_proxy_ca_key) =
+                new_ca("front-proxy-ca", now_unix)?;
+            added = true;
+        }
+        if self.etcd_ca_cert.is_empty() || self.etcd_ca_key.is_empty() {
+            (self.etcd_ca_cert, self.etcd_ca_key) = new_ca("etcd-ca", now_unix)?;
+            added = true;
+        }
+        if self.sa_key.is_empty() || self.sa_pub.is_empty() {
+            // ECDSA P-256 like every other key: the ClusterConfiguration's encryptionAlgorithm.
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+                .map_err(|e| SecretsError::Ca(e.to_string()))?;
+            self.sa_key = key.serialize_pem();
+            self.sa_pub = key.public_key_pem();
+            added = true;
+        }
+        Ok(added)
+    }
+
+    /// The control plane's shared files, at the paths kubeadm reads them from
+    /// (phases/certs SharedCertificateExists: what `join --control-plane` without a
+    /// certificate key requires).
+    pub fn pki_files(&self) -> Vec<PkiFile<'_>> {
+        vec![
+            ("ca.crt", &self.ca_cert, false),
+            ("ca.key", &self.ca_key, true),
+            ("front-proxy-ca.crt", &self.front_proxy_ca_cert, false),
+            ("front-proxy-ca.key", &self.front_proxy_ca_key, true),
+            ("etcd/ca.crt", &self.etcd_ca_cert, false),
+            ("etcd/ca.key", &self.etcd_ca_key, true),
+            ("sa.key", &self.sa_key, true),
+            ("sa.pub", &self.sa_pub, false),
+        ]
     }
 
     /// `sha256:<hex>` of the CA's SubjectPublicKeyInfo: what `kubeadm join
@@ -213,24 +347,42 @@ impl ClusterSecrets {
         }
     }
 
+    /// Rewrites an existing secrets file with these secrets (after [`ClusterSecrets::complete`]):
+    /// the old file or the new one, never half of either.
+    pub fn save_replace(&self, path: &Path) -> Result<(), SecretsError> {
+        self.write(path, |tmp, path| std::fs::rename(tmp, path))
+    }
+
     /// Writes a new secrets file with mode 0600 (created exclusively: never overwrites).
     pub fn save_new(&self, path: &Path) -> Result<(), SecretsError> {
+        if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| SecretsError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            })?;
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        }
+        // Linked into place: an existing file is never replaced.
+        self.write(path, |tmp, path| std::fs::hard_link(tmp, path))
+    }
+
+    /// The file's text into a 0600 temp file beside `path`, fsynced, then `place`d.
+    fn write(
+        &self,
+        path: &Path,
+        place: impl FnOnce(&Path, &Path) -> std::io::Result<()>,
+    ) -> Result<(), SecretsError> {
         let io = |e| SecretsError::Io {
             path: path.to_path_buf(),
             source: e,
         };
-        if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(io)?;
-            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
-        }
         let body = toml::to_string(self).map_err(|e| SecretsError::Ca(e.to_string()))?;
         let text = format!(
             "# Cluster secrets generated by piimg. Keep this file private (mode 0600) and out of\n\
              # version control: anyone with it can join nodes to the cluster.\n{body}"
         );
-        // Write beside the target, then link into place: no reader ever sees half a file and an
-        // existing file is never replaced.
         let tmp = path.with_extension("toml.partial");
+        let _ = std::fs::remove_file(&tmp);
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -240,7 +392,7 @@ impl ClusterSecrets {
         let res = f
             .write_all(text.as_bytes())
             .and_then(|_| f.sync_all())
-            .and_then(|_| std::fs::hard_link(&tmp, path));
+            .and_then(|_| place(&tmp, path));
         let _ = std::fs::remove_file(&tmp);
         res.map_err(io)
     }
@@ -267,5 +419,17 @@ mod tests {
         assert!(!valid_ca_hash("sha256:abc"));
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+        assert_eq!(days_from_civil(2024, 1, 1), 19_723);
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+    }
+
+    #[test]
+    fn ca_not_before_is_the_day_before_generation() {
+        let now = 1_764_000_000; // 2025-11-24T16:00:00Z
+        let s = ClusterSecrets::generate(now).unwrap();
+        let nb = cert_not_before(&s.ca_cert).unwrap();
+        assert_eq!(nb, (now / 86_400 - 1) * 86_400);
+        assert_eq!(cert_not_before(&s.etcd_ca_cert), Some(nb));
+        assert_eq!(cert_not_before("not a certificate"), None);
     }
 }
