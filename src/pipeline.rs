@@ -310,10 +310,16 @@ pub fn build(
     }
     if role.is_kubernetes() {
         needed.extend(["kubelet", "kubeadm"].map(String::from));
-        // Tools for people, not for the node to work: included when pinned or supplied.
+        // The init node's cluster keeper runs kubectl; elsewhere these are tools for people,
+        // included when pinned or supplied.
+        let init = node.config.kubernetes.as_ref().is_some_and(|k| k.init);
         let mut optional = vec!["crictl"];
         if role == piimg_agent::node::Role::ControlPlane {
-            optional.push("kubectl");
+            if init {
+                needed.insert("kubectl".to_string());
+            } else {
+                optional.push("kubectl");
+            }
         }
         for name in optional {
             if comps.get(name).is_some_and(|e| e.sha256.is_some()) {

@@ -215,7 +215,8 @@ fn new_project(root: &Path) {
 
 fn kube_args(extra: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    for b in ["kubelet", "kubeadm"] {
+    // kubectl is needed by the init node (cp1) only; the worker leaves it out.
+    for b in ["kubelet", "kubeadm", "kubectl"] {
         v.push("--component".into());
         v.push(format!("{b}={}", standin(b).display()));
     }
@@ -722,23 +723,33 @@ fn kubernetes_nodes_build_with_the_standins() {
 }
 
 #[test]
-fn cp1_gets_no_kubectl_when_neither_pinned_nor_supplied() {
-    let (b, _) = built("cp1");
-    let run = &b.builds["cp1"];
-    assert!(
-        run.stderr.contains(
-            "kubectl is not pinned in the lock nor supplied: the image will not include it"
-        ),
-        "{}",
-        run.text()
-    );
+fn the_init_node_carries_kubectl_and_the_worker_does_not() {
+    // cp1 initialises the cluster: its keeper runs kubectl (agent/src/keeper.rs).
     let p = parts("cp1");
-    assert!(!p.root_list.contains_key("/usr/bin/kubectl"));
-    assert!(!manifest("cp1")["components"]
+    assert!(p.root_list.contains_key("/usr/bin/kubectl"));
+    assert!(manifest("cp1")["components"]
         .as_array()
         .unwrap()
         .iter()
         .any(|c| c["name"] == "kubectl"));
+    assert!(!parts("w1").root_list.contains_key("/usr/bin/kubectl"));
+    // Without kubectl the init node does not build, and says why; nothing is written.
+    let b = shared();
+    let out = b.work.join("no-kubectl");
+    let out_s = out.display().to_string();
+    let mut args: Vec<String> = ["build", "--offline", "--profile", "cp1", "--out", &out_s]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for c in ["kubelet", "kubeadm"] {
+        args.push("--component".into());
+        args.push(format!("{c}={}", standin(c).display()));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = piimg(&b.root, &args, "UTC", "022");
+    assert_eq!(run.code, Some(1), "{}", run.text());
+    assert!(run.stderr.contains("kubectl"), "{}", run.text());
+    assert!(!out.join("cp1.img").exists());
 }
 
 // ---------------------------------------------------------------- 3. the images, by tools

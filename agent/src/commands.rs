@@ -4,7 +4,8 @@
 //! Rules, first match wins:
 //! 1. argv[0]'s file name is `modprobe`, or argv[1] is `modprobe` -> modprobe (the kernel calls
 //!    `modprobe -q -- NAME`; stage 2 points /proc/sys/kernel/modprobe at a `modprobe` symlink).
-//! 2. argv[1] is `import-images`, `kubeadm`, `net-apply`, `stage1` or `stage2` -> that.
+//! 2. argv[1] is `import-images`, `kubeadm`, `cluster-keeper`, `net-apply`, `stage1` or
+//!    `stage2` -> that.
 //! 3. PID 1: /etc/piimg/node.json exists -> stage 2; else /etc/piimg/stage1.modules exists ->
 //!    stage 1 (the initramfs holds no node.json: it carries secrets); else stage 2 without a
 //!    config (a broken rootfs must not loop through stage 1 again).
@@ -23,6 +24,8 @@ pub enum Mode {
     ImportImages,
     /// The kubeadm service: init or join, reset first after a failed attempt.
     Kubeadm,
+    /// The init node's cluster keeper (pod subnets into Node objects, token deletion).
+    ClusterKeeper,
     /// Applies a node config's network section (for tests in a network namespace).
     NetApply(String),
     Usage,
@@ -54,6 +57,7 @@ pub fn choose(args: &[String], pid: i32, has_node_json: bool, has_stage1_list: b
         Some("modprobe") => return Mode::Modprobe(modprobe_names(&args[2..])),
         Some("import-images") => return Mode::ImportImages,
         Some("kubeadm") => return Mode::Kubeadm,
+        Some("cluster-keeper") => return Mode::ClusterKeeper,
         Some("net-apply") => {
             return args
                 .get(2)
@@ -120,18 +124,30 @@ pub fn import_images() -> i32 {
     rc
 }
 
-/// The kubeadm service (see [`crate::kubeadm`]), for the node config at NODE_CONFIG_PATH.
-pub fn kubeadm() -> i32 {
+/// The node config at NODE_CONFIG_PATH, for the helper subcommands.
+fn node_config(who: &str) -> Option<crate::node::NodeConfig> {
     match std::fs::read(crate::node::NODE_CONFIG_PATH)
         .map_err(|e| e.to_string())
         .and_then(|b| crate::node::NodeConfig::from_json(&b).map_err(|e| e.to_string()))
     {
-        Ok(cfg) => crate::kubeadm::run(&cfg),
+        Ok(cfg) => Some(cfg),
         Err(e) => {
-            println!("kubeadm-run: {}: {e}", crate::node::NODE_CONFIG_PATH);
-            2
+            println!("{who}: {}: {e}", crate::node::NODE_CONFIG_PATH);
+            None
         }
     }
+}
+
+/// The kubeadm service (see [`crate::kubeadm`]).
+pub fn kubeadm() -> i32 {
+    node_config("kubeadm-run").map_or(2, |cfg| crate::kubeadm::run(&cfg))
+}
+
+/// The init node's cluster keeper (see [`crate::keeper`]).
+pub fn cluster_keeper() -> i32 {
+    node_config("keeper").map_or(2, |cfg| {
+        crate::keeper::run_keeper(&cfg, &crate::keeper::Tools::default())
+    })
 }
 
 /// Applies the network section of a node config file (needs CAP_NET_ADMIN).

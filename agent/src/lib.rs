@@ -12,6 +12,7 @@ pub mod cmdline;
 pub mod commands;
 pub mod console;
 pub mod grow;
+pub mod keeper;
 pub mod kubeadm;
 pub mod modules;
 pub mod mounts;

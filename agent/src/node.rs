@@ -158,6 +158,10 @@ pub struct Kubernetes {
     /// every other node routes it to this node's address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_pod_cidr: Option<IpNet>,
+    /// The init node only: every Kubernetes node of the cluster with its pod subnet, which the
+    /// cluster keeper records in the Node objects before it deletes the bootstrap token.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cluster_nodes: Vec<ClusterNode>,
     /// Lifetime of the bootstrap token, a Go duration (`24h`): a leaked token stops working.
     #[serde(default = "default_token_ttl")]
     pub token_ttl: String,
@@ -167,6 +171,16 @@ pub struct Kubernetes {
     /// Where the cluster CA certificate and key are in the rootfs (control plane only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pki_dir: Option<String>,
+}
+
+/// A preseeded node as the init node's keeper knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterNode {
+    /// The Node object's name (the hostname).
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr: Option<IpNet>,
 }
 
 /// The bootstrap token's lifetime when a profile names none.
@@ -317,6 +331,7 @@ mod tests {
             kubernetes: Some(Kubernetes {
                 token_ttl: "24h".into(),
                 node_pod_cidr: None,
+                cluster_nodes: Vec::new(),
                 version: "v1.31.2".into(),
                 control_plane_endpoint: "10.0.2.2:6443".into(),
                 pod_cidr: "10.244.0.0/16".parse().unwrap(),

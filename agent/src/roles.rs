@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 pub const KUBEADM_YAML: &str = "/etc/piimg/kubeadm.yaml";
 pub const KUBEADM_DONE: &str = "/var/lib/piimg/kubeadm.done";
 pub const IMAGES_DONE: &str = "/var/lib/piimg/images.done";
+pub const KEEPER_DONE: &str = "/var/lib/piimg/keeper.done";
 pub const CONTAINERD_SOCK: &str = "/run/containerd/containerd.sock";
 pub const KUBELET_CONFIG: &str = "/var/lib/kubelet/config.yaml";
 /// Where the builder may place image archives for air-gapped nodes (both are scanned).
@@ -137,6 +138,16 @@ pub fn services(cfg: &NodeConfig, agent_exe: &str) -> Vec<ServiceSpec> {
             ];
             v.push(with_env(k));
         }
+        if cfg.kubernetes.as_ref().is_some_and(|k| k.init) && cfg.role == Role::ControlPlane {
+            // Pod subnets into the Node objects, then the bootstrap token away (keeper.rs).
+            let mut k = ServiceSpec::oneshot(
+                "cluster-keeper",
+                vec![agent_exe.to_string(), "cluster-keeper".into()],
+                Some(KEEPER_DONE.into()),
+            );
+            k.wait_for = vec![KUBEADM_DONE.into(), crate::keeper::ADMIN_CONF.into()];
+            v.push(with_env(k));
+        }
         // kubeadm writes the kubelet config; starting earlier would only crash-loop.
         v.push(with_env(ServiceSpec {
             name: "kubelet".into(),
@@ -192,6 +203,7 @@ mod tests {
             kubernetes: role.is_kubernetes().then(|| Kubernetes {
                 token_ttl: "24h".into(),
                 node_pod_cidr: None,
+                cluster_nodes: Vec::new(),
                 version: "v1.31.2".into(),
                 control_plane_endpoint: "10.0.2.10:6443".into(),
                 pod_cidr: "10.244.0.0/16".parse().unwrap(),

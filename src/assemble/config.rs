@@ -103,6 +103,8 @@ certificatesDir: /etc/kubernetes/pki\n\
 encryptionAlgorithm: ECDSA-P256\n\
 networking:\n  podSubnet: {pod}\n  serviceSubnet: {svc}\n  dnsDomain: cluster.local\n\
 etcd:\n  local:\n    dataDir: /var/lib/etcd\n\
+# Each node's pod subnet comes from the profiles; the init node's cluster keeper records it.\n\
+controllerManager:\n  extraArgs:\n    - name: allocate-node-cidrs\n      value: \"false\"\n\
 apiServer:\n  certSANs: [{san}]\n\
 ---\n\
 apiVersion: kubelet.config.k8s.io/v1beta1\n\

@@ -12,8 +12,8 @@ use crate::components::apt::{Archive, Snapshot, SuiteSources};
 use diag::{Diagnostic, Diagnostics, Location, ProfileError};
 use ipnet::IpNet;
 use piimg_agent::node::{
-    AgentSettings, Backend, Board, Kubernetes, LoadBalancer, Network, NodeConfig, Role, Route,
-    Storage, SCHEMA_VERSION,
+    AgentSettings, Backend, Board, ClusterNode, Kubernetes, LoadBalancer, Network, NodeConfig,
+    Role, Route, Storage, SCHEMA_VERSION,
 };
 use schema::ProfileSpec;
 use secrets::ClusterSecrets;
@@ -39,31 +39,6 @@ pub struct ImageSettings {
     /// The Debian suite and where its packages come from (`suite`, `mirror`, `archives`, ...).
     #[serde(flatten)]
     pub sources: SuiteSources,
-}
-
-/// Seconds of a Go duration made of hours, minutes and seconds (`24h`, `1h30m`, `90s`); the
-/// forms kubeadm's token TTL takes that a profile needs.
-pub fn go_duration_secs(s: &str) -> Option<u64> {
-    let mut total = 0u64;
-    let mut num = String::new();
-    if s.is_empty() {
-        return None;
-    }
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let n: u64 = num.parse().ok()?;
-        num.clear();
-        total += n * match c {
-            'h' => 3600,
-            'm' => 60,
-            's' => 1,
-            _ => return None,
-        };
-    }
-    num.is_empty().then_some(total)
 }
 
 /// A node's /24 of an IPv4 pod network, numbered by the node's host number in its own subnet
@@ -592,7 +567,7 @@ fn draft(m: &Merged, diags: &mut Diagnostics) -> Option<Draft> {
             .token_ttl
             .clone()
             .unwrap_or_else(|| piimg_agent::node::DEFAULT_TOKEN_TTL.to_string());
-        match go_duration_secs(&token_ttl) {
+        match piimg_agent::keeper::duration_secs(&token_ttl) {
             Some(0) => ctx.err(
                 "kubernetes.token_ttl",
                 "a token that never expires stays usable if it leaks: give a lifetime such as \"24h\"",
@@ -1313,6 +1288,20 @@ fn finish(
                 service_cidr: k.service_cidr,
                 init: k.init,
                 node_pod_cidr: k.node_pod_cidr,
+                cluster_nodes: if k.init {
+                    let mut all: Vec<ClusterNode> = members
+                        .iter()
+                        .filter(|m| m.role.is_kubernetes())
+                        .map(|m| ClusterNode {
+                            name: m.hostname.clone(),
+                            pod_cidr: m.k8s.as_ref().and_then(|mk| mk.node_pod_cidr),
+                        })
+                        .collect();
+                    all.sort_by(|a, b| a.name.cmp(&b.name));
+                    all
+                } else {
+                    Vec::new()
+                },
                 token: sec_ref.token.clone(),
                 token_ttl: k.token_ttl.clone(),
                 ca_cert_hash,
