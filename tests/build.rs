@@ -1710,6 +1710,12 @@ fn kubernetes_images_hold_what_kubeadm_v1_31_and_image_pulls_need() {
             let h = ok_text(Command::new("readelf").arg("-h").arg(&f));
             assert!(h.contains("AArch64"), "{name}: {exe} ({f:?}): {h}");
         }
+        // The joining control plane's readiness probe (agent/src/kubeadm.rs) uses openssl.
+        if name == "cp1" {
+            let f = on_path(p, "openssl").expect("cp1: openssl on PATH");
+            let h = ok_text(Command::new("readelf").arg("-h").arg(&f));
+            assert!(h.contains("AArch64"), "openssl: {h}");
+        }
         // SystemVerification's kernel config, for the release the image boots.
         let rel = m["kernel_release"].as_str().unwrap();
         let cfg_path = resolve(&p.dump, &format!("/boot/config-{rel}"))

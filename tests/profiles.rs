@@ -662,3 +662,21 @@ fn pod_subnets_come_from_the_profiles_and_are_routed_between_nodes() {
         "host number 21 of 192.168.50.21/24 is beyond the 16 /24 subnets",
     );
 }
+
+#[test]
+fn control_planes_join_one_after_another() {
+    let p = Project::new();
+    let after = |name: &str| -> Vec<String> {
+        let o = p.run(&["show", "--profile", name, "--json"]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        v["node"]["kubernetes"]["join_after"]
+            .as_array()
+            .map(|a| a.iter().map(|x| x.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default()
+    };
+    assert!(after("cp1").is_empty(), "the init node waits for nobody");
+    assert_eq!(after("cp2"), ["192.168.50.11:6443"]);
+    assert_eq!(after("cp3"), ["192.168.50.11:6443", "192.168.50.12:6443"]);
+    assert!(after("w1").is_empty(), "workers join at any time");
+}

@@ -5,12 +5,16 @@
 //! its own preflight. So before any attempt after the first, the runner calls `kubeadm reset -f`
 //! (which also empties /etc/kubernetes/pki) and puts the preseeded PKI back from the image's
 //! pristine copy. A node whose kubelet.conf is a working kubeconfig has joined and never runs
-//! kubeadm again. The supervisor restarts the runner with backoff while it fails.
+//! kubeadm again. The supervisor restarts the runner with backoff while it fails. A joining
+//! control plane first waits until the API servers of the control planes before it are ready, so
+//! etcd is asked for one new member (one learner) at a time.
 
 use crate::node::{NodeConfig, Role};
 use crate::roles;
 use crate::sys::write_atomic;
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Written (atomically) before an attempt, removed after a successful one: its presence at the
 /// start means an earlier attempt did not finish.
@@ -101,6 +105,67 @@ pub fn restore_pki(root: &Path) -> std::io::Result<usize> {
     Ok(n)
 }
 
+/// Where the node's openssl is (package openssl, with ca-certificates): the agent has no TLS of
+/// its own, and a readiness probe needs only a TLS client.
+pub const OPENSSL: &str = "/usr/bin/openssl";
+
+/// `GET /readyz` over TLS (no verification: only "ready?" is asked, as HAProxy asks it); true
+/// on a 200 answer within `timeout`.
+pub fn api_ready(openssl: &Path, addr: std::net::SocketAddr, timeout: Duration) -> bool {
+    use std::io::Read;
+    use std::process::Stdio;
+    let child = std::process::Command::new(openssl)
+        .args(["s_client", "-connect", &addr.to_string(), "-quiet"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else {
+        return false;
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(
+            format!("GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+    }
+    let mut stdout = child.stdout.take();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut first = Vec::new();
+        if let Some(out) = stdout.as_mut() {
+            let _ = out.take(64).read_to_end(&mut first);
+        }
+        let _ = tx.send(first);
+    });
+    let got = rx.recv_timeout(timeout).unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = String::from_utf8_lossy(&got);
+    let mut words = line.split_whitespace();
+    matches!(
+        (words.next(), words.next()),
+        (Some(v), Some("200")) if v.starts_with("HTTP/")
+    )
+}
+
+/// Waits until every API server in `after` is ready: a joining control plane adds its etcd
+/// member only once the ones before it are full members (etcd takes one learner at a time).
+pub fn wait_for_predecessors(openssl: &Path, after: &[std::net::SocketAddr], every: Duration) {
+    for addr in after {
+        let mut waited = Duration::ZERO;
+        while !api_ready(openssl, *addr, Duration::from_secs(10)) {
+            if waited.as_secs() % 60 == 0 {
+                println!(
+                    "kubeadm-run: waiting for the API server at {addr} to be ready before joining"
+                );
+            }
+            std::thread::sleep(every);
+            waited += every;
+        }
+        println!("kubeadm-run: {addr} is ready");
+    }
+}
+
 fn run_status(argv: &[String]) -> i32 {
     match std::process::Command::new(&argv[0])
         .args(&argv[1..])
@@ -156,6 +221,9 @@ pub fn run(cfg: &NodeConfig) -> i32 {
                 return 1;
             }
         }
+    }
+    if let Some(k) = cfg.kubernetes.as_ref().filter(|k| !k.join_after.is_empty()) {
+        wait_for_predecessors(Path::new(OPENSSL), &k.join_after, Duration::from_secs(5));
     }
     if let Err(e) = write_atomic(Path::new(ATTEMPT_MARKER), b"attempt\n", 0o644) {
         println!("kubeadm-run: {ATTEMPT_MARKER}: {e}");

@@ -162,6 +162,11 @@ pub struct Kubernetes {
     /// cluster keeper records in the Node objects before it deletes the bootstrap token.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cluster_nodes: Vec<ClusterNode>,
+    /// Joining control-plane nodes only: the API servers (address:port) of the control-plane
+    /// nodes that come before this one (the init node, then the others by hostname). The join
+    /// waits until each answers /readyz, so etcd gets one new member (one learner) at a time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub join_after: Vec<std::net::SocketAddr>,
     /// Lifetime of the bootstrap token, a Go duration (`24h`): a leaked token stops working.
     #[serde(default = "default_token_ttl")]
     pub token_ttl: String,
@@ -332,6 +337,7 @@ mod tests {
                 token_ttl: "24h".into(),
                 node_pod_cidr: None,
                 cluster_nodes: Vec::new(),
+                join_after: Vec::new(),
                 version: "v1.31.2".into(),
                 control_plane_endpoint: "10.0.2.2:6443".into(),
                 pod_cidr: "10.244.0.0/16".parse().unwrap(),

@@ -204,6 +204,7 @@ mod tests {
                 token_ttl: "24h".into(),
                 node_pod_cidr: None,
                 cluster_nodes: Vec::new(),
+                join_after: Vec::new(),
                 version: "v1.31.2".into(),
                 control_plane_endpoint: "10.0.2.10:6443".into(),
                 pod_cidr: "10.244.0.0/16".parse().unwrap(),

@@ -39,6 +39,7 @@ fn config(ttl: &str) -> NodeConfig {
                 },
             ],
             token_ttl: ttl.into(),
+            join_after: vec![],
             init: true,
             token: "abcdef.0123456789abcdef".into(),
             ca_cert_hash: format!("sha256:{}", "0".repeat(64)),

@@ -1302,6 +1302,25 @@ fn finish(
                 } else {
                     Vec::new()
                 },
+                join_after: if cp && !k.init {
+                    // The init node first, then the joining control planes by hostname.
+                    let mut cps: Vec<&&Draft> = members
+                        .iter()
+                        .filter(|m| m.role == Role::ControlPlane)
+                        .collect();
+                    cps.sort_by_key(|m| {
+                        (
+                            !m.k8s.as_ref().is_some_and(|mk| mk.init),
+                            m.hostname.clone(),
+                        )
+                    });
+                    cps.iter()
+                        .take_while(|m| m.hostname != d.hostname)
+                        .map(|m| SocketAddr::new(m.network.address.addr(), DEFAULT_API_PORT))
+                        .collect()
+                } else {
+                    Vec::new()
+                },
                 token: sec_ref.token.clone(),
                 token_ttl: k.token_ttl.clone(),
                 ca_cert_hash,
