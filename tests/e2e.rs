@@ -786,6 +786,16 @@ fn worker_runs_containerd_a_preloaded_container_and_the_join_command() {
         (guest - host).abs() < 120,
         "guest clock {guest}, host {host}"
     );
+    // Pods leave the pod network masqueraded, and reach other nodes' pods unchanged: the
+    // kernel's own iptables (nft) holds the agent's rule for this node's subnet.
+    let nat = g.shell(
+        "iptables -t nat -S POSTROUTING | busybox grep 'piimg: pod egress'",
+        "NAT",
+    );
+    assert_eq!(
+        nat,
+        "-A POSTROUTING -s 10.244.15.0/24 ! -d 10.244.0.0/16 -m comment --comment \"piimg: pod egress\" -j MASQUERADE"
+    );
     // The service log holds the same redacted lines and only root reads it. The token is read
     // from the node's own kubeadm.yaml so that it is never typed on the console.
     let log = g.shell(

@@ -8,6 +8,39 @@ pub const KUBEADM_YAML: &str = "/etc/piimg/kubeadm.yaml";
 pub const KUBEADM_DONE: &str = "/var/lib/piimg/kubeadm.done";
 pub const IMAGES_DONE: &str = "/var/lib/piimg/images.done";
 pub const KEEPER_DONE: &str = "/var/lib/piimg/keeper.done";
+/// Per boot (iptables rules are): /run is a tmpfs.
+pub const POD_EGRESS_DONE: &str = "/run/piimg/pod-egress.done";
+
+/// NAT for pods talking beyond the pod network (the internet, the node network), and none
+/// between pods: the CNI bridge's own ipMasq would masquerade pod-to-pod traffic to other nodes,
+/// which Kubernetes' network model forbids.
+pub fn pod_egress_command(cfg: &NodeConfig) -> Option<Vec<String>> {
+    let k = cfg.kubernetes.as_ref()?;
+    let own = k.node_pod_cidr?;
+    Some(
+        [
+            "/usr/sbin/iptables",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-s",
+            &own.to_string(),
+            "!",
+            "-d",
+            &k.pod_cidr.to_string(),
+            "-m",
+            "comment",
+            "--comment",
+            "piimg: pod egress",
+            "-j",
+            "MASQUERADE",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+    )
+}
 pub const CONTAINERD_SOCK: &str = "/run/containerd/containerd.sock";
 pub const KUBELET_CONFIG: &str = "/var/lib/kubelet/config.yaml";
 /// Where the builder may place image archives for air-gapped nodes (both are scanned).
@@ -126,6 +159,11 @@ pub fn services(cfg: &NodeConfig, agent_exe: &str) -> Vec<ServiceSpec> {
         );
         images.wait_for = vec![CONTAINERD_SOCK.into()];
         v.push(with_env(images));
+        if let Some(argv) = pod_egress_command(cfg) {
+            let mut nat = ServiceSpec::oneshot("pod-egress", argv, Some(POD_EGRESS_DONE.into()));
+            nat.wait_for = vec![CONTAINERD_SOCK.into()];
+            v.push(with_env(nat));
+        }
         if kubeadm_command(cfg).is_some() {
             // The agent runs kubeadm (crate::kubeadm): reset and PKI restore between attempts.
             let argv = vec![agent_exe.to_string(), "kubeadm".into()];
@@ -223,6 +261,26 @@ mod tests {
             storage: Storage::default(),
             build_epoch: 1_700_000_000,
         }
+    }
+
+    #[test]
+    fn pod_egress_masquerades_only_beyond_the_pod_network() {
+        let mut c = cfg(Role::Worker, false);
+        assert_eq!(pod_egress_command(&c), None, "no node subnet, no rule");
+        if let Some(k) = c.kubernetes.as_mut() {
+            k.node_pod_cidr = Some("10.244.21.0/24".parse().unwrap());
+        }
+        let argv = pod_egress_command(&c).unwrap().join(" ");
+        assert!(
+            argv.ends_with(&format!(
+                "-s 10.244.21.0/24 ! -d {} -m comment --comment piimg: pod egress -j MASQUERADE",
+                c.kubernetes.as_ref().unwrap().pod_cidr
+            )),
+            "{argv}"
+        );
+        assert!(services(&c, "/sbin/init")
+            .iter()
+            .any(|s| s.name == "pod-egress"));
     }
 
     #[test]

@@ -170,12 +170,13 @@ pub fn containerd_toml(sandbox_image: &str) -> String {
 }
 
 /// A bridge CNI network with this node's own share of the pod network (from the profiles; every
-/// other node routes it here) until a cluster CNI replaces it.
+/// other node routes it here) until a cluster CNI replaces it. No ipMasq: the agent's pod-egress
+/// rule masquerades only traffic leaving the pod network.
 pub fn cni_conflist(cfg: &NodeConfig) -> Option<String> {
     let k = cfg.kubernetes.as_ref()?;
     let subnet = k.node_pod_cidr.unwrap_or(k.pod_cidr);
     Some(format!(
-        "{{\n  \"cniVersion\": \"1.0.0\",\n  \"name\": \"piimg-bridge\",\n  \"plugins\": [\n    {{\n      \"type\": \"bridge\",\n      \"bridge\": \"cni0\",\n      \"isGateway\": true,\n      \"ipMasq\": true,\n      \"ipam\": {{\n        \"type\": \"host-local\",\n        \"ranges\": [[{{ \"subnet\": \"{subnet}\" }}]],\n        \"routes\": [{{ \"dst\": \"0.0.0.0/0\" }}]\n      }}\n    }},\n    {{ \"type\": \"portmap\", \"capabilities\": {{ \"portMappings\": true }} }},\n    {{ \"type\": \"loopback\" }}\n  ]\n}}\n"
+        "{{\n  \"cniVersion\": \"1.0.0\",\n  \"name\": \"piimg-bridge\",\n  \"plugins\": [\n    {{\n      \"type\": \"bridge\",\n      \"bridge\": \"cni0\",\n      \"isGateway\": true,\n      \"ipMasq\": false,\n      \"ipam\": {{\n        \"type\": \"host-local\",\n        \"ranges\": [[{{ \"subnet\": \"{subnet}\" }}]],\n        \"routes\": [{{ \"dst\": \"0.0.0.0/0\" }}]\n      }}\n    }},\n    {{ \"type\": \"portmap\", \"capabilities\": {{ \"portMappings\": true }} }},\n    {{ \"type\": \"loopback\" }}\n  ]\n}}\n"
     ))
 }
 
