@@ -96,7 +96,8 @@ pub fn run_keeper(cfg: &NodeConfig, tools: &Tools) -> i32 {
     let ttl = Duration::from_secs(duration_secs(&k.token_ttl).unwrap_or(86_400));
     let started = Instant::now();
     let kc = format!("--kubeconfig={}", tools.kubeconfig.display());
-    let mut patched: Vec<String> = Vec::new();
+    // Mismatches are said once, not every round.
+    let mut warned: Vec<String> = Vec::new();
     loop {
         let listed = run(
             &tools.kubectl,
@@ -136,22 +137,15 @@ pub fn run_keeper(cfg: &NodeConfig, tools: &Tools) -> i32 {
                     patch,
                 ];
                 match run(&tools.kubectl, &args) {
-                    Ok(_) => {
-                        println!("keeper: node {} podCIDR {want}", m.name);
-                        patched.push(m.name.clone());
-                    }
+                    Ok(_) => println!("keeper: node {} podCIDR {want}", m.name),
                     Err(e) => println!("keeper: {e}"),
                 }
-            } else if *have != want.to_string() {
-                if !patched.contains(&m.name) {
-                    println!(
-                        "keeper: node {} has podCIDR {have}, its profile says {want}: the routes of the other nodes point at {want}",
-                        m.name
-                    );
-                    patched.push(m.name.clone());
-                }
-            } else if !patched.contains(&m.name) {
-                patched.push(m.name.clone());
+            } else if *have != want.to_string() && !warned.contains(&m.name) {
+                println!(
+                    "keeper: node {} has podCIDR {have}, its profile says {want}: the routes of the other nodes point at {want}",
+                    m.name
+                );
+                warned.push(m.name.clone());
             }
         }
         let missing: Vec<&str> = k

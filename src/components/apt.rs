@@ -118,6 +118,8 @@ pub enum AptError {
         version: String,
         uri: String,
     },
+    #[error("the mirror serves no file at the pool path its own index names:\n  {}", .0.join("\n  "))]
+    NotServed(Vec<String>),
     #[error("{package} {version}: {uri}: got {got}")]
     Download {
         package: String,
@@ -876,10 +878,8 @@ impl Apt {
     /// not match never enters the cache. A file the server does not have is [`Fetched::NotFound`].
     pub fn download_file(
         &self,
-        what: &str,
+        f: &PoolFile,
         uri: &str,
-        sha256: &str,
-        size: Option<u64>,
         cache: &Cache,
     ) -> Result<Fetched, AptError> {
         let _guard = self.lock()?;
@@ -902,10 +902,9 @@ impl Apt {
         })?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let (version, package) = what.split_once(' ').map_or(("", what), |(n, v)| (v, n));
         let failed = |got: String| AptError::Download {
-            package: package.to_string(),
-            version: version.to_string(),
+            package: f.name.to_string(),
+            version: f.version.to_string(),
             uri: uri.to_string(),
             got,
         };
@@ -921,15 +920,15 @@ impl Apt {
             return Err(failed(line.trim().to_string()));
         }
         let len = std::fs::metadata(&dest).map_err(io_err(&dest))?.len();
-        if size.is_some_and(|s| s != len) {
-            return Err(failed(format!(
-                "{len} bytes, the lock records {}",
-                size.unwrap_or(0)
-            )));
+        if let Some(size) = f.size.filter(|&s| s != len) {
+            return Err(failed(format!("{len} bytes, the lock records {size}")));
         }
         let got = sha256_of_path(&dest)?;
-        if got != sha256 {
-            return Err(failed(format!("sha256 {got}, the lock records {sha256}")));
+        if got != f.sha256 {
+            return Err(failed(format!(
+                "sha256 {got}, the lock records {}",
+                f.sha256
+            )));
         }
         if std::fs::rename(&dest, cache.path_of(&got)).is_err() {
             cache.insert_file(&dest, &got)?;
@@ -941,8 +940,8 @@ impl Apt {
 /// One file of the archive to download: what a lock entry or a resolved package says of it.
 #[derive(Debug, Clone)]
 pub struct PoolFile<'a> {
-    /// `NAME VERSION`, for messages.
-    pub what: String,
+    pub name: &'a str,
+    pub version: &'a str,
     pub archive: Archive,
     pub filename: &'a str,
     pub sha256: &'a str,
@@ -977,14 +976,13 @@ impl Apt {
                 }
                 let mut got = false;
                 for uri in &uris {
-                    if self.download_file(&f.what, uri, f.sha256, f.size, cache)? == Fetched::Cached
-                    {
+                    if self.download_file(f, uri, cache)? == Fetched::Cached {
                         got = true;
                         break;
                     }
                 }
                 if !got {
-                    missing.push(format!("{} ({})", f.what, uris[0]));
+                    missing.push(format!("{} {} ({})", f.name, f.version, uris[0]));
                 }
                 reporter.advance(f.size.unwrap_or(0));
             }
@@ -1004,21 +1002,19 @@ impl Apt {
         let files: Vec<PoolFile> = pkgs
             .iter()
             .map(|p| PoolFile {
-                what: format!("{} {}", p.name, p.version),
+                name: &p.name,
+                version: &p.version,
                 archive: p.archive,
                 filename: &p.filename,
                 sha256: &p.sha256,
                 size: Some(p.size),
             })
             .collect();
-        match self.download_pool(&files, cache, reporter)?.first() {
-            None => Ok(()),
-            Some(m) => Err(AptError::Download {
-                package: m.clone(),
-                version: String::new(),
-                uri: String::new(),
-                got: "HTTP 404 (not in the pool)".into(),
-            }),
+        let missing = self.download_pool(&files, cache, reporter)?;
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(AptError::NotServed(missing))
         }
     }
 }
@@ -1109,21 +1105,9 @@ pub fn parse_policy(text: &str) -> BTreeMap<String, Policy> {
 
 /// Undoes the %XX escapes apt puts in URIs (`%2b` for `+`, `%7e` for `~`).
 fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// Package names from a Depends-style field: groups of alternatives, versions and arch

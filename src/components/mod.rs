@@ -84,12 +84,7 @@ pub fn update_suite(
     let apt = Apt::in_cache(cache, AptConfig::from_sources(sources)?)?;
     apt.update(reporter)?;
     let resolved = apt.resolve(packages, exclude)?;
-    let entries: Vec<LockEntry> = resolved
-        .packages
-        .iter()
-        .map(|p| LockEntry::from_deb(&sources.suite, p))
-        .collect();
-    download_debs(&apt, &entries, cache, reporter)?;
+    apt.download(&resolved.packages, cache, reporter)?;
     Ok(resolved)
 }
 
@@ -106,7 +101,8 @@ fn download_debs(
         .iter()
         .filter_map(|e| match (e.source(), e.sha256.as_deref()) {
             (Some(Source::Debian { filename, .. }), Some(sha)) => Some(apt::PoolFile {
-                what: format!("{} {}", e.name, e.version),
+                name: &e.name,
+                version: &e.version,
                 archive: e.archive(),
                 filename,
                 sha256: sha,
