@@ -9,7 +9,8 @@ for pair in e2fsck:e2fsprogs fsck.vfat:dosfstools mdir:mtools sfdisk:fdisk sgdis
             cpio:cpio qemu-system-aarch64:qemu-system-arm openssl:openssl file:file \
             bmaptool:bmap-tools zstd:zstd depmod:kmod readelf:binutils xz:xz-utils \
             faketime:faketime cmp:diffutils \
-            dpkg-deb:dpkg partx:util-linux \
+            dpkg-deb:dpkg partx:util-linux wipefs:util-linux setpriv:util-linux \
+            losetup:mount script:bsdutils sha256sum:coreutils \
             gpg:gnupg gpgv:gpgv dpkg-scanpackages:dpkg-dev /usr/lib/apt/apt-helper:apt \
             haproxy:haproxy; do
   command -v "${pair%:*}" >/dev/null 2>&1 || need_pkgs+=("${pair##*:}")

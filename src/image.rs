@@ -2,11 +2,13 @@
 //! written into one sparse file, its `.sha256`, and a manifest of every file and component.
 
 use crate::assemble::node::{Assembled, INITRAMFS_FILE};
+use crate::bmap::Bmap;
+use crate::compress::{self, Codec};
 use crate::fs::cpio::{self, Compression, CpioOptions};
 use crate::fs::disk::{self, Layout, PartKind, PartSpec, Table};
 use crate::fs::ext4::{self, Ext4Options};
 use crate::fs::fat32::{self, FatOptions};
-use crate::fs::sparse::{self, AtomicOutput};
+use crate::fs::sparse::{self, AtomicOutput, OutputSet, SparseReader};
 use crate::report::Reporter;
 use crate::tree::{FileData, Meta, NodeKind, Tree};
 use serde::Serialize;
@@ -167,16 +169,18 @@ pub fn list_tree(
     Ok(out)
 }
 
-/// What `write_image` produced.
-#[derive(Debug, Clone)]
+/// What `write_image` produced: the image, complete and synced but not yet at its final path.
 pub struct Written {
-    pub image: PathBuf,
+    pub image: AtomicOutput,
     pub sha256: String,
+    /// Byte ranges the writers filled (partition tables, filesystem metadata, files, journals).
+    pub mapped: Vec<(u64, u64)>,
     pub initramfs_bytes: u64,
 }
 
-/// Writes the node image at `dest` (temp file + rename) and `dest.sha256`. The initramfs is
-/// packed into the boot tree here so that its name matches config.txt.
+/// Writes the node image into a temp file beside `dest`; the caller commits it with the files that
+/// belong to it (see [`stage_artifacts`]). The initramfs is packed into the boot tree here so that
+/// its name matches config.txt.
 pub fn write_image(
     asm: &mut Assembled,
     layout: &Layout,
@@ -253,18 +257,133 @@ pub fn write_image(
         .map_err(|source| ImageError::Ext4 { what, source })?;
         reporter.end();
     }
+    let mapped = sink.mapped();
     drop(sink);
     reporter.begin("checksumming the image", Some(layout.disk_size));
     let mut f = out.file().try_clone().map_err(io("image"))?;
     let digest = sparse::sha256_file(&mut f).map_err(io("image"))?;
     reporter.end();
-    let image = out.commit().map_err(io(&dest.display().to_string()))?;
-    let sha256 = sparse::write_sha256_sidecar(&image, &digest).map_err(io("sha256 file"))?;
     Ok(Written {
-        image,
-        sha256,
+        image: out,
+        sha256: hex::encode(digest),
+        mapped,
         initramfs_bytes,
     })
+}
+
+/// The files that travel with an image, staged as temp files beside it.
+pub struct Artifacts {
+    pub set: OutputSet,
+    pub bmap: Bmap,
+    /// File name and sha256 of each compressed copy.
+    pub compressed: Vec<(String, String)>,
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn sidecar(p: &Path, ext: &str) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(ext);
+    PathBuf::from(s)
+}
+
+/// Stages `text` as a file at `dest`.
+pub fn stage_bytes(dest: &Path, text: &[u8]) -> Result<AtomicOutput, ImageError> {
+    let err = |e| ImageError::Io(dest.display().to_string(), e);
+    let out = AtomicOutput::create(dest).map_err(err)?;
+    std::io::Write::write_all(&mut out.file(), text).map_err(err)?;
+    Ok(out)
+}
+
+/// Stages the image with `NAME.img.sha256`, `NAME.img.bmap` (bmaptool's format, of the
+/// uncompressed image) and, for each codec, `NAME.img.EXT` with its own `.sha256`. The caller adds
+/// the manifest last and commits the set.
+pub fn stage_artifacts(
+    written: Written,
+    codecs: &[Codec],
+    reporter: &dyn Reporter,
+) -> Result<Artifacts, ImageError> {
+    let dest = written.image.dest().to_path_buf();
+    let io = |what: &Path| {
+        let what = what.display().to_string();
+        move |e| ImageError::Io(what.clone(), e)
+    };
+    reporter.begin("mapping the image (bmap)", None);
+    let bmap = Bmap::from_extents(written.image.file(), &written.mapped).map_err(io(&dest))?;
+    reporter.end();
+    let mut set = OutputSet::new();
+    let mut staged = vec![
+        stage_bytes(
+            &sidecar(&dest, ".sha256"),
+            format!("{}  {}\n", written.sha256, file_name(&dest)).as_bytes(),
+        )?,
+        stage_bytes(&sidecar(&dest, ".bmap"), bmap.to_xml().as_bytes())?,
+    ];
+    let mut compressed = Vec::new();
+    for codec in codecs {
+        let path = sidecar(&dest, &format!(".{}", codec.extension()));
+        reporter.begin(
+            &format!("compressing ({})", file_name(&path)),
+            Some(bmap.image_size),
+        );
+        let out = AtomicOutput::create(&path).map_err(io(&path))?;
+        let image = written.image.file().try_clone().map_err(io(&dest))?;
+        let mut input = SparseReader::new(image).map_err(io(&dest))?;
+        let sum = {
+            let mut hashing = HashingWriter {
+                inner: std::io::BufWriter::with_capacity(1 << 20, out.file()),
+                hash: Sha256::new(),
+            };
+            compress::compress(*codec, &mut input, &mut hashing, &|n| reporter.advance(n))
+                .map_err(io(&path))?;
+            std::io::Write::flush(&mut hashing.inner).map_err(io(&path))?;
+            hex::encode(hashing.hash.finalize())
+        };
+        reporter.end();
+        staged.push(stage_bytes(
+            &sidecar(&path, ".sha256"),
+            format!("{sum}  {}\n", file_name(&path)).as_bytes(),
+        )?);
+        compressed.push((file_name(&path), sum));
+        staged.push(out);
+    }
+    for codec in [Codec::Zstd, Codec::Xz] {
+        if !codecs.contains(&codec) {
+            let path = sidecar(&dest, &format!(".{}", codec.extension()));
+            set.remove(sidecar(&path, ".sha256"));
+            set.remove(path);
+        }
+    }
+    // The image first, then the files describing it.
+    set.push(written.image);
+    for s in staged {
+        set.push(s);
+    }
+    Ok(Artifacts {
+        set,
+        bmap,
+        compressed,
+    })
+}
+
+struct HashingWriter<W> {
+    inner: W,
+    hash: Sha256,
+}
+
+impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Writes `value` as pretty JSON at `dest`, atomically.

@@ -5,7 +5,10 @@
 //! Nothing below the CLI prints; progress goes through [`report::Reporter`].
 
 pub mod assemble;
+pub mod bmap;
 pub mod components;
+pub mod compress;
+pub mod flash;
 pub mod fs;
 pub mod image;
 pub mod pipeline;

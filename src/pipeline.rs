@@ -9,7 +9,8 @@ use crate::components::{self, fetch, FetchOptions};
 use crate::image::{self, Sizes};
 use crate::profile::{NodeProfile, Profiles};
 use crate::report::Reporter;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -35,6 +36,10 @@ pub enum PipelineError {
         suite: String,
         profile: String,
     },
+    #[error("reading {0}: {1}")]
+    Input(PathBuf, #[source] std::io::Error),
+    #[error("committing the outputs in {0}: {1}")]
+    Commit(PathBuf, #[source] std::io::Error),
     #[error("--component {0}: expected NAME=PATH")]
     BadOverride(String),
     #[error("profiles {a} and {b} both use Debian {suite} but from different sources ([image] mirror, archives, snapshot or keyring): one lock holds one resolution per suite")]
@@ -217,6 +222,166 @@ pub struct BuildOptions {
     pub overrides: Vec<(String, PathBuf)>,
     pub epoch: i64,
     pub agent: &'static [u8],
+    /// Compressed copies to write beside the image.
+    pub compress: Vec<crate::compress::Codec>,
+}
+
+/// Everything a build reads besides the cache's content-addressed components: when all of it is
+/// unchanged, so is the image. Recorded in the manifest; `piimg flash --profile` rebuilds when it
+/// differs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildInputs {
+    pub piimg: String,
+    pub agent_sha256: String,
+    /// sha256 of the profile file and each file it extends, by path.
+    pub profiles: BTreeMap<String, String>,
+    /// sha256 of the cluster secrets file, when the node uses one (a digest of random keys
+    /// reveals nothing of them).
+    pub secrets: Option<String>,
+    pub lock: String,
+    /// One digest of the overlays folder (paths, modes, contents), when there is one.
+    pub overlays: Option<String>,
+    /// sha256 of each local component file, by component name.
+    pub components: BTreeMap<String, String>,
+    pub source_date_epoch: i64,
+    pub compress: Vec<String>,
+}
+
+fn sha256_path(p: &Path) -> Result<String, PipelineError> {
+    let data = std::fs::read(p).map_err(|e| PipelineError::Input(p.to_path_buf(), e))?;
+    Ok(hex::encode(Sha256::digest(&data)))
+}
+
+fn dir_digest(dir: &Path, h: &mut Sha256) -> Result<(), PipelineError> {
+    use std::os::unix::fs::MetadataExt;
+    let err = |e| PipelineError::Input(dir.to_path_buf(), e);
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(err)?
+        .collect::<Result<_, _>>()
+        .map_err(err)?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let p = e.path();
+        let md = std::fs::symlink_metadata(&p).map_err(|e| PipelineError::Input(p.clone(), e))?;
+        h.update(p.as_os_str().as_encoded_bytes());
+        h.update(md.mode().to_le_bytes());
+        if md.is_dir() {
+            dir_digest(&p, h)?;
+        } else if md.file_type().is_symlink() {
+            let t = std::fs::read_link(&p).map_err(|e| PipelineError::Input(p.clone(), e))?;
+            h.update(t.as_os_str().as_encoded_bytes());
+        } else {
+            h.update(sha256_path(&p)?.as_bytes());
+        }
+    }
+    Ok(())
+}
+
+/// The inputs of building `node` with `opts` now.
+pub fn build_inputs(
+    profiles: &Profiles,
+    node: &NodeProfile,
+    lock_file: &Path,
+    opts: &BuildOptions,
+) -> Result<BuildInputs, PipelineError> {
+    let mut overrides: BTreeMap<String, PathBuf> = node.components.clone();
+    overrides.extend(opts.overrides.iter().cloned());
+    let overlays = match asm::overlays_dir(&profiles.dir) {
+        Some(d) => {
+            let mut h = Sha256::new();
+            dir_digest(&d, &mut h)?;
+            Some(hex::encode(h.finalize()))
+        }
+        None => None,
+    };
+    Ok(BuildInputs {
+        piimg: env!("CARGO_PKG_VERSION").to_string(),
+        agent_sha256: hex::encode(Sha256::digest(opts.agent)),
+        profiles: node
+            .sources
+            .iter()
+            .map(|p| Ok((p.display().to_string(), sha256_path(p)?)))
+            .collect::<Result<_, PipelineError>>()?,
+        secrets: node.secrets_path.as_deref().map(sha256_path).transpose()?,
+        lock: sha256_path(lock_file)?,
+        overlays,
+        components: overrides
+            .iter()
+            .map(|(n, p)| Ok((n.clone(), sha256_path(p)?)))
+            .collect::<Result<_, PipelineError>>()?,
+        source_date_epoch: opts.epoch,
+        compress: opts
+            .compress
+            .iter()
+            .map(|c| c.extension().to_string())
+            .collect(),
+    })
+}
+
+/// Whether `out_dir` holds a complete, current build of `node`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Freshness {
+    Current,
+    /// Why it must be built (again).
+    Stale(String),
+}
+
+/// The manifest's fields that the freshness check reads.
+#[derive(Deserialize)]
+struct RecordedBuild {
+    sha256: String,
+    inputs: Option<BuildInputs>,
+}
+
+/// Compares what `out_dir` holds for `node` with `inputs`: the manifest must exist, record the
+/// same inputs, and name the image digest that the image's `.sha256` file holds (a set committed
+/// only in part has no manifest, or one that disagrees).
+pub fn freshness(out_dir: &Path, node: &str, inputs: &BuildInputs) -> Freshness {
+    let manifest = out_dir.join(format!("{node}.manifest.json"));
+    let image = out_dir.join(format!("{node}.img"));
+    let Ok(text) = std::fs::read(&manifest) else {
+        return Freshness::Stale(format!("{} does not exist", manifest.display()));
+    };
+    let Ok(rec) = serde_json::from_slice::<RecordedBuild>(&text) else {
+        return Freshness::Stale(format!("{} is not readable", manifest.display()));
+    };
+    let Some(was) = rec.inputs else {
+        return Freshness::Stale("the manifest records no build inputs".into());
+    };
+    let side =
+        std::fs::read_to_string(out_dir.join(format!("{node}.img.sha256"))).unwrap_or_default();
+    if side.split_whitespace().next() != Some(rec.sha256.as_str()) || !image.exists() {
+        return Freshness::Stale(format!("{} does not match its manifest", image.display()));
+    }
+    if was == *inputs {
+        return Freshness::Current;
+    }
+    let mut why = Vec::new();
+    if was.piimg != inputs.piimg || was.agent_sha256 != inputs.agent_sha256 {
+        why.push("piimg version".to_string());
+    }
+    if was.profiles != inputs.profiles {
+        why.push("profile".to_string());
+    }
+    if was.secrets != inputs.secrets {
+        why.push("secrets".to_string());
+    }
+    if was.lock != inputs.lock {
+        why.push("piimg.lock".to_string());
+    }
+    if was.overlays != inputs.overlays {
+        why.push("overlays".to_string());
+    }
+    if was.components != inputs.components {
+        why.push("local components".to_string());
+    }
+    if was.source_date_epoch != inputs.source_date_epoch {
+        why.push("SOURCE_DATE_EPOCH".to_string());
+    }
+    if was.compress != inputs.compress {
+        why.push("compression".to_string());
+    }
+    Freshness::Stale(format!("changed since the last build: {}", why.join(", ")))
 }
 
 /// The manifest written beside the image.
@@ -227,6 +392,12 @@ pub struct Manifest {
     pub image: String,
     pub sha256: String,
     pub size: u64,
+    /// `NAME.img.bmap`, and the mapped share of the image.
+    pub bmap: String,
+    pub mapped_bytes: u64,
+    /// Compressed copies (file name, sha256).
+    pub compressed: BTreeMap<String, String>,
+    pub inputs: BuildInputs,
     pub source_date_epoch: i64,
     pub kernel_release: String,
     pub partitions: Vec<ManifestPartition>,
@@ -252,6 +423,7 @@ pub struct BuildOutput {
     pub sha256: String,
     pub manifest: PathBuf,
     pub size: u64,
+    pub mapped_bytes: u64,
 }
 
 /// Builds one node's image into `opts.out_dir`.
@@ -264,6 +436,7 @@ pub fn build(
     reporter: &dyn Reporter,
 ) -> Result<BuildOutput, PipelineError> {
     let lock = Lock::load_or_new(lock_file)?;
+    let recorded = build_inputs(profiles, node, lock_file, opts)?;
     let suite = &node.image.sources.suite;
     if lock.suite_entries(suite).is_empty() {
         return Err(PipelineError::SuiteNotLocked {
@@ -394,6 +567,8 @@ pub fn build(
         &dest,
         reporter,
     )?;
+    let sha256 = written.sha256.clone();
+    let artifacts = image::stage_artifacts(written, &opts.compress, reporter)?;
     reporter.begin("writing the manifest", None);
     let mut files = image::list_tree(&assembled.boot, "boot", &[])?;
     files.extend(image::list_tree(
@@ -406,8 +581,12 @@ pub fn build(
         profile: node.name.clone(),
         cluster: node.cluster.clone(),
         image: format!("{}.img", node.name),
-        sha256: written.sha256.clone(),
+        sha256: sha256.clone(),
         size: layout.disk_size,
+        bmap: format!("{}.img.bmap", node.name),
+        mapped_bytes: artifacts.bmap.mapped_bytes(),
+        compressed: artifacts.compressed.iter().cloned().collect(),
+        inputs: recorded,
         source_date_epoch: opts.epoch,
         kernel_release: assembled.kernel_release.clone(),
         partitions: layout
@@ -428,13 +607,25 @@ pub fn build(
         files,
     };
     let manifest_path = opts.out_dir.join(format!("{}.manifest.json", node.name));
-    image::write_json(&manifest_path, &manifest)?;
+    let mut set = artifacts.set;
+    let mut text = serde_json::to_vec_pretty(&manifest).map_err(image::ImageError::Json)?;
+    text.push(b'\n');
+    set.push(image::stage_bytes(&manifest_path, &text)?);
+    // An image holding keys is as secret as the keys: readable by its owner only.
+    let mode = if assembled.secret_paths.is_empty() {
+        0o644
+    } else {
+        0o600
+    };
+    set.commit(mode)
+        .map_err(|e| PipelineError::Commit(opts.out_dir.clone(), e))?;
     reporter.end();
     Ok(BuildOutput {
-        image: written.image,
-        sha256: written.sha256,
+        image: dest,
+        sha256,
         manifest: manifest_path,
         size: layout.disk_size,
+        mapped_bytes: artifacts.bmap.mapped_bytes(),
     })
 }
 

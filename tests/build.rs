@@ -1873,3 +1873,43 @@ fn load_balancer_config_passes_haproxy_and_checks_the_api_servers_readiness() {
         assert!(lines.contains(&line.as_str()), "no `{line}` in:\n{text}");
     }
 }
+
+#[test]
+fn images_holding_secrets_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    for (name, want) in [("w1", 0o600), ("cp1", 0o600), ("lb1", 0o644)] {
+        let (b, _) = built(name);
+        for f in [
+            format!("{name}.img"),
+            format!("{name}.img.sha256"),
+            format!("{name}.img.bmap"),
+            format!("{name}.manifest.json"),
+        ] {
+            let mode = std::fs::metadata(b.out.join(&f))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, want, "{f}: {:o}", mode & 0o777);
+        }
+    }
+    // The manifest records the build's inputs and the bmap; the bmap is bmaptool's format.
+    let m = manifest("w1");
+    assert!(
+        m["inputs"]["lock"].as_str().is_some_and(|s| s.len() == 64),
+        "{}",
+        m["inputs"]
+    );
+    assert_eq!(m["bmap"].as_str(), Some("w1.img.bmap"));
+    let (b, img) = built("w1");
+    // bmaptool checks the file's own checksum and every range's while copying.
+    let copy = b.work.join("w1-bmaptool.img");
+    ok_text(
+        Command::new("bmaptool")
+            .args(["copy", "--bmap"])
+            .arg(b.out.join("w1.img.bmap"))
+            .arg(&img)
+            .arg(&copy),
+    );
+    ok_text(Command::new("cmp").arg(&copy).arg(&img));
+    let _ = std::fs::remove_file(&copy);
+}

@@ -130,6 +130,42 @@ fn grow_gpt(
     total: u64,
     partno: u32,
 ) -> Result<Option<Grown>, GrowError> {
+    match rewrite_gpt(disk, mbr, total, Some(partno))? {
+        GptChange::Grown(g) => Ok(Some(g)),
+        _ => Ok(None),
+    }
+}
+
+/// Moves a GPT's backup header and entry array to the end of a disk of `disk_bytes` (as
+/// `sgdisk -e` does) and leaves every partition as it is: an image written to a larger card.
+/// Returns false when the disk has an MBR or the backup is already at the end.
+pub fn move_gpt_backup(disk: &File, disk_bytes: u64) -> Result<bool, GrowError> {
+    let mut mbr = [0u8; 512];
+    disk.read_exact_at(&mut mbr, 0)?;
+    if mbr[510] != 0x55 || mbr[511] != 0xaa {
+        return Err(GrowError::NoTable);
+    }
+    if !(0..4).any(|i| mbr[446 + i * 16 + 4] == 0xee) {
+        return Ok(false);
+    }
+    Ok(rewrite_gpt(disk, &mut mbr, disk_bytes / SECTOR, None)? == GptChange::Moved)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum GptChange {
+    Unchanged,
+    Moved,
+    Grown(Grown),
+}
+
+/// Rewrites the GPT for a disk of `total` sectors: the backup at the end, and partition `grow`
+/// (when given) extended to the end of the usable area.
+fn rewrite_gpt(
+    disk: &File,
+    mbr: &mut [u8; 512],
+    total: u64,
+    grow: Option<u32>,
+) -> Result<GptChange, GrowError> {
     let mut hdr = [0u8; 512];
     disk.read_exact_at(&mut hdr, SECTOR)?;
     if &hdr[..8] != b"EFI PART" {
@@ -158,32 +194,47 @@ fn grow_gpt(
     if crc32(&entries) != u32le(&hdr, 88) {
         return Err(GrowError::BadGpt("entries crc"));
     }
-    let idx = partno as u64 - 1;
-    if partno == 0 || idx >= count {
-        return Err(GrowError::NoPartition(partno));
-    }
-    let e = (idx * esize) as usize;
-    if entries[e..e + 16].iter().all(|&b| b == 0) {
-        return Err(GrowError::NoPartition(partno));
-    }
-    let first = u64le(&entries, e + 32);
-    let last = u64le(&entries, e + 40);
-    for i in 0..count {
-        let o = (i * esize) as usize;
-        if i != idx && entries[o..o + 16].iter().any(|&b| b != 0) && u64le(&entries, o + 32) > first
-        {
-            return Err(GrowError::NotLast(partno));
-        }
-    }
     let new_backup = total - 1;
     let new_backup_entries = new_backup - array_sectors;
     let last_usable = new_backup_entries - 1;
-    // End on a 1 MiB boundary (sgdisk's default alignment) inside the usable area.
-    let new_last = ((last_usable + 1) / SLACK) * SLACK - 1;
-    if new_last <= last + SLACK {
-        return Ok(None);
+    let mut change = GptChange::Moved;
+    if let Some(partno) = grow {
+        let idx = partno as u64 - 1;
+        if partno == 0 || idx >= count {
+            return Err(GrowError::NoPartition(partno));
+        }
+        let e = (idx * esize) as usize;
+        if entries[e..e + 16].iter().all(|&b| b == 0) {
+            return Err(GrowError::NoPartition(partno));
+        }
+        let first = u64le(&entries, e + 32);
+        let last = u64le(&entries, e + 40);
+        for i in 0..count {
+            let o = (i * esize) as usize;
+            if i != idx
+                && entries[o..o + 16].iter().any(|&b| b != 0)
+                && u64le(&entries, o + 32) > first
+            {
+                return Err(GrowError::NotLast(partno));
+            }
+        }
+        // End on a 1 MiB boundary (sgdisk's default alignment) inside the usable area.
+        let new_last = ((last_usable + 1) / SLACK) * SLACK - 1;
+        if new_last <= last + SLACK {
+            return Ok(GptChange::Unchanged);
+        }
+        put64(&mut entries, e + 40, new_last);
+        change = GptChange::Grown(Grown {
+            start: first,
+            old_sectors: last - first + 1,
+            new_sectors: new_last - first + 1,
+        });
+    } else if old_backup == new_backup {
+        return Ok(GptChange::Unchanged);
+    } else if new_backup_entries <= u64le(&hdr, 48) {
+        // A disk smaller than the table says: nothing sensible to move.
+        return Err(GrowError::BadGpt("disk smaller than the table"));
     }
-    put64(&mut entries, e + 40, new_last);
     let entries_crc = crc32(&entries);
 
     let mut primary = hdr;
@@ -220,11 +271,7 @@ fn grow_gpt(
         disk.write_all_at(&[0u8; 512], old_backup * SECTOR)?;
     }
     disk.sync_all()?;
-    Ok(Some(Grown {
-        start: first,
-        old_sectors: last - first + 1,
-        new_sectors: new_last - first + 1,
-    }))
+    Ok(change)
 }
 
 /// Size of a block device (or regular file) in bytes.

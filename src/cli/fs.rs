@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use piimg::fs::disk::{self, PartKind, PartSpec, Table};
 use piimg::fs::ext4::{self, Ext4Error, Ext4Options};
 use piimg::fs::fat32::{self, FatError, FatOptions};
-use piimg::fs::sparse::{sha256_file, write_sha256_sidecar, AtomicOutput, Sink};
+use piimg::fs::sparse::{sha256_file, AtomicOutput, OutputSet, Sink};
 use piimg::tree::{HostImport, Tree};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -70,7 +70,7 @@ pub enum FsCmd {
         /// Folder for the ext4 root partition (partition 2)
         #[arg(long, value_name = "DIR")]
         root: PathBuf,
-        /// Disk image to write (plus FILE.sha256)
+        /// Disk image to write (plus FILE.sha256 and FILE.bmap, its block map for flashers)
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
         /// Partition table: mbr (every Pi) or gpt (Pi 4 / 5 only)
@@ -213,17 +213,23 @@ fn fat_options(size: u64, label: &str, seed: &[u8; 32], timestamp: i64, hidden: 
     }
 }
 
-/// Creates the output, lets `fill` write it, then syncs, renames it into place and writes the
-/// sha256 sidecar. On error nothing is left at `out`.
-fn produce(out: &Path, len: u64, fill: impl FnOnce(&mut dyn Sink) -> Result<()>) -> Result<String> {
+/// Creates the output, lets `fill` write it, then syncs and commits it with its sha256 sidecar
+/// (and, for disk images, its bmap) as one set. On error nothing is left at `out`.
+fn produce(
+    out: &Path,
+    len: u64,
+    with_bmap: bool,
+    fill: impl FnOnce(&mut dyn Sink) -> Result<()>,
+) -> Result<String> {
     let output =
         AtomicOutput::create(out).with_context(|| format!("creating {}", out.display()))?;
-    {
+    let mapped = {
         let mut sink = output
             .sink(len)
             .with_context(|| format!("sizing {}", out.display()))?;
         fill(&mut sink)?;
-    }
+        sink.mapped()
+    };
     // Hashing is CPU work and the sync is disk work: run them side by side (the sync in
     // `commit` then finds nothing left to write).
     let mut f = output.file().try_clone()?;
@@ -237,11 +243,35 @@ fn produce(out: &Path, len: u64, fill: impl FnOnce(&mut dyn Sink) -> Result<()>)
     synced
         .map_err(|_| anyhow!("syncing {}: the sync thread panicked", out.display()))?
         .with_context(|| format!("syncing {}", out.display()))?;
-    let dest = output
-        .commit()
+    let hex = hex::encode(digest);
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let side = |ext: &str| {
+        let mut p = out.as_os_str().to_owned();
+        p.push(ext);
+        PathBuf::from(p)
+    };
+    let mut set = OutputSet::new();
+    let bmap = if with_bmap {
+        let map = piimg::bmap::Bmap::from_extents(output.file(), &mapped)
+            .with_context(|| format!("mapping {}", out.display()))?;
+        Some(piimg::image::stage_bytes(
+            &side(".bmap"),
+            map.to_xml().as_bytes(),
+        )?)
+    } else {
+        None
+    };
+    set.push(output);
+    set.extend(bmap);
+    set.push(piimg::image::stage_bytes(
+        &side(".sha256"),
+        format!("{hex}  {name}\n").as_bytes(),
+    )?);
+    set.commit(0o644)
         .with_context(|| format!("writing {}", out.display()))?;
-    let hex = write_sha256_sidecar(&dest, &digest)
-        .with_context(|| format!("writing {}.sha256", out.display()))?;
     Ok(hex)
 }
 
@@ -265,7 +295,7 @@ pub fn run(cmd: FsCmd) -> Result<()> {
             for attempt in 0..2 {
                 let opts = ext4_options(size_now, &label, &seed, timestamp);
                 let mut err: Option<Ext4Error> = None;
-                let res = produce(&out, size_now, |sink| {
+                let res = produce(&out, size_now, false, |sink| {
                     ext4::write(&tree, &opts, sink, 0).map_err(|e| {
                         let msg = e.to_string();
                         err = Some(e);
@@ -302,7 +332,7 @@ pub fn run(cmd: FsCmd) -> Result<()> {
                 None => fat_default_size(&tree, &label).with_context(ctx)?,
             };
             let opts = fat_options(size, &label, &seed, timestamp, 0);
-            let hex = produce(&out, size, |sink| {
+            let hex = produce(&out, size, false, |sink| {
                 fat32::write(&tree, &opts, sink, 0).map_err(flat)
             })
             .with_context(ctx)?;
@@ -389,7 +419,7 @@ fn image(a: ImageArgs) -> Result<()> {
         );
         let ext_opts = ext4_options(rp.size, ROOT_LABEL, &seed, timestamp);
         let mut ext_err: Option<Ext4Error> = None;
-        let res = produce(&a.out, disk_size, |sink| {
+        let res = produce(&a.out, disk_size, true, |sink| {
             disk::write_table(&layout, sink).map_err(flat)?;
             fat32::write(&boot_tree, &fat_opts, sink, bp.start).map_err(|e| match e {
                 FatError::TooSmall { needed, size } => anyhow::anyhow!(

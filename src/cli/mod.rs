@@ -1,5 +1,6 @@
 //! The command line: clap definitions and thin glue over the library. Only this layer prints.
 
+mod flash;
 pub mod fs;
 mod profiles;
 mod progress;
@@ -57,9 +58,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Build the SD-card image of one node into out/
+    /// Build the SD-card image of one node into out/: NAME.img, NAME.img.sha256, NAME.img.bmap
+    /// and NAME.manifest.json
     #[command(
-        after_help = "Example:\n  piimg build --profile lb1\n  piimg build --profile w1 --component kubelet=./kubelet --component kubeadm=./kubeadm"
+        after_help = "Example:\n  piimg build --profile lb1\n  piimg build --profile lb1 --compress zstd\n  piimg build --profile w1 --component kubelet=./kubelet --component kubeadm=./kubeadm\n\nThe outputs are committed together (the manifest last). Images that hold cluster secrets\n(control-plane and worker nodes) and every file beside them are written mode 0600."
     )]
     Build {
         /// Profile name (file stem in the profiles folder)
@@ -74,6 +76,10 @@ pub enum Command {
         /// Use only the cache; fail naming anything missing
         #[arg(long)]
         offline: bool,
+        /// Also write a compressed copy NAME.img.zst / NAME.img.xz with its own .sha256
+        /// (multi-threaded; the same bytes on every run); repeatable
+        #[arg(long, value_enum, value_name = "CODEC")]
+        compress: Vec<piimg::compress::Codec>,
     },
     /// Resolve components into piimg.lock and download them into the cache
     #[command(
@@ -96,6 +102,42 @@ pub enum Command {
         /// With --outdated: print JSON
         #[arg(long, requires = "outdated")]
         json: bool,
+    },
+    /// Write an image to an SD card: only its mapped blocks, then read back and verified
+    #[command(
+        after_help = "Examples:\n  piimg flash --list\n  piimg flash out/w1.img /dev/sdb\n  piimg flash out/w1.img.zst /dev/mmcblk0\n  piimg flash --profile w1 /dev/sdb    # builds out/w1.img first when missing or stale\n\nIMAGE is NAME.img, NAME.img.zst or NAME.img.xz; NAME.img.bmap beside it says which blocks to\nwrite (without it: the image file's holes are skipped; a compressed image is written whole).\nBlocks left unwritten keep the card's old data, which the filesystems treat as free space;\npiimg writes zeros over the first and last MiB of every partition and of the card where the\nimage has no data (old filesystem, RAID and GPT signatures live there), moves a GPT image's\nbackup table to the card's end, syncs, reads every written byte back against its sha256 and\nasks the kernel to re-read the partition table.\n\nRefused: partitions, regular files (unless --file), devices with a mounted partition, swap or\nholder (LVM, RAID, device-mapper), the disk holding / or /boot, devices smaller than the image,\nand fixed (non-removable) disks unless --allow-fixed. Asks for the device's name first unless\n--yes."
+    )]
+    Flash {
+        /// IMAGE DEVICE, or just DEVICE with --profile
+        #[arg(value_name = "IMAGE|DEVICE", num_args = 0..=2)]
+        positional: Vec<PathBuf>,
+        /// Flash out/NAME.img, building it first when missing or stale
+        #[arg(long, value_name = "NAME")]
+        profile: Option<String>,
+        /// Output folder of --profile builds
+        #[arg(long, default_value = "out", value_name = "DIR")]
+        out: PathBuf,
+        /// With --profile: replace a component with a local file (repeatable)
+        #[arg(long = "component", value_name = "NAME=PATH", requires = "profile")]
+        components: Vec<String>,
+        /// With --profile: use only the cache
+        #[arg(long, requires = "profile")]
+        offline: bool,
+        /// List removable disks that are free to write, with size and model
+        #[arg(long, conflicts_with_all = ["positional", "profile"])]
+        list: bool,
+        /// With --list: JSON
+        #[arg(long, requires = "list")]
+        json: bool,
+        /// Do not ask for the device's name (fixed disks still need --allow-fixed)
+        #[arg(long)]
+        yes: bool,
+        /// Allow a disk the kernel does not report as removable
+        #[arg(long)]
+        allow_fixed: bool,
+        /// The target is a regular file (created at the image's size when missing)
+        #[arg(long)]
+        file: bool,
     },
     /// Write filesystems and disk images from a folder (like mke2fs -d, mkfs.vfat + mcopy)
     #[command(subcommand)]
@@ -163,12 +205,14 @@ pub fn run(cli: Cli) -> Result<i32> {
             ref out,
             ref components,
             offline,
+            ref compress,
         } => profiles::build(
             &cli.profiles,
             profile,
             out,
             components,
             offline,
+            compress,
             (cli.quiet, cli.verbose),
         ),
         Command::Fetch {
@@ -185,6 +229,32 @@ pub fn run(cli: Cli) -> Result<i32> {
             outdated: false,
             json: _,
         } => profiles::fetch(&cli.profiles, profile.as_deref(), update, cli.quiet),
+        Command::Flash {
+            ref positional,
+            ref profile,
+            ref out,
+            ref components,
+            offline,
+            list,
+            json,
+            yes,
+            allow_fixed,
+            file,
+        } => flash::run(flash::FlashArgs {
+            profiles: &cli.profiles,
+            positional,
+            profile: profile.as_deref(),
+            out,
+            components,
+            offline,
+            list,
+            json,
+            yes,
+            allow_fixed,
+            file,
+            quiet: cli.quiet,
+            verbose: cli.verbose,
+        }),
         Command::Fs(cmd) => fs::run(cmd).map(|()| 0),
         Command::Qemu {
             ref image,

@@ -12,7 +12,7 @@ fn now() -> i64 {
 }
 
 /// Loads the folder; on failure prints every diagnostic (as JSON when asked) and returns `None`.
-fn load(dir: &Path, json: bool, quiet: bool) -> Result<Option<Profiles>> {
+pub(super) fn load(dir: &Path, json: bool, quiet: bool) -> Result<Option<Profiles>> {
     let opts = LoadOptions {
         generate_secrets: true,
         build_epoch: super::source_date_epoch()?,
@@ -212,7 +212,7 @@ pub fn show(dir: &Path, name: &str, json: bool) -> Result<i32> {
     Ok(0)
 }
 
-fn parse_overrides(items: &[String]) -> Result<Vec<(String, std::path::PathBuf)>> {
+pub(super) fn parse_overrides(items: &[String]) -> Result<Vec<(String, std::path::PathBuf)>> {
     items
         .iter()
         .map(|s| {
@@ -224,7 +224,7 @@ fn parse_overrides(items: &[String]) -> Result<Vec<(String, std::path::PathBuf)>
         .collect()
 }
 
-fn cache() -> Result<piimg::components::cache::Cache> {
+pub(super) fn cache() -> Result<piimg::components::cache::Cache> {
     let root = piimg::components::cache::Cache::default_root()?;
     Ok(piimg::components::cache::Cache::open(root)?)
 }
@@ -335,6 +335,7 @@ pub fn build(
     out: &Path,
     components: &[String],
     offline: bool,
+    compress: &[piimg::compress::Codec],
     (quiet, verbose): (bool, u8),
 ) -> Result<i32> {
     let overrides = parse_overrides(components)?;
@@ -353,13 +354,15 @@ pub fn build(
         overrides,
         epoch: super::source_date_epoch()?,
         agent,
+        compress: compress.to_vec(),
     };
     let lock = piimg::pipeline::lock_path(dir);
     let r = piimg::pipeline::build(&p, node, &cache, &lock, &opts, &progress)?;
     println!(
-        "{} ({}, sha256 {})\n{}",
+        "{} ({}, {} mapped, sha256 {})\n{}",
         r.image.display(),
         piimg::units::human(r.size),
+        piimg::units::human(r.mapped_bytes),
         r.sha256,
         r.manifest.display()
     );

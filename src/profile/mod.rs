@@ -75,6 +75,8 @@ pub struct NodeProfile {
     /// Profile name (file stem).
     pub name: String,
     pub path: PathBuf,
+    /// The profile file and every file it extends, in that order.
+    pub sources: Vec<PathBuf>,
     pub cluster: String,
     pub config: NodeConfig,
     pub image: ImageSettings,
@@ -190,6 +192,7 @@ pub struct LoadOptions {
 struct Draft {
     name: String,
     path: PathBuf,
+    sources: Vec<PathBuf>,
     origins: Origins,
     spec: ProfileSpec,
     cluster: String,
@@ -816,6 +819,7 @@ fn draft(m: &Merged, diags: &mut Diagnostics) -> Option<Draft> {
     Some(Draft {
         name: m.name.clone(),
         path: m.path.clone(),
+        sources: m.chain.clone(),
         origins: m.origins.clone(),
         spec,
         cluster,
@@ -1354,6 +1358,7 @@ fn finish(
     Some(NodeProfile {
         name: d.name.clone(),
         path: d.path.clone(),
+        sources: d.sources.clone(),
         cluster: d.cluster.clone(),
         config: NodeConfig {
             schema: SCHEMA_VERSION,

@@ -223,6 +223,8 @@ fn merge(
 pub struct Merged {
     pub name: String,
     pub path: PathBuf,
+    /// The files it was merged from: itself first, then each profile it extends.
+    pub chain: Vec<PathBuf>,
     pub table: toml::Table,
     pub origins: Origins,
 }
@@ -300,6 +302,7 @@ pub fn resolve(
     Some(Merged {
         name: name.to_string(),
         path: chain[0].path.clone(),
+        chain: chain.iter().map(|c| c.path.clone()).collect(),
         table,
         origins,
     })

@@ -583,6 +583,18 @@ pub fn write_with_report(
         w.write_at(if g == 0 { 1024 } else { start }, &bytes)?;
         w.write_at(start + BS, &gdt)?;
     }
+    // The log itself is zeros, written as such (they stay holes in the image file but are mapped):
+    // a card that held this same image before may still carry its old journal blocks, whose
+    // sequence numbers and checksums (same UUID) jbd2 recovery would accept.
+    let zeros = vec![0u8; 1 << 20];
+    for &(start, len) in &layout.journal {
+        let (mut at, end) = (start * BS, (start + len) * BS);
+        while at < end {
+            let n = (end - at).min(zeros.len() as u64);
+            w.write_at(at, &zeros[..n as usize])?;
+            at += n;
+        }
+    }
     w.write_at(layout.journal[0].0 * BS, &journal_superblock(&geo, opts))?;
     Ok(Ext4Report {
         fs_bytes: geo.blocks * BS,
