@@ -11,6 +11,7 @@ pub mod compress;
 pub mod flash;
 pub mod fs;
 pub mod image;
+pub mod init;
 pub mod pipeline;
 pub mod profile;
 pub mod qemu;

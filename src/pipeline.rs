@@ -38,6 +38,8 @@ pub enum PipelineError {
     },
     #[error("reading {0}: {1}")]
     Input(PathBuf, #[source] std::io::Error),
+    #[error("component {0} ({1}): {2}")]
+    Component(String, PathBuf, #[source] std::io::Error),
     #[error("committing the outputs in {0}: {1}")]
     Commit(PathBuf, #[source] std::io::Error),
     #[error("--component {0}: expected NAME=PATH")]
@@ -238,7 +240,7 @@ pub struct BuildInputs {
     /// sha256 of the cluster secrets file, when the node uses one (a digest of random keys
     /// reveals nothing of them).
     pub secrets: Option<String>,
-    pub lock: String,
+    pub lock: Option<String>,
     /// One digest of the overlays folder (paths, modes, contents), when there is one.
     pub overlays: Option<String>,
     /// sha256 of each local component file, by component name.
@@ -303,11 +305,19 @@ pub fn build_inputs(
             .map(|p| Ok((p.display().to_string(), sha256_path(p)?)))
             .collect::<Result<_, PipelineError>>()?,
         secrets: node.secrets_path.as_deref().map(sha256_path).transpose()?,
-        lock: sha256_path(lock_file)?,
+        // No lock yet: the build itself says to run `piimg fetch`.
+        lock: match sha256_path(lock_file) {
+            Err(PipelineError::Input(_, e)) if e.kind() == std::io::ErrorKind::NotFound => None,
+            r => Some(r?),
+        },
         overlays,
         components: overrides
             .iter()
-            .map(|(n, p)| Ok((n.clone(), sha256_path(p)?)))
+            .map(|(n, p)| match sha256_path(p) {
+                Ok(h) => Ok((n.clone(), h)),
+                Err(PipelineError::Input(p, e)) => Err(PipelineError::Component(n.clone(), p, e)),
+                Err(e) => Err(e),
+            })
             .collect::<Result<_, PipelineError>>()?,
         source_date_epoch: opts.epoch,
         compress: opts

@@ -90,11 +90,11 @@ pub fn run(a: FlashArgs) -> Result<i32> {
 
 /// out/NAME.img, built first when missing or built from other inputs.
 fn image_for_profile(a: &FlashArgs, name: &str) -> Result<Option<PathBuf>> {
-    let Some(p) = super::profiles::load(a.profiles, false, a.quiet)? else {
+    let Some(p) = super::profiles::load(a.profiles, Some(name), false, a.quiet)? else {
         return Ok(None);
     };
     let Some(node) = p.node(name) else {
-        bail!("no node profile named `{name}` in {}", a.profiles.display());
+        return Err(super::profiles::unknown_profile(a.profiles, name));
     };
     let opts = piimg::pipeline::BuildOptions {
         out_dir: a.out.to_path_buf(),

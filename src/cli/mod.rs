@@ -2,6 +2,7 @@
 
 mod flash;
 pub mod fs;
+mod init;
 mod profiles;
 mod progress;
 mod qemu;
@@ -139,6 +140,24 @@ pub enum Command {
         #[arg(long)]
         file: bool,
     },
+    /// Start a new cluster: a shared base profile and one profile per node in DIR
+    #[command(
+        after_help = "Example:\n  piimg init profiles --cluster lab --subnet 10.0.7.0/24 --ntp 10.0.7.1 --control-planes 3 --workers 2\n  piimg check --profiles profiles\n\nAddresses are consecutive from --first-address (default: the subnet's 10th address): the load\nbalancer first, then control planes, then workers. The load balancer (or, without one, the first\ncontrol plane) is the API endpoint; the first control plane runs `kubeadm init`. Existing files\nare never overwritten: piimg refuses and writes nothing."
+    )]
+    Init(init::InitArgs),
+    /// Print a shell completion script (bash, zsh, fish)
+    #[command(
+        after_help = "Install:\n  bash: piimg completions bash > ~/.local/share/bash-completion/completions/piimg\n  zsh:  piimg completions zsh > ~/.zfunc/_piimg   (with fpath+=(~/.zfunc) before compinit)\n  fish: piimg completions fish > ~/.config/fish/completions/piimg.fish"
+    )]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff)
+    #[command(
+        after_help = "Install:\n  piimg man > ~/.local/share/man/man1/piimg.1   (then: man piimg)"
+    )]
+    Man,
     /// Write filesystems and disk images from a folder (like mke2fs -d, mkfs.vfat + mcopy)
     #[command(subcommand)]
     Fs(fs::FsCmd),
@@ -256,6 +275,18 @@ pub fn run(cli: Cli) -> Result<i32> {
             verbose: cli.verbose,
         }),
         Command::Fs(cmd) => fs::run(cmd).map(|()| 0),
+        Command::Init(ref a) => init::run(a),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "piimg", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(0)
+        }
         Command::Qemu {
             ref image,
             timeout,

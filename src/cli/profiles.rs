@@ -1,6 +1,6 @@
 //! `check`, `show` and `build`: the commands that start from the profiles folder.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use piimg::profile::{self, diag::ProfileError, LoadOptions, NodeProfile, Profiles};
 use serde::Serialize;
 use std::path::Path;
@@ -12,13 +12,52 @@ fn now() -> i64 {
 }
 
 /// Loads the folder; on failure prints every diagnostic (as JSON when asked) and returns `None`.
-pub(super) fn load(dir: &Path, json: bool, quiet: bool) -> Result<Option<Profiles>> {
+/// The error for a profile name that names no node: which ones exist, and the closest.
+pub(super) fn unknown_profile(dir: &Path, name: &str) -> anyhow::Error {
+    let names = profile::node_names(dir);
+    let closest = names
+        .iter()
+        .map(|n| (strsim::damerau_levenshtein(name, n), n))
+        .filter(|(d, n)| *d <= (n.len() / 2).max(2))
+        .min();
+    let hint = match closest {
+        Some((_, n)) => format!("; did you mean `{n}`?"),
+        None => String::new(),
+    };
+    if names.is_empty() {
+        anyhow::anyhow!("no node profile named `{name}`: {} has none", dir.display())
+    } else {
+        anyhow::anyhow!(
+            "no node profile named `{name}` in {} (there are: {}){hint}",
+            dir.display(),
+            names.join(", ")
+        )
+    }
+}
+
+/// Loads every profile (`scope` None, as `check` does) or only what node `scope` reads: its
+/// profile, what it extends and its cluster; warnings and errors are then only about those.
+pub(super) fn load(
+    dir: &Path,
+    scope: Option<&str>,
+    json: bool,
+    quiet: bool,
+) -> Result<Option<Profiles>> {
     let opts = LoadOptions {
         generate_secrets: true,
         build_epoch: super::source_date_epoch()?,
         now: now(),
     };
-    match profile::load(dir, &opts) {
+    if let Some(name) = scope {
+        if dir.is_dir() && !profile::node_names(dir).iter().any(|n| n == name) {
+            return Err(unknown_profile(dir, name));
+        }
+    }
+    let loaded = match scope {
+        Some(name) => profile::load_for(dir, &opts, name),
+        None => profile::load(dir, &opts),
+    };
+    match loaded {
         Ok(p) => {
             for s in &p.generated_secrets {
                 eprintln!(
@@ -83,7 +122,7 @@ fn row(n: &NodeProfile) -> Row<'_> {
 }
 
 pub fn check(dir: &Path, json: bool, quiet: bool) -> Result<i32> {
-    let Some(p) = load(dir, json, quiet)? else {
+    let Some(p) = load(dir, None, json, quiet)? else {
         return Ok(1);
     };
     let ha = p.ha();
@@ -168,19 +207,11 @@ pub fn check(dir: &Path, json: bool, quiet: bool) -> Result<i32> {
 }
 
 pub fn show(dir: &Path, name: &str, json: bool) -> Result<i32> {
-    let Some(p) = load(dir, json, false)? else {
+    let Some(p) = load(dir, Some(name), json, false)? else {
         return Ok(1);
     };
     let Some(n) = p.node(name) else {
-        bail!(
-            "no node profile named `{name}` in {} (nodes: {})",
-            dir.display(),
-            p.nodes
-                .iter()
-                .map(|n| n.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        return Err(unknown_profile(dir, name));
     };
     #[derive(Serialize)]
     struct Shown<'a> {
@@ -235,15 +266,13 @@ fn selected<'a>(
     profile: Option<&str>,
 ) -> Result<Vec<&'a NodeProfile>> {
     Ok(match profile {
-        Some(name) => vec![p.node(name).ok_or_else(|| {
-            anyhow::anyhow!("no node profile named `{name}` in {}", dir.display())
-        })?],
+        Some(name) => vec![p.node(name).ok_or_else(|| unknown_profile(dir, name))?],
         None => p.nodes.iter().collect(),
     })
 }
 
 pub fn fetch(dir: &Path, profile: Option<&str>, update: bool, quiet: bool) -> Result<i32> {
-    let Some(p) = load(dir, false, quiet)? else {
+    let Some(p) = load(dir, profile, false, quiet)? else {
         return Ok(1);
     };
     let nodes = selected(&p, dir, profile)?;
@@ -277,7 +306,7 @@ pub fn fetch(dir: &Path, profile: Option<&str>, update: bool, quiet: bool) -> Re
 
 /// `fetch --outdated`: a table (or JSON) of locked packages with newer versions; exit 1 if any.
 pub fn outdated(dir: &Path, profile: Option<&str>, json: bool, quiet: bool) -> Result<i32> {
-    let Some(p) = load(dir, false, quiet)? else {
+    let Some(p) = load(dir, profile, false, quiet)? else {
         return Ok(1);
     };
     let nodes = selected(&p, dir, profile)?;
@@ -339,11 +368,11 @@ pub fn build(
     (quiet, verbose): (bool, u8),
 ) -> Result<i32> {
     let overrides = parse_overrides(components)?;
-    let Some(p) = load(dir, false, quiet)? else {
+    let Some(p) = load(dir, Some(name), false, quiet)? else {
         return Ok(1);
     };
     let Some(node) = p.node(name) else {
-        bail!("no node profile named `{name}` in {}", dir.display());
+        return Err(unknown_profile(dir, name));
     };
     let agent = piimg::assemble::agent_binary()?;
     let progress = super::progress::Progress::new(quiet);

@@ -138,6 +138,12 @@ fn assess<'a>(cluster: &str, nodes: impl Iterator<Item = &'a NodeProfile>) -> Ha
         .iter()
         .filter(|n| n.config.role == Role::LoadBalancer)
         .count();
+    assess_counts(cluster, n, lbs)
+}
+
+/// The HA assessment of a cluster with `n` control-plane members (stacked etcd: 2f+1 members
+/// tolerate f failures) and `lbs` load balancers.
+pub fn assess_counts(cluster: &str, n: usize, lbs: usize) -> HaAssessment {
     let tolerated = n.saturating_sub(1) / 2;
     let mut warnings = Vec::new();
     if n > 0 && n % 2 == 0 {
@@ -875,33 +881,28 @@ fn overlaps(a: &IpNet, b: &IpNet) -> bool {
 
 /// Loads every `*.toml` in `dir`, resolves inheritance and secrets, and checks each cluster.
 pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Profiles, ProfileError> {
-    let mut diags = Diagnostics::default();
-    let fail = |diags: Diagnostics| ProfileError { diagnostics: diags };
-    let entries = std::fs::read_dir(dir).map_err(|e| {
-        let mut d = Diagnostics::default();
-        d.push(Diagnostic::error(
-            Location::file(dir),
-            "",
-            format!("cannot read the profiles folder: {e}"),
-        ));
-        fail(d)
-    })?;
-    let mut paths: Vec<PathBuf> = entries
+    load_inner(dir, opts, None)
+}
+
+/// Loads what building or showing `node` reads: its profile, the files it extends and the other
+/// profiles of its cluster (for the cross-node checks). Problems in other profiles are not
+/// reported and do not stop it; `load` still reports everything.
+pub fn load_for(dir: &Path, opts: &LoadOptions, node: &str) -> Result<Profiles, ProfileError> {
+    load_inner(dir, opts, Some(node))
+}
+
+fn toml_paths(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
         .collect();
     paths.sort();
-    let mut files: BTreeMap<String, SourceFile> = BTreeMap::new();
-    for p in &paths {
-        match source::read_file(p) {
-            Ok(f) => {
-                files.insert(source::profile_name(p), f);
-            }
-            Err(d) => diags.push(d),
-        }
-    }
-    // Profiles that others extend, or that say so, carry shared settings and are not nodes.
-    let bases: BTreeSet<String> = files
+    Ok(paths)
+}
+
+/// Profiles that others extend, or that say so, carry shared settings and are not nodes.
+fn base_names(files: &BTreeMap<String, SourceFile>) -> BTreeSet<String> {
+    files
         .values()
         .filter_map(|f| f.table.get("extends").and_then(|v| v.as_str()))
         .map(str::to_string)
@@ -911,24 +912,119 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Profiles, ProfileError> {
                 .filter(|(_, f)| f.table.get("abstract").and_then(|v| v.as_bool()) == Some(true))
                 .map(|(n, _)| n.clone()),
         )
+        .collect()
+}
+
+/// The names of the node profiles in `dir` (files that parse and are not bases), for telling a
+/// user which ones exist.
+pub fn node_names(dir: &Path) -> Vec<String> {
+    let files: BTreeMap<String, SourceFile> = toml_paths(dir)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| {
+            source::read_file(p)
+                .ok()
+                .map(|f| (source::profile_name(p), f))
+        })
         .collect();
+    let bases = base_names(&files);
+    files.into_keys().filter(|n| !bases.contains(n)).collect()
+}
+
+fn load_inner(
+    dir: &Path,
+    opts: &LoadOptions,
+    scope: Option<&str>,
+) -> Result<Profiles, ProfileError> {
+    let mut diags = Diagnostics::default();
+    let fail = |diags: Diagnostics| ProfileError { diagnostics: diags };
+    let paths = toml_paths(dir).map_err(|e| {
+        let mut d = Diagnostics::default();
+        d.push(Diagnostic::error(
+            Location::file(dir),
+            "",
+            format!("cannot read the profiles folder: {e}"),
+        ));
+        fail(d)
+    })?;
+    let mut files: BTreeMap<String, SourceFile> = BTreeMap::new();
+    let mut unreadable: Vec<(String, Diagnostic)> = Vec::new();
+    for p in &paths {
+        match source::read_file(p) {
+            Ok(f) => {
+                files.insert(source::profile_name(p), f);
+            }
+            Err(d) => unreadable.push((source::profile_name(p), d)),
+        }
+    }
+    let bases = base_names(&files);
+    // Each node's own findings, so that a scoped load can keep only its cluster's.
     let mut drafts = Vec::new();
+    let mut node_diags: BTreeMap<String, Diagnostics> = BTreeMap::new();
     for name in files.keys() {
         if bases.contains(name) {
             continue;
         }
-        if let Some(m) = source::resolve(name, &files, &mut diags) {
-            if let Some(d) = draft(&m, &mut diags) {
+        let mut nd = Diagnostics::default();
+        if let Some(m) = source::resolve(name, &files, &mut nd) {
+            if let Some(d) = draft(&m, &mut nd) {
                 drafts.push(d);
             }
         }
+        node_diags.insert(name.clone(), nd);
     }
-    if files.is_empty() && !diags.has_errors() {
-        diags.push(Diagnostic::error(
-            Location::file(dir),
-            "",
-            "no profiles (*.toml) in this folder",
-        ));
+    match scope {
+        None => {
+            diags.0.extend(unreadable.into_iter().map(|(_, d)| d));
+            for nd in node_diags.into_values() {
+                diags.0.extend(nd.0);
+            }
+            if files.is_empty() && !diags.has_errors() {
+                diags.push(Diagnostic::error(
+                    Location::file(dir),
+                    "",
+                    "no profiles (*.toml) in this folder",
+                ));
+            }
+        }
+        Some(target) => {
+            let cluster = drafts
+                .iter()
+                .find(|d| d.name == target)
+                .map(|d| d.cluster.clone());
+            drafts.retain(|d| Some(&d.cluster) == cluster.as_ref());
+            let mut kept: BTreeSet<String> = drafts.iter().map(|d| d.name.clone()).collect();
+            kept.insert(target.to_string());
+            // The files those nodes read, including an `extends` target that failed to parse.
+            let mut read: BTreeSet<String> = kept.clone();
+            for name in &kept {
+                let mut cur = files.get(name);
+                while let Some(f) = cur {
+                    match f.table.get("extends").and_then(|v| v.as_str()) {
+                        Some(next) if read.insert(next.to_string()) => cur = files.get(next),
+                        _ => cur = None,
+                    }
+                }
+            }
+            diags.0.extend(
+                unreadable
+                    .into_iter()
+                    .filter(|(n, _)| read.contains(n))
+                    .map(|(_, d)| d),
+            );
+            for (name, nd) in node_diags {
+                if kept.contains(&name) {
+                    diags.0.extend(nd.0);
+                }
+            }
+            if !files.contains_key(target) && !diags.has_errors() {
+                diags.push(Diagnostic::error(
+                    Location::file(&dir.join(format!("{target}.toml"))),
+                    "",
+                    format!("no node profile named `{target}`"),
+                ));
+            }
+        }
     }
     let mut generated = Vec::new();
     let mut nodes = Vec::new();
@@ -955,7 +1051,7 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Profiles, ProfileError> {
     Ok(Profiles {
         dir: dir.to_path_buf(),
         nodes: nodes.into_iter().flatten().collect(),
-        diagnostics: diags,
+        diagnostics: dedup(diags),
         generated_secrets: generated,
     })
 }
