@@ -77,6 +77,9 @@ pub fn fetch(
     update: bool,
     reporter: &dyn Reporter,
 ) -> Result<FetchReport, PipelineError> {
+    // Read, resolve and write the lock under one exclusive lock: two concurrent fetches would
+    // otherwise each write the lock they read, and the first one's additions would be lost.
+    let _guard = cache.lock(&lock_guard_name(lock_file))?;
     let mut lock = Lock::load_or_new(lock_file)?;
     let before = lock.clone();
     let mut report = FetchReport::default();
@@ -213,6 +216,15 @@ pub fn outdated(
         all.extend(components::outdated(&lock, cache, &sources, reporter)?);
     }
     Ok(all)
+}
+
+/// The cache lock that serialises updates of one project's `piimg.lock` (kept in the cache, not
+/// beside the lock, so the project folder gains no file).
+fn lock_guard_name(lock_file: &Path) -> String {
+    let abs = std::fs::canonicalize(lock_file.parent().unwrap_or(Path::new(".")))
+        .unwrap_or_else(|_| lock_file.to_path_buf());
+    let h = Sha256::digest(abs.as_os_str().as_encoded_bytes());
+    format!("piimg-lock-{}", &hex::encode(h)[..16])
 }
 
 /// Options of one build.
@@ -621,10 +633,14 @@ pub fn build(
     let mut text = serde_json::to_vec_pretty(&manifest).map_err(image::ImageError::Json)?;
     text.push(b'\n');
     set.push(image::stage_bytes(&manifest_path, &text)?);
-    // An image holding keys is as secret as the keys: readable by its owner only.
+    // An image holding keys is as secret as the keys: readable by its owner only, in a folder
+    // others cannot list.
     let mode = if assembled.secret_paths.is_empty() {
         0o644
     } else {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&opts.out_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| PipelineError::Commit(opts.out_dir.clone(), e))?;
         0o600
     };
     set.commit(mode)

@@ -153,7 +153,10 @@ pub fn read_partitions<R: Read + Seek>(
             protective = true;
             break;
         }
-        if (lba + sectors) * 512 > disk_len {
+        if (lba + sectors)
+            .checked_mul(512)
+            .is_none_or(|end| end > disk_len)
+        {
             return Err(table_err(format!(
                 "MBR partition {} ends past the end of the disk",
                 i + 1
@@ -192,8 +195,16 @@ pub fn read_partitions<R: Read + Seek>(
             "GPT header: {count} entries of {esize} bytes"
         )));
     }
+    let arr_start = entries_lba
+        .checked_mul(512)
+        .filter(|s| s.saturating_add((count as usize * esize) as u64) <= disk_len)
+        .ok_or_else(|| {
+            table_err(format!(
+                "GPT entry array at LBA {entries_lba} lies outside the disk"
+            ))
+        })?;
     let mut arr = vec![0u8; count as usize * esize];
-    dev.seek(SeekFrom::Start(entries_lba * 512)).map_err(ioe)?;
+    dev.seek(SeekFrom::Start(arr_start)).map_err(ioe)?;
     dev.read_exact(&mut arr).map_err(ioe)?;
     for (i, e) in arr.chunks_exact(esize).enumerate() {
         if e[..16].iter().all(|&b| b == 0) {
@@ -201,7 +212,8 @@ pub fn read_partitions<R: Read + Seek>(
         }
         let first = le64(e, 32);
         let last = le64(e, 40);
-        if last < first || (last + 1) * 512 > disk_len {
+        let end = last.checked_add(1).and_then(|l| l.checked_mul(512));
+        if last < first || end.is_none_or(|end| end > disk_len) {
             return Err(table_err(format!(
                 "GPT partition {} has a bad extent {first}..={last}",
                 i + 1
@@ -925,6 +937,55 @@ pub fn run(opts: &RunOptions, console: &mut dyn Write) -> Result<Outcome, QemuEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Partition tables whose numbers point anywhere: an error naming the problem, never a
+    /// panic or an overflowing offset.
+    #[test]
+    fn hostile_partition_tables_are_refused() {
+        let disk = |edit: &dyn Fn(&mut Vec<u8>)| {
+            let mut d = vec![0u8; 64 * 512];
+            d[510] = 0x55;
+            d[511] = 0xaa;
+            edit(&mut d);
+            read_partitions(&mut std::io::Cursor::new(d), "hostile.img")
+        };
+        // MBR: a partition starting near 2^32 sectors on a tiny disk.
+        let r = disk(&|d| {
+            d[446 + 4] = 0x83;
+            d[446 + 8..446 + 12].copy_from_slice(&u32::MAX.to_le_bytes());
+            d[446 + 12..446 + 16].copy_from_slice(&u32::MAX.to_le_bytes());
+        });
+        assert!(matches!(r, Err(QemuError::Table { .. })), "{r:?}");
+        let gpt = |entries_lba: u64, last: u64| {
+            move |d: &mut Vec<u8>| {
+                d[446 + 4] = 0xee;
+                d[446 + 12..446 + 16].copy_from_slice(&63u32.to_le_bytes());
+                d[512..520].copy_from_slice(b"EFI PART");
+                d[512 + 72..512 + 80].copy_from_slice(&entries_lba.to_le_bytes());
+                d[512 + 80..512 + 84].copy_from_slice(&4u32.to_le_bytes());
+                d[512 + 84..512 + 88].copy_from_slice(&128u32.to_le_bytes());
+                let e = 1024;
+                d[e] = 1;
+                d[e + 32..e + 40].copy_from_slice(&34u64.to_le_bytes());
+                d[e + 40..e + 48].copy_from_slice(&last.to_le_bytes());
+            }
+        };
+        for (lba, last) in [
+            (u64::MAX / 4, 40),
+            (2, u64::MAX),
+            (2, u64::MAX / 512),
+            (1 << 40, 40),
+        ] {
+            let r = disk(&gpt(lba, last));
+            assert!(
+                matches!(r, Err(QemuError::Table { .. })),
+                "{lba} {last}: {r:?}"
+            );
+        }
+        // The same table with sane numbers reads.
+        let r = disk(&gpt(2, 40)).unwrap();
+        assert_eq!((r[0].start, r[0].size), (34 * 512, 7 * 512));
+    }
 
     #[test]
     fn config_txt_sections() {

@@ -106,10 +106,14 @@ pub fn lock_file(path: &Path) -> Result<CacheLock, CacheError> {
     Ok(CacheLock { _file: file })
 }
 
-/// The cache directory, shared by concurrent builds.
+/// The cache directory, shared by concurrent builds. Nothing in it is trusted for existing:
+/// an object is hashed before its first use in a run, and one that does not match its name (a
+/// truncated download, a flipped bit) is removed, so that it is fetched again or named missing.
 #[derive(Debug, Clone)]
 pub struct Cache {
     root: PathBuf,
+    /// Objects this process has hashed and found right (each is checked once per run).
+    checked: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl Cache {
@@ -131,7 +135,35 @@ impl Cache {
             let d = root.join(sub);
             std::fs::create_dir_all(&d).map_err(io_err(&d))?;
         }
-        Ok(Cache { root })
+        Ok(Cache {
+            root,
+            checked: Default::default(),
+        })
+    }
+
+    fn is_checked(&self, key: &str) -> bool {
+        self.checked.lock().is_ok_and(|c| c.contains(key))
+    }
+
+    fn mark_checked(&self, key: &str) {
+        if let Ok(mut c) = self.checked.lock() {
+            c.insert(key.to_string());
+        }
+    }
+
+    /// Removes an object and what was derived from it.
+    pub fn evict(&self, sha: &str) {
+        for p in [
+            self.path_of(sha),
+            self.data_tar_path(sha),
+            self.data_tar_record(sha),
+        ] {
+            let _ = std::fs::remove_file(p);
+        }
+        if let Ok(mut c) = self.checked.lock() {
+            c.remove(sha);
+            c.remove(&format!("tar:{sha}"));
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -143,8 +175,25 @@ impl Cache {
         self.root.join("sha256").join(sha)
     }
 
+    /// Whether the object is stored and intact (hashed on first use in this run; a corrupt
+    /// one is evicted and reported absent).
     pub fn has(&self, sha: &str) -> bool {
-        is_sha256(sha) && self.path_of(sha).is_file()
+        if !is_sha256(sha) || !self.path_of(sha).is_file() {
+            return false;
+        }
+        if self.is_checked(sha) {
+            return true;
+        }
+        match self.verify(sha) {
+            Ok(()) => {
+                self.mark_checked(sha);
+                true
+            }
+            Err(_) => {
+                self.evict(sha);
+                false
+            }
+        }
     }
 
     /// Every sha256 stored, sorted (for tests and `piimg cache ls`).
@@ -210,6 +259,7 @@ impl Cache {
             path: dest.display().to_string(),
             source: e.error,
         })?;
+        self.mark_checked(&sha);
         Ok((sha, dest))
     }
 
@@ -260,5 +310,65 @@ impl Cache {
     /// Where the decompressed data.tar of the .deb with this sha256 is kept.
     pub fn data_tar_path(&self, deb_sha: &str) -> PathBuf {
         self.root.join("tar").join(format!("{deb_sha}.tar"))
+    }
+
+    /// The record of a kept data tar: `SHA256 SIZE`, written once the tar is in place.
+    fn data_tar_record(&self, deb_sha: &str) -> PathBuf {
+        self.root.join("tar").join(format!("{deb_sha}.tar.sha256"))
+    }
+
+    /// Whether the kept data tar of this .deb is there and matches its record (hashed once per
+    /// run); one that does not is removed.
+    pub fn data_tar_ok(&self, deb_sha: &str) -> bool {
+        let key = format!("tar:{deb_sha}");
+        if self.is_checked(&key) && self.data_tar_path(deb_sha).is_file() {
+            return true;
+        }
+        let tar = self.data_tar_path(deb_sha);
+        let record = std::fs::read_to_string(self.data_tar_record(deb_sha)).unwrap_or_default();
+        let mut it = record.split_whitespace();
+        let (want_sha, want_size) = (it.next(), it.next().and_then(|s| s.parse::<u64>().ok()));
+        let ok = match (want_sha, want_size, std::fs::metadata(&tar)) {
+            (Some(sha), Some(size), Ok(md)) if md.len() == size => {
+                sha256_of_path(&tar).is_ok_and(|got| got == sha)
+            }
+            _ => false,
+        };
+        if ok {
+            self.mark_checked(&key);
+        } else {
+            let _ = std::fs::remove_file(&tar);
+            let _ = std::fs::remove_file(self.data_tar_record(deb_sha));
+        }
+        ok
+    }
+
+    /// Puts a freshly made data tar in place (synced first) and records its sha256 and size.
+    pub fn commit_data_tar(
+        &self,
+        deb_sha: &str,
+        tmp: tempfile::NamedTempFile,
+        sha: &str,
+        size: u64,
+    ) -> Result<(), CacheError> {
+        let tar = self.data_tar_path(deb_sha);
+        tmp.as_file().sync_all().map_err(io_err(tmp.path()))?;
+        tmp.persist(&tar).map_err(|e| CacheError::Io {
+            path: tar.display().to_string(),
+            source: e.error,
+        })?;
+        let record = self.data_tar_record(deb_sha);
+        let dir = self.root.join("tar");
+        let mut rt = self.temp_in(&dir)?;
+        rt.as_file_mut()
+            .write_all(format!("{sha} {size}\n").as_bytes())
+            .and_then(|()| rt.as_file().sync_all())
+            .map_err(io_err(&record))?;
+        rt.persist(&record).map_err(|e| CacheError::Io {
+            path: record.display().to_string(),
+            source: e.error,
+        })?;
+        self.mark_checked(&format!("tar:{deb_sha}"));
+        Ok(())
     }
 }

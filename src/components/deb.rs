@@ -189,13 +189,15 @@ pub fn read_deb(
 struct Members {
     control: Option<String>,
     /// A data tar decompressed into a temp file not yet under its final name.
-    data_tmp: Option<tempfile::NamedTempFile>,
+    /// A freshly decompressed data tar, its sha256 and size.
+    data_tmp: Option<(tempfile::NamedTempFile, String, u64)>,
     data_seen: bool,
 }
 
 fn read_members(
     cache: &Cache,
     deb: &Path,
+    deb_sha: &str,
     final_tar: &Path,
     label: &str,
 ) -> Result<Members, DebError> {
@@ -243,7 +245,9 @@ fn read_members(
             }
         } else if id.starts_with("data.tar") {
             m.data_seen = true;
-            if final_tar.is_file() {
+            // A kept tar is used only when its size and sha256 still match what was recorded
+            // when it was made; otherwise it is made again from the .deb.
+            if cache.data_tar_ok(deb_sha) {
                 continue;
             }
             let dir = final_tar.parent().unwrap_or(cache.root());
@@ -252,8 +256,10 @@ fn read_members(
                 .tempfile_in(dir)
                 .map_err(io_err(dir))?;
             let mut dec = decoder(&id, Box::new(&mut entry)).map_err(fmt)?;
-            std::io::copy(&mut dec, tmp.as_file_mut()).map_err(ioe)?;
-            m.data_tmp = Some(tmp);
+            let (sha, size) =
+                super::cache::copy_hashing(&mut dec, tmp.as_file_mut(), &crate::report::Silent)
+                    .map_err(ioe)?;
+            m.data_tmp = Some((tmp, sha, size));
         }
     }
     if first {
@@ -274,7 +280,7 @@ fn read_deb_with_sha(
     opts: &DebOptions,
 ) -> Result<DebInfo, DebError> {
     let final_tar = cache.data_tar_path(deb_sha);
-    let members = read_members(cache, deb, &final_tar, label)?;
+    let members = read_members(cache, deb, deb_sha, &final_tar, label)?;
     let (package, version, arch) = members
         .control
         .as_deref()
@@ -286,16 +292,13 @@ fn read_deb_with_sha(
         package.clone()
     };
     let tar_now: PathBuf = match &members.data_tmp {
-        Some(t) => t.path().to_path_buf(),
+        Some((t, _, _)) => t.path().to_path_buf(),
         None => final_tar.clone(),
     };
     let mut staged = tree.clone();
     let (files, skipped) = apply_tar(&mut staged, &tar_now, &final_tar, &name, opts)?;
-    if let Some(tmp) = members.data_tmp {
-        tmp.persist(&final_tar).map_err(|e| CacheError::Io {
-            path: final_tar.display().to_string(),
-            source: e.error,
-        })?;
+    if let Some((tmp, sha, size)) = members.data_tmp {
+        cache.commit_data_tar(deb_sha, tmp, &sha, size)?;
     }
     *tree = staged;
     Ok(DebInfo {
