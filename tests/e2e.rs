@@ -876,3 +876,46 @@ fn data_partition_and_filesystem_grow_to_fill_a_larger_card() {
         "df shows {total_kib} KiB for /var after growth"
     );
 }
+
+/// A growth cut short by a power cut after the partition table was rewritten: the card's table
+/// already reaches its end, the data filesystem is still the image's size. The next boot must
+/// grow the filesystem instead of taking the partition's size as done.
+#[test]
+fn an_interrupted_growth_is_finished_on_the_next_boot() {
+    let _serial = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let p = project(&["qemu"]);
+    let img = build(p.path(), "qemu", &[]);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p.path().join("out/qemu.manifest.json")).unwrap())
+            .unwrap();
+    let data_start = manifest["partitions"][2]["start"].as_u64().unwrap();
+    let data_size = manifest["partitions"][2]["size"].as_u64().unwrap();
+    let card = p.path().join("card.img");
+    std::fs::copy(&img, &card).unwrap();
+    let card_size = 2 * std::fs::metadata(&img).unwrap().len();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&card)
+        .unwrap();
+    f.set_len(card_size).unwrap();
+    // What the first boot got done before the power went: the table only.
+    let g = piimg_agent::grow::grow_partition(&f, card_size, 3)
+        .unwrap()
+        .unwrap();
+    assert_eq!(data_start + g.new_sectors * 512, card_size);
+    drop(f);
+    let mut guest = Guest::boot(&card, &[]);
+    let line = guest.wait(r"piimg-agent: grow mmcblk0p3: ", BOOT_TIMEOUT);
+    let re = Regex::new(r"resumed an interrupted growth: filesystem (\d+) -> (\d+) bytes").unwrap();
+    let c = re
+        .captures(&line)
+        .unwrap_or_else(|| panic!("the interrupted growth was not finished: {line}"));
+    let from: u64 = c[1].parse().unwrap();
+    let to: u64 = c[2].parse().unwrap();
+    assert_eq!(from, data_size, "{line}");
+    // ext4 leaves out a last block group too small to hold its own metadata.
+    let part = g.new_sectors * 512;
+    assert!(to <= part && to + (128 << 20) > part, "{line}: partition {part}");
+    guest.report_ready("resumed growth");
+}

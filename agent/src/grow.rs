@@ -348,6 +348,46 @@ pub fn resize_ext4(mountpoint: &Path, bytes: u64) -> io::Result<u64> {
     Ok(bytes / bsize)
 }
 
+/// Size in bytes of the ext4 filesystem on `dev`, from its superblock.
+pub fn ext4_bytes(dev: &File) -> io::Result<u64> {
+    let mut sb = [0u8; 1024];
+    dev.read_exact_at(&mut sb, 1024)?;
+    if u16::from_le_bytes([sb[0x38], sb[0x39]]) != 0xef53 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "no ext4 superblock",
+        ));
+    }
+    let lo = u64::from(u32le(&sb, 0x04));
+    // s_blocks_count_hi counts only with the 64bit feature.
+    let hi = if u32le(&sb, 0x60) & 0x80 != 0 {
+        u64::from(u32le(&sb, 0x150))
+    } else {
+        0
+    };
+    let block = 1024u64 << u32le(&sb, 0x18).min(6);
+    Ok(((hi << 32) | lo) * block)
+}
+
+/// Finishes a growth that stopped after the partition table was rewritten (power cut, a failed
+/// resize): when the ext4 on `part`, mounted at `mountpoint`, is smaller than the partition by
+/// more than a block group's worth of slack, grows it to the partition. Returns the sizes in
+/// bytes (before, after) when it grew.
+pub fn finish_resize(part: &Path, mountpoint: &Path) -> io::Result<Option<(u64, u64)>> {
+    let f = File::open(part)?;
+    let part_bytes = device_bytes(&f)?;
+    let fs_bytes = ext4_bytes(&f)?;
+    // The partition ends on a 1 MiB boundary; ext4 rounds down to whole blocks.
+    if fs_bytes + SLACK * SECTOR >= part_bytes {
+        return Ok(None);
+    }
+    resize_ext4(mountpoint, part_bytes)?;
+    // ext4 may leave out a last block group too small for its metadata: no change means the
+    // filesystem already had all it can take.
+    let now = ext4_bytes(&f)?;
+    Ok((now > fs_bytes).then_some((fs_bytes, now)))
+}
+
 /// Resolves a partition device name (`mmcblk0p3`) to its disk name and number through sysfs.
 pub fn disk_of(sys_block: &Path, part: &str) -> Option<(String, u32)> {
     let dir = sys_block.join(part);

@@ -130,7 +130,14 @@ fn grow_data(dev: &Path) {
         let bytes = grow::device_bytes(&f).map_err(|e| e.to_string())?;
         let grown = grow::grow_partition(&f, bytes, partno).map_err(|e| e.to_string())?;
         let Some(g) = grown else {
-            return Ok("already at the end of the disk".into());
+            // The table reached the end on an earlier boot; the filesystem may not have.
+            return match grow::finish_resize(dev, Path::new("/var")) {
+                Ok(None) => Ok("already at the end of the disk".into()),
+                Ok(Some((from, to))) => Ok(format!(
+                    "resumed an interrupted growth: filesystem {from} -> {to} bytes"
+                )),
+                Err(e) => Err(format!("EXT4_IOC_RESIZE_FS: {e}")),
+            };
         };
         grow::kernel_resize_partition(&f, partno, &g).map_err(|e| format!("BLKPG: {e}"))?;
         let blocks = grow::resize_ext4(Path::new("/var"), g.new_sectors * 512)

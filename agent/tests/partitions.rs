@@ -201,3 +201,27 @@ fn find_partuuid_reads_tables_when_uevent_lacks_it() {
     );
     assert_eq!(blockdev::find_partuuid(&sys, &dev, "12345678-03"), None);
 }
+
+/// The filesystem size a resumed growth compares with the partition comes from the ext4
+/// superblock: as mke2fs wrote it, for 1 KiB and 4 KiB blocks. (The online resize itself needs
+/// CAP_SYS_RESOURCE, which this sandbox lacks: tests/e2e.rs resumes a growth in QEMU.)
+#[test]
+fn ext4_size_is_read_from_the_superblock() {
+    let dir = tempfile::tempdir().unwrap();
+    for (size, bs) in [("16M", "1024"), ("48M", "4096")] {
+        let img = dir.path().join(format!("fs-{bs}"));
+        let o = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-b", bs])
+            .arg(&img)
+            .arg(size)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let f = fs::File::open(&img).unwrap();
+        let want = size.trim_end_matches('M').parse::<u64>().unwrap() * MIB;
+        assert_eq!(grow::ext4_bytes(&f).unwrap(), want, "{bs}-byte blocks");
+    }
+    let zeros = dir.path().join("zeros");
+    fs::File::create(&zeros).unwrap().set_len(MIB).unwrap();
+    assert!(grow::ext4_bytes(&fs::File::open(&zeros).unwrap()).is_err());
+}
