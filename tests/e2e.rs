@@ -473,7 +473,7 @@ fn load_balancer_forwards_restarts_and_reports_status() {
     let before = sha256_of(&image);
 
     let (front, status) = (free_port(), free_port());
-    let mut g = Guest::boot(&image, &[(front, 6443), (status, 9100)]);
+    let mut g = Guest::boot(&image, &[(front, 6443), (status, 7780)]);
     g.report_ready("load balancer");
     assert!(
         g.seen
@@ -712,7 +712,7 @@ fn worker_runs_containerd_a_preloaded_container_and_the_join_command() {
     assert!(ca_hash.starts_with("sha256:"));
 
     let status = free_port();
-    let mut g = Guest::boot(&image, &[(status, 9100)]);
+    let mut g = Guest::boot(&image, &[(status, 7780)]);
     g.wait(r"piimg-agent: service containerd running", BOOT_TIMEOUT);
     g.wait(r"piimg-agent: service image-import done", BOOT_TIMEOUT);
     // No NTP answer yet: kubeadm (and kubelet) must not start on an unsynced clock.
@@ -916,6 +916,9 @@ fn an_interrupted_growth_is_finished_on_the_next_boot() {
     assert_eq!(from, data_size, "{line}");
     // ext4 leaves out a last block group too small to hold its own metadata.
     let part = g.new_sectors * 512;
-    assert!(to <= part && to + (128 << 20) > part, "{line}: partition {part}");
+    assert!(
+        to <= part && to + (128 << 20) > part,
+        "{line}: partition {part}"
+    );
     guest.report_ready("resumed growth");
 }

@@ -253,6 +253,9 @@ pub struct AgentSettings {
     pub debug_shell: bool,
     /// TCP port of the read-only status endpoint (0 = off).
     pub status_port: u16,
+    /// Address the status endpoint listens on; none: the node's own address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_bind: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -352,6 +355,7 @@ mod tests {
             agent: AgentSettings {
                 debug_shell: false,
                 status_port: 9100,
+                status_bind: None,
             },
             storage: Storage {
                 root_partuuid: Some("0badc0de-02".into()),

@@ -257,6 +257,7 @@ mod tests {
             agent: AgentSettings {
                 debug_shell: false,
                 status_port: 0,
+                status_bind: None,
             },
             storage: Storage::default(),
             build_epoch: 1_700_000_000,

@@ -351,7 +351,12 @@ fn setup() -> Node {
                 services: sup.status_handle(),
                 started: Instant::now(),
             };
-            if let Err(e) = status::spawn(&format!("0.0.0.0:{}", cfg.agent.status_port), src) {
+            let ip = cfg
+                .agent
+                .status_bind
+                .unwrap_or_else(|| cfg.network.address.addr());
+            let addr = std::net::SocketAddr::new(ip, cfg.agent.status_port);
+            if let Err(e) = status::spawn_when_bindable(addr, src, say) {
                 say(&format!("status endpoint: {e}"));
             }
         }

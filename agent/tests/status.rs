@@ -73,3 +73,63 @@ fn status_endpoint_reports_services() {
     assert_eq!(v["services"][0]["state"], "stopped");
     assert_eq!(v["services"][0]["pid"], serde_json::Value::Null);
 }
+
+/// A client trickling its request cannot hold the endpoint: others are served meanwhile, the
+/// trickler is cut off at the deadline, and connections beyond the limit get a quick 503.
+#[test]
+fn slow_and_excess_clients_do_not_block_the_endpoint() {
+    let src = status::Source {
+        hostname: "lb1".into(),
+        role: "load-balancer".into(),
+        addresses: vec!["192.168.50.10/24".into()],
+        services: Default::default(),
+        started: Instant::now(),
+    };
+    let addr = status::spawn("127.0.0.1:0", src).unwrap();
+    // A slowloris: one byte every 300 ms, never a full request head.
+    let mut slow = TcpStream::connect(addr).unwrap();
+    let trickle = std::thread::spawn(move || {
+        let t0 = Instant::now();
+        for b in b"GET /status HTTP/1.1\r\nHost: x" {
+            if slow.write_all(&[*b]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let mut rest = Vec::new();
+        let _ = slow.read_to_end(&mut rest);
+        t0.elapsed()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    let (head, _) = get(addr, "/status");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "served only after the slow client"
+    );
+    let held = trickle.join().unwrap();
+    assert!(
+        held < status::REQUEST_DEADLINE + Duration::from_secs(2),
+        "the trickling client held its connection for {held:?}"
+    );
+    // Fill every slot with idle connections: the next one is told 503 at once.
+    let idle: Vec<TcpStream> = (0..status::MAX_CONNECTIONS)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    let mut extra = TcpStream::connect(addr).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut resp = String::new();
+    let _ = extra.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 503"), "{resp:?}");
+    assert!(t0.elapsed() < Duration::from_secs(1));
+    drop(idle);
+    // Once the idle ones are cut off at the deadline, requests are served again.
+    std::thread::sleep(status::REQUEST_DEADLINE + Duration::from_millis(500));
+    let (head, _) = get(addr, "/status");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}

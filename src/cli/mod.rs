@@ -164,7 +164,7 @@ pub enum Command {
     /// Boot an image in QEMU's raspi3b machine (kernel, dtb, initramfs and cmdline read from its
     /// boot partition); the console is stdin/stdout; the image file is never modified
     #[command(
-        after_help = "Examples:\n  piimg qemu out/qemu.img\n  piimg qemu out/qemu.img --until 'piimg-agent: ready' --timeout 300 --forward 6443:6443 --forward 9100:9100\n\nExit status: 0 when --until matched (or QEMU ended / --timeout passed without --until), 1 on a timeout or QEMU failure, 2 on a kernel panic.\nQuit an interactive session with Ctrl-A X."
+        after_help = "Examples:\n  piimg qemu out/qemu.img\n  piimg qemu out/qemu.img --until 'piimg-agent: ready' --timeout 300 --forward 6443:6443 --forward 7780:7780\n\nExit status: 0 when --until matched (or QEMU ended / --timeout passed without --until), 1 on a timeout or QEMU failure, 2 on a kernel panic.\nQuit an interactive session with Ctrl-A X."
     )]
     Qemu {
         /// The image (out/NAME.img)

@@ -26,7 +26,9 @@ use std::sync::Arc;
 
 pub const DEFAULT_SUITE: &str = "trixie";
 pub const SUPPORTED_SUITES: [&str; 2] = ["trixie", "bookworm"];
-pub const DEFAULT_STATUS_PORT: u16 = 9100;
+/// The agent's status endpoint: outside 9100-9999, which Prometheus exporters have allocated
+/// (node-exporter is 9100), and clear of Kubernetes' own ports.
+pub const DEFAULT_STATUS_PORT: u16 = 7780;
 pub const DEFAULT_API_PORT: u16 = 6443;
 pub const DEFAULT_CLUSTER: &str = "default";
 
@@ -1467,6 +1469,7 @@ fn finish(
             agent: AgentSettings {
                 debug_shell: d.spec.agent.debug_shell.unwrap_or(false),
                 status_port: d.spec.agent.status_port.unwrap_or(DEFAULT_STATUS_PORT),
+                status_bind: d.spec.agent.status_bind,
             },
             // Partition ids are derived when the image is laid out.
             storage: Storage::default(),

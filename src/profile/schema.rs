@@ -122,6 +122,8 @@ pub struct AgentSpec {
     /// Busybox shell on the serial console (default off).
     #[serde(default)]
     pub debug_shell: Option<bool>,
-    /// Port of the read-only HTTP status endpoint (default 9100, 0 = off).
+    /// Port of the read-only HTTP status endpoint (default 7780, 0 = off).
     pub status_port: Option<u16>,
+    /// Address it listens on (default: the node's own address; `0.0.0.0` for every one).
+    pub status_bind: Option<std::net::IpAddr>,
 }
