@@ -484,18 +484,31 @@ fn every_refusal_leaves_the_device_as_it_was() {
     );
     assert_eq!(l.sha256(), before);
 
-    // Not root, not in the disk group.
+    // Not root, not in the disk group. The binary and the image are copied where that user can
+    // reach them (the build folder may sit under a private temp folder).
     let before = l.sha256();
+    let open = tempfile::Builder::new()
+        .permissions(std::fs::Permissions::from_mode(0o755))
+        .tempdir()
+        .unwrap();
+    let bin = open.path().join("piimg");
+    std::fs::copy(env!("CARGO_BIN_EXE_piimg"), &bin).unwrap();
+    let img_copy = open.path().join("small.img");
+    std::fs::copy(&img, &img_copy).unwrap();
+    std::fs::set_permissions(&img_copy, std::fs::Permissions::from_mode(0o644)).unwrap();
     let o = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(env!("CARGO_BIN_EXE_piimg"))
-        .args(["flash", img_s, &l.dev, "--yes", "--allow-fixed"])
+        .arg(&bin)
+        .arg("flash")
+        .arg(&img_copy)
+        .args([&l.dev, "--yes", "--allow-fixed"])
+        .current_dir(open.path())
         .stdin(Stdio::null())
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&o.stderr);
     assert!(
-        !o.status.success() && text.contains("permission denied"),
+        !o.status.success() && text.contains(&format!("permission denied opening {}", l.dev)),
         "{text}"
     );
     assert_eq!(l.sha256(), before);

@@ -437,6 +437,7 @@ fn shutdown(node: &mut Node, how: Halt) -> ! {
         Halt::Reboot => libc::RB_AUTOBOOT,
         Halt::PowerOff => libc::RB_POWER_OFF,
     };
+    crate::console::flush(Duration::from_secs(3));
     let e = sys::reboot(cmd);
     loop {
         say(&format!("reboot: {e}; halted"));
@@ -448,6 +449,8 @@ pub fn run() -> ! {
     // Before any thread exists, so every thread inherits the mask and sigtimedwait sees them.
     sys::block_signals(&sys::HANDLED_SIGNALS);
     sys::disable_cad();
+    // After the mask, so the writer thread inherits it like every other thread.
+    crate::console::start_async(Box::new(std::io::stderr()));
     let mut node = match std::panic::catch_unwind(setup) {
         Ok(n) => n,
         Err(_) => {

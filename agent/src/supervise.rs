@@ -10,7 +10,7 @@ use crate::sys::{self, ExitStatus};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -98,6 +98,8 @@ pub struct Options {
     /// Strings never shown: replaced by `[redacted]` in console lines and log files (join
     /// tokens, certificate keys), whatever a service prints.
     pub redact: Vec<String>,
+    /// Size at which a service's log is rotated (it keeps one older file).
+    pub log_max_bytes: u64,
 }
 
 impl Default for Options {
@@ -108,6 +110,7 @@ impl Default for Options {
             grace: Duration::from_secs(10),
             console_path: PathBuf::from("/dev/console"),
             redact: Vec::new(),
+            log_max_bytes: 4 << 20,
         }
     }
 }
@@ -298,7 +301,9 @@ impl Supervisor {
         match result {
             Ok(pid) => {
                 svc.state = State::Running { pid, since: now };
-                console::say(&format!("service {} running (pid {pid})", svc.spec.name));
+                if worth_saying(svc.restarts) {
+                    console::say(&format!("service {} running (pid {pid})", svc.spec.name));
+                }
             }
             Err(e) => {
                 let why = format!("spawn failed: {e}");
@@ -317,11 +322,18 @@ impl Supervisor {
         let d = backoff.delay(svc.failures);
         svc.delays.push(d);
         svc.state = State::Backoff { until: now + d };
-        console::say(&format!(
-            "service {} exited ({why}) restart in {}s",
-            svc.spec.name,
-            d.as_secs_f64()
-        ));
+        if worth_saying(svc.failures) {
+            console::say(&format!(
+                "service {} exited ({why}) restart in {}s{}",
+                svc.spec.name,
+                d.as_secs_f64(),
+                if svc.failures == QUIET_AFTER {
+                    " (from now on said at the 16th, 32nd, 64th... failure)"
+                } else {
+                    ""
+                }
+            ));
+        }
     }
 
     /// Reaps every exited child; returns how many were reaped.
@@ -427,27 +439,82 @@ impl Supervisor {
     }
 }
 
-/// The service's log, 0600: a service may print what only root should read.
-fn open_log(opts: &Options, name: &str) -> Option<Arc<Mutex<File>>> {
+/// Restarts said on the console one by one; after these, only at powers of two, so that a
+/// crash loop cannot take the whole console (the status endpoint counts every restart).
+const QUIET_AFTER: u32 = 10;
+
+fn worth_saying(n: u32) -> bool {
+    n <= QUIET_AFTER || n.is_power_of_two()
+}
+
+/// A service's log file, capped: past `max` bytes it becomes `NAME.log.1` (replacing the one
+/// before) and a new `NAME.log` starts, so a chatty service holds at most twice `max` on /var.
+pub struct Log {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    max: u64,
+}
+
+/// 0600: a service may print what only root should read.
+fn open_0600(path: &Path) -> std::io::Result<File> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let dir = opts.log_dir.as_ref()?;
-    let _ = fs::create_dir_all(dir);
     let f = OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
-        .open(dir.join(format!("{name}.log")))
-        .ok()?;
+        .open(path)?;
     // A log created by an earlier image or by hand keeps its mode otherwise.
-    let _ = f.set_permissions(fs::Permissions::from_mode(0o600));
-    Some(Arc::new(Mutex::new(f)))
+    f.set_permissions(fs::Permissions::from_mode(0o600))?;
+    Ok(f)
+}
+
+impl Log {
+    pub fn open(path: PathBuf, max: u64) -> std::io::Result<Log> {
+        let file = open_0600(&path)?;
+        let size = file.metadata()?.len();
+        Ok(Log {
+            path,
+            file,
+            size,
+            max,
+        })
+    }
+
+    /// Appends one line, rotating first when it would pass the cap.
+    pub fn write_line(&mut self, text: &str) {
+        let n = text.len() as u64 + 1;
+        if self.size > 0 && self.size + n > self.max {
+            let mut old = self.path.clone().into_os_string();
+            old.push(".1");
+            if fs::rename(&self.path, &old).is_ok() {
+                if let Ok(f) = open_0600(&self.path) {
+                    self.file = f;
+                    self.size = 0;
+                }
+            }
+        }
+        let mut buf = Vec::with_capacity(text.len() + 1);
+        buf.extend_from_slice(text.as_bytes());
+        buf.push(b'\n');
+        if self.file.write_all(&buf).is_ok() {
+            self.size += n;
+        }
+    }
+}
+
+fn open_log(opts: &Options, name: &str) -> Option<Arc<Mutex<Log>>> {
+    let dir = opts.log_dir.as_ref()?;
+    let _ = fs::create_dir_all(dir);
+    let log = Log::open(dir.join(format!("{name}.log")), opts.log_max_bytes).ok()?;
+    Some(Arc::new(Mutex::new(log)))
 }
 
 /// Copies lines from a child's pipe to the console (prefixed) and the log file.
 fn pump(
     name: String,
     pipe: impl Read + Send + 'static,
-    log: Option<Arc<Mutex<File>>>,
+    log: Option<Arc<Mutex<Log>>>,
     secrets: Arc<Vec<String>>,
 ) {
     let thread_name = format!("out-{name}");
@@ -468,8 +535,7 @@ fn pump(
                 console::line(&format!("[{prefix}] {text}"));
                 if let Some(l) = &log {
                     if let Ok(mut f) = l.lock() {
-                        let _ = f.write_all(text.as_bytes());
-                        let _ = f.write_all(b"\n");
+                        f.write_line(&text);
                     }
                 }
             }

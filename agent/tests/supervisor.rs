@@ -117,6 +117,7 @@ fn supervisor_end_to_end() {
             "0123456789abcdef".into(),
             "0a1b2c3d4e5f6789".into(),
         ],
+        log_max_bytes: 4 << 20,
     };
     let mut sup = Supervisor::new(specs, opts);
     assert!(!sup.all_started());

@@ -1,0 +1,137 @@
+//! Supervisor and console soak, on the host where PID 1's loop is testable: a service that
+//! crashes as fast as the backoff allows and one that prints as fast as it can, behind a console
+//! as slow as a 115200-baud serial line. Measured: the worst main-loop step (the supervisor's
+//! `step` and the agent's own console lines), memory growth, log bytes on disk, console drops.
+//!
+//! CI runs 5 s; PIIMG_SOAK_SECS=N runs longer. The figures are printed.
+
+use piimg_agent::console;
+use piimg_agent::supervise::{Backoff, Options, ServiceSpec, Supervisor};
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A console at 115200 baud: 11,520 bytes a second, each write waits its turn.
+struct SerialLine {
+    seen: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Write for SerialLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        std::thread::sleep(Duration::from_secs_f64(buf.len() as f64 / 11_520.0));
+        if let Ok(mut s) = self.seen.lock() {
+            s.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+fn dir_bytes(d: &std::path::Path) -> u64 {
+    std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+#[test]
+fn a_crash_loop_and_a_flood_do_not_stall_pid1_or_fill_the_disk() {
+    piimg_agent::sys::block_signals(&[libc::SIGCHLD]);
+    let secs: u64 = std::env::var("PIIMG_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    console::start_async(Box::new(SerialLine { seen: seen.clone() }));
+    let t = tempfile::tempdir().unwrap();
+    let log_dir = t.path().join("log");
+    let cap = 1 << 20;
+    let opts = Options {
+        backoff: Backoff {
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(1),
+            reset_after: Duration::from_secs(600),
+        },
+        log_dir: Some(log_dir.clone()),
+        grace: Duration::from_secs(2),
+        console_path: "/dev/null".into(),
+        log_max_bytes: cap,
+        ..Options::default()
+    };
+    let mut sup = Supervisor::new(
+        vec![
+            ServiceSpec::daemon("crasher", &["/bin/false"]),
+            // ~70-byte lines as fast as a pipe takes them.
+            ServiceSpec::daemon(
+                "flood",
+                &[
+                    "/bin/sh",
+                    "-c",
+                    "yes 'flood line: the quick brown fox jumps over the lazy dog 0123456789'",
+                ],
+            ),
+        ],
+        opts,
+    );
+    let rss0 = rss_kib();
+    let t0 = Instant::now();
+    let (mut worst_step, mut worst_say, mut steps) = (Duration::ZERO, Duration::ZERO, 0u64);
+    while t0.elapsed() < Duration::from_secs(secs) {
+        let s = Instant::now();
+        sup.step(Duration::from_millis(20));
+        // The poll itself may take its 20 ms: what counts is the time beyond it.
+        worst_step = worst_step.max(s.elapsed().saturating_sub(Duration::from_millis(20)));
+        let s = Instant::now();
+        console::say(&format!("tick {steps}"));
+        worst_say = worst_say.max(s.elapsed());
+        steps += 1;
+    }
+    let crashes = sup.restarts("crasher");
+    let rss1 = rss_kib();
+    sup.stop_all();
+    let log_bytes = dir_bytes(&log_dir);
+    console::flush(Duration::from_secs(5));
+    let text = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    eprintln!(
+        "SOAK: {secs} s, {steps} loop steps, crasher restarted {crashes} times, worst step beyond its poll {worst_step:?}, worst agent console line {worst_say:?}, RSS {rss0} -> {rss1} KiB, logs on disk {log_bytes} bytes (cap {cap} per file), console {} bytes",
+        text.len()
+    );
+    assert!(
+        crashes as u64 > secs * 20,
+        "the crash loop ran only {crashes} times"
+    );
+    assert!(worst_step < Duration::from_millis(250), "{worst_step:?}");
+    assert!(worst_say < Duration::from_millis(50), "{worst_say:?}");
+    assert!(
+        log_bytes <= 4 * cap + (1 << 16),
+        "{log_bytes} bytes of logs"
+    );
+    assert!(
+        log_dir.join("flood.log.1").exists(),
+        "the flood's log never rotated"
+    );
+    assert!(
+        rss1 < rss0 + 64 * 1024,
+        "memory grew from {rss0} to {rss1} KiB"
+    );
+    assert!(
+        text.contains("service lines dropped"),
+        "no drop was reported"
+    );
+    // The agent's own lines are not the ones dropped.
+    assert!(
+        text.contains(&format!("tick {}", steps - 1)),
+        "the last tick never reached the console"
+    );
+}
