@@ -637,10 +637,13 @@ pub fn qemu_args(opts: &RunOptions, boot: &BootFiles) -> Vec<String> {
     for f in &opts.forwards {
         netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", f.host, f.guest));
     }
+    // QEMU's raspi power-management model resets the machine the moment a watchdog is armed
+    // (it has no countdown), so the agent is told to leave the watchdog alone.
+    let cmdline = format!("{} piimg.watchdog=0", boot.cmdline);
     a.extend(
         [
             "-append",
-            &boot.cmdline,
+            &cmdline,
             "-drive",
             &drive,
             "-nographic",

@@ -37,6 +37,15 @@ impl Default for Cmdline {
     }
 }
 
+/// Whether the command line turns `name` off (`name=0` or `name=off`; the last one wins).
+pub fn turned_off(text: &str, name: &str) -> bool {
+    words(text)
+        .iter()
+        .filter_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+        .next_back()
+        .is_some_and(|v| v == "0" || v == "off")
+}
+
 /// Splits the command line into words, honouring double quotes like the kernel does.
 pub fn words(text: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -119,6 +128,27 @@ mod tests {
         assert_eq!(c.rootdelay, Some(5));
         assert_eq!(c.init, "/sbin/piimg-agent");
         assert_eq!(parse("").root, None);
+    }
+
+    #[test]
+    fn switches_turned_off() {
+        assert!(turned_off(
+            "console=ttyAMA0 piimg.watchdog=0",
+            "piimg.watchdog"
+        ));
+        assert!(turned_off(
+            "piimg.watchdog=1 piimg.watchdog=off",
+            "piimg.watchdog"
+        ));
+        assert!(!turned_off(
+            "piimg.watchdog=0 piimg.watchdog=1",
+            "piimg.watchdog"
+        ));
+        assert!(!turned_off(
+            "piimg.watchdogx=0 root=/dev/x",
+            "piimg.watchdog"
+        ));
+        assert!(!turned_off("", "piimg.watchdog"));
     }
 
     #[test]

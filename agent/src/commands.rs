@@ -28,6 +28,8 @@ pub enum Mode {
     ClusterKeeper,
     /// Applies a node config's network section (for tests in a network namespace).
     NetApply(String),
+    /// Applies the network section, then keeps it applied (what stage 2 does; for tests).
+    NetWatch(String),
     Usage,
 }
 
@@ -62,6 +64,11 @@ pub fn choose(args: &[String], pid: i32, has_node_json: bool, has_stage1_list: b
             return args
                 .get(2)
                 .map_or(Mode::Usage, |p| Mode::NetApply(p.clone()));
+        }
+        Some("net-watch") => {
+            return args
+                .get(2)
+                .map_or(Mode::Usage, |p| Mode::NetWatch(p.clone()));
         }
         Some("stage1") => return Mode::Stage1,
         Some("stage2") => return Mode::Stage2,
@@ -148,6 +155,22 @@ pub fn cluster_keeper() -> i32 {
     node_config("keeper").map_or(2, |cfg| {
         crate::keeper::run_keeper(&cfg, &crate::keeper::Tools::default())
     })
+}
+
+/// `net-apply`, then watches: re-applies whenever the interface loses its address.
+pub fn net_watch(path: &str) -> i32 {
+    let rc = net_apply(path);
+    if rc == 2 {
+        return rc;
+    }
+    let Ok(cfg) = std::fs::read(path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| crate::node::NodeConfig::from_json(&b).map_err(|e| e.to_string()))
+    else {
+        return 2;
+    };
+    crate::net::keep_applied(&cfg.network, std::time::Duration::from_secs(5), &|| false);
+    0
 }
 
 /// Applies the network section of a node config file (needs CAP_NET_ADMIN).

@@ -25,3 +25,4 @@ pub mod status;
 pub mod supervise;
 pub mod sys;
 pub mod sysctl;
+pub mod watchdog;

@@ -18,9 +18,10 @@ fn main() {
         Mode::Kubeadm => commands::kubeadm(),
         Mode::ClusterKeeper => commands::cluster_keeper(),
         Mode::NetApply(path) => commands::net_apply(&path),
+        Mode::NetWatch(path) => commands::net_watch(&path),
         Mode::Usage => {
             eprintln!(
-                "usage: piimg-agent [stage1|stage2|import-images|kubeadm|cluster-keeper|net-apply CONFIG|modprobe NAME...]\n\
+                "usage: piimg-agent [stage1|stage2|import-images|kubeadm|cluster-keeper|net-apply CONFIG|net-watch CONFIG|modprobe NAME...]\n\
                  (as PID 1 the stage is chosen from /etc/piimg/node.json and /etc/piimg/stage1.modules)"
             );
             2

@@ -301,6 +301,169 @@ pub fn configure(nl: &mut Netlink, net: &Network) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether `net.address` is on its interface right now.
+pub fn has_address(net: &Network) -> bool {
+    let want = net.address.addr();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list freed below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return false;
+    }
+    let mut found = false;
+    let mut p = head;
+    while !p.is_null() {
+        // SAFETY: p walks the list getifaddrs returned; each entry's pointers are valid or null.
+        let ifa = unsafe { &*p };
+        // SAFETY: ifa_name is a NUL-terminated string.
+        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
+        if name.to_bytes() == net.interface.as_bytes() && !ifa.ifa_addr.is_null() {
+            // SAFETY: the family says which sockaddr this is.
+            let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+            let addr = match family {
+                libc::AF_INET => {
+                    // SAFETY: AF_INET addresses are sockaddr_in.
+                    let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                    Some(IpAddr::from(
+                        u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                    ))
+                }
+                libc::AF_INET6 => {
+                    // SAFETY: AF_INET6 addresses are sockaddr_in6.
+                    let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                    Some(IpAddr::from(sin6.sin6_addr.s6_addr))
+                }
+                _ => None,
+            };
+            found |= addr == Some(want);
+        }
+        p = ifa.ifa_next;
+    }
+    // SAFETY: head came from getifaddrs.
+    unsafe { libc::freeifaddrs(head) };
+    found
+}
+
+/// A NETLINK_ROUTE socket that hears link, address and route changes (a USB NIC that
+/// re-enumerates, a cable pulled and plugged back).
+pub struct Watcher {
+    fd: std::os::unix::io::OwnedFd,
+}
+
+impl Watcher {
+    pub fn open() -> io::Result<Watcher> {
+        use std::os::unix::io::{AsRawFd, FromRawFd};
+        // SAFETY: plain socket(2).
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        let fd = unsafe { std::os::unix::io::OwnedFd::from_raw_fd(fd) };
+        // SAFETY: sockaddr_nl is POD.
+        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        sa.nl_family = libc::AF_NETLINK as u16;
+        sa.nl_groups = (libc::RTMGRP_LINK
+            | libc::RTMGRP_IPV4_IFADDR
+            | libc::RTMGRP_IPV4_ROUTE
+            | libc::RTMGRP_IPV6_IFADDR) as u32;
+        // SAFETY: valid address and length.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &sa as *const libc::sockaddr_nl as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Watcher { fd })
+    }
+
+    /// Waits up to `timeout` for a change; true when one came (all pending ones are read).
+    pub fn wait(&self, timeout: std::time::Duration) -> io::Result<bool> {
+        use std::os::unix::io::AsRawFd;
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(e)
+            };
+        }
+        if n == 0 {
+            return Ok(false);
+        }
+        let mut buf = vec![0u8; 16384];
+        loop {
+            // SAFETY: buffer valid for its length; the socket is non-blocking.
+            let r = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr() as *mut libc::c_void,
+                    buf.len(),
+                    0,
+                )
+            };
+            if r <= 0 {
+                // Drained (EAGAIN), or the kernel dropped events (ENOBUFS): either way, look.
+                return Ok(true);
+            }
+        }
+    }
+}
+
+/// Keeps `net` on its interface for good: after each change the kernel reports (or every
+/// `every`), re-applies the configuration when the address is gone, and says when it was lost
+/// and when it is back. Returns only when `stop` says so.
+pub fn keep_applied(net: &Network, every: std::time::Duration, stop: &dyn Fn() -> bool) {
+    let watcher = Watcher::open();
+    if let Err(e) = &watcher {
+        crate::console::say(&format!("network: cannot watch for changes ({e}); polling"));
+    }
+    let mut lost = false;
+    while !stop() {
+        match &watcher {
+            Ok(w) => {
+                let _ = w.wait(every);
+            }
+            Err(_) => std::thread::sleep(every),
+        }
+        if has_address(net) {
+            continue;
+        }
+        if !lost {
+            crate::console::say(&format!(
+                "network: {} lost {}; re-applying",
+                net.interface, net.address
+            ));
+            lost = true;
+        }
+        let applied = Netlink::open().and_then(|mut nl| configure(&mut nl, net));
+        if applied.is_ok() && has_address(net) {
+            crate::console::say(&format!(
+                "network up again {} {}",
+                net.interface, net.address
+            ));
+            lost = false;
+        }
+    }
+}
+
 /// The resolv.conf text for these DNS servers (empty list: a comment only).
 pub fn resolv_conf(net: &Network) -> String {
     let mut s = String::from("# written by piimg-agent\n");

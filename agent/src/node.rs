@@ -256,6 +256,13 @@ pub struct AgentSettings {
     /// Address the status endpoint listens on; none: the node's own address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_bind: Option<std::net::IpAddr>,
+    /// PID 1 pets the hardware watchdog (/dev/watchdog).
+    #[serde(default = "yes")]
+    pub watchdog: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -356,6 +363,7 @@ mod tests {
                 debug_shell: false,
                 status_port: 9100,
                 status_bind: None,
+                watchdog: true,
             },
             storage: Storage {
                 root_partuuid: Some("0badc0de-02".into()),

@@ -258,6 +258,7 @@ mod tests {
                 debug_shell: false,
                 status_port: 0,
                 status_bind: None,
+                watchdog: true,
             },
             storage: Storage::default(),
             build_epoch: 1_700_000_000,

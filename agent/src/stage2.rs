@@ -23,6 +23,7 @@ struct Node {
     sup: Supervisor,
     net_up: Arc<AtomicBool>,
     ready: bool,
+    watchdog: Option<crate::watchdog::Watchdog>,
 }
 
 fn read_config() -> Option<NodeConfig> {
@@ -279,6 +280,8 @@ fn spawn_network(cfg: &NodeConfig, up: Arc<AtomicBool>) {
                             network.interface, network.address
                         ));
                         up.store(true, Ordering::SeqCst);
+                        // A USB NIC that re-enumerates comes back without its address.
+                        net::keep_applied(&network, Duration::from_secs(30), &|| false);
                         return;
                     }
                     Ok(()) if !complained && started.elapsed() > Duration::from_secs(30) => {
@@ -361,11 +364,39 @@ fn setup() -> Node {
             }
         }
     }
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let watchdog = match &cfg {
+        Some(c) if c.agent.watchdog && crate::cmdline::turned_off(&cmdline, "piimg.watchdog") => {
+            say("watchdog: off (piimg.watchdog=0 on the kernel command line)");
+            None
+        }
+        Some(c) if c.agent.watchdog => {
+            match crate::watchdog::Watchdog::open(Path::new(crate::watchdog::DEVICE)) {
+                Ok(w) => {
+                    say(&format!(
+                        "watchdog: {} armed (timeout {} s)",
+                        crate::watchdog::DEVICE,
+                        w.timeout_hint().as_secs()
+                    ));
+                    Some(w)
+                }
+                Err(e) => {
+                    say(&format!(
+                        "watchdog: {}: {e}; running without",
+                        crate::watchdog::DEVICE
+                    ));
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     Node {
         cfg,
         sup,
         net_up,
         ready: false,
+        watchdog,
     }
 }
 
@@ -390,6 +421,11 @@ fn main_loop(node: &mut Node) -> Halt {
         // Until `ready` is said, wake often: it waits on the network thread, which has no way
         // to interrupt the signal wait.
         let poll = Duration::from_millis(if node.ready { 1000 } else { 100 });
+        if let Some(w) = node.watchdog.as_mut() {
+            if let Err(e) = w.pet() {
+                say(&format!("watchdog: {e}"));
+            }
+        }
         if let Some(sig) = node.sup.step(poll) {
             if let Some(h) = signal_action(sig) {
                 return h;
@@ -409,6 +445,11 @@ fn main_loop(node: &mut Node) -> Halt {
 
 fn shutdown(node: &mut Node, how: Halt) -> ! {
     say(&format!("shutdown: {how:?}"));
+    // Stopping services may take longer than the watchdog's timeout, and a reset half-way
+    // through unmounting is worse than the hang it would cure.
+    if let Some(w) = node.watchdog.take() {
+        let _ = w.disarm();
+    }
     node.sup.stop_all();
     let _ = sys::kill(-1, libc::SIGTERM);
     let end = Instant::now() + Duration::from_secs(3);
@@ -460,6 +501,7 @@ pub fn run() -> ! {
                 sup: Supervisor::new(Vec::new(), Options::default()),
                 net_up: Arc::new(AtomicBool::new(true)),
                 ready: false,
+                watchdog: None,
             }
         }
     };

@@ -51,6 +51,7 @@ fn config(ttl: &str) -> NodeConfig {
             debug_shell: false,
             status_port: 0,
             status_bind: None,
+            watchdog: true,
         },
         storage: Storage::default(),
         build_epoch: 1_700_000_000,

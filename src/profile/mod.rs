@@ -1470,6 +1470,7 @@ fn finish(
                 debug_shell: d.spec.agent.debug_shell.unwrap_or(false),
                 status_port: d.spec.agent.status_port.unwrap_or(DEFAULT_STATUS_PORT),
                 status_bind: d.spec.agent.status_bind,
+                watchdog: d.spec.agent.watchdog.unwrap_or(true),
             },
             // Partition ids are derived when the image is laid out.
             storage: Storage::default(),

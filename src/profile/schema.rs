@@ -126,4 +126,6 @@ pub struct AgentSpec {
     pub status_port: Option<u16>,
     /// Address it listens on (default: the node's own address; `0.0.0.0` for every one).
     pub status_bind: Option<std::net::IpAddr>,
+    /// PID 1 pets the hardware watchdog (default on).
+    pub watchdog: Option<bool>,
 }
