@@ -227,6 +227,30 @@ fn lock_guard_name(lock_file: &Path) -> String {
     format!("piimg-lock-{}", &hex::encode(h)[..16])
 }
 
+fn build_guard_name(out_dir: &Path, node: &str) -> String {
+    let abs = std::fs::canonicalize(out_dir).unwrap_or_else(|_| out_dir.to_path_buf());
+    let mut h = Sha256::new();
+    h.update(abs.as_os_str().as_encoded_bytes());
+    h.update([0]);
+    h.update(node.as_bytes());
+    format!("build-{}", &hex::encode(h.finalize())[..16])
+}
+
+/// Temp files of `node`'s outputs (`.NODE.img.XXXX.partial`, ...) that a killed build left.
+fn remove_leftovers(out_dir: &Path, node: &str) {
+    let prefix = format!(".{node}.");
+    let Ok(rd) = std::fs::read_dir(out_dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let n = e.file_name();
+        let n = n.to_string_lossy();
+        if n.starts_with(&prefix) && n.ends_with(".partial") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// Options of one build.
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -457,6 +481,12 @@ pub fn build(
     opts: &BuildOptions,
     reporter: &dyn Reporter,
 ) -> Result<BuildOutput, PipelineError> {
+    // One build of a node into a folder at a time; it then owns that node's temp files there,
+    // and clears those a killed build left behind.
+    std::fs::create_dir_all(&opts.out_dir)
+        .map_err(|e| PipelineError::Commit(opts.out_dir.clone(), e))?;
+    let _building = cache.lock(&build_guard_name(&opts.out_dir, &node.name))?;
+    remove_leftovers(&opts.out_dir, &node.name);
     let lock = Lock::load_or_new(lock_file)?;
     let recorded = build_inputs(profiles, node, lock_file, opts)?;
     let suite = &node.image.sources.suite;

@@ -1099,10 +1099,17 @@ fn cluster_secrets(
                 Ok(s) => {
                     generated.push(p.clone());
                     out.insert(p.clone(), Arc::new(s));
+                    continue;
                 }
-                Err(e) => diags.push(Diagnostic::error(Location::file(p), "", e.to_string())),
+                // Another piimg run created it between the look and the link: use that one,
+                // so that concurrent builds of one cluster share one CA.
+                Err(secrets::SecretsError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    diags.push(Diagnostic::error(Location::file(p), "", e.to_string()));
+                    continue;
+                }
             }
-            continue;
         }
         match ClusterSecrets::load(p) {
             Ok(mut s) => {
