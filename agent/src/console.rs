@@ -65,7 +65,14 @@ pub fn start_async(out: Box<dyn Write + Send>) {
     }
 }
 
+/// How often the count of dropped lines is said: once per line would itself fill the console.
+const DROP_NOTICE_EVERY: Duration = Duration::from_secs(5);
+
 fn writer(a: Arc<Async>, mut out: Box<dyn Write + Send>) {
+    // The first drop is said at once.
+    let mut noticed = Instant::now()
+        .checked_sub(DROP_NOTICE_EVERY)
+        .unwrap_or_else(Instant::now);
     loop {
         let (next, dropped) = {
             let Ok(mut q) = a.q.lock() else { return };
@@ -77,9 +84,15 @@ fn writer(a: Arc<Async>, mut out: Box<dyn Write + Send>) {
                 };
             }
             let next = q.agent.pop_front().or_else(|| q.services.pop_front());
-            (next, std::mem::take(&mut q.dropped))
+            let dropped = if noticed.elapsed() >= DROP_NOTICE_EVERY {
+                std::mem::take(&mut q.dropped)
+            } else {
+                0
+            };
+            (next, dropped)
         };
         if dropped > 0 {
+            noticed = Instant::now();
             let _ = out.write_all(
                 format!(
                     "piimg-agent: console: {dropped} service lines dropped (console too slow)\n"
