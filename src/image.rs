@@ -285,7 +285,8 @@ fn file_name(p: &Path) -> String {
         .unwrap_or_default()
 }
 
-fn sidecar(p: &Path, ext: &str) -> PathBuf {
+/// `p` with `ext` appended (`w1.img` -> `w1.img.sha256`).
+pub fn sidecar(p: &Path, ext: &str) -> PathBuf {
     let mut s = p.as_os_str().to_owned();
     s.push(ext);
     PathBuf::from(s)

@@ -285,9 +285,17 @@ pub struct BuildInputs {
     pub compress: Vec<String>,
 }
 
+/// Streams the file (local components can be tens of MB).
 fn sha256_path(p: &Path) -> Result<String, PipelineError> {
-    let data = std::fs::read(p).map_err(|e| PipelineError::Input(p.to_path_buf(), e))?;
-    Ok(hex::encode(Sha256::digest(&data)))
+    let err = |e| PipelineError::Input(p.to_path_buf(), e);
+    let mut f = std::fs::File::open(p).map_err(err)?;
+    let (sha, _) = crate::components::cache::copy_hashing(
+        &mut f,
+        &mut std::io::sink(),
+        &crate::report::Silent,
+    )
+    .map_err(err)?;
+    Ok(sha)
 }
 
 fn dir_digest(dir: &Path, h: &mut Sha256) -> Result<(), PipelineError> {
@@ -402,31 +410,25 @@ pub fn freshness(out_dir: &Path, node: &str, inputs: &BuildInputs) -> Freshness 
     if was == *inputs {
         return Freshness::Current;
     }
-    let mut why = Vec::new();
-    if was.piimg != inputs.piimg || was.agent_sha256 != inputs.agent_sha256 {
-        why.push("piimg version".to_string());
-    }
-    if was.profiles != inputs.profiles {
-        why.push("profile".to_string());
-    }
-    if was.secrets != inputs.secrets {
-        why.push("secrets".to_string());
-    }
-    if was.lock != inputs.lock {
-        why.push("piimg.lock".to_string());
-    }
-    if was.overlays != inputs.overlays {
-        why.push("overlays".to_string());
-    }
-    if was.components != inputs.components {
-        why.push("local components".to_string());
-    }
-    if was.source_date_epoch != inputs.source_date_epoch {
-        why.push("SOURCE_DATE_EPOCH".to_string());
-    }
-    if was.compress != inputs.compress {
-        why.push("compression".to_string());
-    }
+    let why: Vec<&str> = [
+        (
+            was.piimg != inputs.piimg || was.agent_sha256 != inputs.agent_sha256,
+            "piimg version",
+        ),
+        (was.profiles != inputs.profiles, "profile"),
+        (was.secrets != inputs.secrets, "secrets"),
+        (was.lock != inputs.lock, "piimg.lock"),
+        (was.overlays != inputs.overlays, "overlays"),
+        (was.components != inputs.components, "local components"),
+        (
+            was.source_date_epoch != inputs.source_date_epoch,
+            "SOURCE_DATE_EPOCH",
+        ),
+        (was.compress != inputs.compress, "compression"),
+    ]
+    .into_iter()
+    .filter_map(|(changed, what)| changed.then_some(what))
+    .collect();
     Freshness::Stale(format!("changed since the last build: {}", why.join(", ")))
 }
 

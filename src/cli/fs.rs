@@ -248,11 +248,7 @@ fn produce(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let side = |ext: &str| {
-        let mut p = out.as_os_str().to_owned();
-        p.push(ext);
-        PathBuf::from(p)
-    };
+    let side = |ext: &str| piimg::image::sidecar(out, ext);
     let mut set = OutputSet::new();
     let bmap = if with_bmap {
         let map = piimg::bmap::Bmap::from_extents(output.file(), &mapped)

@@ -189,7 +189,7 @@ impl Image {
             }]);
         }
         let f = File::open(&self.path).map_err(io_err(&self.path))?;
-        Ok(data_ranges(&f, self.size)
+        Ok(crate::fs::sparse::data_regions(&f, self.size)
             .map_err(io_err(&self.path))?
             .into_iter()
             .map(|(start, end)| Planned {
@@ -207,44 +207,6 @@ struct Planned {
     start: u64,
     end: u64,
     expect: Option<[u8; 32]>,
-}
-
-/// The data (non-hole) ranges of a file, rounded out to 4 KiB.
-fn data_ranges(f: &File, len: u64) -> io::Result<Vec<(u64, u64)>> {
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    let mut pos = 0u64;
-    while pos < len {
-        let data = match seek(f, pos, libc::SEEK_DATA)? {
-            Some(d) => d,
-            None if pos == 0 => return Ok(vec![(0, len)]),
-            None => break,
-        };
-        if data >= len {
-            break;
-        }
-        let hole = seek(f, data, libc::SEEK_HOLE)?.unwrap_or(len).min(len);
-        let (s, e) = (data / 4096 * 4096, hole.next_multiple_of(4096).min(len));
-        match out.last_mut() {
-            Some(l) if s <= l.1 => l.1 = l.1.max(e),
-            _ => out.push((s, e)),
-        }
-        pos = hole.max(data + 1);
-    }
-    Ok(out)
-}
-
-fn seek(f: &File, from: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
-    // SAFETY: lseek on an owned descriptor.
-    let r = unsafe { libc::lseek(f.as_raw_fd(), from as libc::off_t, whence) };
-    if r >= 0 {
-        return Ok(Some(r as u64));
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::ENXIO) => Ok(None),
-        Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) if from == 0 => Ok(None),
-        _ => Err(e),
-    }
 }
 
 /// Reads the image front to back; a stream can only skip forward.

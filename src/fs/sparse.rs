@@ -399,6 +399,27 @@ impl io::Read for SparseReader {
     }
 }
 
+/// The data (non-hole) regions of a file of `len` bytes, rounded out to [`HOLE_CHUNK`]; the whole
+/// file when the filesystem cannot tell.
+pub fn data_regions(file: &File, len: u64) -> io::Result<Vec<(u64, u64)>> {
+    let chunk = HOLE_CHUNK as u64;
+    let mut out = Extents::new();
+    let mut pos = 0u64;
+    while pos < len {
+        let Some(data) = seek_region(file, pos, libc::SEEK_DATA, len)? else {
+            return Ok(vec![(0, len)]);
+        };
+        if data >= len {
+            break;
+        }
+        let hole = seek_region(file, data, libc::SEEK_HOLE, len)?.unwrap_or(len);
+        let hole = if hole > data { hole } else { len };
+        out.add(data / chunk * chunk, hole.next_multiple_of(chunk).min(len));
+        pos = hole;
+    }
+    Ok(out.merged())
+}
+
 /// Next offset at or after `from` where the file has data (`SEEK_DATA`) or a hole (`SEEK_HOLE`);
 /// `None` when the filesystem cannot say (the caller then reads everything).
 fn seek_region(file: &File, from: u64, whence: libc::c_int, len: u64) -> io::Result<Option<u64>> {
