@@ -5,7 +5,8 @@
 //! QEMU does not run the GPU firmware, so those files are extracted to a temporary folder and
 //! passed as `-kernel`, `-initrd`, `-dtb` and `-append`. The SD card is the image itself opened
 //! with `snapshot=on`: guest writes go to a temporary overlay that QEMU deletes, the user's file
-//! is never written. The serial console is copied to a caller-supplied writer and watched for a
+//! is never written; `writable` lets the guest write to the file, as to a card that keeps its
+//! state across boots (what a power cut leaves behind is what QEMU had written to the file). The serial console is copied to a caller-supplied writer and watched for a
 //! pattern, a kernel panic or a timeout; QEMU is always stopped before `run` returns.
 
 use crate::fs::fat32::read::{FatReadError, FatVolume};
@@ -539,6 +540,8 @@ pub struct RunOptions {
     pub until: Option<Regex>,
     /// The QEMU binary (default [`QEMU_BINARY`], found in PATH).
     pub qemu: Option<PathBuf>,
+    /// Guest writes go to the image file itself instead of a temporary overlay.
+    pub writable: bool,
 }
 
 /// Why the run ended.
@@ -630,8 +633,9 @@ pub fn qemu_args(opts: &RunOptions, boot: &BootFiles) -> Vec<String> {
     }
     // snapshot=on: writes go to a temporary overlay; the image file stays as it was.
     let drive = format!(
-        "file={},if=sd,format=raw,snapshot=on",
-        opts.image.display().to_string().replace(',', ",,")
+        "file={},if=sd,format=raw{}",
+        opts.image.display().to_string().replace(',', ",,"),
+        if opts.writable { "" } else { ",snapshot=on" }
     );
     let mut netdev = "user,id=n0".to_string();
     for f in &opts.forwards {

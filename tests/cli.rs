@@ -294,3 +294,19 @@ fn completions_load_and_the_man_page_renders() {
         "{text}"
     );
 }
+
+#[test]
+fn qemu_writable_refuses_a_built_image_and_leaves_it_alone() {
+    let w = work("writable");
+    let img = w.join("node.img");
+    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    std::fs::write(w.join("node.img.sha256"), "0000  node.img\n").unwrap();
+    let before = std::fs::metadata(&img).unwrap().modified().unwrap();
+    let (ok, _, err) = piimg(&w, &["qemu", "--writable", "node.img"]);
+    assert!(!ok);
+    assert!(
+        err.contains("--writable would change node.img and break node.img.sha256; boot a copy: cp --sparse=always node.img card.img"),
+        "{err}"
+    );
+    assert_eq!(std::fs::metadata(&img).unwrap().modified().unwrap(), before);
+}

@@ -152,7 +152,7 @@ fn grow_data(dev: &Path) {
         Ok(what) => {
             say(&format!("grow {part}: {what}"));
             let _ = std::fs::create_dir_all("/var/lib/piimg");
-            if let Err(e) = std::fs::write(GROWN_MARKER, b"grown\n") {
+            if let Err(e) = crate::sys::write_atomic(Path::new(GROWN_MARKER), b"grown\n", 0o644) {
                 say(&format!("{GROWN_MARKER}: {e}"));
             }
         }

@@ -373,7 +373,11 @@ impl Supervisor {
                 if let Some(dir) = f.parent() {
                     let _ = fs::create_dir_all(dir);
                 }
-                // Atomic and durable: a marker that exists is a whole one, even after a power cut.
+                // What the oneshot wrote reaches the disk before the marker says it is done
+                // (kubeadm writes its files without fsync); the marker itself is atomic and
+                // durable, so a power cut leaves either a whole marker over whole files or none.
+                // SAFETY: sync() takes no arguments and cannot fail.
+                unsafe { libc::sync() };
                 if let Err(e) = sys::write_atomic(f, b"done\n", 0o644) {
                     console::say(&format!("cannot record {}: {e}", f.display()));
                 }

@@ -162,9 +162,10 @@ pub enum Command {
     #[command(subcommand)]
     Fs(fs::FsCmd),
     /// Boot an image in QEMU's raspi3b machine (kernel, dtb, initramfs and cmdline read from its
-    /// boot partition); the console is stdin/stdout; the image file is never modified
+    /// boot partition); the console is stdin/stdout; the image file is not modified unless
+    /// --writable is given
     #[command(
-        after_help = "Examples:\n  piimg qemu out/qemu.img\n  piimg qemu out/qemu.img --until 'piimg-agent: ready' --timeout 300 --forward 6443:6443 --forward 7780:7780\n\nExit status: 0 when --until matched (or QEMU ended / --timeout passed without --until), 1 on a timeout or QEMU failure, 2 on a kernel panic.\nQuit an interactive session with Ctrl-A X."
+        after_help = "Examples:\n  piimg qemu out/qemu.img\n  piimg qemu out/qemu.img --until 'piimg-agent: ready' --timeout 300 --forward 6443:6443 --forward 7780:7780\n  cp --sparse=always out/qemu.img card.img && piimg qemu --writable card.img   (a card that keeps what the node wrote, across boots)\n\nExit status: 0 when --until matched (or QEMU ended / --timeout passed without --until), 1 on a timeout or QEMU failure, 2 on a kernel panic.\nQuit an interactive session with Ctrl-A X."
     )]
     Qemu {
         /// The image (out/NAME.img)
@@ -181,6 +182,10 @@ pub enum Command {
         /// Guest memory (raspi3b has 1G)
         #[arg(long, default_value = "1G", value_name = "SIZE")]
         memory: String,
+        /// Let the guest write to IMAGE itself, as to a real card (default: writes go to a
+        /// temporary overlay). Refused for an image with a .sha256 beside it: boot a copy
+        #[arg(long)]
+        writable: bool,
     },
     /// Build a profile twice in different environments (time zone, locale, umask, clock) and
     /// check that the images are identical; otherwise say where they differ
@@ -293,7 +298,8 @@ pub fn run(cli: Cli) -> Result<i32> {
             ref until,
             ref forwards,
             ref memory,
-        } => qemu::run_qemu(image, timeout, until.as_deref(), forwards, memory),
+            writable,
+        } => qemu::run_qemu(image, timeout, until.as_deref(), forwards, memory, writable),
         Command::Verify {
             ref profile,
             ref components,

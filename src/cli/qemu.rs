@@ -20,7 +20,18 @@ pub fn run_qemu(
     until: Option<&str>,
     forwards: &[String],
     memory: &str,
+    writable: bool,
 ) -> Result<i32> {
+    // A built image keeps matching its checksum and manifest: the guest writes to a copy.
+    let sum = piimg::image::sidecar(image, ".sha256");
+    if writable && sum.exists() {
+        anyhow::bail!(
+            "--writable would change {} and break {}; boot a copy: cp --sparse=always {} card.img && piimg qemu --writable card.img",
+            image.display(),
+            sum.display(),
+            image.display()
+        );
+    }
     let until = until
         .map(|u| regex::Regex::new(u).with_context(|| format!("--until {u}")))
         .transpose()?;
@@ -35,6 +46,7 @@ pub fn run_qemu(
         timeout: timeout.map(Duration::from_secs),
         until,
         qemu: None,
+        writable,
     };
     // SIGINT/SIGTERM stop QEMU and clean up instead of killing us mid-run.
     // SAFETY: the handler only stores to an atomic.
