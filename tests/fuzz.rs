@@ -5,13 +5,26 @@
 //! (a crash fails the test) and its slowest input.
 //!
 //! CI runs PIIMG_FUZZ_CASES (default 300) inputs per target; set it higher for longer runs.
+//! The same targets run under libFuzzer with cargo-fuzz (scripts/fuzz.sh), seeded with the base
+//! inputs these tests write to PIIMG_FUZZ_SEEDS=DIR (DIR/TARGET/seed).
 
+mod fuzz_targets;
+
+use fuzz_targets as t;
 use piimg::fs::sparse::{MemSink, Sink};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use std::io::Cursor;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+/// Keeps `base` as the libFuzzer seed of `target` when PIIMG_FUZZ_SEEDS names a folder.
+fn seed(target: &str, base: &[u8]) {
+    if let Some(dir) = std::env::var_os("PIIMG_FUZZ_SEEDS") {
+        let d = std::path::Path::new(&dir).join(target);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("seed"), base).unwrap();
+    }
+}
 
 fn cases(weight: u32) -> u32 {
     let n: u32 = std::env::var("PIIMG_FUZZ_CASES")
@@ -111,44 +124,13 @@ fn fat_image() -> &'static Vec<u8> {
     })
 }
 
-/// Reads everything a volume claims to hold (bounded), as `piimg qemu` would.
-fn walk_fat(img: Vec<u8>) {
-    let Ok(mut v) = piimg::fs::fat32::read::FatVolume::open(Cursor::new(img), 0) else {
-        return;
-    };
-    let mut dirs = vec![String::new()];
-    let mut seen = 0;
-    while let Some(d) = dirs.pop() {
-        let Ok(entries) = v.read_dir(&d) else {
-            continue;
-        };
-        for e in entries {
-            seen += 1;
-            if seen > 200 {
-                return;
-            }
-            let path = if d.is_empty() {
-                e.name.clone()
-            } else {
-                format!("{d}/{}", e.name)
-            };
-            if e.is_dir() {
-                if dirs.len() < 20 && e.name != "." && e.name != ".." {
-                    dirs.push(path);
-                }
-            } else {
-                let _ = v.copy_file(&path, &mut std::io::sink());
-            }
-        }
-    }
-}
-
 #[test]
 fn fat_reader() {
     let base = fat_image();
+    seed("fat_reader", base);
     // Boot sector, FSInfo, both FATs and the first data clusters: where the structure lives.
     fuzz("fat32 reader", cases(2), mutations(1 << 20, 24), |m| {
-        walk_fat(mutate(base, &m))
+        t::fat_reader(&mutate(base, &m))
     });
 }
 
@@ -179,19 +161,18 @@ fn partition_tables() {
     for gpt in [false, true] {
         let base = disk(gpt);
         let name = if gpt { "GPT reader" } else { "MBR reader" };
+        let kind = if gpt { "gpt" } else { "mbr" };
+        seed(&format!("partition_table/{kind}"), &base);
+        seed(&format!("agent_partition_table/{kind}"), &base);
         fuzz(name, cases(1), mutations(2048, 12), |m| {
-            let _ = piimg::qemu::read_partitions(&mut Cursor::new(mutate(&base, &m)), "fuzz.img");
+            t::partition_table(&mutate(&base, &m))
         });
         // The agent's table code reads the same tables on the node.
         fuzz(
             &format!("agent {name}"),
             cases(2),
             mutations(2048, 12),
-            |m| {
-                let f = tempfile::tempfile().unwrap();
-                std::os::unix::fs::FileExt::write_all_at(&f, &mutate(&base, &m), 0).unwrap();
-                let _ = piimg_agent::grow::grow_partition(&f, 128 * 512, 1);
-            },
+            |m| t::agent_partition_table(&mutate(&base, &m)),
         );
     }
 }
@@ -256,18 +237,16 @@ fn dtb() -> Vec<u8> {
 #[test]
 fn device_tree_patcher() {
     let base = dtb();
+    seed("device_tree", &base);
     let n = base.len();
     fuzz("device-tree patcher", cases(1), mutations(n, 8), |m| {
-        let mut d = mutate(&base, &m);
-        let _ = piimg::qemu::apply_disable_bt(&mut d);
+        t::device_tree(&mutate(&base, &m))
     });
     fuzz(
         "device-tree patcher (any bytes)",
         cases(1),
         proptest::collection::vec(any::<u8>(), 0..512),
-        |mut d| {
-            let _ = piimg::qemu::apply_disable_bt(&mut d);
-        },
+        |d| t::device_tree(&d),
     );
 }
 
@@ -277,17 +256,18 @@ fn text_formats() {
         "config.txt",
         cases(1),
         "[\\[\\]a-z0-9_=#\\n ]{0,400}",
-        |t| {
-            let _ = piimg::qemu::parse_config_txt(&t);
-        },
+        |s| t::config_txt(s.as_bytes()),
     );
+    seed("config_txt", b"[all]\narm_64bit=1\nkernel=vmlinuz\ninitramfs initrd.img followkernel\n[pi4]\ndtoverlay=disable-bt\n");
     fuzz(
         "kernel command line",
         cases(1),
         "[a-z0-9=\" ./_-]{0,300}",
-        |t| {
-            let _ = piimg_agent::cmdline::parse(&t);
-        },
+        |s| t::kernel_cmdline(s.as_bytes()),
+    );
+    seed(
+        "kernel_cmdline",
+        b"console=ttyAMA0,115200 root=PARTUUID=0badc0de-02 rootwait ro piimg.debug=1\n",
     );
     let img = tempfile::NamedTempFile::new().unwrap();
     img.as_file().set_len(1 << 16).unwrap();
@@ -296,35 +276,28 @@ fn text_formats() {
         .unwrap()
         .to_xml();
     let len = bmap.len();
+    seed("bmap", bmap.as_bytes());
     fuzz("bmap", cases(1), mutations(len, 6), |m| {
-        let t = String::from_utf8_lossy(&mutate(bmap.as_bytes(), &m)).into_owned();
-        let _ = piimg::bmap::Bmap::parse(&t);
+        t::bmap(&mutate(bmap.as_bytes(), &m))
     });
     let node = sample_node_json();
+    seed("node_json", &node);
     let len = node.len();
     fuzz("node.json", cases(1), mutations(len, 6), |m| {
-        let _ = piimg_agent::node::NodeConfig::from_json(&mutate(&node, &m));
+        t::node_json(&mutate(&node, &m))
     });
-}
-
-fn load_opts() -> piimg::profile::LoadOptions {
-    piimg::profile::LoadOptions {
-        generate_secrets: true,
-        build_epoch: 1_767_225_600,
-        now: 1_767_225_600,
-    }
 }
 
 /// cp1's node.json as the builder writes it (secrets of a temp cluster included).
 fn sample_node_json() -> Vec<u8> {
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles");
+    let repo = t::repo_profiles();
     let dir = tempfile::tempdir().unwrap();
     let profiles = dir.path().join("profiles");
     std::fs::create_dir_all(&profiles).unwrap();
     for f in ["cluster.toml", "cp1.toml", "lb1.toml"] {
         std::fs::copy(repo.join(f), profiles.join(f)).unwrap();
     }
-    let p = piimg::profile::load(&profiles, &load_opts()).unwrap();
+    let p = piimg::profile::load(&profiles, &t::load_options()).unwrap();
     let json = p.node("cp1").unwrap().config.to_json();
     assert!(json.len() > 1000);
     json
@@ -332,25 +305,84 @@ fn sample_node_json() -> Vec<u8> {
 
 #[test]
 fn profile_loading() {
-    let base =
-        std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/cp1.toml"))
-            .unwrap();
-    let cluster = std::fs::read(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/cluster.toml"),
-    )
-    .unwrap();
+    let base = std::fs::read(t::repo_profiles().join("cp1.toml")).unwrap();
+    seed("profile", &base);
     let len = base.len();
-    let dir = tempfile::tempdir().unwrap();
-    let profiles = dir.path().join("profiles");
-    std::fs::create_dir_all(&profiles).unwrap();
-    std::fs::write(profiles.join("cluster.toml"), &cluster).unwrap();
-    std::fs::copy(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/lb1.toml"),
-        profiles.join("lb1.toml"),
-    )
-    .unwrap();
     fuzz("profile loading", cases(4), mutations(len, 6), |m| {
-        std::fs::write(profiles.join("cp1.toml"), mutate(&base, &m)).unwrap();
-        let _ = piimg::profile::load(&profiles, &load_opts());
+        t::profile(&mutate(&base, &m))
+    });
+}
+
+/// A small .deb as Debian's tools write one, its members uncompressed so that mutations land in
+/// ar and tar headers rather than in a compressed stream.
+fn small_deb() -> Vec<u8> {
+    fn tar_of(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data, mode) in files {
+            let mut h = tar::Header::new_gnu();
+            if name.ends_with('/') {
+                h.set_entry_type(tar::EntryType::Directory);
+            }
+            h.set_path(name).unwrap();
+            h.set_size(data.len() as u64);
+            h.set_mode(*mode);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h.set_cksum();
+            b.append(&h, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+    let control = tar_of(&[(
+        "./control",
+        b"Package: fuzz\nVersion: 1.0\nArchitecture: arm64\n",
+        0o644,
+    )]);
+    let data = tar_of(&[
+        ("./", b"", 0o755),
+        ("./usr/", b"", 0o755),
+        ("./usr/bin/", b"", 0o755),
+        ("./usr/bin/tool", b"#!/bin/sh\necho hi\n", 0o755),
+        ("./etc/", b"", 0o755),
+        ("./etc/tool.conf", b"x=1\n", 0o644),
+    ]);
+    let mut ar = ar::Builder::new(Vec::new());
+    for (name, body) in [
+        ("debian-binary", &b"2.0\n"[..]),
+        ("control.tar", &control[..]),
+        ("data.tar", &data[..]),
+    ] {
+        let mut h = ar::Header::new(name.as_bytes().to_vec(), body.len() as u64);
+        h.set_mode(0o644);
+        ar.append(&h, body).unwrap();
+    }
+    ar.into_inner().unwrap()
+}
+
+#[test]
+fn deb_reader() {
+    let base = small_deb();
+    // The seed itself is a package the reader takes.
+    {
+        use piimg::components::{cache::Cache, deb};
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("s.deb"), &base).unwrap();
+        let cache = Cache::open(d.path().join("cache")).unwrap();
+        let mut tree = piimg::tree::Tree::new(piimg::tree::Meta::root(0o755, 0));
+        deb::read_deb(
+            &mut tree,
+            &cache,
+            &d.path().join("s.deb"),
+            "s",
+            &Default::default(),
+        )
+        .unwrap();
+        assert!(tree.lookup("usr/bin/tool").is_some());
+    }
+    seed("deb", &base);
+    let len = base.len();
+    fuzz(".deb reader (ar, tar)", cases(4), mutations(len, 8), |m| {
+        t::deb(&mutate(&base, &m))
     });
 }
