@@ -21,7 +21,11 @@ rm -rf fuzz/seeds
 PIIMG_FUZZ_SEEDS="$PWD/fuzz/seeds" PIIMG_FUZZ_CASES=10 cargo test -q --test fuzz >/dev/null
 # The targets build no image, so the init agent is not cross-compiled for them.
 export PIIMG_AGENT_BIN=/dev/null
-cargo +nightly fuzz build >/dev/null
+mkdir -p fuzz/artifacts
+if ! cargo +nightly fuzz build >fuzz/artifacts/build.log 2>&1; then
+  cat fuzz/artifacts/build.log >&2
+  exit 1
+fi
 
 failed=0
 printf '%-22s %12s %10s %8s %s\n' target executions exec/s crashes "slowest input"
