@@ -12,7 +12,7 @@
 use crate::fs::fat32::read::{FatReadError, FatVolume};
 use regex::Regex;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,163 +72,26 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> QemuError + '_ {
     }
 }
 
-/// One entry of a disk's partition table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Partition {
-    /// From 1, as Linux numbers them (`mmcblk0p1`).
-    pub number: u32,
-    /// Byte offset on the disk.
-    pub start: u64,
-    /// Bytes.
-    pub size: u64,
-    /// MBR type byte, or None for GPT.
-    pub mbr_type: Option<u8>,
-    /// GPT partition type GUID as text (lower case), or None for MBR.
-    pub gpt_type: Option<String>,
-}
+pub use piimg_agent::contract::table::{PartType, Partition};
 
-impl Partition {
-    /// Whether the table marks it as a FAT partition (the only kind the Pi firmware boots from).
-    pub fn is_fat_type(&self) -> bool {
-        match (&self.mbr_type, &self.gpt_type) {
-            (Some(t), _) => matches!(t, 0x01 | 0x04 | 0x06 | 0x0b | 0x0c | 0x0e),
-            (None, Some(g)) => {
-                g == "ebd0a0a2-b9e5-4433-87c0-68b6b72699c7"
-                    || g == "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
-            }
-            _ => false,
-        }
-    }
-}
-
-/// A GUID as stored on disk (first three fields little-endian) in its usual text form.
-fn guid_text(b: &[u8]) -> String {
-    format!(
-        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{}",
-        b[3],
-        b[2],
-        b[1],
-        b[0],
-        b[5],
-        b[4],
-        b[7],
-        b[6],
-        b[8],
-        b[9],
-        hex::encode(&b[10..16])
-    )
-}
-
-/// Reads the partition table of a disk image: MBR primary entries, or the GPT behind a
-/// protective MBR. Entries come back in table order, empty slots left out.
+/// Reads the partition table of a disk image (piimg_agent::contract::table::read): MBR primary
+/// entries, or the GPT behind a protective MBR, in table order.
 pub fn read_partitions<R: Read + Seek>(
     dev: &mut R,
     name: &str,
 ) -> Result<Vec<Partition>, QemuError> {
-    let ioe = |source| QemuError::Io {
-        path: name.to_string(),
-        source,
-    };
-    let table_err = |msg: String| QemuError::Table {
-        image: name.to_string(),
-        msg,
-    };
-    let disk_len = dev.seek(SeekFrom::End(0)).map_err(ioe)?;
-    let mut mbr = [0u8; 512];
-    dev.seek(SeekFrom::Start(0)).map_err(ioe)?;
-    dev.read_exact(&mut mbr).map_err(ioe)?;
-    if mbr[510] != 0x55 || mbr[511] != 0xaa {
-        return Err(QemuError::NoTable(name.to_string()));
-    }
-    let mut out = Vec::new();
-    let mut protective = false;
-    for i in 0..4u32 {
-        let e = &mbr[446 + 16 * i as usize..446 + 16 * (i as usize + 1)];
-        let kind = e[4];
-        let lba = u64::from(u32::from_le_bytes([e[8], e[9], e[10], e[11]]));
-        let sectors = u64::from(u32::from_le_bytes([e[12], e[13], e[14], e[15]]));
-        if kind == 0 || sectors == 0 {
-            continue;
-        }
-        if kind == 0xee {
-            protective = true;
-            break;
-        }
-        if (lba + sectors)
-            .checked_mul(512)
-            .is_none_or(|end| end > disk_len)
-        {
-            return Err(table_err(format!(
-                "MBR partition {} ends past the end of the disk",
-                i + 1
-            )));
-        }
-        out.push(Partition {
-            number: i + 1,
-            start: lba * 512,
-            size: sectors * 512,
-            mbr_type: Some(kind),
-            gpt_type: None,
-        });
-    }
-    if !protective {
-        return Ok(out);
-    }
-    let mut hdr = [0u8; 512];
-    dev.seek(SeekFrom::Start(512)).map_err(ioe)?;
-    dev.read_exact(&mut hdr).map_err(ioe)?;
-    if &hdr[0..8] != b"EFI PART" {
-        return Err(table_err(
-            "protective MBR but no GPT header at LBA 1".into(),
-        ));
-    }
-    let le64 = |b: &[u8], at: usize| {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(&b[at..at + 8]);
-        u64::from_le_bytes(a)
-    };
-    let le32 = |b: &[u8], at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
-    let entries_lba = le64(&hdr, 72);
-    let count = le32(&hdr, 80);
-    let esize = le32(&hdr, 84) as usize;
-    if !(128..=4096).contains(&esize) || count > 1024 {
-        return Err(table_err(format!(
-            "GPT header: {count} entries of {esize} bytes"
-        )));
-    }
-    let arr_start = entries_lba
-        .checked_mul(512)
-        .filter(|s| s.saturating_add((count as usize * esize) as u64) <= disk_len)
-        .ok_or_else(|| {
-            table_err(format!(
-                "GPT entry array at LBA {entries_lba} lies outside the disk"
-            ))
-        })?;
-    let mut arr = vec![0u8; count as usize * esize];
-    dev.seek(SeekFrom::Start(arr_start)).map_err(ioe)?;
-    dev.read_exact(&mut arr).map_err(ioe)?;
-    for (i, e) in arr.chunks_exact(esize).enumerate() {
-        if e[..16].iter().all(|&b| b == 0) {
-            continue;
-        }
-        let first = le64(e, 32);
-        let last = le64(e, 40);
-        let end = last.checked_add(1).and_then(|l| l.checked_mul(512));
-        if last < first || end.is_none_or(|end| end > disk_len) {
-            return Err(table_err(format!(
-                "GPT partition {} has a bad extent {first}..={last}",
-                i + 1
-            )));
-        }
-        out.push(Partition {
-            number: i as u32 + 1,
-            start: first * 512,
-            size: (last - first + 1) * 512,
-            mbr_type: None,
-            gpt_type: Some(guid_text(&e[..16])),
-        });
-    }
-    Ok(out)
+    use piimg_agent::contract::table::{self, ReadError, TableError};
+    table::read(dev).map_err(|e| match e {
+        ReadError::Io(source) => QemuError::Io {
+            path: name.to_string(),
+            source,
+        },
+        ReadError::Table(TableError::NoTable) => QemuError::NoTable(name.to_string()),
+        ReadError::Table(t) => QemuError::Table {
+            image: name.to_string(),
+            msg: t.to_string(),
+        },
+    })
 }
 
 /// What config.txt tells the firmware to load (for a Pi 3 Model B, which QEMU's raspi3b is).
@@ -975,20 +838,36 @@ mod tests {
                 d[e] = 1;
                 d[e + 32..e + 40].copy_from_slice(&34u64.to_le_bytes());
                 d[e + 40..e + 48].copy_from_slice(&last.to_le_bytes());
+                // Valid checksums, so that the extents are what gets refused.
+                use piimg_agent::contract::crc32;
+                d[512 + 12..512 + 16].copy_from_slice(&92u32.to_le_bytes());
+                let array = crc32(&d[1024..1024 + 4 * 128]);
+                d[512 + 88..512 + 92].copy_from_slice(&array.to_le_bytes());
+                let header = crc32(&d[512..512 + 92]);
+                d[512 + 16..512 + 20].copy_from_slice(&header.to_le_bytes());
             }
         };
-        for (lba, last) in [
-            (u64::MAX / 4, 40),
-            (2, u64::MAX),
-            (2, u64::MAX / 512),
-            (1 << 40, 40),
+        for (lba, last, why) in [
+            (u64::MAX / 4, 40, "outside the disk"),
+            (2, u64::MAX, "bad extent"),
+            (2, u64::MAX / 512, "bad extent"),
+            (1 << 40, 40, "outside the disk"),
         ] {
             let r = disk(&gpt(lba, last));
             assert!(
-                matches!(r, Err(QemuError::Table { .. })),
+                matches!(&r, Err(QemuError::Table { msg, .. }) if msg.contains(why)),
                 "{lba} {last}: {r:?}"
             );
         }
+        // A checksum that does not match is refused as the kernel refuses it.
+        let r = disk(&|d| {
+            gpt(2, 40)(d);
+            d[1024 + 40] ^= 1;
+        });
+        assert!(
+            matches!(&r, Err(QemuError::Table { msg, .. }) if msg.contains("checksum")),
+            "{r:?}"
+        );
         // The same table with sane numbers reads.
         let r = disk(&gpt(2, 40)).unwrap();
         assert_eq!((r[0].start, r[0].size), (34 * 512, 7 * 512));

@@ -148,6 +148,8 @@ fn disk(gpt: bool) -> Vec<u8> {
         d[1024] = 1;
         d[1024 + 32..1024 + 40].copy_from_slice(&34u64.to_le_bytes());
         d[1024 + 40..1024 + 48].copy_from_slice(&60u64.to_le_bytes());
+        d[512 + 12..512 + 16].copy_from_slice(&92u32.to_le_bytes());
+        d = t::with_gpt_checksums(&d);
     } else {
         d[446 + 4] = 0x0c;
         d[446 + 8..446 + 12].copy_from_slice(&1u32.to_le_bytes());

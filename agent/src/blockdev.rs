@@ -36,65 +36,30 @@ pub fn uevent_matches(text: &str, want: &str) -> Option<String> {
 /// (partition number, PARTUUID) for every partition in an MBR or GPT table. `head` holds the
 /// first sectors of the disk (at least 2 sectors for GPT plus the entry array).
 pub fn table_partuuids(head: &[u8], sector: usize) -> Vec<(u32, String)> {
-    if head.len() < 512 || head[510] != 0x55 || head[511] != 0xaa {
+    use crate::contract::mbr_partuuid;
+    use crate::contract::table::{gpt_entries, GptHeader, Mbr};
+    let Some(mbr) = Mbr::parse(head) else {
         return Vec::new();
+    };
+    if !mbr.is_protective() {
+        return (1..=4u32)
+            .filter(|&n| mbr.entries[n as usize - 1].kind != 0)
+            .map(|n| (n, mbr_partuuid(mbr.signature, n)))
+            .collect();
     }
-    let protective = (0..4).any(|i| head[446 + i * 16 + 4] == 0xee);
-    if protective {
-        return gpt_partuuids(head, sector);
-    }
-    let sig = u32::from_le_bytes([head[440], head[441], head[442], head[443]]);
-    (0..4)
-        .filter(|i| head[446 + i * 16 + 4] != 0)
-        .map(|i| (i as u32 + 1, format!("{sig:08x}-{:02x}", i + 1)))
+    let Some(Ok(hdr)) = head.get(sector..).map(GptHeader::parse) else {
+        return Vec::new();
+    };
+    let array = usize::try_from(hdr.entries_lba)
+        .ok()
+        .and_then(|lba| lba.checked_mul(sector))
+        .and_then(|at| head.get(at..))
+        .unwrap_or_default();
+    let array = &array[..array.len().min(hdr.array_bytes() as usize)];
+    gpt_entries(&hdr, array)
+        .into_iter()
+        .map(|e| (e.number, e.unique_guid.to_string()))
         .collect()
-}
-
-/// Formats a GPT GUID (mixed endian on disk) the way the kernel prints it.
-pub fn guid_string(b: &[u8]) -> String {
-    format!(
-        "{:08x}-{:04x}-{:04x}-{:02x}{:02x}-{}",
-        u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-        u16::from_le_bytes([b[4], b[5]]),
-        u16::from_le_bytes([b[6], b[7]]),
-        b[8],
-        b[9],
-        b[10..16]
-            .iter()
-            .map(|x| format!("{x:02x}"))
-            .collect::<String>()
-    )
-}
-
-fn gpt_partuuids(head: &[u8], sector: usize) -> Vec<(u32, String)> {
-    let hdr = match head.get(sector..sector + 92) {
-        Some(h) if &h[..8] == b"EFI PART" => h,
-        _ => return Vec::new(),
-    };
-    let u64at = |o: usize| {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(&hdr[o..o + 8]);
-        u64::from_le_bytes(a)
-    };
-    let u32at = |o: usize| u32::from_le_bytes([hdr[o], hdr[o + 1], hdr[o + 2], hdr[o + 3]]);
-    let entries_lba = u64at(72) as usize;
-    let count = u32at(80) as usize;
-    let size = u32at(84) as usize;
-    if size < 128 {
-        return Vec::new();
-    }
-    let mut out = Vec::new();
-    for i in 0..count {
-        let off = entries_lba * sector + i * size;
-        let Some(e) = head.get(off..off + 128) else {
-            break;
-        };
-        if e[..16].iter().all(|&b| b == 0) {
-            continue;
-        }
-        out.push((i as u32 + 1, guid_string(&e[16..32])));
-    }
-    out
 }
 
 /// The kernel's name for partition `n` of `disk` (`sda` -> `sda1`, `mmcblk0` -> `mmcblk0p1`).

@@ -7,7 +7,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-const SECTOR: u64 = 512;
+use crate::contract::table::SECTOR;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GrowError {
@@ -21,6 +21,8 @@ pub enum GrowError {
     NotLast(u32),
     #[error("GPT header corrupt: {0}")]
     BadGpt(&'static str),
+    #[error(transparent)]
+    Table(#[from] TableError),
 }
 
 /// The partition's extent after growing, in 512-byte sectors.
@@ -31,31 +33,11 @@ pub struct Grown {
     pub new_sectors: u64,
 }
 
-/// CRC-32 (IEEE, reflected), as GPT uses.
-pub fn crc32(data: &[u8]) -> u32 {
-    let mut crc = 0xffff_ffffu32;
-    for &b in data {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
-fn u32le(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
-
-fn u64le(b: &[u8], o: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[o..o + 8]);
-    u64::from_le_bytes(a)
-}
+use crate::contract::crc32;
+use crate::contract::table::{
+    gpt_entry as ent, gpt_header as hd, le32, le64, GptHeader, Mbr, TableError,
+};
+use crate::contract::table::{MBR_ENTRIES, MBR_ENTRY_LEN, PROTECTIVE};
 
 fn put32(b: &mut [u8], o: usize, v: u32) {
     b[o..o + 4].copy_from_slice(&v.to_le_bytes());
@@ -74,14 +56,12 @@ pub fn grow_partition(
 ) -> Result<Option<Grown>, GrowError> {
     let mut mbr = [0u8; 512];
     disk.read_exact_at(&mut mbr, 0)?;
-    if mbr[510] != 0x55 || mbr[511] != 0xaa {
-        return Err(GrowError::NoTable);
-    }
+    let table = Mbr::parse(&mbr).ok_or(GrowError::NoTable)?;
     let total = disk_bytes / SECTOR;
-    if (0..4).any(|i| mbr[446 + i * 16 + 4] == 0xee) {
+    if table.is_protective() {
         grow_gpt(disk, &mut mbr, total, partno)
     } else {
-        grow_mbr(disk, &mut mbr, total, partno)
+        grow_mbr(disk, &mut mbr, &table, total, partno)
     }
 }
 
@@ -90,24 +70,26 @@ const SLACK: u64 = 2048;
 fn grow_mbr(
     disk: &File,
     mbr: &mut [u8; 512],
+    table: &Mbr,
     total: u64,
     partno: u32,
 ) -> Result<Option<Grown>, GrowError> {
     if !(1..=4).contains(&partno) {
         return Err(GrowError::NoPartition(partno));
     }
-    let off = 446 + (partno as usize - 1) * 16;
-    if mbr[off + 4] == 0 {
+    let idx = partno as usize - 1;
+    let entry = table.entries[idx];
+    if entry.kind == 0 {
         return Err(GrowError::NoPartition(partno));
     }
-    let start = u32le(mbr, off + 8) as u64;
-    let size = u32le(mbr, off + 12) as u64;
-    for i in 0..4 {
-        let o = 446 + i * 16;
-        if i != partno as usize - 1 && mbr[o + 4] != 0 && u32le(mbr, o + 8) as u64 > start {
+    let start = u64::from(entry.first_lba);
+    let size = u64::from(entry.sectors);
+    for (i, e) in table.entries.iter().enumerate() {
+        if i != idx && e.kind != 0 && u64::from(e.first_lba) > start {
             return Err(GrowError::NotLast(partno));
         }
     }
+    let off = MBR_ENTRIES + idx * MBR_ENTRY_LEN;
     // MBR sizes are 32-bit sectors: cards past 2 TiB keep the rest unused.
     let end = total.min(u32::MAX as u64);
     if end <= start + size + SLACK {
@@ -142,10 +124,7 @@ fn grow_gpt(
 pub fn move_gpt_backup(disk: &File, disk_bytes: u64) -> Result<bool, GrowError> {
     let mut mbr = [0u8; 512];
     disk.read_exact_at(&mut mbr, 0)?;
-    if mbr[510] != 0x55 || mbr[511] != 0xaa {
-        return Err(GrowError::NoTable);
-    }
-    if !(0..4).any(|i| mbr[446 + i * 16 + 4] == 0xee) {
+    if !Mbr::parse(&mbr).ok_or(GrowError::NoTable)?.is_protective() {
         return Ok(false);
     }
     Ok(rewrite_gpt(disk, &mut mbr, disk_bytes / SECTOR, None)? == GptChange::Moved)
@@ -168,34 +147,29 @@ fn rewrite_gpt(
 ) -> Result<GptChange, GrowError> {
     let mut hdr = [0u8; 512];
     disk.read_exact_at(&mut hdr, SECTOR)?;
-    if &hdr[..8] != b"EFI PART" {
-        return Err(GrowError::BadGpt("signature"));
-    }
-    let hsize = u32le(&hdr, 12) as usize;
-    if !(92..=512).contains(&hsize) {
-        return Err(GrowError::BadGpt("header size"));
-    }
-    let mut check = hdr;
-    put32(&mut check, 16, 0);
-    if crc32(&check[..hsize]) != u32le(&hdr, 16) {
-        return Err(GrowError::BadGpt("header crc"));
-    }
-    let old_backup = u64le(&hdr, 32);
-    let entries_lba = u64le(&hdr, 72);
-    let count = u32le(&hdr, 80) as u64;
-    let esize = u32le(&hdr, 84) as u64;
-    if esize < 128 || count == 0 || count > 4096 {
-        return Err(GrowError::BadGpt("entry array"));
-    }
-    let array_bytes = count * esize;
+    let h = GptHeader::parse(&hdr)?;
+    let hsize = h.header_size as usize;
+    let old_backup = h.backup_lba;
+    let entries_lba = h.entries_lba;
+    let count = u64::from(h.entry_count);
+    let esize = u64::from(h.entry_size);
+    let array_bytes = h.array_bytes();
     let array_sectors = array_bytes.div_ceil(SECTOR);
     let mut entries = vec![0u8; array_bytes as usize];
-    disk.read_exact_at(&mut entries, entries_lba * SECTOR)?;
-    if crc32(&entries) != u32le(&hdr, 88) {
+    let at = entries_lba
+        .checked_mul(SECTOR)
+        .ok_or(GrowError::BadGpt("entry array"))?;
+    disk.read_exact_at(&mut entries, at)?;
+    if crc32(&entries) != h.entries_crc {
         return Err(GrowError::BadGpt("entries crc"));
     }
-    let new_backup = total - 1;
-    let new_backup_entries = new_backup - array_sectors;
+    // Every figure from the card is checked: this runs as PID 1 on whatever card it was given.
+    let too_small = GrowError::BadGpt("disk smaller than the table");
+    let new_backup = total.checked_sub(1).ok_or(too_small)?;
+    let new_backup_entries = new_backup
+        .checked_sub(array_sectors)
+        .filter(|&s| s > h.first_usable)
+        .ok_or(GrowError::BadGpt("disk smaller than the table"))?;
     let last_usable = new_backup_entries - 1;
     let mut change = GptChange::Moved;
     if let Some(partno) = grow {
@@ -207,23 +181,26 @@ fn rewrite_gpt(
         if entries[e..e + 16].iter().all(|&b| b == 0) {
             return Err(GrowError::NoPartition(partno));
         }
-        let first = u64le(&entries, e + 32);
-        let last = u64le(&entries, e + 40);
+        let first = le64(&entries, e + ent::FIRST_LBA);
+        let last = le64(&entries, e + ent::LAST_LBA);
+        if last < first {
+            return Err(GrowError::BadGpt("partition ends before it starts"));
+        }
         for i in 0..count {
             let o = (i * esize) as usize;
             if i != idx
                 && entries[o..o + 16].iter().any(|&b| b != 0)
-                && u64le(&entries, o + 32) > first
+                && le64(&entries, o + ent::FIRST_LBA) > first
             {
                 return Err(GrowError::NotLast(partno));
             }
         }
         // End on a 1 MiB boundary (sgdisk's default alignment) inside the usable area.
-        let new_last = ((last_usable + 1) / SLACK) * SLACK - 1;
-        if new_last <= last + SLACK {
-            return Ok(GptChange::Unchanged);
-        }
-        put64(&mut entries, e + 40, new_last);
+        let new_last = match ((last_usable + 1) / SLACK * SLACK).checked_sub(1) {
+            Some(l) if l > last.saturating_add(SLACK) => l,
+            _ => return Ok(GptChange::Unchanged),
+        };
+        put64(&mut entries, e + ent::LAST_LBA, new_last);
         change = GptChange::Grown(Grown {
             start: first,
             old_sectors: last - first + 1,
@@ -231,27 +208,27 @@ fn rewrite_gpt(
         });
     } else if old_backup == new_backup {
         return Ok(GptChange::Unchanged);
-    } else if new_backup_entries <= u64le(&hdr, 48) {
+    } else if new_backup_entries <= h.last_usable {
         // A disk smaller than the table says: nothing sensible to move.
         return Err(GrowError::BadGpt("disk smaller than the table"));
     }
     let entries_crc = crc32(&entries);
 
     let mut primary = hdr;
-    put64(&mut primary, 32, new_backup);
-    put64(&mut primary, 48, last_usable);
-    put32(&mut primary, 88, entries_crc);
-    put32(&mut primary, 16, 0);
+    put64(&mut primary, hd::BACKUP_LBA, new_backup);
+    put64(&mut primary, hd::LAST_USABLE, last_usable);
+    put32(&mut primary, hd::ENTRIES_CRC, entries_crc);
+    put32(&mut primary, hd::CRC, 0);
     let c = crc32(&primary[..hsize]);
-    put32(&mut primary, 16, c);
+    put32(&mut primary, hd::CRC, c);
 
     let mut backup = primary;
-    put64(&mut backup, 24, new_backup);
-    put64(&mut backup, 32, 1);
-    put64(&mut backup, 72, new_backup_entries);
-    put32(&mut backup, 16, 0);
+    put64(&mut backup, hd::CURRENT_LBA, new_backup);
+    put64(&mut backup, hd::BACKUP_LBA, 1);
+    put64(&mut backup, hd::ENTRIES_LBA, new_backup_entries);
+    put32(&mut backup, hd::CRC, 0);
     let c = crc32(&backup[..hsize]);
-    put32(&mut backup, 16, c);
+    put32(&mut backup, hd::CRC, c);
 
     // Backup first: if power fails mid-way, the primary still describes a valid (old) disk.
     disk.write_all_at(&entries, new_backup_entries * SECTOR)?;
@@ -261,14 +238,16 @@ fn rewrite_gpt(
     disk.write_all_at(&primary, SECTOR)?;
     // Protective MBR covers the whole disk.
     let pm = (0..4)
-        .map(|i| 446 + i * 16)
-        .find(|&o| mbr[o + 4] == 0xee)
-        .unwrap_or(446);
+        .map(|i| MBR_ENTRIES + i * MBR_ENTRY_LEN)
+        .find(|&o| mbr[o + 4] == PROTECTIVE)
+        .unwrap_or(MBR_ENTRIES);
     put32(mbr, pm + 12, (total - 1).min(u32::MAX as u64) as u32);
     disk.write_all_at(mbr, 0)?;
     // The old backup header now lies inside the partition: wipe its signature.
     if old_backup != new_backup && old_backup > 1 {
-        disk.write_all_at(&[0u8; 512], old_backup * SECTOR)?;
+        if let Some(at) = old_backup.checked_mul(SECTOR) {
+            disk.write_all_at(&[0u8; 512], at)?;
+        }
     }
     disk.sync_all()?;
     Ok(change)
@@ -358,14 +337,14 @@ pub fn ext4_bytes(dev: &File) -> io::Result<u64> {
             "no ext4 superblock",
         ));
     }
-    let lo = u64::from(u32le(&sb, 0x04));
+    let lo = u64::from(le32(&sb, 0x04));
     // s_blocks_count_hi counts only with the 64bit feature.
-    let hi = if u32le(&sb, 0x60) & 0x80 != 0 {
-        u64::from(u32le(&sb, 0x150))
+    let hi = if le32(&sb, 0x60) & 0x80 != 0 {
+        u64::from(le32(&sb, 0x150))
     } else {
         0
     };
-    let block = 1024u64 << u32le(&sb, 0x18).min(6);
+    let block = 1024u64 << le32(&sb, 0x18).min(6);
     Ok(((hi << 32) | lo) * block)
 }
 
@@ -404,11 +383,6 @@ pub fn disk_of(sys_block: &Path, part: &str) -> Option<(String, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn crc32_known_value() {
-        assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
-    }
 
     #[test]
     fn disk_of_sysfs_layout() {

@@ -21,8 +21,8 @@ use std::time::Duration;
 pub const ATTEMPT_MARKER: &str = "/var/lib/piimg/kubeadm.attempt";
 /// The builder's copy of the control plane's shared keys and certificates (never touched by
 /// kubeadm reset), restored into [`KUBE_PKI`] before each attempt.
-pub const PRESEED_PKI: &str = "/etc/piimg/pki";
-pub const KUBE_PKI: &str = "/etc/kubernetes/pki";
+pub const PRESEED_PKI: &str = crate::contract::paths::PRESEED_PKI;
+pub const KUBE_PKI: &str = crate::contract::paths::KUBE_PKI;
 pub const KUBELET_CONF: &str = "/etc/kubernetes/kubelet.conf";
 
 /// What to do on this boot.

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod cmdline;
 pub mod commands;
 pub mod console;
+pub mod contract;
 pub mod grow;
 pub mod keeper;
 pub mod kubeadm;

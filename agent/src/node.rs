@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
 
 /// Where the builder puts the node configuration inside the root filesystem.
-pub const NODE_CONFIG_PATH: &str = "/etc/piimg/node.json";
+pub const NODE_CONFIG_PATH: &str = crate::contract::paths::NODE_CONFIG;
 /// Version of this schema; bumped on incompatible changes so an old agent refuses a new config.
 pub const SCHEMA_VERSION: u32 = 1;
 /// What `redacted()` puts in place of a secret.

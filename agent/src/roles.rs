@@ -1,13 +1,14 @@
 //! What each role runs: pure functions from the node config to service specs and command lines.
 
+use crate::contract::paths;
 use crate::node::{NodeConfig, Role};
 use crate::supervise::{Kind, ServiceSpec};
 use std::path::{Path, PathBuf};
 
-pub const KUBEADM_YAML: &str = "/etc/piimg/kubeadm.yaml";
-pub const KUBEADM_DONE: &str = "/var/lib/piimg/kubeadm.done";
-pub const IMAGES_DONE: &str = "/var/lib/piimg/images.done";
-pub const KEEPER_DONE: &str = "/var/lib/piimg/keeper.done";
+pub const KUBEADM_YAML: &str = paths::KUBEADM_YAML;
+pub const KUBEADM_DONE: &str = paths::KUBEADM_DONE;
+pub const IMAGES_DONE: &str = paths::IMAGES_DONE;
+pub const KEEPER_DONE: &str = paths::KEEPER_DONE;
 /// Per boot (iptables rules are): /run is a tmpfs.
 pub const POD_EGRESS_DONE: &str = "/run/piimg/pod-egress.done";
 
@@ -44,7 +45,7 @@ pub fn pod_egress_command(cfg: &NodeConfig) -> Option<Vec<String>> {
 pub const CONTAINERD_SOCK: &str = "/run/containerd/containerd.sock";
 pub const KUBELET_CONFIG: &str = "/var/lib/kubelet/config.yaml";
 /// Where the builder may place image archives for air-gapped nodes (both are scanned).
-pub const IMAGE_DIRS: [&str; 2] = ["/var/lib/piimg/images", "/usr/share/piimg/images"];
+pub const IMAGE_DIRS: [&str; 2] = ["/var/lib/piimg/images", paths::IMAGES_DIR];
 pub const PATH_ENV: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 fn strings(v: &[&str]) -> Vec<String> {

@@ -9,7 +9,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub const STAGE1_MODULES: &str = "/etc/piimg/stage1.modules";
+pub const STAGE1_MODULES: &str = crate::contract::paths::STAGE1_MODULES;
 const NEWROOT: &str = "/newroot";
 /// How long to wait for the root device before complaining (then keep waiting).
 const ROOT_WAIT: Duration = Duration::from_secs(30);

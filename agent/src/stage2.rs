@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub const MODULES_LOAD: &str = "/etc/piimg/modules.load";
-pub const GROWN_MARKER: &str = "/var/lib/piimg/grown";
+pub const MODULES_LOAD: &str = crate::contract::paths::MODULES_LOAD;
+pub const GROWN_MARKER: &str = crate::contract::paths::GROWN;
 pub const RESOLV_CONF: &str = "/run/resolv.conf";
 /// The kernel runs this for request_module(); it is a symlink to the agent, so argv[0] says
 /// "modprobe".

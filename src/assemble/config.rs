@@ -3,11 +3,9 @@
 
 use piimg_agent::node::{Board, Kubernetes, NodeConfig, Role};
 
-/// Paths inside the rootfs that the agent and the generated configs agree on.
+/// Paths inside the rootfs of the generated configs. Those the agent reads are in
+/// piimg_agent::contract::paths.
 pub mod paths {
-    pub const KUBEADM_CONFIG: &str = "etc/piimg/kubeadm.yaml";
-    pub const MODULES_LOAD: &str = "etc/piimg/modules.load";
-    pub const STAGE1_MODULES: &str = "etc/piimg/stage1.modules";
     pub const CONTAINERD_CONFIG: &str = "etc/containerd/config.toml";
     pub const CNI_CONFIG: &str = "etc/cni/net.d/10-piimg-bridge.conflist";
     pub const CRICTL_CONFIG: &str = "etc/crictl.yaml";
@@ -20,10 +18,6 @@ pub mod paths {
     pub const CNI_BIN_DIR: &str = "/opt/cni/bin";
     /// The trust bundle ca-certificates' postinst (update-ca-certificates) would write.
     pub const CA_BUNDLE: &str = "etc/ssl/certs/ca-certificates.crt";
-    /// kubeadm's certificates folder, and the agent's pristine copy of the preseeded PKI
-    /// (piimg_agent::kubeadm::PRESEED_PKI).
-    pub const KUBE_PKI: &str = "etc/kubernetes/pki";
-    pub const PRESEED_PKI: &str = "etc/piimg/pki";
 }
 
 /// The Pi firmware's config.txt: the kernel, the initramfs and the device tree it loads.

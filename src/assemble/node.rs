@@ -10,6 +10,7 @@ use crate::components::modules::ModuleSet;
 use crate::profile::NodeProfile;
 use crate::report::Reporter;
 use crate::tree::{FileData, Meta, NodeId, NodeKind, Tree};
+use piimg_agent::contract::paths::{self as agent_paths, in_tree};
 use piimg_agent::node::{Board, NodeConfig, Role};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -492,7 +493,7 @@ pub fn assemble(inp: &Inputs, reporter: &dyn Reporter) -> Result<Assembled, Asse
     )?;
     let order = load_order(&installed, &stage1);
     initramfs.add_file(
-        paths::STAGE1_MODULES,
+        in_tree(agent_paths::STAGE1_MODULES),
         meta(0o644, epoch),
         bytes(format!("{}\n", order.join("\n"))),
     )?;
@@ -517,7 +518,7 @@ pub fn assemble(inp: &Inputs, reporter: &dyn Reporter) -> Result<Assembled, Asse
         "var",
         "mnt",
         "etc/piimg",
-        "usr/share/piimg/images",
+        in_tree(agent_paths::IMAGES_DIR),
     ] {
         root.mkdir_p(d, meta(0o755, epoch))?;
     }
@@ -618,7 +619,7 @@ pub fn assemble(inp: &Inputs, reporter: &dyn Reporter) -> Result<Assembled, Asse
         root.add_file(format!("{rmod_dir}/{f}"), meta(0o644, epoch), bytes(text))?;
     }
     root.add_file(
-        paths::MODULES_LOAD,
+        in_tree(agent_paths::MODULES_LOAD),
         meta(0o644, epoch),
         bytes(format!("{}\n", requested.join("\n"))),
     )?;
@@ -661,15 +662,16 @@ pub fn assemble(inp: &Inputs, reporter: &dyn Reporter) -> Result<Assembled, Asse
         NodeKind::Symlink(b"../run/resolv.conf".to_vec()),
     )?;
     let mut secret_paths = Vec::new();
-    let node_json = piimg_agent::node::NODE_CONFIG_PATH.trim_start_matches('/');
+    let node_json = in_tree(agent_paths::NODE_CONFIG);
     let node_mode = if cfg.has_secrets() { 0o600 } else { 0o644 };
     root.add_file(node_json, meta(node_mode, epoch), bytes(cfg.to_json()))?;
     if cfg.has_secrets() {
         secret_paths.push(node_json.to_string());
     }
     if let Some(y) = config::kubeadm_yaml(cfg, inp.cluster) {
-        root.add_file(paths::KUBEADM_CONFIG, meta(0o600, epoch), bytes(y))?;
-        secret_paths.push(paths::KUBEADM_CONFIG.to_string());
+        let kubeadm_yaml = in_tree(agent_paths::KUBEADM_YAML);
+        root.add_file(kubeadm_yaml, meta(0o600, epoch), bytes(y))?;
+        secret_paths.push(kubeadm_yaml.to_string());
     }
     if let Some(k) = &cfg.kubernetes {
         let pause = config::pause_image(k).ok_or_else(|| {
@@ -701,7 +703,7 @@ pub fn assemble(inp: &Inputs, reporter: &dyn Reporter) -> Result<Assembled, Asse
             .ok_or_else(|| AssembleError::Missing("cluster secrets".into()))?;
         // kubeadm's folder, and the pristine copy the agent restores after `kubeadm reset`
         // (which empties kubeadm's folder) before it retries.
-        for base in [paths::KUBE_PKI, paths::PRESEED_PKI] {
+        for base in [agent_paths::KUBE_PKI, agent_paths::PRESEED_PKI].map(in_tree) {
             for (name, content, private) in s.pki_files() {
                 let path = format!("{base}/{name}");
                 if let Some((dir, _)) = path.rsplit_once('/') {

@@ -3,6 +3,7 @@
 //! derived from a seed, so the same seed gives the same bytes.
 
 use crate::fs::sparse::Sink;
+use piimg_agent::contract;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -110,10 +111,6 @@ pub fn derived_guid(seed: &[u8], purpose: &str) -> [u8; 16] {
     g
 }
 
-fn guid_string(g: &[u8; 16]) -> String {
-    uuid::Uuid::from_bytes(*g).hyphenated().to_string()
-}
-
 fn check_sectors(what: &str, value: u64) -> Result<(), DiskError> {
     if value % SECTOR != 0 {
         return Err(DiskError::NotSectors {
@@ -186,10 +183,10 @@ pub fn plan(
         };
         pos = start + size;
         let (partuuid, guid) = match table {
-            Table::Mbr => (format!("{signature:08x}-{number:02}"), [0; 16]),
+            Table::Mbr => (contract::mbr_partuuid(signature, number), [0; 16]),
             Table::Gpt => {
                 let g = derived_guid(id_seed, &format!("partition-{number}"));
-                (guid_string(&g), g)
+                (contract::Guid::from_rfc4122(g).to_string(), g)
             }
         };
         parts.push(Placed {

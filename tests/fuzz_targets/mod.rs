@@ -38,18 +38,51 @@ pub fn fat_reader(img: &[u8]) {
     }
 }
 
-/// The builder's MBR/GPT reader (`piimg qemu`, `verify`).
-pub fn partition_table(disk: &[u8]) {
-    let _ = piimg::qemu::read_partitions(&mut Cursor::new(disk), "fuzz.img");
+/// The disk with its primary GPT's checksums made right, so that a mutation reaches the checks
+/// behind them (a random change almost never keeps a CRC-32 valid).
+pub fn with_gpt_checksums(disk: &[u8]) -> Vec<u8> {
+    use piimg_agent::contract::{crc32, table::le32, table::le64};
+    let mut d = disk.to_vec();
+    if d.len() < 1024 {
+        return d;
+    }
+    let (count, size) = (le32(&d, 512 + 80) as usize, le32(&d, 512 + 84) as usize);
+    let at = usize::try_from(le64(&d, 512 + 72))
+        .ok()
+        .and_then(|l| l.checked_mul(512));
+    if let Some(array) = at
+        .zip(count.checked_mul(size))
+        .and_then(|(at, n)| d.get(at..at.checked_add(n)?))
+    {
+        let c = crc32(array);
+        d[512 + 88..512 + 92].copy_from_slice(&c.to_le_bytes());
+    }
+    let hsize = (le32(&d, 512 + 12) as usize).clamp(92, 512);
+    d[512 + 16..512 + 20].fill(0);
+    let c = crc32(&d[512..512 + hsize]);
+    d[512 + 16..512 + 20].copy_from_slice(&c.to_le_bytes());
+    d
 }
 
-/// The agent's table code, as it grows the data partition on a node's first boot.
-pub fn agent_partition_table(disk: &[u8]) {
-    let Ok(f) = tempfile::tempfile() else { return };
-    if std::os::unix::fs::FileExt::write_all_at(&f, disk, 0).is_err() {
-        return;
+/// The builder's MBR/GPT reader (`piimg qemu`, `verify`, `flash`), on the disk as given and
+/// with its checksums made right.
+pub fn partition_table(disk: &[u8]) {
+    for d in [disk.to_vec(), with_gpt_checksums(disk)] {
+        let _ = piimg::qemu::read_partitions(&mut Cursor::new(d), "fuzz.img");
     }
-    let _ = piimg_agent::grow::grow_partition(&f, 128 * 512, 1);
+}
+
+/// The agent's table code, as it finds the root by PARTUUID and grows the data partition on a
+/// node's first boot.
+pub fn agent_partition_table(disk: &[u8]) {
+    for d in [disk.to_vec(), with_gpt_checksums(disk)] {
+        let _ = piimg_agent::blockdev::table_partuuids(&d, 512);
+        let Ok(f) = tempfile::tempfile() else { return };
+        if std::os::unix::fs::FileExt::write_all_at(&f, &d, 0).is_err() {
+            return;
+        }
+        let _ = piimg_agent::grow::grow_partition(&f, 128 * 512, 1);
+    }
 }
 
 pub fn device_tree(dtb: &[u8]) {
