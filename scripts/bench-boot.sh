@@ -10,26 +10,18 @@
 # timestamp before it (a lower bound).
 # Usage: scripts/bench-boot.sh     (RUNS=N, BENCH_DIR=... work folder, KEEP=1 keeps it)
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 
 command -v qemu-system-aarch64 >/dev/null || {
     echo "missing qemu-system-aarch64: apt-get install qemu-system-arm" >&2; exit 1; }
 runs="${RUNS:-3}"
-here="$(cd "$(dirname "$0")/.." && pwd)"
-work="${BENCH_DIR:-$(mktemp -d /var/tmp/piimg-bench-boot.XXXXXX)}"
-mkdir -p "$work"
-if [ "${KEEP:-0}" != 1 ]; then trap 'rm -rf "$work"' EXIT; fi
+bench_setup bench-boot
 export SOURCE_DATE_EPOCH=1767225600
-
-echo "== building piimg (release)"
-(cd "$here" && cargo build --release -p piimg --bin piimg --quiet)
-piimg="${CARGO_TARGET_DIR:-$here/target}/release/piimg"
+build_piimg
 
 echo "== images in $work"
 proj="$work/project"
-rm -rf "$proj" && mkdir -p "$proj/profiles"
-cp "$here"/profiles/*.toml "$proj/profiles/"
-cp -r "$here/overlays" "$proj/"
-[ -f "$here/piimg.lock" ] && cp "$here/piimg.lock" "$proj/"
+copy_project "$proj"
 standins="$here/tests/standins"
 (cd "$proj" && "$piimg" -q build --profile qemu --out "$work/out" &&
     "$piimg" -q build --profile qemu-worker --out "$work/out" \
@@ -39,11 +31,10 @@ standins="$here/tests/standins"
 : >"$work/results"
 boot() { # name image regex: one boot; appends "name wall guest"
     local log="$work/$1.log"
-    "$piimg" qemu "$2" --until "$3" --timeout 300 </dev/null >"$log" 2>&1 || {
+    "$piimg" qemu "$2" --until "$3" --timeout 300 --json </dev/null >"$log.json" 2>"$log" || {
         tail -20 "$log" >&2; echo "boot $1 failed" >&2; exit 1; }
-    # piimg qemu: matched "..." after 7.9 s wall, guest 6.080 s   (or guest >= N s ...)
-    sed -n 's/.*after \([0-9.]*\) s wall, guest \(>= \)\{0,1\}\([0-9.]*\) s.*/\1 \3/p' "$log" |
-        tail -1 | awk -v n="$1" '{ print n, $1, $2 }' >>"$work/results"
+    python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print(sys.argv[2], r["wall_seconds"], r["guest_seconds"])' \
+        "$log.json" "$1" >>"$work/results"
 }
 
 echo "== load average before measuring: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"

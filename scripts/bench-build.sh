@@ -11,6 +11,7 @@
 # Usage: scripts/bench-build.sh     (BENCH_DIR=... work folder, KEEP=1 keeps it; XDG_CACHE_HOME as
 # for piimg: the .debs are fetched there once, only its piimg/tar folder is cleared.)
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 
 if ! command -v /usr/bin/time >/dev/null; then
     apt-get install -y time
@@ -19,23 +20,17 @@ for tool in cargo dpkg-deb cp python3; do
     command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }
 done
 
-here="$(cd "$(dirname "$0")/.." && pwd)"
-work="${BENCH_DIR:-$(mktemp -d /var/tmp/piimg-bench-build.XXXXXX)}"
-mkdir -p "$work"
-if [ "${KEEP:-0}" != 1 ]; then trap 'rm -rf "$work"' EXIT; fi
+bench_setup bench-build
 export SOURCE_DATE_EPOCH=1767225600
 cache_home="${XDG_CACHE_HOME:-$HOME/.cache}"
 export XDG_CACHE_HOME="$cache_home"
 
-echo "== building piimg (release)"
-(cd "$here" && cargo build --release -p piimg --bin piimg --quiet)
-piimg="${CARGO_TARGET_DIR:-$here/target}/release/piimg"
+build_piimg
 
 echo "== project in $work/project (profiles + piimg.lock copied), cache $cache_home/piimg"
 proj="$work/project"
-rm -rf "$proj" && mkdir -p "$proj/profiles" "$work/out"
-cp "$here"/profiles/*.toml "$proj/profiles/"
-[ -f "$here/piimg.lock" ] && cp "$here/piimg.lock" "$proj/"
+copy_project "$proj"
+mkdir -p "$work/out"
 # Debs into the cache (a no-op when they are there); Kubernetes binaries may be unreachable.
 (cd "$proj" && "$piimg" -q fetch --all) >"$work/fetch.log" 2>&1 || {
     cat "$work/fetch.log" >&2; exit 1; }

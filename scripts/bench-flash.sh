@@ -18,20 +18,16 @@ for tool in losetup bmaptool dd cargo; do
 done
 [ "$(id -u)" -eq 0 ] || { echo "bench-flash.sh needs root (loop devices)" >&2; exit 1; }
 
-here="$(cd "$(dirname "$0")/.." && pwd)"
-work="${BENCH_DIR:-$(mktemp -d /var/tmp/piimg-bench-flash.XXXXXX)}"
-mkdir -p "$work"
+source "$(dirname "$0")/lib.sh"
+bench_setup bench-flash
 dev=""
 cleanup() {
     [ -n "$dev" ] && losetup -d "$dev" 2>/dev/null || true
-    if [ "${KEEP:-0}" != 1 ]; then rm -rf "$work"; fi
+    bench_cleanup
 }
 trap cleanup EXIT
 rounds="${ROUNDS:-3}"
-
-echo "== building piimg (release)"
-(cd "$here" && cargo build --release -p piimg --bin piimg --quiet)
-piimg="${CARGO_TARGET_DIR:-$here/target}/release/piimg"
+build_piimg
 
 echo "== building w1 (stand-in kubelet/kubeadm) in $work"
 mkdir -p "$work/project"
@@ -75,16 +71,15 @@ for r in $(seq 1 "$rounds"); do
     done
 done
 
-median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)] " (" a[1] "-" a[NR] ")"}'; }
 echo
 echo "w1.img: $((size >> 20)) MiB image, $((mapped >> 20)) MiB mapped; $rounds rounds"
 printf '%-9s %-22s %12s\n' method "wall s median (range)" "MiB written"
 for m in piimg dd bmaptool; do
-    printf '%-9s %-22s %12s\n' "$m" "$(echo "${times[$m]}" | median)" "$((bytes[$m] >> 20))"
+    printf '%-9s %-22s %12s\n' "$m" "$(echo "${times[$m]}" | spread)" "$((bytes[$m] >> 20))"
 done
-pm=$(echo "${times[piimg]}" | median | cut -d' ' -f1)
-bm=$(echo "${times[bmaptool]}" | median | cut -d' ' -f1)
-dm=$(echo "${times[dd]}" | median | cut -d' ' -f1)
+pm=$(echo "${times[piimg]}" | median)
+bm=$(echo "${times[bmaptool]}" | median)
+dm=$(echo "${times[dd]}" | median)
 awk -v p="$pm" -v b="$bm" -v d="$dm" -v w="${bytes[piimg]}" -v m="$mapped" 'BEGIN {
     printf "piimg / bmaptool wall: %.2f   piimg / dd wall: %.2f\n", p / b, p / d
     printf "piimg bytes / mapped: %.3f\n", w / m

@@ -18,6 +18,7 @@
 # Wall clock on a warm page cache (the tree is generated first). Run it on an idle machine: the
 # load average is printed before and after.
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 
 # GNU time for peak RSS (-v); the shell builtin cannot report it.
 if ! command -v /usr/bin/time >/dev/null; then
@@ -27,16 +28,10 @@ for tool in mke2fs mkfs.vfat mcopy sfdisk dd sha256sum sync fsck.vfat e2fsck car
     command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }
 done
 
-here="$(cd "$(dirname "$0")/.." && pwd)"
-work="${BENCH_DIR:-$(mktemp -d /var/tmp/piimg-bench.XXXXXX)}"
-mkdir -p "$work"
-if [ "${KEEP:-0}" != 1 ]; then trap 'rm -rf "$work"' EXIT; fi
+bench_setup bench-image
 export SOURCE_DATE_EPOCH=1700000000
 rounds="${ROUNDS:-3}"
-
-echo "== building piimg (release)"
-(cd "$here" && cargo build --release -p piimg --bin piimg --quiet)
-piimg="${CARGO_TARGET_DIR:-$here/target}/release/piimg"
+build_piimg
 
 boot="$work/boot" root="$work/root"
 if [ "${REUSE:-0}" = 1 ] && [ -f "$work/tree.done" ]; then

@@ -475,8 +475,8 @@ pub fn qemu_args(opts: &RunOptions, boot: &BootFiles) -> Vec<String> {
     let mut a: Vec<String> = [
         // One TCG thread for the four vCPUs. With a thread each (the default), every TLB flush
         // the kernel broadcasts stops all vCPUs, and the boot-time patching of ~50,000 ftrace
-        // call sites alone took ~20 s of wall time on a 2-core host; single-threaded, the kernel
-        // reaches /init in ~4 s and the LB boot to `ready` fell from ~36 s to ~8 s.
+        // call sites alone takes ~20 s of wall time on a 2-core host; single-threaded, the kernel
+        // reaches /init in ~4 s and the LB boots to `ready` in ~8 s (~36 s threaded).
         "-accel",
         "tcg,thread=single",
         "-M",

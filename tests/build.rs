@@ -1,4 +1,4 @@
-//! `piimg fetch` + `piimg build` end to end (issue 4): the real binary on a temp copy of the
+//! `piimg fetch` + `piimg build` end to end: the real binary on a temp copy of the
 //! example profiles, resolved from scratch (no piimg.lock copied), and the images it writes
 //! inspected with tools piimg did not write: sfdisk, sgdisk, dd, fsck.vfat, e2fsck, debugfs,
 //! mtools, readelf, file, modinfo, zstd, cpio, dpkg-deb, tar, sha256sum.

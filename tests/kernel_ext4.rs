@@ -1,4 +1,4 @@
-//! Issue 3 acceptance: the Linux kernel mounts piimg's ext4 read-write and reads every file.
+//! The Linux kernel mounts piimg's ext4 read-write and reads every file.
 //!
 //! Debian's arm64 kernel boots in `qemu-system-aarch64 -M raspi3b` with a tiny busybox initramfs
 //! (written by piimg's cpio writer) that loads the SD host and ext4 modules, mounts partition 2 of

@@ -186,6 +186,10 @@ pub enum Command {
         /// temporary overlay). Refused for an image with a .sha256 beside it: boot a copy
         #[arg(long)]
         writable: bool,
+        /// Print the result as one JSON object on stdout (end, line, wall_seconds,
+        /// guest_seconds, exit_status, ...); the console goes to stderr
+        #[arg(long)]
+        json: bool,
     },
     /// Build a profile twice in different environments (time zone, locale, umask, clock) and
     /// check that the images are identical; otherwise say where they differ
@@ -299,7 +303,16 @@ pub fn run(cli: Cli) -> Result<i32> {
             ref forwards,
             ref memory,
             writable,
-        } => qemu::run_qemu(image, timeout, until.as_deref(), forwards, memory, writable),
+            json,
+        } => qemu::run_qemu(
+            image,
+            timeout,
+            until.as_deref(),
+            forwards,
+            memory,
+            writable,
+            json,
+        ),
         Command::Verify {
             ref profile,
             ref components,

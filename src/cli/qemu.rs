@@ -21,6 +21,7 @@ pub fn run_qemu(
     forwards: &[String],
     memory: &str,
     writable: bool,
+    json: bool,
 ) -> Result<i32> {
     // A built image keeps matching its checksum and manifest: the guest writes to a copy.
     let sum = piimg::image::sidecar(image, ".sha256");
@@ -54,8 +55,41 @@ pub fn run_qemu(
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
-    let mut out = std::io::stdout();
-    let o = qemu::run(&opts, &mut out)?;
+    // With --json, stdout carries only the result; the console goes to stderr.
+    let o = if json {
+        qemu::run(&opts, &mut std::io::stderr())?
+    } else {
+        qemu::run(&opts, &mut std::io::stdout())?
+    };
+    let code = match &o.end {
+        End::Matched => 0,
+        End::Panic(_) => 2,
+        End::TimedOut => i32::from(opts.until.is_some()),
+        End::Exited(c) => i32::from(!(*c == Some(0) && opts.until.is_none())),
+        End::Interrupted => 130,
+    };
+    if json {
+        let (end, qemu_exit) = match &o.end {
+            End::Matched => ("matched", None),
+            End::Panic(_) => ("panic", None),
+            End::TimedOut => ("timeout", None),
+            End::Exited(c) => ("exited", *c),
+            End::Interrupted => ("interrupted", None),
+        };
+        let v = serde_json::json!({
+            "end": end,
+            "line": match &o.end { End::Panic(l) => Some(l.clone()), _ => o.line.clone() },
+            "wall_seconds": o.wall.as_secs_f64(),
+            "guest_seconds": o.guest_seconds,
+            "guest_exact": o.guest_exact,
+            "qemu_exit": qemu_exit,
+            "exit_status": code,
+            "ignored_overlays": o.ignored_overlays,
+            "qemu_stderr": o.stderr_tail,
+        });
+        println!("{v}");
+        return Ok(code);
+    }
     if !o.ignored_overlays.is_empty() {
         eprintln!(
             "piimg qemu: config.txt overlays not applied under QEMU: {}",
@@ -74,55 +108,30 @@ pub fn run_qemu(
             format!("\nQEMU said:\n  {}", o.stderr_tail.join("\n  "))
         }
     };
-    let code = match &o.end {
-        End::Matched => {
-            eprintln!(
-                "\npiimg qemu: matched {:?} after {} wall, {guest}",
-                o.line.as_deref().unwrap_or(""),
-                secs(o.wall)
-            );
-            0
-        }
+    let wall = secs(o.wall);
+    match &o.end {
+        End::Matched => eprintln!(
+            "\npiimg qemu: matched {:?} after {wall} wall, {guest}",
+            o.line.as_deref().unwrap_or("")
+        ),
         End::Panic(line) => {
-            eprintln!(
-                "\npiimg qemu: kernel panic after {} wall, {guest}: {line}",
-                secs(o.wall)
-            );
-            2
+            eprintln!("\npiimg qemu: kernel panic after {wall} wall, {guest}: {line}")
         }
-        End::TimedOut => {
-            if opts.until.is_some() {
-                eprintln!(
-                    "\npiimg qemu: timed out after {} without a console line matching {:?}{}",
-                    secs(o.wall),
-                    opts.until.as_ref().map(|r| r.as_str()).unwrap_or(""),
-                    tail()
-                );
-                1
-            } else {
-                eprintln!("\npiimg qemu: stopped after {} (--timeout)", secs(o.wall));
-                0
-            }
-        }
-        End::Exited(c) => {
-            let ok = *c == Some(0) && opts.until.is_none();
-            eprintln!(
-                "\npiimg qemu: QEMU exited ({}) after {}{}",
-                c.map_or("killed by a signal".to_string(), |c| format!("status {c}")),
-                secs(o.wall),
-                if ok { String::new() } else { tail() }
-            );
-            if ok {
-                0
-            } else {
-                1
-            }
-        }
-        End::Interrupted => {
-            eprintln!("\npiimg qemu: interrupted after {}", secs(o.wall));
-            130
-        }
-    };
+        End::TimedOut => match &opts.until {
+            Some(re) => eprintln!(
+                "\npiimg qemu: timed out after {wall} without a console line matching {:?}{}",
+                re.as_str(),
+                tail()
+            ),
+            None => eprintln!("\npiimg qemu: stopped after {wall} (--timeout)"),
+        },
+        End::Exited(c) => eprintln!(
+            "\npiimg qemu: QEMU exited ({}) after {wall}{}",
+            c.map_or("killed by a signal".to_string(), |c| format!("status {c}")),
+            if code == 0 { String::new() } else { tail() }
+        ),
+        End::Interrupted => eprintln!("\npiimg qemu: interrupted after {wall}"),
+    }
     Ok(code)
 }
 
