@@ -22,6 +22,30 @@ build_piimg
 echo "== images in $work"
 proj="$work/project"
 copy_project "$proj"
+# The worker starts kubeadm and kubelet only on a synced clock: an SNTP server on host loopback,
+# which the guest reaches as 10.0.2.2, answering with the host's clock.
+python3 -u -c '
+import socket, struct, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])
+while True:
+    d, a = s.recvfrom(512)
+    if len(d) < 48:
+        continue
+    t = time.time() + 2208988800
+    r = bytearray(48)
+    r[0], r[1] = 0x24, 2
+    r[24:32] = d[40:48]
+    struct.pack_into(">II", r, 32, int(t), int((t % 1) * 2**32))
+    r[40:48] = r[32:40]
+    s.sendto(r, a)
+' >"$work/sntp.port" &
+sntp=$!
+trap 'kill $sntp 2>/dev/null; bench_cleanup' EXIT
+for _ in $(seq 50); do [ -s "$work/sntp.port" ] && break; sleep 0.1; done
+sed -i "s/^ntp = \[\"10.0.2.2\"\]/ntp = [\"10.0.2.2:$(cat "$work/sntp.port")\"]/" "$proj/profiles/qemu-worker.toml"
+grep -q "10.0.2.2:[0-9]" "$proj/profiles/qemu-worker.toml" || { echo "qemu-worker.toml: no ntp line to point at the bench's SNTP server" >&2; exit 1; }
 standins="$here/tests/standins"
 (cd "$proj" && "$piimg" -q build --profile qemu --out "$work/out" &&
     "$piimg" -q build --profile qemu-worker --out "$work/out" \
