@@ -474,6 +474,44 @@ pub struct BuildOutput {
     pub mapped_bytes: u64,
 }
 
+/// Builds several nodes' images into `opts.out_dir`, `jobs` at a time, each reporting to its own
+/// reporter; the results come in `nodes` order. A node that fails does not stop the others: their
+/// outputs are independent and each is committed whole or not at all.
+pub fn build_many(
+    profiles: &Profiles,
+    nodes: &[&NodeProfile],
+    cache: &Cache,
+    lock_file: &Path,
+    opts: &BuildOptions,
+    jobs: usize,
+    reporters: &[impl Reporter],
+) -> Vec<Result<BuildOutput, PipelineError>> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let next = AtomicUsize::new(0);
+    let results: Mutex<BTreeMap<usize, Result<BuildOutput, PipelineError>>> =
+        Mutex::new(BTreeMap::new());
+    std::thread::scope(|s| {
+        for _ in 0..jobs.clamp(1, nodes.len().max(1)) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let (Some(node), Some(reporter)) = (nodes.get(i), reporters.get(i)) else {
+                    break;
+                };
+                let r = build(profiles, node, cache, lock_file, opts, reporter);
+                if let Ok(mut m) = results.lock() {
+                    m.insert(i, r);
+                }
+            });
+        }
+    });
+    results
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_values()
+        .collect()
+}
+
 /// Builds one node's image into `opts.out_dir`.
 pub fn build(
     profiles: &Profiles,

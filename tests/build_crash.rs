@@ -190,3 +190,75 @@ fn eight_builds_of_different_nodes_into_one_folder() {
         t0.elapsed().as_secs_f64()
     );
 }
+
+fn run_piimg(project: &Path, args: &[&str]) -> std::process::Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_piimg"));
+    c.args(args).current_dir(project);
+    for b in ["kubelet", "kubeadm", "kubectl"] {
+        c.arg("--component").arg(format!(
+            "{b}={}",
+            repo().join("tests/standins").join(b).display()
+        ));
+    }
+    c.output().unwrap()
+}
+
+/// `build --cluster`: every node of the cluster and no other, each with the bytes its own
+/// `build --profile` gives; an unknown cluster writes nothing; a node that fails leaves the
+/// others built and is named.
+#[test]
+fn a_cluster_build_gives_each_node_the_bytes_of_its_own_build() {
+    let p = project("cluster");
+    let t0 = Instant::now();
+    let o = run_piimg(&p, &["-q", "build", "--cluster", "home", "--jobs", "2"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let took = t0.elapsed();
+    let out = p.join("out");
+    for n in ["lb1", "cp1", "cp2", "cp3", "w1", "w2"] {
+        assert_eq!(check_set(&out, n, n != "lb1"), "complete", "{n}");
+    }
+    for n in ["qemu", "qemu-worker"] {
+        assert!(
+            !out.join(format!("{n}.img")).exists(),
+            "{n} is not in cluster home"
+        );
+    }
+    for n in ["lb1", "w1"] {
+        let o = run_piimg(&p, &["-q", "build", "--profile", n, "--out", "single"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(
+            sha256_of(&p.join("single").join(format!("{n}.img"))),
+            sha256_of(&out.join(format!("{n}.img"))),
+            "{n}: cluster build and single build differ"
+        );
+    }
+
+    let o = run_piimg(&p, &["build", "--cluster", "nosuch", "--out", "none"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(
+            "no node profiles in cluster `nosuch`; clusters here: home, qemu, qemu-worker"
+        ),
+        "{err}"
+    );
+    assert!(!p.join("none").exists());
+
+    // w2 names a component file that is not there: w2 fails, the rest are built.
+    let w2 = p.join("profiles/w2.toml");
+    let mut text = std::fs::read_to_string(&w2).unwrap();
+    text.push_str("\n[components]\ncontainerd = \"no-such-containerd\"\n");
+    std::fs::write(&w2, text).unwrap();
+    let o = run_piimg(&p, &["build", "--cluster", "home", "--out", "partly"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("piimg: failed: w2"), "{err}");
+    assert!(err.contains("5 of 6 nodes built"), "{err}");
+    assert_eq!(check_set(&p.join("partly"), "w1", true), "complete");
+    assert_eq!(check_set(&p.join("partly"), "w2", true), "no manifest");
+    assert!(partials(&p.join("partly")).is_empty());
+    eprintln!(
+        "CLUSTER: 6 nodes with --jobs 2 in {:.1} s",
+        took.as_secs_f64()
+    );
+}

@@ -388,3 +388,30 @@ fn deb_reader() {
         t::deb(&mutate(&base, &m))
     });
 }
+
+/// PIIMG_FUZZ_INPUT=TARGET:FILE runs one input (a libFuzzer artifact, say) through a target's
+/// body on stable and prints how long it took.
+#[test]
+fn replay_one_input() {
+    let Ok(spec) = std::env::var("PIIMG_FUZZ_INPUT") else {
+        return;
+    };
+    let (target, file) = spec.split_once(':').expect("TARGET:FILE");
+    let data = std::fs::read(file).unwrap();
+    let body: fn(&[u8]) = match target {
+        "fat_reader" => t::fat_reader,
+        "partition_table" => t::partition_table,
+        "agent_partition_table" => t::agent_partition_table,
+        "device_tree" => t::device_tree,
+        "config_txt" => t::config_txt,
+        "kernel_cmdline" => t::kernel_cmdline,
+        "bmap" => t::bmap,
+        "node_json" => t::node_json,
+        "deb" => t::deb,
+        "profile" => t::profile,
+        other => panic!("no fuzz target {other}"),
+    };
+    let t0 = Instant::now();
+    body(&data);
+    eprintln!("REPLAY {target} {file}: {:?}", t0.elapsed());
+}

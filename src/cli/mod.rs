@@ -59,15 +59,25 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Build the SD-card image of one node into out/: NAME.img, NAME.img.sha256, NAME.img.bmap
-    /// and NAME.manifest.json
+    /// Build the SD-card image of one node (or of every node of a cluster) into out/: NAME.img,
+    /// NAME.img.sha256, NAME.img.bmap and NAME.manifest.json
     #[command(
-        after_help = "Example:\n  piimg build --profile lb1\n  piimg build --profile lb1 --compress zstd\n  piimg build --profile w1 --component kubelet=./kubelet --component kubeadm=./kubeadm\n\nThe outputs are committed together (the manifest last). Images that hold cluster secrets\n(control-plane and worker nodes) and every file beside them are written mode 0600."
+        group(clap::ArgGroup::new("which").required(true).args(["profile", "cluster", "all"])),
+        after_help = "Example:\n  piimg build --profile lb1\n  piimg build --profile lb1 --compress zstd\n  piimg build --profile w1 --component kubelet=./kubelet --component kubeadm=./kubeadm\n  piimg build --cluster home --component kubelet=./kubelet --component kubeadm=./kubeadm\n\nWith --cluster or --all the nodes are built --jobs at a time (default: one per core); a node\nthat fails does not stop the others, and the exit status is 1 when any failed.\n\nThe outputs are committed together (the manifest last). Images that hold cluster secrets\n(control-plane and worker nodes) and every file beside them are written mode 0600."
     )]
     Build {
         /// Profile name (file stem in the profiles folder)
         #[arg(long, value_name = "NAME")]
-        profile: String,
+        profile: Option<String>,
+        /// Every node of this cluster (the profiles' `cluster` field)
+        #[arg(long, value_name = "NAME")]
+        cluster: Option<String>,
+        /// Every node in the profiles folder
+        #[arg(long)]
+        all: bool,
+        /// Nodes built at a time with --cluster or --all (default: the number of cores)
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        jobs: Option<u32>,
         /// Output folder
         #[arg(long, default_value = "out", value_name = "DIR")]
         out: PathBuf,
@@ -230,19 +240,32 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Show { ref profile, json } => profiles::show(&cli.profiles, profile, json),
         Command::Build {
             ref profile,
+            ref cluster,
+            all,
+            jobs,
             ref out,
             ref components,
             offline,
             ref compress,
-        } => profiles::build(
-            &cli.profiles,
-            profile,
-            out,
-            components,
-            offline,
-            compress,
-            (cli.quiet, cli.verbose),
-        ),
+        } => {
+            let how = profiles::BuildArgs {
+                out,
+                components,
+                offline,
+                compress,
+                quiet: cli.quiet,
+                verbose: cli.verbose,
+            };
+            match profile {
+                Some(name) => profiles::build(&cli.profiles, name, &how),
+                None => profiles::build_many(
+                    &cli.profiles,
+                    if all { None } else { cluster.as_deref() },
+                    jobs,
+                    &how,
+                ),
+            }
+        }
         Command::Fetch {
             ref profile,
             all: _,
@@ -320,4 +343,21 @@ pub fn run(cli: Cli) -> Result<i32> {
             ref keep,
         } => qemu::run_verify(&cli.profiles, profile, components, offline, keep.as_deref()),
     }
+}
+
+/// The error and its causes, outermost first, each said once: many library errors already
+/// include their cause's text (`{path}: {source}`), which `{:#}` would print a second time.
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }

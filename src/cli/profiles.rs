@@ -358,35 +358,30 @@ pub fn outdated(dir: &Path, profile: Option<&str>, json: bool, quiet: bool) -> R
     Ok(if found.is_empty() { 0 } else { 1 })
 }
 
-pub fn build(
-    dir: &Path,
-    name: &str,
-    out: &Path,
-    components: &[String],
-    offline: bool,
-    compress: &[piimg::compress::Codec],
-    (quiet, verbose): (bool, u8),
-) -> Result<i32> {
-    let overrides = parse_overrides(components)?;
-    let Some(p) = load(dir, Some(name), false, quiet)? else {
-        return Ok(1);
-    };
-    let Some(node) = p.node(name) else {
-        return Err(unknown_profile(dir, name));
-    };
-    let agent = piimg::assemble::agent_binary()?;
-    let progress = super::progress::Progress::new(quiet);
-    let cache = cache()?;
-    let opts = piimg::pipeline::BuildOptions {
-        out_dir: out.to_path_buf(),
-        offline,
-        overrides,
-        epoch: super::source_date_epoch()?,
-        agent,
-        compress: compress.to_vec(),
-    };
-    let lock = piimg::pipeline::lock_path(dir);
-    let r = piimg::pipeline::build(&p, node, &cache, &lock, &opts, &progress)?;
+/// How `piimg build` was asked to build, whichever nodes it builds.
+pub struct BuildArgs<'a> {
+    pub out: &'a Path,
+    pub components: &'a [String],
+    pub offline: bool,
+    pub compress: &'a [piimg::compress::Codec],
+    pub quiet: bool,
+    pub verbose: u8,
+}
+
+impl BuildArgs<'_> {
+    fn options(&self) -> Result<piimg::pipeline::BuildOptions> {
+        Ok(piimg::pipeline::BuildOptions {
+            out_dir: self.out.to_path_buf(),
+            offline: self.offline,
+            overrides: parse_overrides(self.components)?,
+            epoch: super::source_date_epoch()?,
+            agent: piimg::assemble::agent_binary()?,
+            compress: self.compress.to_vec(),
+        })
+    }
+}
+
+fn print_built(r: &piimg::pipeline::BuildOutput, verbose: u8) -> Result<()> {
     println!(
         "{} ({}, {} mapped, sha256 {})\n{}",
         r.image.display(),
@@ -406,5 +401,87 @@ pub fn build(
             );
         }
     }
+    Ok(())
+}
+
+pub fn build(dir: &Path, name: &str, how: &BuildArgs) -> Result<i32> {
+    let opts = how.options()?;
+    let Some(p) = load(dir, Some(name), false, how.quiet)? else {
+        return Ok(1);
+    };
+    let Some(node) = p.node(name) else {
+        return Err(unknown_profile(dir, name));
+    };
+    let progress = super::progress::Progress::new(how.quiet);
+    let lock = piimg::pipeline::lock_path(dir);
+    let r = piimg::pipeline::build(&p, node, &cache()?, &lock, &opts, &progress)?;
+    print_built(&r, how.verbose)?;
     Ok(0)
+}
+
+/// `piimg build --cluster NAME` (or `--all`, `cluster` None): every node, `jobs` at a time.
+pub fn build_many(
+    dir: &Path,
+    cluster: Option<&str>,
+    jobs: Option<u32>,
+    how: &BuildArgs,
+) -> Result<i32> {
+    let opts = how.options()?;
+    let Some(p) = load(dir, None, false, how.quiet)? else {
+        return Ok(1);
+    };
+    let nodes: Vec<&piimg::profile::NodeProfile> = p
+        .nodes
+        .iter()
+        .filter(|n| cluster.is_none_or(|c| n.cluster == c))
+        .collect();
+    if nodes.is_empty() {
+        let known: Vec<&str> = p.clusters().into_iter().collect();
+        anyhow::bail!(
+            "{}: no node profiles{}; clusters here: {}",
+            dir.display(),
+            cluster.map_or(String::new(), |c| format!(" in cluster `{c}`")),
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        );
+    }
+    let jobs = jobs.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |j| j as usize,
+    );
+    let reporters: Vec<super::progress::NodeLines> = nodes
+        .iter()
+        .map(|n| super::progress::NodeLines::new(&n.name, how.quiet))
+        .collect();
+    let lock = piimg::pipeline::lock_path(dir);
+    let t = std::time::Instant::now();
+    let results =
+        piimg::pipeline::build_many(&p, &nodes, &cache()?, &lock, &opts, jobs, &reporters);
+    let mut failed = Vec::new();
+    for (node, r) in nodes.iter().zip(results) {
+        match r {
+            Ok(r) => print_built(&r, how.verbose)?,
+            Err(e) => {
+                eprintln!("piimg: {}: {}", node.name, super::error_chain(&e.into()));
+                failed.push(node.name.as_str());
+            }
+        }
+    }
+    if !how.quiet {
+        eprintln!(
+            "piimg: {} of {} nodes built in {:.1} s, {jobs} at a time",
+            nodes.len() - failed.len(),
+            nodes.len(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    if failed.is_empty() {
+        Ok(0)
+    } else {
+        eprintln!("piimg: failed: {}", failed.join(", "));
+        Ok(1)
+    }
 }

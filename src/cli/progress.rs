@@ -81,3 +81,33 @@ impl Reporter for Progress {
         }
     }
 }
+
+/// Progress of one node among several built at once: a line per step, named after the node
+/// (bars from concurrent builds would overwrite each other).
+pub struct NodeLines {
+    name: String,
+    quiet: bool,
+}
+
+impl NodeLines {
+    pub fn new(name: &str, quiet: bool) -> NodeLines {
+        NodeLines {
+            name: name.to_string(),
+            quiet,
+        }
+    }
+}
+
+impl Reporter for NodeLines {
+    fn begin(&self, step: &str, _total: Option<u64>) {
+        if !self.quiet {
+            eprintln!("piimg: {}: {step}...", self.name);
+        }
+    }
+
+    fn info(&self, msg: &str) {
+        if !self.quiet {
+            eprintln!("piimg: {}: {msg}", self.name);
+        }
+    }
+}

@@ -235,6 +235,10 @@ impl<R: Read + Seek> FatVolume<R> {
     /// The clusters of the chain starting at `first` (empty for cluster 0).
     pub fn chain(&mut self, first: u32) -> Result<Vec<u32>, FatReadError> {
         let mut out = Vec::new();
+        // A loop is caught at its first repeated cluster: the cluster count comes from the boot
+        // sector, and a hostile one would make a bound on the length run for hundreds of
+        // millions of steps.
+        let mut seen = std::collections::HashSet::new();
         let mut c = first;
         if c == 0 {
             return Ok(out);
@@ -245,7 +249,7 @@ impl<R: Read + Seek> FatVolume<R> {
                     "cluster {c} in the chain from {first} is out of range"
                 )));
             }
-            if out.len() as u32 >= self.cluster_end {
+            if !seen.insert(c) {
                 return Err(FatReadError::Corrupt(format!(
                     "the chain from cluster {first} loops"
                 )));
@@ -663,6 +667,29 @@ fn long_name(pieces: &[(u8, u8, [u16; 13])], sum: u8) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A boot sector that claims ~2^28 clusters and a root directory whose chain loops after two
+    /// clusters: the loop is named at its first repeat, not after 2^28 steps.
+    #[test]
+    fn a_chain_loop_under_a_huge_cluster_count_is_named_at_once() {
+        let mut d = vec![0u8; 64 << 10];
+        d[11..13].copy_from_slice(&512u16.to_le_bytes());
+        d[13] = 1; // sectors per cluster
+        d[14..16].copy_from_slice(&32u16.to_le_bytes()); // reserved
+        d[16] = 1; // FATs
+        d[32..36].copy_from_slice(&0xffff_fff0u32.to_le_bytes()); // total sectors
+        d[36..40].copy_from_slice(&2_000_000u32.to_le_bytes()); // FAT sectors
+        d[44..48].copy_from_slice(&2u32.to_le_bytes()); // root cluster
+        d[510] = 0x55;
+        d[511] = 0xaa;
+        let fat = 32 * 512;
+        d[fat + 8..fat + 12].copy_from_slice(&3u32.to_le_bytes());
+        d[fat + 12..fat + 16].copy_from_slice(&2u32.to_le_bytes());
+        let mut v = FatVolume::open(std::io::Cursor::new(d), 0).unwrap();
+        assert!(v.cluster_end > 100_000_000, "{}", v.cluster_end);
+        let e = v.chain(2).unwrap_err();
+        assert!(e.to_string().contains("loops"), "{e}");
+    }
 
     #[test]
     fn short_names_and_case_flags() {
