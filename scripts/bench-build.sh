@@ -41,7 +41,8 @@ build_args() { # node -> piimg arguments
     local a=(-q --profiles "$proj/profiles" build --offline --profile "$1" --out "$work/out")
     case "$1" in
         lb*) ;;
-        *) a+=(--component "kubelet=$standins/kubelet" --component "kubeadm=$standins/kubeadm") ;;
+        *) a+=(--component "kubelet=$standins/kubelet" --component "kubeadm=$standins/kubeadm"
+               --component "kubectl=$standins/kubectl") ;;
     esac
     printf '%s\n' "${a[@]}"
 }
@@ -74,6 +75,16 @@ echo "== all six nodes: cold, warm"
 clear_extracted
 for n in "${nodes[@]}"; do build "all_cold_$n" "$n"; done
 for n in "${nodes[@]}"; do build "all_warm_$n" "$n"; done
+
+rounds="${ROUNDS:-3}"
+echo "== one worker and the whole cluster (build --cluster home), warm, $rounds rounds each"
+for i in $(seq "$rounds"); do
+    build "w1_warm_$i" w1
+    (cd "$proj" && measure "cluster_warm_$i" "$piimg" -q --profiles "$proj/profiles" build \
+        --offline --cluster home --out "$work/out" \
+        --component "kubelet=$standins/kubelet" --component "kubeadm=$standins/kubeadm" \
+        --component "kubectl=$standins/kubectl")
+done
 
 echo "== baselines (the packages in lb1's image)"
 python3 - "$work/out/lb1.manifest.json" "$cache_home/piimg/sha256" >"$work/debs" <<'EOF'
@@ -138,5 +149,10 @@ awk -v nodes="${nodes[*]}" '
         if (c["dpkg_x"] > 0) printf "  all cold / dpkg-deb -x      %7.2f\n", c["all_cold"] / c["dpkg_x"]
         if (c["dpkg_x"] > 0) printf "  all warm / dpkg-deb -x      %7.2f\n", c["all_warm"] / c["dpkg_x"]
     }' "$work/results"
+w1_med=$(awk '/^w1_warm_/ { print $2 }' "$work/results" | median)
+cl_med=$(awk '/^cluster_warm_/ { print $2 }' "$work/results" | median)
+echo "one worker (w1), warm:           $(awk '/^w1_warm_/ { print $2 }' "$work/results" | spread) s"
+echo "cluster home (6 nodes), warm:    $(awk '/^cluster_warm_/ { print $2 }' "$work/results" | spread) s, $(nproc) at a time"
+awk -v c="$cl_med" -v w="$w1_med" 'BEGIN { printf "cluster / one worker (medians):  %.2f   (goal: at most 3)\n", c / w }'
 echo
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"

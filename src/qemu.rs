@@ -270,6 +270,26 @@ pub struct BootFiles {
     pub ignored_overlays: Vec<String>,
 }
 
+/// What QEMU loads itself, in place of the Pi firmware.
+#[derive(Debug, Clone)]
+pub struct KernelFiles {
+    pub kernel: PathBuf,
+    pub dtb: PathBuf,
+    pub initramfs: Option<PathBuf>,
+    pub cmdline: String,
+}
+
+impl BootFiles {
+    pub fn kernel_files(&self) -> KernelFiles {
+        KernelFiles {
+            kernel: self.kernel.clone(),
+            dtb: self.dtb.clone(),
+            initramfs: self.initramfs.clone(),
+            cmdline: self.cmdline.clone(),
+        }
+    }
+}
+
 /// Finds the boot partition (the first FAT-typed partition that holds a FAT filesystem), reads
 /// config.txt and cmdline.txt from it and copies the kernel, device tree and initramfs into
 /// `dest`.
@@ -405,6 +425,9 @@ pub struct RunOptions {
     pub qemu: Option<PathBuf>,
     /// Guest writes go to the image file itself instead of a temporary overlay.
     pub writable: bool,
+    /// Boot these files instead of those the image's boot partition names (the image is then
+    /// only the SD card): tests that boot a kernel against a bare filesystem image.
+    pub direct: Option<KernelFiles>,
 }
 
 /// Why the run ended.
@@ -471,7 +494,7 @@ pub fn guest_timestamp(line: &str) -> Option<f64> {
 }
 
 /// The QEMU arguments for an image whose boot files are in `boot`.
-pub fn qemu_args(opts: &RunOptions, boot: &BootFiles) -> Vec<String> {
+pub fn qemu_args(opts: &RunOptions, boot: &KernelFiles) -> Vec<String> {
     let mut a: Vec<String> = [
         // One TCG thread for the four vCPUs. With a thread each (the default), every TLB flush
         // the kernel broadcasts stops all vCPUs, and the boot-time patching of ~50,000 ftrace
@@ -659,8 +682,14 @@ pub fn run(opts: &RunOptions, console: &mut dyn Write) -> Result<Outcome, QemuEr
         .prefix("piimg-qemu-")
         .tempdir()
         .map_err(io(Path::new("temporary folder")))?;
-    let boot = extract_boot(&opts.image, tmp.path())?;
-    let args = qemu_args(opts, &boot);
+    let (files, ignored_overlays) = match &opts.direct {
+        Some(k) => (k.clone(), Vec::new()),
+        None => {
+            let b = extract_boot(&opts.image, tmp.path())?;
+            (b.kernel_files(), b.ignored_overlays)
+        }
+    };
+    let args = qemu_args(opts, &files);
     let mut command = vec![qemu.display().to_string()];
     command.extend(args.iter().cloned());
 
@@ -800,7 +829,7 @@ pub fn run(opts: &RunOptions, console: &mut dyn Write) -> Result<Outcome, QemuEr
         guest_exact,
         command,
         stderr_tail,
-        ignored_overlays: boot.ignored_overlays,
+        ignored_overlays,
     })
 }
 

@@ -27,9 +27,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
 const T0: i64 = 1_767_225_600;
@@ -532,72 +531,36 @@ fn debugfs(img: &Path, req: &str) -> String {
 
 /// Boots and returns the console once the guest printed [`DONE`]; fails on a timeout, a kernel
 /// panic or QEMU exiting first. QEMU is killed (by its pid) before returning.
+/// Boots the kernel through piimg's own QEMU code (`piimg qemu`'s machine, single-threaded TCG
+/// and console watch), the SD card writable, until the init script prints DONE.
 fn boot(kernel: &Path, dtb: &Path, initrd: &Path, sd: &Path) -> String {
-    let mut cmd = Command::new("qemu-system-aarch64");
-    cmd.args(["-M", "raspi3b", "-m", "1G"])
-        .arg("-kernel")
-        .arg(kernel)
-        .arg("-dtb")
-        .arg(dtb)
-        .arg("-initrd")
-        .arg(initrd)
-        .args(["-append", "console=ttyAMA0,115200 rdinit=/init"])
-        .arg("-drive")
-        .arg(format!("file={},if=sd,format=raw", sd.display()))
-        .args(["-nographic", "-serial", "mon:stdio", "-no-reboot"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| {
-        panic!("cannot start qemu-system-aarch64 ({e}): install qemu-system-arm")
-    });
-    let (tx, rx) = mpsc::channel::<Vec<u8>>();
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut buf = [0u8; 8192];
-        while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                break;
-            }
-        }
-    });
-    let start = Instant::now();
-    let mut console = Vec::new();
-    let outcome = loop {
-        let text = String::from_utf8_lossy(&console);
-        if text.contains(DONE) {
-            break Ok(());
-        }
-        if text.contains("Kernel panic") {
-            break Err("kernel panic");
-        }
-        let left = TIMEOUT.saturating_sub(start.elapsed());
-        if left.is_zero() {
-            break Err("timeout");
-        }
-        match rx.recv_timeout(left.min(Duration::from_secs(1))) {
-            Ok(chunk) => console.extend_from_slice(&chunk),
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break Err("QEMU exited"),
-        }
+    use piimg::qemu::{self, End, KernelFiles, RunOptions};
+    let opts = RunOptions {
+        image: sd.to_path_buf(),
+        memory: "1G".into(),
+        forwards: Vec::new(),
+        timeout: Some(TIMEOUT),
+        until: Some(regex::Regex::new(DONE).unwrap()),
+        qemu: None,
+        writable: true,
+        direct: Some(KernelFiles {
+            kernel: kernel.to_path_buf(),
+            dtb: dtb.to_path_buf(),
+            initramfs: Some(initrd.to_path_buf()),
+            cmdline: "console=ttyAMA0,115200 rdinit=/init".into(),
+        }),
     };
-    // A moment for the rest of the line after the marker, then stop QEMU.
-    std::thread::sleep(Duration::from_millis(200));
-    while let Ok(chunk) = rx.try_recv() {
-        console.extend_from_slice(&chunk);
-    }
-    let _ = child.kill();
-    let status = child.wait().unwrap();
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut err);
-    }
-    let _ = reader.join();
+    let mut console = Vec::new();
+    let o = qemu::run(&opts, &mut console)
+        .unwrap_or_else(|e| panic!("{e} (install qemu-system-arm for qemu-system-aarch64)"));
+    // The rest of the marker's line and what follows is not needed: the script has finished.
     let text = String::from_utf8_lossy(&console).replace('\r', "");
-    if let Err(why) = outcome {
+    if o.end != End::Matched {
         panic!(
-            "{why} after {:?} (QEMU {status}):\n{text}\n--- QEMU stderr\n{err}",
-            start.elapsed()
+            "{:?} after {:?}:\n{text}\n--- QEMU stderr\n{}",
+            o.end,
+            o.wall,
+            o.stderr_tail.join("\n")
         );
     }
     text

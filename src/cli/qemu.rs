@@ -48,6 +48,7 @@ pub fn run_qemu(
         until,
         qemu: None,
         writable,
+        direct: None,
     };
     // SIGINT/SIGTERM stop QEMU and clean up instead of killing us mid-run.
     // SAFETY: the handler only stores to an atomic.
