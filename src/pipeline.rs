@@ -56,13 +56,21 @@ pub fn lock_path(profiles: &Path) -> PathBuf {
     }
 }
 
+/// A URL component `fetch` could not pin.
+#[derive(Debug, Clone)]
+pub struct Unpinned {
+    pub name: String,
+    pub reason: String,
+    /// The profiles that need it.
+    pub profiles: Vec<String>,
+}
+
 /// Result of `fetch`.
 #[derive(Debug, Clone, Default)]
 pub struct FetchReport {
     pub suites: Vec<(String, usize)>,
-    /// URL components that could not be pinned here, with the reason and the profiles that need
-    /// them (they can still be supplied as local files).
-    pub unpinned: Vec<(String, String, Vec<String>)>,
+    /// URL components that could not be pinned here (they can still be supplied as local files).
+    pub unpinned: Vec<Unpinned>,
     pub lock_changed: bool,
     /// What the update changed, one line per package: `NAME OLD -> NEW (archive)`.
     pub changes: Vec<String>,
@@ -164,7 +172,11 @@ pub fn fetch(
                 if locked.as_ref().is_none_or(|l| l.version != a.version) {
                     lock.upsert(a.lock_entry());
                 }
-                report.unpinned.push((name, e.to_string(), users));
+                report.unpinned.push(Unpinned {
+                    name,
+                    reason: e.to_string(),
+                    profiles: users,
+                });
             }
         }
     }

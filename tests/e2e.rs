@@ -670,22 +670,25 @@ fn oci_archive(busybox: &[u8], name: &str) -> Vec<u8> {
     ar.into_inner().unwrap()
 }
 
-#[test]
-fn worker_runs_containerd_a_preloaded_container_and_the_join_command() {
-    let _serial = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+/// The qemu-worker image with the kubelet/kubeadm stand-ins, `image_name` preloaded, the
+/// stand-ins' test modes switched on (files in /etc/piimg-test) and its NTP server at a host
+/// port that answers once `ntp_on` is set. Returns the project, the image and that port.
+fn worker_image(
+    image_name: &str,
+    test_modes: &[&str],
+    ntp_on: Arc<AtomicBool>,
+) -> (tempfile::TempDir, PathBuf, u16) {
     let proj = project(&["qemu", "qemu-worker"]);
-    let image_name = "docker.io/piimg/e2e-marker:1";
     let archive = oci_archive(&busybox_from_cache(proj.path()), image_name);
     let images = proj.path().join("overlays/worker/usr/share/piimg/images");
     std::fs::create_dir_all(&images).unwrap();
     std::fs::write(images.join("e2e-marker.tar"), archive).unwrap();
-    // The stand-in kubeadm's test mode: the first join fails after leaving partial state.
-    let fail_once = proj.path().join("overlays/worker/etc/piimg-test");
-    std::fs::create_dir_all(&fail_once).unwrap();
-    std::fs::write(fail_once.join("kubeadm-fail-once"), b"").unwrap();
-    // The guest's NTP server is the host, at a port this test answers on.
-    let ntp_on = Arc::new(AtomicBool::new(false));
-    let ntp = sntp_server(ntp_on.clone());
+    let modes = proj.path().join("overlays/worker/etc/piimg-test");
+    std::fs::create_dir_all(&modes).unwrap();
+    for m in test_modes {
+        std::fs::write(modes.join(m), b"").unwrap();
+    }
+    let ntp = sntp_server(ntp_on);
     let profile = proj.path().join("profiles/qemu-worker.toml");
     let text = std::fs::read_to_string(&profile).unwrap();
     let edited = text.replace(
@@ -708,6 +711,16 @@ fn worker_runs_containerd_a_preloaded_container_and_the_join_command() {
             &format!("kubeadm={}", standins.join("kubeadm").display()),
         ],
     );
+    (proj, image, ntp)
+}
+
+#[test]
+fn worker_runs_containerd_a_preloaded_container_and_the_join_command() {
+    let _serial = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let image_name = "docker.io/piimg/e2e-marker:1";
+    // The stand-in kubeadm's test mode: the first join fails after leaving partial state.
+    let ntp_on = Arc::new(AtomicBool::new(false));
+    let (proj, image, ntp) = worker_image(image_name, &["kubeadm-fail-once"], ntp_on.clone());
     // What the join must carry: the generated token and the CA hash piimg reports.
     let secrets: toml::Value = toml::from_str(
         &std::fs::read_to_string(proj.path().join("secrets/qemu-worker.toml")).unwrap(),
@@ -1181,39 +1194,15 @@ fn power_cut_trial(i: usize, cut: &Cut, image: &Path, dir: &Path) -> CutResult {
 /// milestone (growth, image import, kubeadm, log writes...), the card booted again. Each must
 /// reach `ready` with /var filling the card, kubeadm not run again once it had succeeded, its
 /// files and the preloaded image in place, and both ext4 filesystems clean by e2fsck.
-/// PIIMG_POWERCUTS=all runs all 33 cuts (scripts/powercut.sh), PIIMG_POWERCUT_JOBS=2 two at a
+/// PIIMG_POWERCUTS=all runs all 36 cuts (scripts/powercut.sh), PIIMG_POWERCUT_JOBS=2 two at a
 /// time.
 #[test]
 fn power_cuts_during_the_first_boot_leave_a_card_that_boots_to_ready() {
     let _serial = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
-    let proj = project(&["qemu", "qemu-worker"]);
-    let image_name = "docker.io/piimg/e2e-marker:1";
-    let archive = oci_archive(&busybox_from_cache(proj.path()), image_name);
-    let images = proj.path().join("overlays/worker/usr/share/piimg/images");
-    std::fs::create_dir_all(&images).unwrap();
-    std::fs::write(images.join("e2e-marker.tar"), archive).unwrap();
-    let test_modes = proj.path().join("overlays/worker/etc/piimg-test");
-    std::fs::create_dir_all(&test_modes).unwrap();
-    std::fs::write(test_modes.join("kubelet-chatty"), b"").unwrap();
-    let ntp = sntp_server(Arc::new(AtomicBool::new(true)));
-    let profile = proj.path().join("profiles/qemu-worker.toml");
-    let text = std::fs::read_to_string(&profile).unwrap();
-    let edited = text.replace(
-        "ntp = [\"10.0.2.2\"]",
-        &format!("ntp = [\"10.0.2.2:{ntp}\"]"),
-    );
-    assert_ne!(text, edited);
-    std::fs::write(&profile, edited).unwrap();
-    let standins = repo().join("tests/standins");
-    let image = build(
-        proj.path(),
-        "qemu-worker",
-        &[
-            "--component",
-            &format!("kubelet={}", standins.join("kubelet").display()),
-            "--component",
-            &format!("kubeadm={}", standins.join("kubeadm").display()),
-        ],
+    let (proj, image, _) = worker_image(
+        "docker.io/piimg/e2e-marker:1",
+        &["kubelet-chatty"],
+        Arc::new(AtomicBool::new(true)),
     );
     let cuts = power_cuts();
     let jobs: usize = std::env::var("PIIMG_POWERCUT_JOBS")

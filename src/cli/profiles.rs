@@ -286,10 +286,12 @@ pub fn fetch(dir: &Path, profile: Option<&str>, update: bool, quiet: bool) -> Re
     for (suite, n) in &r.suites {
         println!("{suite}: {n} packages locked and cached");
     }
-    for (name, why, users) in &r.unpinned {
+    for u in &r.unpinned {
         eprintln!(
             "piimg: warning: {name} could not be fetched ({why}); {} need it: supply it with --component {name}=PATH or run `piimg fetch --update` where it can be downloaded",
-            users.join(", ")
+            u.profiles.join(", "),
+            name = u.name,
+            why = u.reason,
         );
     }
     println!(

@@ -1,0 +1,402 @@
+//! What the Pi firmware would load, read from the image: the partition table, config.txt and
+//! cmdline.txt on the FAT boot partition, and the kernel, device tree and initramfs they name
+//! (the device tree patched so the PL011 UART is the console).
+
+use super::{io, QemuError};
+use crate::fs::fat32::read::{FatReadError, FatVolume};
+use std::fs::File;
+use std::io::{Read, Seek};
+use std::path::{Path, PathBuf};
+
+pub use piimg_agent::contract::table::{PartType, Partition};
+
+/// Reads the partition table of a disk image (piimg_agent::contract::table::read): MBR primary
+/// entries, or the GPT behind a protective MBR, in table order.
+pub fn read_partitions<R: Read + Seek>(
+    dev: &mut R,
+    name: &str,
+) -> Result<Vec<Partition>, QemuError> {
+    use piimg_agent::contract::table::{self, ReadError, TableError};
+    table::read(dev).map_err(|e| match e {
+        ReadError::Io(source) => QemuError::Io {
+            path: name.to_string(),
+            source,
+        },
+        ReadError::Table(TableError::NoTable) => QemuError::NoTable(name.to_string()),
+        ReadError::Table(t) => QemuError::Table {
+            image: name.to_string(),
+            msg: t.to_string(),
+        },
+    })
+}
+
+/// What config.txt tells the firmware to load (for a Pi 3 Model B, which QEMU's raspi3b is).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootConfig {
+    pub kernel: String,
+    pub initramfs: Option<String>,
+    pub device_tree: String,
+    pub cmdline_file: String,
+    /// `dtoverlay=` names, in order (parameters after `,` dropped).
+    pub overlays: Vec<String>,
+}
+
+/// Parses config.txt as the firmware of a Pi 3 Model B would: `[all]` and `[pi3]` sections
+/// apply; other model filters (`[pi4]`, `[pi02]`, `[pi3+]`, ...) and every other kind of filter
+/// (`[gpio...]`, `[EDID=...]`, `[none]`, ...) do not. Model filters replace each other; `[all]`
+/// resets everything.
+pub fn parse_config_txt(text: &str) -> BootConfig {
+    let mut kernel = None;
+    let mut initramfs = None;
+    let mut device_tree = None;
+    let mut cmdline = None;
+    let mut arm64 = false;
+    let mut overlays = Vec::new();
+    let (mut model_ok, mut other_ok) = (true, true);
+    for raw in text.lines() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(f) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            let f = f.trim().to_ascii_lowercase();
+            match f.as_str() {
+                "all" => (model_ok, other_ok) = (true, true),
+                "pi3" => model_ok = true,
+                m if m.starts_with("pi") || m.starts_with("cm") => model_ok = false,
+                _ => other_ok = false,
+            }
+            continue;
+        }
+        if !(model_ok && other_ok) {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("initramfs ") {
+            // `initramfs FILE followkernel` (or an address): the first word is the file.
+            initramfs = rest.split_whitespace().next().map(str::to_string);
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        let v = v.trim().to_string();
+        match k.trim() {
+            "kernel" => kernel = Some(v),
+            "device_tree" => device_tree = Some(v),
+            "cmdline" => cmdline = Some(v),
+            "arm_64bit" => arm64 = v == "1",
+            "dtoverlay" if !v.is_empty() => {
+                overlays.push(v.split([',', ':']).next().unwrap_or("").to_string())
+            }
+            _ => {}
+        }
+    }
+    BootConfig {
+        // The firmware's defaults for a Pi 3.
+        kernel: kernel.unwrap_or_else(|| if arm64 { "kernel8.img" } else { "kernel7.img" }.into()),
+        initramfs,
+        device_tree: device_tree.unwrap_or_else(|| "bcm2710-rpi-3-b.dtb".into()),
+        cmdline_file: cmdline.unwrap_or_else(|| "cmdline.txt".into()),
+        overlays,
+    }
+}
+
+/// What the firmware's `disable-bt` overlay does that matters under QEMU: the Bluetooth node
+/// under the PL011 UART (serial@7e201000) becomes unavailable, so the kernel makes the UART a
+/// tty (ttyAMA0) instead of a serdev bus for Bluetooth, and console input reaches the guest.
+/// Done in place: the node's `compatible` property is renamed to `status` (its value is not
+/// "okay", which makes the node disabled). Returns whether the node was found and changed.
+pub fn apply_disable_bt(dtb: &mut [u8]) -> bool {
+    let be = |d: &[u8], at: usize| -> Option<u32> {
+        d.get(at..at + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    if be(dtb, 0) != Some(0xd00d_feed) {
+        return false;
+    }
+    let (Some(off_struct), Some(off_strings), Some(size_strings)) =
+        (be(dtb, 8), be(dtb, 12), be(dtb, 32))
+    else {
+        return false;
+    };
+    let (off_struct, off_strings) = (off_struct as usize, off_strings as usize);
+    let Some(strings) = dtb.get(off_strings..off_strings + size_strings as usize) else {
+        return false;
+    };
+    let string_at = |o: u32| -> &[u8] {
+        let rest = strings.get(o as usize..).unwrap_or(&[]);
+        &rest[..rest.iter().position(|&b| b == 0).unwrap_or(rest.len())]
+    };
+    // Offset of "status" in the strings block (any node with a status property put it there).
+    let mut status_off = None;
+    let mut i = 0;
+    while i < strings.len() {
+        let end = strings[i..]
+            .iter()
+            .position(|&b| b == 0)
+            .map_or(strings.len(), |e| i + e);
+        if &strings[i..end] == b"status" {
+            status_off = Some(i as u32);
+            break;
+        }
+        i = end + 1;
+    }
+    let Some(status_off) = status_off else {
+        return false;
+    };
+    let mut path: Vec<Vec<u8>> = Vec::new();
+    let mut p = off_struct;
+    let mut target = None;
+    while let Some(tok) = be(dtb, p) {
+        p += 4;
+        match tok {
+            1 => {
+                let Some(end) = dtb[p..].iter().position(|&b| b == 0) else {
+                    return false;
+                };
+                path.push(dtb[p..p + end].to_vec());
+                p = (p + end + 1 + 3) & !3;
+            }
+            2 => {
+                path.pop();
+            }
+            3 => {
+                let (Some(len), Some(nameoff)) = (be(dtb, p), be(dtb, p + 4)) else {
+                    return false;
+                };
+                let in_bt = path.len() >= 2
+                    && path[path.len() - 1] == b"bluetooth"
+                    && path[path.len() - 2].starts_with(b"serial@7e201000");
+                if in_bt {
+                    let name = string_at(nameoff);
+                    if name == b"status" {
+                        // Already has a status: leave the tree as the firmware would see it.
+                        return false;
+                    }
+                    if name == b"compatible" && target.is_none() {
+                        target = Some(p + 4);
+                    }
+                }
+                p = (p + 8 + len as usize + 3) & !3;
+            }
+            4 => {}
+            _ => break,
+        }
+    }
+    match target {
+        Some(at) => {
+            dtb[at..at + 4].copy_from_slice(&status_off.to_be_bytes());
+            true
+        }
+        None => false,
+    }
+}
+
+/// The boot files of an image, extracted into a folder.
+#[derive(Debug, Clone)]
+pub struct BootFiles {
+    pub partition: Partition,
+    pub config: BootConfig,
+    pub kernel: PathBuf,
+    pub dtb: PathBuf,
+    pub initramfs: Option<PathBuf>,
+    /// cmdline.txt as one line.
+    pub cmdline: String,
+    /// `dtoverlay=` lines `piimg qemu` does not emulate.
+    pub ignored_overlays: Vec<String>,
+}
+
+/// What QEMU loads itself, in place of the Pi firmware.
+#[derive(Debug, Clone)]
+pub struct KernelFiles {
+    pub kernel: PathBuf,
+    pub dtb: PathBuf,
+    pub initramfs: Option<PathBuf>,
+    pub cmdline: String,
+}
+
+impl BootFiles {
+    pub fn kernel_files(&self) -> KernelFiles {
+        KernelFiles {
+            kernel: self.kernel.clone(),
+            dtb: self.dtb.clone(),
+            initramfs: self.initramfs.clone(),
+            cmdline: self.cmdline.clone(),
+        }
+    }
+}
+
+/// Finds the boot partition (the first FAT-typed partition that holds a FAT filesystem), reads
+/// config.txt and cmdline.txt from it and copies the kernel, device tree and initramfs into
+/// `dest`.
+pub fn extract_boot(image: &Path, dest: &Path) -> Result<BootFiles, QemuError> {
+    let name = image.display().to_string();
+    let mut f = File::open(image).map_err(io(image))?;
+    let parts = read_partitions(&mut f, &name)?;
+    let mut last_err = "the table has no FAT-typed partition".to_string();
+    let mut found = None;
+    for p in parts.iter().filter(|p| p.is_fat_type()) {
+        let dev = f.try_clone().map_err(io(image))?;
+        match FatVolume::open(dev, p.start) {
+            Ok(v) => {
+                found = Some((p.clone(), v));
+                break;
+            }
+            Err(e) => last_err = format!("partition {}: {e}", p.number),
+        }
+    }
+    let (part, mut vol) = found.ok_or(QemuError::NoBootPartition {
+        image: name.clone(),
+        msg: last_err,
+    })?;
+    let fat = |source| QemuError::Fat {
+        image: name.clone(),
+        source,
+    };
+    let missing = |file: &str, by: &str| QemuError::MissingBootFile {
+        image: name.clone(),
+        file: file.to_string(),
+        by: by.to_string(),
+    };
+    let config_text = match vol.read_file("config.txt") {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        // No config.txt: the firmware runs on defaults.
+        Err(FatReadError::NotFound(_)) => String::new(),
+        Err(e) => return Err(fat(e)),
+    };
+    let config = parse_config_txt(&config_text);
+    let cmdline = match vol.read_file(&config.cmdline_file) {
+        Ok(b) => String::from_utf8_lossy(&b)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string(),
+        Err(FatReadError::NotFound(_)) => String::new(),
+        Err(e) => return Err(fat(e)),
+    };
+    let mut copy = |file: &str, by: &str, out_name: &str| -> Result<PathBuf, QemuError> {
+        let out = dest.join(out_name);
+        let mut w = File::create(&out).map_err(io(&out))?;
+        match vol.copy_file(file, &mut w) {
+            Ok(_) => Ok(out),
+            Err(FatReadError::NotFound(_)) => Err(missing(file, by)),
+            Err(e) => Err(fat(e)),
+        }
+    };
+    let kernel = copy(&config.kernel, "kernel= in config.txt", "kernel")?;
+    let dtb = copy(&config.device_tree, "device_tree= in config.txt", "dtb")?;
+    // QEMU emulates no Bluetooth chip, but the board's device tree puts one on the PL011, which
+    // would take ttyAMA0 (the console) away from the serial port: drop it, as the firmware's
+    // disable-bt overlay would. Other overlays are the firmware's job and are only reported.
+    let mut bytes = std::fs::read(&dtb).map_err(io(&dtb))?;
+    if apply_disable_bt(&mut bytes) {
+        std::fs::write(&dtb, &bytes).map_err(io(&dtb))?;
+    }
+    let ignored_overlays: Vec<String> = config
+        .overlays
+        .iter()
+        .filter(|o| o.as_str() != "disable-bt")
+        .cloned()
+        .collect();
+    let initramfs = match &config.initramfs {
+        Some(i) => Some(copy(i, "initramfs in config.txt", "initramfs")?),
+        None => None,
+    };
+    Ok(BootFiles {
+        partition: part,
+        config,
+        kernel,
+        dtb,
+        initramfs,
+        cmdline,
+        ignored_overlays,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Partition tables whose numbers point anywhere: an error naming the problem, never a
+    /// panic or an overflowing offset.
+    #[test]
+    fn hostile_partition_tables_are_refused() {
+        let disk = |edit: &dyn Fn(&mut Vec<u8>)| {
+            let mut d = vec![0u8; 64 * 512];
+            d[510] = 0x55;
+            d[511] = 0xaa;
+            edit(&mut d);
+            read_partitions(&mut std::io::Cursor::new(d), "hostile.img")
+        };
+        // MBR: a partition starting near 2^32 sectors on a tiny disk.
+        let r = disk(&|d| {
+            d[446 + 4] = 0x83;
+            d[446 + 8..446 + 12].copy_from_slice(&u32::MAX.to_le_bytes());
+            d[446 + 12..446 + 16].copy_from_slice(&u32::MAX.to_le_bytes());
+        });
+        assert!(matches!(r, Err(QemuError::Table { .. })), "{r:?}");
+        let gpt = |entries_lba: u64, last: u64| {
+            move |d: &mut Vec<u8>| {
+                d[446 + 4] = 0xee;
+                d[446 + 12..446 + 16].copy_from_slice(&63u32.to_le_bytes());
+                d[512..520].copy_from_slice(b"EFI PART");
+                d[512 + 72..512 + 80].copy_from_slice(&entries_lba.to_le_bytes());
+                d[512 + 80..512 + 84].copy_from_slice(&4u32.to_le_bytes());
+                d[512 + 84..512 + 88].copy_from_slice(&128u32.to_le_bytes());
+                let e = 1024;
+                d[e] = 1;
+                d[e + 32..e + 40].copy_from_slice(&34u64.to_le_bytes());
+                d[e + 40..e + 48].copy_from_slice(&last.to_le_bytes());
+                // Valid checksums, so that the extents are what gets refused.
+                use piimg_agent::contract::crc32;
+                d[512 + 12..512 + 16].copy_from_slice(&92u32.to_le_bytes());
+                let array = crc32(&d[1024..1024 + 4 * 128]);
+                d[512 + 88..512 + 92].copy_from_slice(&array.to_le_bytes());
+                let header = crc32(&d[512..512 + 92]);
+                d[512 + 16..512 + 20].copy_from_slice(&header.to_le_bytes());
+            }
+        };
+        for (lba, last, why) in [
+            (u64::MAX / 4, 40, "outside the disk"),
+            (2, u64::MAX, "bad extent"),
+            (2, u64::MAX / 512, "bad extent"),
+            (1 << 40, 40, "outside the disk"),
+        ] {
+            let r = disk(&gpt(lba, last));
+            assert!(
+                matches!(&r, Err(QemuError::Table { msg, .. }) if msg.contains(why)),
+                "{lba} {last}: {r:?}"
+            );
+        }
+        // A checksum that does not match is refused as the kernel refuses it.
+        let r = disk(&|d| {
+            gpt(2, 40)(d);
+            d[1024 + 40] ^= 1;
+        });
+        assert!(
+            matches!(&r, Err(QemuError::Table { msg, .. }) if msg.contains("checksum")),
+            "{r:?}"
+        );
+        // The same table with sane numbers reads.
+        let r = disk(&gpt(2, 40)).unwrap();
+        assert_eq!((r[0].start, r[0].size), (34 * 512, 7 * 512));
+    }
+
+    #[test]
+    fn config_txt_sections() {
+        let c = parse_config_txt(
+            "arm_64bit=1\nkernel=k.img\ninitramfs init.gz followkernel\n[pi4]\nkernel=pi4.img\ndtoverlay=vc4-kms-v3d\n\
+             [pi3]\ndevice_tree=a.dtb\ndtoverlay=disable-bt\n[pi02]\ndevice_tree=zero.dtb\n[all]\ncmdline=c.txt\n\
+             [gpio4=1]\nkernel=gpio.img\n",
+        );
+        assert_eq!(c.kernel, "k.img");
+        assert_eq!(c.initramfs.as_deref(), Some("init.gz"));
+        assert_eq!(c.device_tree, "a.dtb");
+        assert_eq!(c.cmdline_file, "c.txt");
+        assert_eq!(c.overlays, ["disable-bt"]);
+        let d = parse_config_txt("arm_64bit=1\n");
+        assert_eq!(d.kernel, "kernel8.img");
+        assert_eq!(d.initramfs, None);
+    }
+}
