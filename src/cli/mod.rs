@@ -1,5 +1,7 @@
 //! The command line: clap definitions and thin glue over the library. Only this layer prints.
 
+mod build;
+mod fetch;
 mod flash;
 pub mod fs;
 mod init;
@@ -248,7 +250,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             offline,
             ref compress,
         } => {
-            let how = profiles::BuildArgs {
+            let how = build::BuildArgs {
                 out,
                 components,
                 offline,
@@ -257,8 +259,8 @@ pub fn run(cli: Cli) -> Result<i32> {
                 verbose: cli.verbose,
             };
             match profile {
-                Some(name) => profiles::build(&cli.profiles, name, &how),
-                None => profiles::build_many(
+                Some(name) => build::build(&cli.profiles, name, &how),
+                None => build::build_many(
                     &cli.profiles,
                     if all { None } else { cluster.as_deref() },
                     jobs,
@@ -272,14 +274,14 @@ pub fn run(cli: Cli) -> Result<i32> {
             update: _,
             outdated: true,
             json,
-        } => profiles::outdated(&cli.profiles, profile.as_deref(), json, cli.quiet),
+        } => fetch::outdated(&cli.profiles, profile.as_deref(), json, cli.quiet),
         Command::Fetch {
             ref profile,
             all: _,
             update,
             outdated: false,
             json: _,
-        } => profiles::fetch(&cli.profiles, profile.as_deref(), update, cli.quiet),
+        } => fetch::fetch(&cli.profiles, profile.as_deref(), update, cli.quiet),
         Command::Flash {
             ref positional,
             ref profile,
