@@ -37,7 +37,8 @@ pub mod paths {
 pub struct Guid(pub [u8; 16]);
 
 impl Guid {
-    /// From its 16 bytes as a GPT stores them (first three fields little-endian).
+    /// From the first 16 bytes of `b` as a GPT stores them (first three fields little-endian);
+    /// `b` must hold at least 16.
     pub fn from_disk(b: &[u8]) -> Guid {
         let mut g = [0u8; 16];
         g.copy_from_slice(&b[..16]);

@@ -7,7 +7,11 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use crate::contract::table::SECTOR;
+use crate::contract::crc32;
+use crate::contract::table::{
+    gpt_entry as ent, gpt_header as hd, le32, le64, GptHeader, Mbr, TableError,
+};
+use crate::contract::table::{MBR_ENTRIES, MBR_ENTRY_LEN, PROTECTIVE, SECTOR};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GrowError {
@@ -32,12 +36,6 @@ pub struct Grown {
     pub old_sectors: u64,
     pub new_sectors: u64,
 }
-
-use crate::contract::crc32;
-use crate::contract::table::{
-    gpt_entry as ent, gpt_header as hd, le32, le64, GptHeader, Mbr, TableError,
-};
-use crate::contract::table::{MBR_ENTRIES, MBR_ENTRY_LEN, PROTECTIVE};
 
 fn put32(b: &mut [u8], o: usize, v: u32) {
     b[o..o + 4].copy_from_slice(&v.to_le_bytes());

@@ -78,7 +78,7 @@ pub enum Command {
         #[arg(long)]
         all: bool,
         /// Nodes built at a time with --cluster or --all (default: the number of cores)
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "profile")]
         jobs: Option<u32>,
         /// Output folder
         #[arg(long, default_value = "out", value_name = "DIR")]
