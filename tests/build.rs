@@ -11,6 +11,9 @@
 //! Every tool is required: a missing one fails the test (CI installs e2fsprogs, dosfstools,
 //! mtools, fdisk, gdisk, cpio, zstd, binutils, file, kmod).
 
+mod common;
+use common::{cache_home, standin};
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -26,16 +29,6 @@ const IMAGES: [&str; 3] = ["lb1", "w1", "cp1"];
 // ---------------------------------------------------------------- running things
 
 /// `$XDG_CACHE_HOME` of every piimg run: shared by test runs, so packages download once.
-fn cache_home() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join("piimg-test-cache")
-}
-
-fn standin(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/standins")
-        .join(name)
-}
-
 /// One finished piimg run.
 #[derive(Debug, Clone)]
 struct Run {

@@ -5,14 +5,13 @@
 //!
 //! CI kills 8 builds; PIIMG_KILLS=50 runs the full count. The figures are printed.
 
+mod common;
+use common::repo;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn project(name: &str) -> PathBuf {
     let w = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("build-crash-{name}"));

@@ -4,7 +4,7 @@
 //! (`man -l`).
 
 mod common;
-use common::run;
+use common::{repo, run};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -28,10 +28,6 @@ fn work(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
 fn listing(dir: &Path) -> Vec<(String, Vec<u8>)> {

@@ -7,6 +7,9 @@
 //! Missing either is a failure, not a skip. The boots are serialised: two TCG guests on a
 //! two-core CI machine would only slow each other down.
 
+mod common;
+use common::{cache_home, repo};
+
 use regex::Regex;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -23,16 +26,6 @@ const PIIMG: &str = env!("CARGO_BIN_EXE_piimg");
 /// Generous: TCG on a loaded two-core machine (a boot to `ready` takes ~30 s when idle).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
 const STEP_TIMEOUT: Duration = Duration::from_secs(180);
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn cache_home() -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("piimg-test-cache");
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// A temporary project: the named profiles, piimg.lock and overlays copied from the repository.
 fn project(profiles: &[&str]) -> tempfile::TempDir {
@@ -852,6 +845,26 @@ fn worker_runs_containerd_a_preloaded_container_and_the_join_command() {
     g.wait("^PIIMGE2EMARKER$", STEP_TIMEOUT);
 }
 
+/// The image written to a card twice its size (QEMU needs a power of two), holes kept; returns
+/// the card's size.
+fn card_twice_the_size(image: &Path, card: &Path) -> u64 {
+    let st = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(image)
+        .arg(card)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let size = 2 * std::fs::metadata(image).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(card)
+        .unwrap()
+        .set_len(size)
+        .unwrap();
+    size
+}
+
 #[test]
 fn data_partition_and_filesystem_grow_to_fill_a_larger_card() {
     let _serial = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
@@ -862,16 +875,8 @@ fn data_partition_and_filesystem_grow_to_fill_a_larger_card() {
             .unwrap();
     let data_start = manifest["partitions"][2]["start"].as_u64().unwrap();
     let data_size = manifest["partitions"][2]["size"].as_u64().unwrap();
-    // The image written to a card twice its size (QEMU needs a power of two).
     let card = p.path().join("card.img");
-    std::fs::copy(&img, &card).unwrap();
-    let card_size = 2 * std::fs::metadata(&img).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&card)
-        .unwrap()
-        .set_len(card_size)
-        .unwrap();
+    let card_size = card_twice_the_size(&img, &card);
     let mut g = Guest::boot(&card, &[]);
     let line = g.wait(r"piimg-agent: grow mmcblk0p3: ", BOOT_TIMEOUT);
     let re =
@@ -919,14 +924,12 @@ fn an_interrupted_growth_is_finished_on_the_next_boot() {
     let data_start = manifest["partitions"][2]["start"].as_u64().unwrap();
     let data_size = manifest["partitions"][2]["size"].as_u64().unwrap();
     let card = p.path().join("card.img");
-    std::fs::copy(&img, &card).unwrap();
-    let card_size = 2 * std::fs::metadata(&img).unwrap().len();
+    let card_size = card_twice_the_size(&img, &card);
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(&card)
         .unwrap();
-    f.set_len(card_size).unwrap();
     // What the first boot got done before the power went: the table only.
     let g = piimg_agent::grow::grow_partition(&f, card_size, 3)
         .unwrap()
@@ -1093,21 +1096,8 @@ struct CutResult {
 
 fn power_cut_trial(i: usize, cut: &Cut, image: &Path, dir: &Path) -> CutResult {
     let card = dir.join(format!("card-{i}.img"));
-    let st = Command::new("cp")
-        .arg("--sparse=always")
-        .arg(image)
-        .arg(&card)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    // A card twice the image's size: the first boot grows /var.
-    let card_size = 2 * std::fs::metadata(image).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&card)
-        .unwrap()
-        .set_len(card_size)
-        .unwrap();
+    // The first boot grows /var.
+    let card_size = card_twice_the_size(image, &card);
     let label = format!("cut{i}");
     let mut g = Guest::start(&card, &[], &["--writable"], &format!("{label}/1"));
     g.wait(cut.after, BOOT_TIMEOUT);

@@ -11,6 +11,9 @@
 //! cache shared with tests/build.rs, so they download once per target dir. QEMU, e2fsck and
 //! debugfs are required: a missing one fails the test.
 
+mod common;
+use common::cache_home;
+
 use piimg::components::apt::{kernel_package, Apt, AptConfig};
 use piimg::components::cache::Cache;
 use piimg::components::deb::{read_cached_deb, DebOptions};
@@ -42,11 +45,6 @@ const MODULES: &[&str] = &["bcm2835", "sdhci_iproc", "ext4", "crc32c_generic"];
 const DONE: &str = "PIIMG-TEST-DONE";
 /// Whole-run limit (TCG emulation on a loaded CI machine is slow; a normal run takes ~30 s).
 const TIMEOUT: Duration = Duration::from_secs(600);
-
-/// `$XDG_CACHE_HOME` of the piimg tests: the cache root is `<this>/piimg`.
-fn cache_home() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join("piimg-test-cache")
-}
 
 fn m(perm: u16) -> Meta {
     Meta::root(perm, T0)

@@ -4,20 +4,13 @@
 //! Needs Debian's archive for the first build on a machine (packages are cached in
 //! target/tmp/piimg-test-cache), `faketime` (so the build clock really differs) and e2fsprogs.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::{cache_home, repo};
+
+use std::path::Path;
 use std::process::Command;
 
 const PIIMG: &str = env!("CARGO_BIN_EXE_piimg");
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn cache_home() -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("piimg-test-cache");
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn project() -> tempfile::TempDir {
     project_with("qemu")

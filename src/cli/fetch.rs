@@ -3,7 +3,7 @@
 use super::profiles::{cache, load, unknown_profile};
 use anyhow::Result;
 use piimg::profile::{NodeProfile, Profiles};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 fn selected<'a>(
     p: &'a Profiles,
@@ -16,15 +16,33 @@ fn selected<'a>(
     })
 }
 
+/// What `fetch` and `fetch --outdated` start from.
+struct Start {
+    profiles: Profiles,
+    lock: PathBuf,
+    progress: super::progress::Progress,
+    cache: piimg::components::cache::Cache,
+}
+
+/// Loads the folder (None when it has errors, already printed).
+fn start(dir: &Path, profile: Option<&str>, quiet: bool) -> Result<Option<Start>> {
+    let Some(profiles) = load(dir, profile, false, quiet)? else {
+        return Ok(None);
+    };
+    Ok(Some(Start {
+        profiles,
+        lock: piimg::pipeline::lock_path(dir),
+        progress: super::progress::Progress::new(quiet),
+        cache: cache()?,
+    }))
+}
+
 pub fn fetch(dir: &Path, profile: Option<&str>, update: bool, quiet: bool) -> Result<i32> {
-    let Some(p) = load(dir, profile, false, quiet)? else {
+    let Some(s) = start(dir, profile, quiet)? else {
         return Ok(1);
     };
-    let nodes = selected(&p, dir, profile)?;
-    let lock = piimg::pipeline::lock_path(dir);
-    let progress = super::progress::Progress::new(quiet);
-    let cache = cache()?;
-    let r = piimg::pipeline::fetch(&nodes, &cache, &lock, update, &progress)?;
+    let nodes = selected(&s.profiles, dir, profile)?;
+    let r = piimg::pipeline::fetch(&nodes, &s.cache, &s.lock, update, &s.progress)?;
     for c in &r.changes {
         println!("{c}");
     }
@@ -41,7 +59,7 @@ pub fn fetch(dir: &Path, profile: Option<&str>, update: bool, quiet: bool) -> Re
     }
     println!(
         "{} {}",
-        lock.display(),
+        s.lock.display(),
         if r.lock_changed {
             "written"
         } else {
@@ -53,20 +71,17 @@ pub fn fetch(dir: &Path, profile: Option<&str>, update: bool, quiet: bool) -> Re
 
 /// `fetch --outdated`: a table (or JSON) of locked packages with newer versions; exit 1 if any.
 pub fn outdated(dir: &Path, profile: Option<&str>, json: bool, quiet: bool) -> Result<i32> {
-    let Some(p) = load(dir, profile, false, quiet)? else {
+    let Some(s) = start(dir, profile, quiet)? else {
         return Ok(1);
     };
-    let nodes = selected(&p, dir, profile)?;
-    let lock = piimg::pipeline::lock_path(dir);
-    let progress = super::progress::Progress::new(quiet);
-    let cache = cache()?;
-    let found = piimg::pipeline::outdated(&nodes, &cache, &lock, &progress)?;
+    let nodes = selected(&s.profiles, dir, profile)?;
+    let found = piimg::pipeline::outdated(&nodes, &s.cache, &s.lock, &s.progress)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&found)?);
     } else if found.is_empty() {
         println!(
             "{}: every locked package is the newest the archive has",
-            lock.display()
+            s.lock.display()
         );
     } else {
         let w = found.iter().map(|o| o.name.len()).max().unwrap_or(0).max(7);
