@@ -65,7 +65,7 @@ pub enum Command {
     /// NAME.img.sha256, NAME.img.bmap and NAME.manifest.json
     #[command(
         group(clap::ArgGroup::new("which").required(true).args(["profile", "cluster", "all"])),
-        after_help = "Example:\n  piimg build --profile lb1\n  piimg build --profile lb1 --compress zstd\n  piimg build --profile w1 --component kubelet=./kubelet --component kubeadm=./kubeadm\n  piimg build --cluster home --component kubelet=./kubelet --component kubeadm=./kubeadm\n\nWith --cluster or --all the nodes are built --jobs at a time (default: one per core); a node\nthat fails does not stop the others, and the exit status is 1 when any failed.\n\nThe outputs are committed together (the manifest last). Images that hold cluster secrets\n(control-plane and worker nodes) and every file beside them are written mode 0600."
+        after_help = "Example:\n  piimg build --profile lb1\n  piimg build --profile lb1 --compress zstd\n  piimg build --profile w1 --component kubelet=./kubelet --component kubeadm=./kubeadm\n  piimg build --cluster home --component kubelet=./kubelet --component kubeadm=./kubeadm \\\n      --component kubectl=./kubectl\n\nWith --cluster or --all the nodes are built --jobs at a time (default: one per core); a node\nthat fails does not stop the others, and the exit status is 1 when any failed.\n\nThe outputs are committed together (the manifest last). Images that hold cluster secrets\n(control-plane and worker nodes) and every file beside them are written mode 0600."
     )]
     Build {
         /// Profile name (file stem in the profiles folder)
