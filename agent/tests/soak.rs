@@ -107,6 +107,11 @@ fn a_crash_loop_and_a_flood_do_not_stall_pid1_or_fill_the_disk() {
     let rss0 = rss_kib();
     let t0 = Instant::now();
     let (mut worst_step, mut worst_say, mut steps) = (Duration::ZERO, Duration::ZERO, 0u64);
+    // The flood's bytes: its log's growth, plus the size it had each time it rotated (a
+    // rotation shows as the file getting smaller; more than one between two steps is missed,
+    // so the figure is a lower bound).
+    let flood_log = log_dir.join("flood.log");
+    let (mut flood_rotated, mut flood_last) = (0u64, 0u64);
     while t0.elapsed() < Duration::from_secs(secs) || sup.restarts("crasher") < crash_goal {
         let s = Instant::now();
         sup.step(Duration::from_millis(20));
@@ -116,9 +121,15 @@ fn a_crash_loop_and_a_flood_do_not_stall_pid1_or_fill_the_disk() {
         console::say(&format!("tick {steps}"));
         worst_say = worst_say.max(s.elapsed());
         steps += 1;
+        let size = std::fs::metadata(&flood_log).map_or(0, |m| m.len());
+        if size < flood_last {
+            flood_rotated += flood_last;
+        }
+        flood_last = size;
     }
     let crashes = sup.restarts("crasher");
     let ran = t0.elapsed().as_secs_f64();
+    let flood_bytes = flood_rotated + flood_last;
     let rss1 = rss_kib();
     sup.stop_all();
     let log_bytes = dir_bytes(&log_dir);
@@ -126,8 +137,9 @@ fn a_crash_loop_and_a_flood_do_not_stall_pid1_or_fill_the_disk() {
     let seen = seen.lock().unwrap();
     let text = String::from_utf8_lossy(&seen.tail).into_owned();
     eprintln!(
-        "SOAK: {ran:.0} s, {steps} loop steps, crasher restarted {crashes} times, worst step beyond its poll {worst_step:?}, worst agent console line {worst_say:?}, RSS {rss0} -> {rss1} KiB, logs on disk {log_bytes} bytes (cap {cap} per file), console {} bytes",
-        seen.bytes
+        "SOAK: {ran:.0} s, {steps} loop steps, crasher restarted {crashes} times, worst step beyond its poll {worst_step:?}, worst agent console line {worst_say:?}, RSS {rss0} -> {rss1} KiB, logs on disk {log_bytes} bytes (cap {cap} per file), console {} bytes, flood logged >= {flood_bytes} bytes ({:.1} MB/s)",
+        seen.bytes,
+        flood_bytes as f64 / ran / 1e6
     );
     assert!(
         crashes as u64 > secs * 20,
