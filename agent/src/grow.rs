@@ -162,11 +162,10 @@ fn rewrite_gpt(
         return Err(GrowError::BadGpt("entries crc"));
     }
     // Every figure from the card is checked: this runs as PID 1 on whatever card it was given.
-    let too_small = GrowError::BadGpt("disk smaller than the table");
-    let new_backup = total.checked_sub(1).ok_or(too_small)?;
-    let new_backup_entries = new_backup
-        .checked_sub(array_sectors)
-        .filter(|&s| s > h.first_usable)
+    let (new_backup, new_backup_entries) = total
+        .checked_sub(1)
+        .and_then(|b| Some((b, b.checked_sub(array_sectors)?)))
+        .filter(|&(_, entries)| entries > h.first_usable)
         .ok_or(GrowError::BadGpt("disk smaller than the table"))?;
     let last_usable = new_backup_entries - 1;
     let mut change = GptChange::Moved;

@@ -79,7 +79,7 @@ pub fn run_qemu(
         };
         let v = serde_json::json!({
             "end": end,
-            "line": match &o.end { End::Panic(l) => Some(l.clone()), _ => o.line.clone() },
+            "line": o.line,
             "wall_seconds": o.wall.as_secs_f64(),
             "guest_seconds": o.guest_seconds,
             "guest_exact": o.guest_exact,
