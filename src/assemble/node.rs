@@ -11,7 +11,7 @@ use crate::profile::NodeProfile;
 use crate::report::Reporter;
 use crate::tree::{FileData, Meta, NodeId, NodeKind, Tree};
 use piimg_agent::contract::paths::{self as agent_paths, in_tree};
-use piimg_agent::node::{Board, NodeConfig, Role};
+use piimg_agent::node::{Board, Kubernetes, NodeConfig, Role};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -235,29 +235,6 @@ fn firmware_files(board: Board) -> &'static [&'static str] {
 pub const KERNEL_FILE: &str = "kernel8.img";
 pub const INITRAMFS_FILE: &str = "initramfs8";
 
-/// Modules in an order that loads: every module after the modules it depends on.
-fn load_order(set: &ModuleSet, names: &[String]) -> Vec<String> {
-    fn visit(set: &ModuleSet, n: &str, seen: &mut BTreeSet<String>, out: &mut Vec<String>) {
-        if !seen.insert(n.to_string()) {
-            return;
-        }
-        if let Some(m) = set.modules.get(n) {
-            let mut deps = m.depends.clone();
-            deps.sort();
-            for d in deps {
-                visit(set, &d, seen, out);
-            }
-            out.push(m.path.clone());
-        }
-    }
-    let mut seen = BTreeSet::new();
-    let mut out = Vec::new();
-    for n in names {
-        visit(set, n, &mut seen, &mut out);
-    }
-    out
-}
-
 /// Copies the modules `names` (already closed over dependencies) from the kernel tree.
 fn copy_modules(
     kernel: &Tree,
@@ -361,181 +338,316 @@ fn module_set(
     Ok(set)
 }
 
-/// Builds every tree of the node image.
+/// Builds every tree of the node image: verb-named steps over one [`Assembly`]. The order of the
+/// steps is the order nodes enter each tree's arena, which fixes inode numbers: keep it.
 pub fn assemble(inp: &Inputs, reporter: &dyn Reporter) -> Result<Assembled, AssembleError> {
-    let cfg = inp.config;
-    let role = cfg.role;
-    let epoch = inp.epoch;
-    let comps = inp.components;
-    let mut used: Vec<LockEntry> = Vec::new();
-
-    // Kernel: boot files, device trees and modules come from its package.
-    reporter.begin("reading the kernel package", None);
-    let kernel_entry = comps
-        .values()
-        .find(|e| {
-            e.name.starts_with(KERNEL_PACKAGE_PREFIX)
-                && e.name != "linux-image-arm64"
-                && matches!(e.source(), Some(Source::Debian { .. }))
-        })
-        .ok_or_else(|| AssembleError::NotLocked("linux-image-<version>-arm64".into()))?;
-    let mut kernel = Tree::new(meta(0o755, epoch));
-    read_pkg(&mut kernel, inp.cache, kernel_entry, epoch)?;
-    used.push(kernel_entry.clone());
-    let release = crate::components::apt::kernel_release(&kernel_entry.name)
-        .ok_or_else(|| AssembleError::Missing(format!("kernel release of {}", kernel_entry.name)))?
-        .to_string();
-    let set = module_set(inp.cache, deb_sha(kernel_entry)?, &kernel, &release)?;
-    let installed = uncompressed(&set);
-    reporter.end();
-
-    // Firmware.
-    let fw_entry = comps
-        .get(FIRMWARE_PACKAGE)
-        .ok_or_else(|| AssembleError::NotLocked(FIRMWARE_PACKAGE.into()))?;
-    let mut fw = Tree::new(meta(0o755, epoch));
-    read_pkg(&mut fw, inp.cache, fw_entry, epoch)?;
-    used.push(fw_entry.clone());
-
-    // Boot partition: no secrets here, ever.
-    let mut boot = Tree::new(meta(0o755, epoch));
-    for f in firmware_files(cfg.board) {
-        let data = take(&fw, &format!("usr/lib/raspi-firmware/{f}"), "Pi firmware")?;
-        boot.add_file(*f, meta(0o644, epoch), data)?;
-    }
-    boot.add_file(
-        KERNEL_FILE,
-        meta(0o644, epoch),
-        take(&kernel, &format!("boot/vmlinuz-{release}"), "kernel image")?,
-    )?;
-    let dtb = cfg.board.dtb();
-    boot.add_file(
-        dtb,
-        meta(0o644, epoch),
-        take(
-            &kernel,
-            &format!("usr/lib/linux-image-{release}/broadcom/{dtb}"),
-            "device tree",
-        )?,
-    )?;
-    let root_partuuid = cfg
-        .storage
-        .root_partuuid
-        .clone()
-        .ok_or_else(|| AssembleError::Missing("root partition id".into()))?;
-    boot.add_file(
-        "config.txt",
-        meta(0o644, epoch),
-        bytes(config::config_txt(
-            include_str!("../../firmware/config.txt"),
-            cfg.board,
-            KERNEL_FILE,
-            INITRAMFS_FILE,
-        )),
-    )?;
-    boot.add_file(
-        "cmdline.txt",
-        meta(0o644, epoch),
-        bytes(config::cmdline_txt(
-            include_str!("../../firmware/cmdline.txt"),
-            &root_partuuid,
-            // kubeadm writes under /etc; a load balancer needs nothing written to its rootfs.
-            if role.is_kubernetes() { "rw" } else { "ro" },
-        )),
-    )?;
-
-    // Modules: what stage 1 needs in the initramfs, the rest in the rootfs.
-    let present = |names: &[&str]| -> (Vec<String>, Vec<String>) {
-        let (a, b): (Vec<&str>, Vec<&str>) = names.iter().partition(|n| {
-            set.modules
-                .contains_key(&crate::components::modules::canonical(n))
-        });
-        (
-            a.iter()
-                .map(|n| crate::components::modules::canonical(n))
-                .collect(),
-            b.iter().map(|n| n.to_string()).collect(),
-        )
+    let mut a = Assembly {
+        inp,
+        cfg: inp.config,
+        epoch: inp.epoch,
+        used: Vec::new(),
+        secret_paths: Vec::new(),
     };
-    let (stage1_req, _) = present(STAGE1_MODULES);
-    let stage1_refs: Vec<&str> = stage1_req.iter().map(String::as_str).collect();
-    let stage1 = set.closure(&stage1_refs, true)?;
-    let mut wanted: Vec<&str> = STAGE1_MODULES.to_vec();
-    wanted.extend(BASE_MODULES);
-    if role.is_kubernetes() {
-        wanted.extend(KUBERNETES_MODULES);
-    }
-    let (requested, missing) = present(&wanted);
-    let req_refs: Vec<&str> = requested.iter().map(String::as_str).collect();
-    let all_mods = set.closure(&req_refs, true)?;
+    let kernel = a.read_kernel(reporter)?;
+    let firmware = a.read_firmware()?;
+    let boot = a.boot_partition(&kernel, &firmware)?;
+    let modules = Modules::select(&kernel.set, a.cfg.role)?;
+    let initramfs = a.initramfs(&kernel, &modules)?;
 
-    // Initramfs: the agent as /init, the stage-1 modules and their load order.
-    let mut initramfs = Tree::new(meta(0o755, epoch));
-    for d in ["dev", "proc", "sys", "newroot", "run", "tmp"] {
-        initramfs.mkdir_p(d, meta(0o755, epoch))?;
+    let mut root = a.root_skeleton()?;
+    a.install_packages(&mut root, reporter)?;
+    a.link_busybox_applets(&mut root)?;
+    a.link_iptables_alternatives(&mut root)?;
+    if a.cfg.role.is_kubernetes() {
+        a.install_kubernetes_binaries(&mut root)?;
     }
-    // The kernel opens /dev/console before anything mounts devtmpfs.
-    initramfs.insert(
-        "dev/console",
-        meta(0o600, epoch),
-        NodeKind::CharDev { major: 5, minor: 1 },
-    )?;
-    initramfs.add_file("init", meta(0o755, epoch), bytes(inp.agent))?;
-    let mod_dir = format!("lib/modules/{release}");
-    copy_modules(
-        &kernel,
-        &set,
-        &installed,
-        &stage1,
-        &mut initramfs,
-        &mod_dir,
-        epoch,
-    )?;
-    let order = load_order(&installed, &stage1);
-    initramfs.add_file(
-        in_tree(agent_paths::STAGE1_MODULES),
-        meta(0o644, epoch),
-        bytes(format!("{}\n", order.join("\n"))),
-    )?;
-    initramfs.add_file(
-        format!("{mod_dir}/modules.dep"),
-        meta(0o644, epoch),
-        bytes(installed.modules_dep(&stage1)),
-    )?;
+    a.install_agent(&mut root)?;
+    a.install_modules(&mut root, &kernel, &modules)?;
+    a.write_system_files(&mut root)?;
+    a.write_node_config(&mut root)?;
+    if let Some(k) = &a.cfg.kubernetes {
+        a.configure_kubernetes(&mut root, &kernel, k)?;
+    }
+    if a.cfg.role == Role::ControlPlane {
+        a.preseed_pki(&mut root)?;
+    }
+    a.configure_haproxy(&mut root)?;
+    a.apply_overlays(&mut root)?;
+    a.seal_secrets(&mut root);
+    let data = a.data_skeleton()?;
 
-    // Root filesystem: merged /usr, packages, the agent, configs.
-    reporter.begin("reading packages", None);
-    let mut root = Tree::new(meta(0o755, epoch));
-    for (l, t) in [("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib")] {
-        root.mkdir_p(t, meta(0o755, epoch))?;
-        root.add_symlink(l, t, meta(0o777, epoch))?;
-    }
-    for d in [
-        "dev",
-        "proc",
-        "sys",
-        "run",
-        "var",
-        "mnt",
-        "etc/piimg",
-        in_tree(agent_paths::IMAGES_DIR),
-    ] {
-        root.mkdir_p(d, meta(0o755, epoch))?;
-    }
-    root.mkdir_p("tmp", meta(0o1777, epoch))?;
-    root.mkdir_p("root", meta(0o700, epoch))?;
-    let roots = root_packages(role);
-    for name in packages_for(&roots, inp.depends, comps)? {
-        let e = &comps[&name];
-        if !matches!(e.source(), Some(Source::Debian { .. })) {
-            continue;
+    a.used.sort();
+    a.used.dedup();
+    Ok(Assembled {
+        boot,
+        root,
+        data,
+        initramfs,
+        kernel_release: kernel.release,
+        modules_requested: modules.requested,
+        modules_missing: modules.missing,
+        components: a.used,
+        secret_paths: a.secret_paths,
+    })
+}
+
+/// What the steps of [`assemble`] share: the inputs, and what they collect for the report.
+struct Assembly<'a> {
+    inp: &'a Inputs<'a>,
+    cfg: &'a NodeConfig,
+    epoch: i64,
+    /// Components that went into the image, in any order (sorted at the end).
+    used: Vec<LockEntry>,
+    /// Root-tree paths of files holding secrets.
+    secret_paths: Vec<String>,
+}
+
+/// The kernel package read into a tree, with its release and module index.
+struct Kernel {
+    tree: Tree,
+    release: String,
+    set: ModuleSet,
+    /// `set` with the paths the image stores (decompressed).
+    installed: ModuleSet,
+}
+
+/// Which modules go where: stage 1's closure in the initramfs, everything requested in the rootfs.
+struct Modules {
+    stage1: Vec<String>,
+    all: Vec<String>,
+    /// Requested names present in the kernel (stage 2's load list), and those it lacks.
+    requested: Vec<String>,
+    missing: Vec<String>,
+}
+
+impl Modules {
+    fn select(set: &ModuleSet, role: Role) -> Result<Modules, AssembleError> {
+        let present = |names: &[&str]| -> (Vec<String>, Vec<String>) {
+            let (a, b): (Vec<&str>, Vec<&str>) = names.iter().partition(|n| {
+                set.modules
+                    .contains_key(&crate::components::modules::canonical(n))
+            });
+            (
+                a.iter()
+                    .map(|n| crate::components::modules::canonical(n))
+                    .collect(),
+                b.iter().map(|n| n.to_string()).collect(),
+            )
+        };
+        let (stage1_req, _) = present(STAGE1_MODULES);
+        let stage1_refs: Vec<&str> = stage1_req.iter().map(String::as_str).collect();
+        let stage1 = set.closure(&stage1_refs, true)?;
+        let mut wanted: Vec<&str> = STAGE1_MODULES.to_vec();
+        wanted.extend(BASE_MODULES);
+        if role.is_kubernetes() {
+            wanted.extend(KUBERNETES_MODULES);
         }
-        read_pkg(&mut root, inp.cache, e, epoch)?;
-        used.push(e.clone());
+        let (requested, missing) = present(&wanted);
+        let req_refs: Vec<&str> = requested.iter().map(String::as_str).collect();
+        let all = set.closure(&req_refs, true)?;
+        Ok(Modules {
+            stage1,
+            all,
+            requested,
+            missing,
+        })
     }
-    reporter.end();
-    // busybox-static ships only /usr/bin/busybox: the shell and tools need their applet names.
-    if root.lookup("usr/bin/busybox").is_some() {
+}
+
+impl Assembly<'_> {
+    fn meta(&self, perm: u16) -> Meta {
+        meta(perm, self.epoch)
+    }
+
+    fn new_tree(&self) -> Tree {
+        Tree::new(self.meta(0o755))
+    }
+
+    /// Boot files, device trees and modules all come from the kernel package.
+    fn read_kernel(&mut self, reporter: &dyn Reporter) -> Result<Kernel, AssembleError> {
+        reporter.begin("reading the kernel package", None);
+        let entry = self
+            .inp
+            .components
+            .values()
+            .find(|e| {
+                e.name.starts_with(KERNEL_PACKAGE_PREFIX)
+                    && e.name != "linux-image-arm64"
+                    && matches!(e.source(), Some(Source::Debian { .. }))
+            })
+            .ok_or_else(|| AssembleError::NotLocked("linux-image-<version>-arm64".into()))?;
+        let mut tree = self.new_tree();
+        read_pkg(&mut tree, self.inp.cache, entry, self.epoch)?;
+        self.used.push(entry.clone());
+        let release = crate::components::apt::kernel_release(&entry.name)
+            .ok_or_else(|| AssembleError::Missing(format!("kernel release of {}", entry.name)))?
+            .to_string();
+        let set = module_set(self.inp.cache, deb_sha(entry)?, &tree, &release)?;
+        let installed = uncompressed(&set);
+        reporter.end();
+        Ok(Kernel {
+            tree,
+            release,
+            set,
+            installed,
+        })
+    }
+
+    fn read_firmware(&mut self) -> Result<Tree, AssembleError> {
+        let entry = self
+            .inp
+            .components
+            .get(FIRMWARE_PACKAGE)
+            .ok_or_else(|| AssembleError::NotLocked(FIRMWARE_PACKAGE.into()))?;
+        let mut fw = self.new_tree();
+        read_pkg(&mut fw, self.inp.cache, entry, self.epoch)?;
+        self.used.push(entry.clone());
+        Ok(fw)
+    }
+
+    /// The FAT partition the Pi firmware reads: no secrets here, ever.
+    fn boot_partition(&self, kernel: &Kernel, fw: &Tree) -> Result<Tree, AssembleError> {
+        let cfg = self.cfg;
+        let mut boot = self.new_tree();
+        for f in firmware_files(cfg.board) {
+            let data = take(fw, &format!("usr/lib/raspi-firmware/{f}"), "Pi firmware")?;
+            boot.add_file(*f, self.meta(0o644), data)?;
+        }
+        let release = &kernel.release;
+        boot.add_file(
+            KERNEL_FILE,
+            self.meta(0o644),
+            take(
+                &kernel.tree,
+                &format!("boot/vmlinuz-{release}"),
+                "kernel image",
+            )?,
+        )?;
+        let dtb = cfg.board.dtb();
+        boot.add_file(
+            dtb,
+            self.meta(0o644),
+            take(
+                &kernel.tree,
+                &format!("usr/lib/linux-image-{release}/broadcom/{dtb}"),
+                "device tree",
+            )?,
+        )?;
+        let root_partuuid = cfg
+            .storage
+            .root_partuuid
+            .clone()
+            .ok_or_else(|| AssembleError::Missing("root partition id".into()))?;
+        boot.add_file(
+            "config.txt",
+            self.meta(0o644),
+            bytes(config::config_txt(
+                include_str!("../../firmware/config.txt"),
+                cfg.board,
+                KERNEL_FILE,
+                INITRAMFS_FILE,
+            )),
+        )?;
+        boot.add_file(
+            "cmdline.txt",
+            self.meta(0o644),
+            bytes(config::cmdline_txt(
+                include_str!("../../firmware/cmdline.txt"),
+                &root_partuuid,
+                // kubeadm writes under /etc; a load balancer needs nothing written to its rootfs.
+                if cfg.role.is_kubernetes() { "rw" } else { "ro" },
+            )),
+        )?;
+        Ok(boot)
+    }
+
+    /// The agent as /init, the stage-1 modules and their load order.
+    fn initramfs(&self, kernel: &Kernel, modules: &Modules) -> Result<Tree, AssembleError> {
+        let mut initramfs = self.new_tree();
+        for d in ["dev", "proc", "sys", "newroot", "run", "tmp"] {
+            initramfs.mkdir_p(d, self.meta(0o755))?;
+        }
+        // The kernel opens /dev/console before anything mounts devtmpfs.
+        initramfs.insert(
+            "dev/console",
+            self.meta(0o600),
+            NodeKind::CharDev { major: 5, minor: 1 },
+        )?;
+        initramfs.add_file("init", self.meta(0o755), bytes(self.inp.agent))?;
+        let mod_dir = format!("lib/modules/{}", kernel.release);
+        copy_modules(
+            &kernel.tree,
+            &kernel.set,
+            &kernel.installed,
+            &modules.stage1,
+            &mut initramfs,
+            &mod_dir,
+            self.epoch,
+        )?;
+        let order = kernel.installed.load_order(&modules.stage1);
+        initramfs.add_file(
+            in_tree(agent_paths::STAGE1_MODULES),
+            self.meta(0o644),
+            bytes(format!("{}\n", order.join("\n"))),
+        )?;
+        initramfs.add_file(
+            format!("{mod_dir}/modules.dep"),
+            self.meta(0o644),
+            bytes(kernel.installed.modules_dep(&modules.stage1)),
+        )?;
+        Ok(initramfs)
+    }
+
+    /// Merged /usr and the directories the agent mounts on or writes to.
+    fn root_skeleton(&self) -> Result<Tree, AssembleError> {
+        let mut root = self.new_tree();
+        for (l, t) in [("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib")] {
+            root.mkdir_p(t, self.meta(0o755))?;
+            root.add_symlink(l, t, self.meta(0o777))?;
+        }
+        for d in [
+            "dev",
+            "proc",
+            "sys",
+            "run",
+            "var",
+            "mnt",
+            "etc/piimg",
+            in_tree(agent_paths::IMAGES_DIR),
+        ] {
+            root.mkdir_p(d, self.meta(0o755))?;
+        }
+        root.mkdir_p("tmp", self.meta(0o1777))?;
+        root.mkdir_p("root", self.meta(0o700))?;
+        Ok(root)
+    }
+
+    /// The role's Debian packages and their dependency closure.
+    fn install_packages(
+        &mut self,
+        root: &mut Tree,
+        reporter: &dyn Reporter,
+    ) -> Result<(), AssembleError> {
+        reporter.begin("reading packages", None);
+        let comps = self.inp.components;
+        let roots = root_packages(self.cfg.role);
+        for name in packages_for(&roots, self.inp.depends, comps)? {
+            let e = &comps[&name];
+            if !matches!(e.source(), Some(Source::Debian { .. })) {
+                continue;
+            }
+            read_pkg(root, self.inp.cache, e, self.epoch)?;
+            self.used.push(e.clone());
+        }
+        reporter.end();
+        Ok(())
+    }
+
+    /// busybox-static ships only /usr/bin/busybox: the shell and tools need their applet names.
+    fn link_busybox_applets(&self, root: &mut Tree) -> Result<(), AssembleError> {
+        if root.lookup("usr/bin/busybox").is_none() {
+            return Ok(());
+        }
         for applet in [
             "sh", "ls", "cat", "ps", "kill", "mount", "umount", "dmesg", "ip", "ping", "grep",
             "vi", "free", "top", "df", "netstat", "wget", "nc", "sleep", "echo", "mkdir", "rm",
@@ -543,12 +655,17 @@ pub fn assemble(inp: &Inputs, reporter: &dyn Reporter) -> Result<Assembled, Asse
         ] {
             let p = format!("usr/bin/{applet}");
             if root.lookup(&p).is_none() && root.lookup(format!("usr/sbin/{applet}")).is_none() {
-                root.add_symlink(&p, "busybox", meta(0o777, epoch))?;
+                root.add_symlink(&p, "busybox", self.meta(0o777))?;
             }
         }
+        Ok(())
     }
-    // What iptables' update-alternatives would link: kube-proxy and the CNI plugins call these.
-    if root.lookup("usr/sbin/xtables-nft-multi").is_some() {
+
+    /// What iptables' update-alternatives would link: kube-proxy and the CNI plugins call these.
+    fn link_iptables_alternatives(&self, root: &mut Tree) -> Result<(), AssembleError> {
+        if root.lookup("usr/sbin/xtables-nft-multi").is_none() {
+            return Ok(());
+        }
         for t in [
             "iptables",
             "iptables-save",
@@ -559,213 +676,254 @@ pub fn assemble(inp: &Inputs, reporter: &dyn Reporter) -> Result<Assembled, Asse
         ] {
             let p = format!("usr/sbin/{t}");
             if root.lookup(&p).is_none() {
-                root.add_symlink(&p, "xtables-nft-multi", meta(0o777, epoch))?;
+                root.add_symlink(&p, "xtables-nft-multi", self.meta(0o777))?;
             }
         }
+        Ok(())
     }
-    // Kubernetes binaries (URL or local components).
-    if role.is_kubernetes() {
+
+    /// kubelet, kubeadm, kubectl (init node) and crictl: URL or local components.
+    fn install_kubernetes_binaries(&mut self, root: &mut Tree) -> Result<(), AssembleError> {
+        let comps = self.inp.components;
         let mut bins = vec!["kubelet", "kubeadm"];
-        if role == Role::ControlPlane && comps.contains_key("kubectl") {
+        if self.cfg.role == Role::ControlPlane && comps.contains_key("kubectl") {
             bins.push("kubectl");
         }
         for b in bins {
             let e = comps
                 .get(b)
                 .ok_or_else(|| AssembleError::NotLocked(b.to_string()))?;
-            let sha = deb_sha(e)?;
-            let path = inp.cache.path_of(sha);
-            let len = std::fs::metadata(&path)
-                .map_err(|e| AssembleError::Io(path.display().to_string(), e))?
-                .len();
-            root.add_file(
-                format!("usr/bin/{b}"),
-                meta(0o755, epoch),
-                FileData::Host { path, len },
-            )?;
-            used.push(e.clone());
+            let data = self.host_file(e)?;
+            root.add_file(format!("usr/bin/{b}"), self.meta(0o755), data)?;
+            self.used.push(e.clone());
         }
         if let Some(e) = comps.get("crictl") {
-            let sha = deb_sha(e)?;
-            let path = inp.cache.path_of(sha);
             let data = if matches!(e.source(), Some(Source::Url(_))) {
+                let path = self.inp.cache.path_of(deb_sha(e)?);
                 bytes(crate::components::fetch::tgz_member(&path, "crictl")?)
             } else {
-                let len = std::fs::metadata(&path)
-                    .map_err(|e| AssembleError::Io(path.display().to_string(), e))?
-                    .len();
-                FileData::Host { path, len }
+                self.host_file(e)?
             };
-            root.add_file("usr/bin/crictl", meta(0o755, epoch), data)?;
-            used.push(e.clone());
+            root.add_file("usr/bin/crictl", self.meta(0o755), data)?;
+            self.used.push(e.clone());
         }
+        Ok(())
     }
-    // The agent is PID 1 (and the kernel's modprobe helper).
-    root.upsert(
-        "usr/sbin/init",
-        meta(0o755, epoch),
-        NodeKind::File(bytes(inp.agent)),
-    )?;
-    // Kernel modules with depmod-format indexes.
-    let rmod_dir = format!("usr/lib/modules/{release}");
-    copy_modules(
-        &kernel, &set, &installed, &all_mods, &mut root, &rmod_dir, epoch,
-    )?;
-    for (f, text) in [
-        ("modules.dep", installed.modules_dep(&all_mods)),
-        ("modules.alias", installed.modules_alias(&all_mods)),
-        ("modules.softdep", installed.modules_softdep(&all_mods)),
-    ] {
-        root.add_file(format!("{rmod_dir}/{f}"), meta(0o644, epoch), bytes(text))?;
-    }
-    root.add_file(
-        in_tree(agent_paths::MODULES_LOAD),
-        meta(0o644, epoch),
-        bytes(format!("{}\n", requested.join("\n"))),
-    )?;
 
-    // Identity and system files the skipped maintainer scripts would have provided.
-    let (passwd, group) = config::passwd_group(role);
-    let etc_files: Vec<(&str, String)> = vec![
-        ("etc/hostname", format!("{}\n", cfg.hostname)),
-        (
-            "etc/hosts",
-            format!(
-                "127.0.0.1\tlocalhost\n::1\tlocalhost\n{}\t{}\n",
-                cfg.network.address.addr(),
-                cfg.hostname
+    /// A component's cached file, streamed by the writers.
+    fn host_file(&self, e: &LockEntry) -> Result<FileData, AssembleError> {
+        let path = self.inp.cache.path_of(deb_sha(e)?);
+        let len = std::fs::metadata(&path)
+            .map_err(|e| AssembleError::Io(path.display().to_string(), e))?
+            .len();
+        Ok(FileData::Host { path, len })
+    }
+
+    /// The agent is PID 1 (and the kernel's modprobe helper).
+    fn install_agent(&self, root: &mut Tree) -> Result<(), AssembleError> {
+        root.upsert(
+            "usr/sbin/init",
+            self.meta(0o755),
+            NodeKind::File(bytes(self.inp.agent)),
+        )?;
+        Ok(())
+    }
+
+    /// Kernel modules with depmod-format indexes, and stage 2's load list.
+    fn install_modules(
+        &self,
+        root: &mut Tree,
+        kernel: &Kernel,
+        modules: &Modules,
+    ) -> Result<(), AssembleError> {
+        let installed = &kernel.installed;
+        let rmod_dir = format!("usr/lib/modules/{}", kernel.release);
+        copy_modules(
+            &kernel.tree,
+            &kernel.set,
+            installed,
+            &modules.all,
+            root,
+            &rmod_dir,
+            self.epoch,
+        )?;
+        for (f, text) in [
+            ("modules.dep", installed.modules_dep(&modules.all)),
+            ("modules.alias", installed.modules_alias(&modules.all)),
+            ("modules.softdep", installed.modules_softdep(&modules.all)),
+        ] {
+            root.add_file(format!("{rmod_dir}/{f}"), self.meta(0o644), bytes(text))?;
+        }
+        root.add_file(
+            in_tree(agent_paths::MODULES_LOAD),
+            self.meta(0o644),
+            bytes(format!("{}\n", modules.requested.join("\n"))),
+        )?;
+        Ok(())
+    }
+
+    /// Identity and system files the skipped maintainer scripts would have provided.
+    fn write_system_files(&self, root: &mut Tree) -> Result<(), AssembleError> {
+        let cfg = self.cfg;
+        let (passwd, group) = config::passwd_group(cfg.role);
+        let etc_files: Vec<(&str, String)> = vec![
+            ("etc/hostname", format!("{}\n", cfg.hostname)),
+            (
+                "etc/hosts",
+                format!(
+                    "127.0.0.1\tlocalhost\n::1\tlocalhost\n{}\t{}\n",
+                    cfg.network.address.addr(),
+                    cfg.hostname
+                ),
             ),
-        ),
-        ("etc/passwd", passwd),
-        ("etc/group", group),
-        (
-            "etc/nsswitch.conf",
-            "passwd: files\ngroup: files\nhosts: files dns\n".into(),
-        ),
-        (
-            "etc/os-release",
-            format!(
-                "NAME=piimg\nID=piimg\nPRETTY_NAME=\"piimg {} node ({})\"\nVERSION_ID={}\n",
-                role,
-                cfg.board,
-                env!("CARGO_PKG_VERSION")
+            ("etc/passwd", passwd),
+            ("etc/group", group),
+            (
+                "etc/nsswitch.conf",
+                "passwd: files\ngroup: files\nhosts: files dns\n".into(),
             ),
-        ),
-    ];
-    for (p, text) in etc_files {
-        root.upsert(p, meta(0o644, epoch), NodeKind::File(bytes(text)))?;
+            (
+                "etc/os-release",
+                format!(
+                    "NAME=piimg\nID=piimg\nPRETTY_NAME=\"piimg {} node ({})\"\nVERSION_ID={}\n",
+                    cfg.role,
+                    cfg.board,
+                    env!("CARGO_PKG_VERSION")
+                ),
+            ),
+        ];
+        for (p, text) in etc_files {
+            root.upsert(p, self.meta(0o644), NodeKind::File(bytes(text)))?;
+        }
+        // The agent writes resolv.conf at boot; the rootfs may be read-only.
+        root.upsert(
+            "etc/resolv.conf",
+            self.meta(0o777),
+            NodeKind::Symlink(b"../run/resolv.conf".to_vec()),
+        )?;
+        Ok(())
     }
-    // The agent writes resolv.conf at boot; the rootfs may be read-only.
-    root.upsert(
-        "etc/resolv.conf",
-        meta(0o777, epoch),
-        NodeKind::Symlink(b"../run/resolv.conf".to_vec()),
-    )?;
-    let mut secret_paths = Vec::new();
-    let node_json = in_tree(agent_paths::NODE_CONFIG);
-    let node_mode = if cfg.has_secrets() { 0o600 } else { 0o644 };
-    root.add_file(node_json, meta(node_mode, epoch), bytes(cfg.to_json()))?;
-    if cfg.has_secrets() {
-        secret_paths.push(node_json.to_string());
+
+    /// node.json (the agent's whole input) and kubeadm's configuration.
+    fn write_node_config(&mut self, root: &mut Tree) -> Result<(), AssembleError> {
+        let cfg = self.cfg;
+        let node_json = in_tree(agent_paths::NODE_CONFIG);
+        let node_mode = if cfg.has_secrets() { 0o600 } else { 0o644 };
+        root.add_file(node_json, self.meta(node_mode), bytes(cfg.to_json()))?;
+        if cfg.has_secrets() {
+            self.secret_paths.push(node_json.to_string());
+        }
+        if let Some(y) = config::kubeadm_yaml(cfg, self.inp.cluster) {
+            let kubeadm_yaml = in_tree(agent_paths::KUBEADM_YAML);
+            root.add_file(kubeadm_yaml, self.meta(0o600), bytes(y))?;
+            self.secret_paths.push(kubeadm_yaml.to_string());
+        }
+        Ok(())
     }
-    if let Some(y) = config::kubeadm_yaml(cfg, inp.cluster) {
-        let kubeadm_yaml = in_tree(agent_paths::KUBEADM_YAML);
-        root.add_file(kubeadm_yaml, meta(0o600, epoch), bytes(y))?;
-        secret_paths.push(kubeadm_yaml.to_string());
-    }
-    if let Some(k) = &cfg.kubernetes {
+
+    /// containerd, CNI and crictl configuration, and what kubeadm's preflight reads.
+    fn configure_kubernetes(
+        &self,
+        root: &mut Tree,
+        kernel: &Kernel,
+        k: &Kubernetes,
+    ) -> Result<(), AssembleError> {
         let pause = config::pause_image(k).ok_or_else(|| {
             AssembleError::Missing(format!("the pause image of Kubernetes {}", k.version))
         })?;
         root.upsert(
             paths::CONTAINERD_CONFIG,
-            meta(0o644, epoch),
+            self.meta(0o644),
             NodeKind::File(bytes(config::containerd_toml(&pause))),
         )?;
-        kubeadm_prerequisites(&mut root, &kernel, &release, epoch)?;
-        if let Some(c) = config::cni_conflist(cfg) {
-            root.add_file(paths::CNI_CONFIG, meta(0o644, epoch), bytes(c))?;
+        kubeadm_prerequisites(root, &kernel.tree, &kernel.release, self.epoch)?;
+        if let Some(c) = config::cni_conflist(self.cfg) {
+            root.add_file(paths::CNI_CONFIG, self.meta(0o644), bytes(c))?;
         }
         root.upsert(
             paths::CRICTL_CONFIG,
-            meta(0o644, epoch),
+            self.meta(0o644),
             NodeKind::File(bytes(config::crictl_yaml())),
         )?;
         for d in ["etc/kubernetes/manifests", "etc/kubernetes/pki"] {
-            root.mkdir_p(d, meta(0o755, epoch))?;
+            root.mkdir_p(d, self.meta(0o755))?;
         }
+        Ok(())
     }
-    if role == Role::ControlPlane {
-        let s = inp
+
+    /// The cluster CA and keys in kubeadm's folder, and the pristine copy the agent restores
+    /// after `kubeadm reset` (which empties kubeadm's folder) before it retries.
+    fn preseed_pki(&mut self, root: &mut Tree) -> Result<(), AssembleError> {
+        let s = self
+            .inp
             .node
             .secrets
             .as_ref()
             .ok_or_else(|| AssembleError::Missing("cluster secrets".into()))?;
-        // kubeadm's folder, and the pristine copy the agent restores after `kubeadm reset`
-        // (which empties kubeadm's folder) before it retries.
         for base in [agent_paths::KUBE_PKI, agent_paths::PRESEED_PKI].map(in_tree) {
             for (name, content, private) in s.pki_files() {
                 let path = format!("{base}/{name}");
                 if let Some((dir, _)) = path.rsplit_once('/') {
-                    root.mkdir_p(dir, meta(0o755, epoch))?;
+                    root.mkdir_p(dir, self.meta(0o755))?;
                 }
                 let mode = if private { 0o600 } else { 0o644 };
-                root.add_file(&path, meta(mode, epoch), bytes(content.to_string()))?;
+                root.add_file(&path, self.meta(mode), bytes(content.to_string()))?;
                 if private {
-                    secret_paths.push(path);
+                    self.secret_paths.push(path);
                 }
             }
         }
+        Ok(())
     }
-    if let Some(h) = config::haproxy_cfg(cfg) {
-        root.upsert(
-            paths::HAPROXY_CONFIG,
-            meta(0o644, epoch),
-            NodeKind::File(bytes(h)),
-        )?;
+
+    fn configure_haproxy(&self, root: &mut Tree) -> Result<(), AssembleError> {
+        if let Some(h) = config::haproxy_cfg(self.cfg) {
+            root.upsert(
+                paths::HAPROXY_CONFIG,
+                self.meta(0o644),
+                NodeKind::File(bytes(h)),
+            )?;
+        }
+        Ok(())
     }
-    // Overlays last: a user's file wins over packages and generated ones.
-    if let Some(dir) = inp.overlays {
-        apply_overlay(&mut root, &dir.join("common"), epoch)?;
-        apply_overlay(&mut root, &dir.join(role.as_str()), epoch)?;
+
+    /// Overlays last: a user's file wins over packages and generated ones.
+    fn apply_overlays(&self, root: &mut Tree) -> Result<(), AssembleError> {
+        if let Some(dir) = self.inp.overlays {
+            apply_overlay(root, &dir.join("common"), self.epoch)?;
+            apply_overlay(root, &dir.join(self.cfg.role.as_str()), self.epoch)?;
+        }
+        Ok(())
     }
-    for p in &secret_paths {
-        if let Some(id) = root.lookup(p) {
-            root.node_mut(id).meta.perm = 0o600;
+
+    /// Secrets stay 0600 even where an overlay replaced the file with a wider mode.
+    fn seal_secrets(&self, root: &mut Tree) {
+        for p in &self.secret_paths {
+            if let Some(id) = root.lookup(p) {
+                root.node_mut(id).meta.perm = 0o600;
+            }
         }
     }
 
-    // The data filesystem mounted on /var: state of containerd, kubelet, etcd, logs.
-    let mut data = Tree::new(meta(0o755, epoch));
-    for d in [
-        "lib/piimg",
-        "lib/containerd",
-        "lib/kubelet",
-        "log",
-        "cache",
-        "lib/haproxy",
-    ] {
-        data.mkdir_p(d, meta(0o755, epoch))?;
+    /// The data filesystem mounted on /var: state of containerd, kubelet, etcd, logs.
+    fn data_skeleton(&self) -> Result<Tree, AssembleError> {
+        let mut data = self.new_tree();
+        for d in [
+            "lib/piimg",
+            "lib/containerd",
+            "lib/kubelet",
+            "log",
+            "cache",
+            "lib/haproxy",
+        ] {
+            data.mkdir_p(d, self.meta(0o755))?;
+        }
+        data.mkdir_p("lib/etcd", self.meta(0o700))?;
+        data.mkdir_p("tmp", self.meta(0o1777))?;
+        Ok(data)
     }
-    data.mkdir_p("lib/etcd", meta(0o700, epoch))?;
-    data.mkdir_p("tmp", meta(0o1777, epoch))?;
-
-    used.sort();
-    used.dedup();
-    Ok(Assembled {
-        boot,
-        root,
-        data,
-        initramfs,
-        kernel_release: release,
-        modules_requested: requested,
-        modules_missing: missing,
-        components: used,
-        secret_paths,
-    })
 }
 
-/// Where the project's overlays are: `overlays/` beside the profiles folder.
 /// What kubeadm v1.31's preflight and an image-pulling containerd need beyond the packages:
 /// the kernel config SystemVerification reads (/boot/config-RELEASE), the trust bundle
 /// ca-certificates' postinst would have written, and the CNI plugins where containerd, Flannel
@@ -839,6 +997,7 @@ fn ca_bundle(root: &Tree) -> Result<Vec<u8>, AssembleError> {
     Ok(out)
 }
 
+/// Where the project's overlays are: `overlays/` beside the profiles folder.
 pub fn overlays_dir(profiles: &Path) -> Option<PathBuf> {
     let parent = profiles.parent().unwrap_or(Path::new("."));
     let d = if parent.as_os_str().is_empty() {

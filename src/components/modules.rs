@@ -335,6 +335,30 @@ impl ModuleSet {
         out
     }
 
+    /// Module paths of `names` in an order that loads (stage 1's list): every module after the
+    /// modules it depends on.
+    pub fn load_order(&self, names: &[String]) -> Vec<String> {
+        fn visit(set: &ModuleSet, n: &str, seen: &mut BTreeSet<String>, out: &mut Vec<String>) {
+            if !seen.insert(n.to_string()) {
+                return;
+            }
+            if let Some(m) = set.modules.get(n) {
+                let mut deps = m.depends.clone();
+                deps.sort();
+                for d in deps {
+                    visit(set, &d, seen, out);
+                }
+                out.push(m.path.clone());
+            }
+        }
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        for n in names {
+            visit(self, n, &mut seen, &mut out);
+        }
+        out
+    }
+
     fn selected<'a>(&'a self, names: &'a [String]) -> impl Iterator<Item = &'a ModInfo> + 'a {
         let mut v: Vec<&ModInfo> = names.iter().filter_map(|n| self.modules.get(n)).collect();
         v.sort_by(|a, b| a.path.cmp(&b.path));
