@@ -92,45 +92,79 @@ pub fn fetch(
     let before = lock.clone();
     let mut report = FetchReport::default();
     for (suite, sources) in suites(nodes)? {
-        let suite = suite.as_str();
-        if update || lock.suite_entries(suite).is_empty() {
-            reporter.info(&format!("resolving Debian {suite} arm64 packages"));
-            let resolved = components::update_suite(
-                cache,
-                &sources,
-                &asm::all_packages(),
-                &components::apt::DEFAULT_EXCLUDES
-                    .iter()
-                    .map(|(name, _why)| *name)
-                    .collect::<Vec<_>>(),
-                reporter,
-            )?;
-            lock.set_suite(suite, &resolved.packages);
-            lock.set_snapshot(suite, sources.snapshot.as_ref());
-        } else {
-            let sub = Lock {
-                version: lock.version,
-                components: lock.suite_entries(suite).into_iter().cloned().collect(),
-                snapshots: lock.snapshots.clone(),
-            };
-            components::fetch_locked(
-                &sub,
-                cache,
-                &FetchOptions {
-                    offline: false,
-                    sources: sources.clone(),
-                },
-                reporter,
-            )?;
-            if sources.snapshot.is_some() {
-                lock.set_snapshot(suite, sources.snapshot.as_ref());
-            }
-        }
+        fetch_suite(&mut lock, &suite, &sources, cache, update, reporter)?;
         report
             .suites
-            .push((suite.to_string(), lock.suite_entries(suite).len()));
+            .push((suite.to_string(), lock.suite_entries(&suite).len()));
     }
-    // Kubernetes release binaries: pinned from the release's published sha256.
+    for (name, (a, users)) in kubernetes_wanted(nodes) {
+        if let Err(reason) = pin_url_component(&mut lock, &name, &a, cache, update, reporter) {
+            report.unpinned.push(Unpinned {
+                name,
+                reason,
+                profiles: users,
+            });
+        }
+    }
+    report.lock_changed = lock != before;
+    report.changes = lock_changes(&before, &lock);
+    if report.lock_changed || !lock_file.exists() {
+        lock.save(lock_file)?;
+    }
+    Ok(report)
+}
+
+/// Resolves a suite's packages anew (on update, or when the lock has none), else fetches what
+/// the lock pins into the cache.
+fn fetch_suite(
+    lock: &mut Lock,
+    suite: &str,
+    sources: &SuiteSources,
+    cache: &Cache,
+    update: bool,
+    reporter: &dyn Reporter,
+) -> Result<(), PipelineError> {
+    if update || lock.suite_entries(suite).is_empty() {
+        reporter.info(&format!("resolving Debian {suite} arm64 packages"));
+        let resolved = components::update_suite(
+            cache,
+            sources,
+            &asm::all_packages(),
+            &components::apt::DEFAULT_EXCLUDES
+                .iter()
+                .map(|(name, _why)| *name)
+                .collect::<Vec<_>>(),
+            reporter,
+        )?;
+        lock.set_suite(suite, &resolved.packages);
+        lock.set_snapshot(suite, sources.snapshot.as_ref());
+        return Ok(());
+    }
+    let sub = Lock {
+        version: lock.version,
+        components: lock.suite_entries(suite).into_iter().cloned().collect(),
+        snapshots: lock.snapshots.clone(),
+    };
+    components::fetch_locked(
+        &sub,
+        cache,
+        &FetchOptions {
+            offline: false,
+            sources: sources.clone(),
+        },
+        reporter,
+    )?;
+    if sources.snapshot.is_some() {
+        lock.set_snapshot(suite, sources.snapshot.as_ref());
+    }
+    Ok(())
+}
+
+/// The Kubernetes release binaries the nodes need (none a profile supplies itself; kubectl on
+/// control planes only), each with the nodes that need it.
+fn kubernetes_wanted(
+    nodes: &[&NodeProfile],
+) -> BTreeMap<String, (fetch::UrlArtifact, Vec<String>)> {
     let mut wanted: BTreeMap<String, (fetch::UrlArtifact, Vec<String>)> = BTreeMap::new();
     for n in nodes {
         let Some(k) = &n.config.kubernetes else {
@@ -150,42 +184,46 @@ pub fn fetch(
                 .push(n.name.clone());
         }
     }
-    for (name, (a, users)) in wanted {
-        let locked = lock.get(&name).cloned();
-        let pinned = locked
-            .as_ref()
-            .filter(|e| e.version == a.version && e.sha256.is_some() && !update);
-        let result = match pinned {
-            Some(e) => {
-                let url = match e.source() {
-                    Some(Source::Url(u)) => u.to_string(),
-                    _ => a.url.clone(),
-                };
-                fetch::fetch_url(&name, &url, e.sha256.as_deref(), cache, reporter).map(|_| None)
+    wanted
+}
+
+/// Fetches a release binary pinned by the lock, or pins it from the release's published
+/// sha256. A failure is the reason it stays unpinned; the lock then still names its version.
+fn pin_url_component(
+    lock: &mut Lock,
+    name: &str,
+    a: &fetch::UrlArtifact,
+    cache: &Cache,
+    update: bool,
+    reporter: &dyn Reporter,
+) -> Result<(), String> {
+    let locked = lock.get(name).cloned();
+    let pinned = locked
+        .as_ref()
+        .filter(|e| e.version == a.version && e.sha256.is_some() && !update);
+    let result = match pinned {
+        Some(e) => {
+            let url = match e.source() {
+                Some(Source::Url(u)) => u.to_string(),
+                _ => a.url.clone(),
+            };
+            fetch::fetch_url(name, &url, e.sha256.as_deref(), cache, reporter).map(|_| None)
+        }
+        None => fetch::pin_and_fetch(a, cache, reporter).map(Some),
+    };
+    match result {
+        Ok(Some(pinned)) => {
+            lock.upsert(pinned.lock_entry());
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err(e) => {
+            if locked.as_ref().is_none_or(|l| l.version != a.version) {
+                lock.upsert(a.lock_entry());
             }
-            None => fetch::pin_and_fetch(&a, cache, reporter).map(Some),
-        };
-        match result {
-            Ok(Some(pinned)) => lock.upsert(pinned.lock_entry()),
-            Ok(None) => {}
-            Err(e) => {
-                if locked.as_ref().is_none_or(|l| l.version != a.version) {
-                    lock.upsert(a.lock_entry());
-                }
-                report.unpinned.push(Unpinned {
-                    name,
-                    reason: e.to_string(),
-                    profiles: users,
-                });
-            }
+            Err(e.to_string())
         }
     }
-    report.lock_changed = lock != before;
-    report.changes = lock_changes(&before, &lock);
-    if report.lock_changed || !lock_file.exists() {
-        lock.save(lock_file)?;
-    }
-    Ok(report)
 }
 
 /// The suites the nodes use, each with where its packages come from. Nodes of one suite must
@@ -549,7 +587,76 @@ pub fn build(
             profile: node.name.clone(),
         });
     }
-    // The components this node uses: its suite's packages, URL pins, then local overrides.
+    let mut comps = node_components(&lock, node, cache, opts)?;
+    let needed = needed_components(&lock, node, &mut comps, reporter)?;
+    components::fetch_locked(
+        &needed,
+        cache,
+        &FetchOptions {
+            offline: opts.offline,
+            sources: node.image.sources.clone(),
+        },
+        reporter,
+    )?;
+    let seed = id_seed(node);
+    let layout = node_layout(node, &seed)?;
+    let mut config = node.config.clone();
+    config.storage.root_partuuid = Some(layout.parts[1].partuuid.clone());
+    config.storage.data_partuuid = Some(layout.parts[2].partuuid.clone());
+    let depends = lock_depends(&lock, suite);
+    let overlays = asm::overlays_dir(&profiles.dir);
+    let inputs = Inputs {
+        node,
+        components: &comps,
+        depends: &depends,
+        cache,
+        agent: opts.agent,
+        overlays: overlays.as_deref(),
+        epoch: opts.epoch,
+        config: &config,
+        cluster: &node.cluster,
+    };
+    let mut assembled = asm::assemble(&inputs, reporter)?;
+    let dest = opts.out_dir.join(format!("{}.img", node.name));
+    let written = image::write_image(
+        &mut assembled,
+        &layout,
+        seed.as_bytes(),
+        opts.epoch,
+        &dest,
+        reporter,
+    )?;
+    let sha256 = written.sha256.clone();
+    let artifacts = image::stage_artifacts(written, &opts.compress, reporter)?;
+    reporter.begin("writing the manifest", None);
+    let mapped_bytes = artifacts.bmap.mapped_bytes();
+    let manifest = Manifest::new(
+        node, &sha256, &layout, &artifacts, recorded, &config, &assembled,
+    )?;
+    let manifest_path = opts.out_dir.join(format!("{}.manifest.json", node.name));
+    let mut set = artifacts.set;
+    let mut text = serde_json::to_vec_pretty(&manifest).map_err(image::ImageError::Json)?;
+    text.push(b'\n');
+    set.push(image::stage_bytes(&manifest_path, &text)?);
+    commit_outputs(set, &opts.out_dir, !assembled.secret_paths.is_empty())?;
+    reporter.end();
+    Ok(BuildOutput {
+        image: dest,
+        sha256,
+        manifest: manifest_path,
+        size: layout.disk_size,
+        mapped_bytes,
+    })
+}
+
+/// The components this node may use: its suite's packages, URL pins, then local overrides.
+fn node_components(
+    lock: &Lock,
+    node: &NodeProfile,
+    cache: &Cache,
+    opts: &BuildOptions,
+) -> Result<BTreeMap<String, LockEntry>, PipelineError> {
+    let suite = &node.image.sources.suite;
     let mut comps: BTreeMap<String, LockEntry> = BTreeMap::new();
     for e in &lock.components {
         match e.source() {
@@ -569,13 +676,23 @@ pub fn build(
         let e = fetch::add_local(name, "local", path, cache)?;
         comps.insert(name.clone(), e);
     }
-    // Only what this node needs must be present.
+    Ok(comps)
+}
+
+/// The part of the lock this node needs (only that must be in the cache). Optional tools that
+/// are neither pinned nor supplied are dropped from `comps`, with a note.
+fn needed_components(
+    lock: &Lock,
+    node: &NodeProfile,
+    comps: &mut BTreeMap<String, LockEntry>,
+    reporter: &dyn Reporter,
+) -> Result<Lock, PipelineError> {
     let role = node.config.role;
     let mut needed: BTreeSet<String> = BTreeSet::new();
     let pkgs = asm::packages_for(
         &asm::root_packages(role),
-        &lock_depends(&lock, suite),
-        &comps,
+        &lock_depends(lock, &node.image.sources.suite),
+        comps,
     )?;
     needed.extend(pkgs);
     needed.insert(asm::FIRMWARE_PACKAGE.to_string());
@@ -609,7 +726,7 @@ pub fn build(
             }
         }
     }
-    let sub = Lock {
+    Ok(Lock {
         version: lock.version,
         snapshots: lock.snapshots.clone(),
         components: needed
@@ -621,22 +738,20 @@ pub fn build(
                     .ok_or_else(|| crate::assemble::AssembleError::NotLocked(n.clone()))
             })
             .collect::<Result<_, _>>()?,
-    };
-    components::fetch_locked(
-        &sub,
-        cache,
-        &FetchOptions {
-            offline: opts.offline,
-            sources: node.image.sources.clone(),
-        },
-        reporter,
-    )?;
-    // Partition ids come from the node's identity, so PARTUUIDs are stable across builds.
-    let seed = format!(
+    })
+}
+
+/// Every id of a node's image derives from its identity, so PARTUUIDs and filesystem UUIDs are
+/// stable across builds and differ between nodes.
+pub fn id_seed(node: &NodeProfile) -> String {
+    format!(
         "piimg:{}:{}:{}",
         node.cluster, node.name, node.config.hostname
-    );
-    let layout = image::layout(
+    )
+}
+
+fn node_layout(node: &NodeProfile, seed: &str) -> Result<crate::fs::disk::Layout, PipelineError> {
+    Ok(image::layout(
         node.config.board.needs_mbr(),
         Sizes {
             disk: node.image.size,
@@ -644,97 +759,76 @@ pub fn build(
             data: node.image.data_size,
         },
         seed.as_bytes(),
-    )?;
-    let mut config = node.config.clone();
-    config.storage.root_partuuid = Some(layout.parts[1].partuuid.clone());
-    config.storage.data_partuuid = Some(layout.parts[2].partuuid.clone());
-    let depends = lock_depends(&lock, suite);
-    let overlays = asm::overlays_dir(&profiles.dir);
-    let inputs = Inputs {
-        node,
-        components: &comps,
-        depends: &depends,
-        cache,
-        agent: opts.agent,
-        overlays: overlays.as_deref(),
-        epoch: opts.epoch,
-        config: &config,
-        cluster: &node.cluster,
-    };
-    let mut assembled = asm::assemble(&inputs, reporter)?;
-    let dest = opts.out_dir.join(format!("{}.img", node.name));
-    let written = image::write_image(
-        &mut assembled,
-        &layout,
-        seed.as_bytes(),
-        opts.epoch,
-        &dest,
-        reporter,
-    )?;
-    let sha256 = written.sha256.clone();
-    let artifacts = image::stage_artifacts(written, &opts.compress, reporter)?;
-    reporter.begin("writing the manifest", None);
-    let mut files = image::list_tree(&assembled.boot, "boot", &[])?;
-    files.extend(image::list_tree(
-        &assembled.root,
-        "root",
-        &assembled.secret_paths,
-    )?);
-    files.extend(image::list_tree(&assembled.data, "data", &[])?);
-    let manifest = Manifest {
-        profile: node.name.clone(),
-        cluster: node.cluster.clone(),
-        image: format!("{}.img", node.name),
-        sha256: sha256.clone(),
-        size: layout.disk_size,
-        bmap: format!("{}.img.bmap", node.name),
-        mapped_bytes: artifacts.bmap.mapped_bytes(),
-        compressed: artifacts.compressed.iter().cloned().collect(),
-        inputs: recorded,
-        source_date_epoch: opts.epoch,
-        kernel_release: assembled.kernel_release.clone(),
-        partitions: layout
-            .parts
-            .iter()
-            .map(|p| ManifestPartition {
-                number: p.number,
-                name: p.name.clone(),
-                start: p.start,
-                size: p.size,
-                partuuid: p.partuuid.clone(),
-            })
-            .collect(),
-        node: config.redacted(),
-        components: assembled.components.clone(),
-        modules: assembled.modules_requested.clone(),
-        modules_not_in_kernel: assembled.modules_missing.clone(),
-        files,
-    };
-    let manifest_path = opts.out_dir.join(format!("{}.manifest.json", node.name));
-    let mut set = artifacts.set;
-    let mut text = serde_json::to_vec_pretty(&manifest).map_err(image::ImageError::Json)?;
-    text.push(b'\n');
-    set.push(image::stage_bytes(&manifest_path, &text)?);
-    // An image holding keys is as secret as the keys: readable by its owner only, in a folder
-    // others cannot list.
-    let mode = if assembled.secret_paths.is_empty() {
-        0o644
-    } else {
+    )?)
+}
+
+impl Manifest {
+    fn new(
+        node: &NodeProfile,
+        sha256: &str,
+        layout: &crate::fs::disk::Layout,
+        artifacts: &image::Artifacts,
+        inputs: BuildInputs,
+        config: &piimg_agent::node::NodeConfig,
+        assembled: &asm::Assembled,
+    ) -> Result<Manifest, PipelineError> {
+        let mut files = image::list_tree(&assembled.boot, "boot", &[])?;
+        files.extend(image::list_tree(
+            &assembled.root,
+            "root",
+            &assembled.secret_paths,
+        )?);
+        files.extend(image::list_tree(&assembled.data, "data", &[])?);
+        Ok(Manifest {
+            profile: node.name.clone(),
+            cluster: node.cluster.clone(),
+            image: format!("{}.img", node.name),
+            sha256: sha256.to_string(),
+            size: layout.disk_size,
+            bmap: format!("{}.img.bmap", node.name),
+            mapped_bytes: artifacts.bmap.mapped_bytes(),
+            compressed: artifacts.compressed.iter().cloned().collect(),
+            source_date_epoch: inputs.source_date_epoch,
+            inputs,
+            kernel_release: assembled.kernel_release.clone(),
+            partitions: layout
+                .parts
+                .iter()
+                .map(|p| ManifestPartition {
+                    number: p.number,
+                    name: p.name.clone(),
+                    start: p.start,
+                    size: p.size,
+                    partuuid: p.partuuid.clone(),
+                })
+                .collect(),
+            node: config.redacted(),
+            components: assembled.components.clone(),
+            modules: assembled.modules_requested.clone(),
+            modules_not_in_kernel: assembled.modules_missing.clone(),
+            files,
+        })
+    }
+}
+
+/// Commits the image and its files as one set. An image holding keys is as secret as the keys:
+/// readable by its owner only, in a folder others cannot list.
+fn commit_outputs(
+    set: crate::fs::sparse::OutputSet,
+    out_dir: &Path,
+    secret: bool,
+) -> Result<(), PipelineError> {
+    let mode = if secret {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&opts.out_dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| PipelineError::Commit(opts.out_dir.clone(), e))?;
+        std::fs::set_permissions(out_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| PipelineError::Commit(out_dir.to_path_buf(), e))?;
         0o600
+    } else {
+        0o644
     };
     set.commit(mode)
-        .map_err(|e| PipelineError::Commit(opts.out_dir.clone(), e))?;
-    reporter.end();
-    Ok(BuildOutput {
-        image: dest,
-        sha256,
-        manifest: manifest_path,
-        size: layout.disk_size,
-        mapped_bytes: artifacts.bmap.mapped_bytes(),
-    })
+        .map_err(|e| PipelineError::Commit(out_dir.to_path_buf(), e))?;
+    Ok(())
 }
 
 /// Packages (per suite, or per name for other components) whose version or file changed.
