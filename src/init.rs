@@ -89,6 +89,38 @@ fn toml_str(s: &str) -> String {
 }
 
 pub fn plan(r: &InitRequest) -> Result<Plan, InitError> {
+    let subnet = check_request(r)?;
+    let (gateway, nodes) = assign_addresses(r, subnet)?;
+    let endpoint_node = nodes
+        .iter()
+        .find(|n| n.role == "load-balancer")
+        .or_else(|| nodes.iter().find(|n| n.role == "control-plane"));
+    let endpoint = endpoint_node
+        .map(|n| format!("{}:6443", n.address))
+        .unwrap_or_default();
+    let pods = pick(&POD_CANDIDATES, &[subnet]).ok_or(InitError::NoFreeNetwork(subnet))?;
+    let services =
+        pick(&SERVICE_CANDIDATES, &[subnet, pods]).ok_or(InitError::NoFreeNetwork(subnet))?;
+    let mut files = vec![ProfileFile {
+        name: format!("{}.toml", r.cluster),
+        text: cluster_profile(r, gateway, &endpoint, pods, services),
+    }];
+    files.extend(
+        nodes
+            .iter()
+            .map(|n| node_profile(n, &r.cluster, subnet.prefix_len())),
+    );
+    let lbs = usize::from(r.load_balancer);
+    Ok(Plan {
+        files,
+        nodes,
+        endpoint,
+        ha: crate::profile::assess_counts(&r.cluster, r.control_planes as usize, lbs),
+    })
+}
+
+/// The request's own consistency; returns the node network.
+fn check_request(r: &InitRequest) -> Result<Ipv4Net, InitError> {
     let valid_name = !r.cluster.is_empty()
         && r.cluster
             .chars()
@@ -112,6 +144,14 @@ pub fn plan(r: &InitRequest) -> Result<Plan, InitError> {
     if r.control_planes > 0 && matches!(r.board, Board::Rpi3b | Board::Rpi3bplus | Board::Zero2w) {
         return Err(InitError::SmallBoard(r.board));
     }
+    Ok(subnet)
+}
+
+/// The gateway and consecutive host addresses for lb1, cp1.., w1.., in that order.
+fn assign_addresses(
+    r: &InitRequest,
+    subnet: Ipv4Net,
+) -> Result<(Ipv4Addr, Vec<PlannedNode>), InitError> {
     let host = |what: &str, a: Ipv4Addr| -> Result<Ipv4Addr, InitError> {
         if subnet.contains(&a)
             && a != subnet.network()
@@ -134,9 +174,15 @@ pub fn plan(r: &InitRequest) -> Result<Plan, InitError> {
     let first = r
         .first_address
         .unwrap_or(Ipv4Addr::from(base.wrapping_add(10)));
+    let mut names: Vec<(String, &'static str)> = Vec::new();
+    if r.load_balancer {
+        names.push(("lb1".into(), "load-balancer"));
+    }
+    names.extend((1..=r.control_planes).map(|i| (format!("cp{i}"), "control-plane")));
+    names.extend((1..=r.workers).map(|i| (format!("w{i}"), "worker")));
     let mut nodes = Vec::new();
     let mut next = u32::from(first);
-    let mut add = |name: String, role: &'static str| -> Result<(), InitError> {
+    for (name, role) in names {
         let a = host(&format!("{name}'s address"), Ipv4Addr::from(next))?;
         if a == gateway {
             return Err(InitError::Gateway {
@@ -150,31 +196,21 @@ pub fn plan(r: &InitRequest) -> Result<Plan, InitError> {
             address: a,
         });
         next = next.wrapping_add(1);
-        Ok(())
-    };
-    if r.load_balancer {
-        add("lb1".into(), "load-balancer")?;
     }
-    for i in 1..=r.control_planes {
-        add(format!("cp{i}"), "control-plane")?;
-    }
-    for i in 1..=r.workers {
-        add(format!("w{i}"), "worker")?;
-    }
-    let endpoint_node = nodes
-        .iter()
-        .find(|n| n.role == "load-balancer")
-        .or_else(|| nodes.iter().find(|n| n.role == "control-plane"));
-    let endpoint = endpoint_node
-        .map(|n| format!("{}:6443", n.address))
-        .unwrap_or_default();
-    let pods = pick(&POD_CANDIDATES, &[subnet]).ok_or(InitError::NoFreeNetwork(subnet))?;
-    let services =
-        pick(&SERVICE_CANDIDATES, &[subnet, pods]).ok_or(InitError::NoFreeNetwork(subnet))?;
+    Ok((gateway, nodes))
+}
 
+/// The cluster-wide profile every node extends.
+fn cluster_profile(
+    r: &InitRequest,
+    gateway: Ipv4Addr,
+    endpoint: &str,
+    pods: Ipv4Net,
+    services: Ipv4Net,
+) -> String {
     let c = &r.cluster;
     let ntp: Vec<String> = r.ntp.iter().map(|s| toml_str(s)).collect();
-    let mut base_text = format!(
+    let mut text = format!(
         "# Settings shared by every node of cluster `{c}` (written by `piimg init`). Node profiles\n\
          # say `extends = \"{c}\"`; their own settings win. Check the lines marked CHECK.\n\
          cluster = {cq}\n\
@@ -193,8 +229,8 @@ pub fn plan(r: &InitRequest) -> Result<Plan, InitError> {
         bq = toml_str(r.board.as_str()),
         ntp = ntp.join(", "),
     );
-    if kube_nodes > 0 {
-        base_text.push_str(&format!(
+    if r.control_planes + r.workers > 0 {
+        text.push_str(&format!(
             "\n[kubernetes]\n\
              version = \"{K8S_VERSION}\"\n\
              # kubectl and every node reach the API servers here{}.\n\
@@ -208,41 +244,33 @@ pub fn plan(r: &InitRequest) -> Result<Plan, InitError> {
             }
         ));
     }
-    base_text.push_str("\n[image]\nsize = \"4GiB\"\nsuite = \"trixie\"\n");
-    let mut files = vec![ProfileFile {
-        name: format!("{c}.toml"),
-        text: base_text,
-    }];
-    for n in &nodes {
-        let mut t = format!(
-            "extends = {}\nhostname = \"{}\"\nrole = \"{}\"\n\n[network]\naddress = \"{}/{}\"\n",
-            toml_str(c),
-            n.name,
-            n.role,
-            n.address,
-            subnet.prefix_len()
-        );
-        match n.name.as_str() {
-            "lb1" => t.push_str(
-                "\n[load_balancer]\n# Backends default to every control-plane node of the cluster on port 6443.\nbind = \"0.0.0.0:6443\"\n\n[image]\nsize = \"1GiB\"\n",
-            ),
-            "cp1" => t.push_str(
-                "\n[kubernetes]\n# cp1 runs `kubeadm init`; the other control planes join it.\ninit = true\n",
-            ),
-            _ => {}
-        }
-        files.push(ProfileFile {
-            name: format!("{}.toml", n.name),
-            text: t,
-        });
+    text.push_str("\n[image]\nsize = \"4GiB\"\nsuite = \"trixie\"\n");
+    text
+}
+
+/// One node's profile: its identity, address and what only it does.
+fn node_profile(n: &PlannedNode, cluster: &str, prefix: u8) -> ProfileFile {
+    let mut t = format!(
+        "extends = {}\nhostname = \"{}\"\nrole = \"{}\"\n\n[network]\naddress = \"{}/{}\"\n",
+        toml_str(cluster),
+        n.name,
+        n.role,
+        n.address,
+        prefix
+    );
+    match n.name.as_str() {
+        "lb1" => t.push_str(
+            "\n[load_balancer]\n# Backends default to every control-plane node of the cluster on port 6443.\nbind = \"0.0.0.0:6443\"\n\n[image]\nsize = \"1GiB\"\n",
+        ),
+        "cp1" => t.push_str(
+            "\n[kubernetes]\n# cp1 runs `kubeadm init`; the other control planes join it.\ninit = true\n",
+        ),
+        _ => {}
     }
-    let lbs = usize::from(r.load_balancer);
-    Ok(Plan {
-        files,
-        nodes,
-        endpoint,
-        ha: crate::profile::assess_counts(c, r.control_planes as usize, lbs),
-    })
+    ProfileFile {
+        name: format!("{}.toml", n.name),
+        text: t,
+    }
 }
 
 #[cfg(test)]

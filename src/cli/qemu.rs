@@ -62,35 +62,50 @@ pub fn run_qemu(
     } else {
         qemu::run(&opts, &mut std::io::stdout())?
     };
-    let code = match &o.end {
+    let code = exit_code(&o.end, opts.until.is_some());
+    if json {
+        print_json(&o, code);
+    } else {
+        print_summary(&o, opts.until.as_ref(), code);
+    }
+    Ok(code)
+}
+
+/// 0 for what was asked (a match, or a clean exit without --until), 2 for a panic, 130 for
+/// Ctrl-C, 1 otherwise.
+fn exit_code(end: &End, has_until: bool) -> i32 {
+    match end {
         End::Matched => 0,
         End::Panic(_) => 2,
-        End::TimedOut => i32::from(opts.until.is_some()),
-        End::Exited(c) => i32::from(!(*c == Some(0) && opts.until.is_none())),
+        End::TimedOut => i32::from(has_until),
+        End::Exited(c) => i32::from(*c != Some(0) || has_until),
         End::Interrupted => 130,
-    };
-    if json {
-        let (end, qemu_exit) = match &o.end {
-            End::Matched => ("matched", None),
-            End::Panic(_) => ("panic", None),
-            End::TimedOut => ("timeout", None),
-            End::Exited(c) => ("exited", *c),
-            End::Interrupted => ("interrupted", None),
-        };
-        let v = serde_json::json!({
-            "end": end,
-            "line": o.line,
-            "wall_seconds": o.wall.as_secs_f64(),
-            "guest_seconds": o.guest_seconds,
-            "guest_exact": o.guest_exact,
-            "qemu_exit": qemu_exit,
-            "exit_status": code,
-            "ignored_overlays": o.ignored_overlays,
-            "qemu_stderr": o.stderr_tail,
-        });
-        println!("{v}");
-        return Ok(code);
     }
+}
+
+fn print_json(o: &qemu::Outcome, code: i32) {
+    let (end, qemu_exit) = match &o.end {
+        End::Matched => ("matched", None),
+        End::Panic(_) => ("panic", None),
+        End::TimedOut => ("timeout", None),
+        End::Exited(c) => ("exited", *c),
+        End::Interrupted => ("interrupted", None),
+    };
+    let v = serde_json::json!({
+        "end": end,
+        "line": o.line,
+        "wall_seconds": o.wall.as_secs_f64(),
+        "guest_seconds": o.guest_seconds,
+        "guest_exact": o.guest_exact,
+        "qemu_exit": qemu_exit,
+        "exit_status": code,
+        "ignored_overlays": o.ignored_overlays,
+        "qemu_stderr": o.stderr_tail,
+    });
+    println!("{v}");
+}
+
+fn print_summary(o: &qemu::Outcome, until: Option<&regex::Regex>, code: i32) {
     if !o.ignored_overlays.is_empty() {
         eprintln!(
             "piimg qemu: config.txt overlays not applied under QEMU: {}",
@@ -118,7 +133,7 @@ pub fn run_qemu(
         End::Panic(line) => {
             eprintln!("\npiimg qemu: kernel panic after {wall} wall, {guest}: {line}")
         }
-        End::TimedOut => match &opts.until {
+        End::TimedOut => match until {
             Some(re) => eprintln!(
                 "\npiimg qemu: timed out after {wall} without a console line matching {:?}{}",
                 re.as_str(),
@@ -133,7 +148,6 @@ pub fn run_qemu(
         ),
         End::Interrupted => eprintln!("\npiimg qemu: interrupted after {wall}"),
     }
-    Ok(code)
 }
 
 fn absolute(p: &Path) -> Result<PathBuf> {

@@ -573,6 +573,9 @@ fn verify(
     Ok(total)
 }
 
+/// A range of the device as written: (start, end, sha256 of the bytes written there).
+type WrittenRange = (u64, u64, [u8; 32]);
+
 /// Writes `img` to `target` (already checked and opened) and verifies it.
 pub fn flash(img: &Image, target: &Target, reporter: &dyn Reporter) -> Result<Summary, FlashError> {
     let t0 = Instant::now();
@@ -585,7 +588,6 @@ pub fn flash(img: &Image, target: &Target, reporter: &dyn Reporter) -> Result<Su
     }
     let ranges = img.ranges()?;
     let mapped: u64 = ranges.iter().map(|r| r.end - r.start).sum();
-    let mut reader = Reader::open(img).map_err(io_err(&img.path))?;
     let mut w = Writer {
         target,
         done: 0,
@@ -593,8 +595,44 @@ pub fn flash(img: &Image, target: &Target, reporter: &dyn Reporter) -> Result<Su
         dirty: None,
         flushing: None,
     };
-    // (start, end, sha256 of what was written)
-    let mut written: Vec<(u64, u64, [u8; 32])> = Vec::with_capacity(ranges.len() + 16);
+    let mut written = write_mapped(img, &ranges, &mut w, reporter)?;
+    let zeroed = wipe_old_signatures(target, &mut w, &mut written)?;
+    w.finish()?;
+    let write_seconds = t0.elapsed().as_secs_f64();
+
+    let verified = verify_flashed(img, target, &written, reporter)?;
+    let verify_seconds = t0.elapsed().as_secs_f64() - write_seconds;
+
+    // Only now, with the image verified as written, the GPT backup moves to the card's end.
+    let gpt_moved = if target.size > img.size {
+        move_gpt_backup(target)?
+    } else {
+        false
+    };
+    let reread_note = reread_table(target);
+    Ok(Summary {
+        image_bytes: img.size,
+        mapped_bytes: mapped,
+        zeroed_bytes: zeroed,
+        verified_bytes: verified,
+        gpt_moved,
+        reread_note,
+        seconds: t0.elapsed().as_secs_f64(),
+        write_seconds,
+        verify_seconds,
+    })
+}
+
+/// Copies the image's mapped ranges to the device. Reading (or decompressing) and hashing the
+/// image runs beside writing the device: the two cores each take one side.
+fn write_mapped(
+    img: &Image,
+    ranges: &[Planned],
+    w: &mut Writer,
+    reporter: &dyn Reporter,
+) -> Result<Vec<WrittenRange>, FlashError> {
+    let mut reader = Reader::open(img).map_err(io_err(&img.path))?;
+    let mut written: Vec<WrittenRange> = Vec::with_capacity(ranges.len() + 16);
     reporter.begin(
         &format!(
             "writing {} to {}",
@@ -602,12 +640,10 @@ pub fn flash(img: &Image, target: &Target, reporter: &dyn Reporter) -> Result<Su
                 || img.path.display().to_string(),
                 |n| n.to_string_lossy().into_owned()
             ),
-            target.path.display()
+            w.target.path.display()
         ),
-        Some(mapped),
+        Some(w.total),
     );
-    // Reading (or decompressing) and hashing the image runs beside writing the device: the two
-    // cores each take one side.
     enum Msg {
         Chunk { at: u64, buf: AlignedBuf, n: usize },
         Range { start: u64, end: u64, got: [u8; 32] },
@@ -618,7 +654,6 @@ pub fn flash(img: &Image, target: &Target, reporter: &dyn Reporter) -> Result<Su
         let _ = free_tx.send(AlignedBuf::new(CHUNK));
     }
     let produced = std::thread::scope(|scope| {
-        let ranges = &ranges;
         let producer = scope.spawn(move || -> Result<(), FlashError> {
             for &Planned {
                 start,
@@ -627,7 +662,8 @@ pub fn flash(img: &Image, target: &Target, reporter: &dyn Reporter) -> Result<Su
             } in ranges
             {
                 // With a block map, its sha256 is what the read-back must find (a damaged image
-                // shows there too, and is told apart below); without one, the image's own bytes.
+                // shows there too, and is told apart in verify_flashed); without one, the
+                // image's own bytes.
                 let mut h = want.is_none().then(Sha256::new);
                 let mut at = start;
                 while at < end {
@@ -684,8 +720,17 @@ pub fn flash(img: &Image, target: &Target, reporter: &dyn Reporter) -> Result<Su
     });
     produced?;
     reporter.end();
+    Ok(written)
+}
 
-    // Zeros where old signatures could be read and the image wrote nothing.
+/// Zeros where old signatures could be read (the device's ends, each old partition's ends) and
+/// the image wrote nothing, so blkid and the kernel find no stale filesystem. Returns the bytes
+/// zeroed; the zeroed ranges join `written` for verification.
+fn wipe_old_signatures(
+    target: &Target,
+    w: &mut Writer,
+    written: &mut Vec<WrittenRange>,
+) -> Result<u64, FlashError> {
     let taken: Vec<(u64, u64)> = written.iter().map(|r| (r.0, r.1)).collect();
     let mut spots: Vec<(u64, u64)> = vec![
         (0, MIB.min(target.size)),
@@ -711,17 +756,6 @@ pub fn flash(img: &Image, target: &Target, reporter: &dyn Reporter) -> Result<Su
     }
     let zeroed: u64 = zero_ranges.iter().map(|r| r.1 - r.0).sum();
     let mut zeros = AlignedBuf::new(MIB as usize);
-    let zero_sum = |len: u64| {
-        let mut h = Sha256::new();
-        let z = [0u8; 4096];
-        let mut left = len;
-        while left > 0 {
-            let n = left.min(z.len() as u64);
-            h.update(&z[..n as usize]);
-            left -= n;
-        }
-        <[u8; 32]>::from(h.finalize())
-    };
     w.total += zeroed;
     for &(a, b) in &zero_ranges {
         let mut at = a;
@@ -730,18 +764,37 @@ pub fn flash(img: &Image, target: &Target, reporter: &dyn Reporter) -> Result<Su
             w.write(zeros.get(n as usize), at)?;
             at += n;
         }
-        written.push((a, b, zero_sum(b - a)));
+        written.push((a, b, zeros_sha256(b - a)));
     }
-    w.finish()?;
-    let write_seconds = t0.elapsed().as_secs_f64();
+    Ok(zeroed)
+}
 
+fn zeros_sha256(len: u64) -> [u8; 32] {
+    let mut h = Sha256::new();
+    let z = [0u8; 4096];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(z.len() as u64);
+        h.update(&z[..n as usize]);
+        left -= n;
+    }
+    h.finalize().into()
+}
+
+/// Reads back every written range past the page cache. On a mismatch it tells which side is
+/// wrong: the card, or an image that does not match its own block map.
+fn verify_flashed(
+    img: &Image,
+    target: &Target,
+    written: &[WrittenRange],
+    reporter: &dyn Reporter,
+) -> Result<u64, FlashError> {
     reporter.begin(
         &format!("verifying {}", target.path.display()),
         Some(written.iter().map(|r| r.1 - r.0).sum()),
     );
     drop_cache(target);
-    let verified = match verify(target, &written, reporter) {
-        // Which side is wrong: the card, or an image that does not match its own map.
+    let verified = match verify(target, written, reporter) {
         Err(FlashError::Verify {
             start, end, want, ..
         }) if img.bmap.is_some() && img.codec.is_none() => {
@@ -771,18 +824,16 @@ pub fn flash(img: &Image, target: &Target, reporter: &dyn Reporter) -> Result<Su
         r => r?,
     };
     reporter.end();
-    let verify_seconds = t0.elapsed().as_secs_f64() - write_seconds;
+    Ok(verified)
+}
 
-    // Only now, with the image verified as written, the GPT backup moves to the card's end.
-    let gpt_moved = if target.size > img.size {
-        piimg_agent::grow::move_gpt_backup(&target.meta, target.size)
-            .map_err(|e| FlashError::Gpt(target.path.clone(), e))?
-    } else {
-        false
-    };
-    if gpt_moved {
+/// Moves a GPT's backup to the end of a device larger than the image, then reads it back: the
+/// moved table must parse with valid CRCs and already sit at the end.
+fn move_gpt_backup(target: &Target) -> Result<bool, FlashError> {
+    let moved = piimg_agent::grow::move_gpt_backup(&target.meta, target.size)
+        .map_err(|e| FlashError::Gpt(target.path.clone(), e))?;
+    if moved {
         drop_cache(target);
-        // Read back: the moved table must parse with valid CRCs and sit at the end already.
         if piimg_agent::grow::move_gpt_backup(&target.meta, target.size)
             .map_err(|e| FlashError::Gpt(target.path.clone(), e))?
         {
@@ -792,18 +843,7 @@ pub fn flash(img: &Image, target: &Target, reporter: &dyn Reporter) -> Result<Su
             ));
         }
     }
-    let reread_note = reread_table(target);
-    Ok(Summary {
-        image_bytes: img.size,
-        mapped_bytes: mapped,
-        zeroed_bytes: zeroed,
-        verified_bytes: verified,
-        gpt_moved,
-        reread_note,
-        seconds: t0.elapsed().as_secs_f64(),
-        write_seconds,
-        verify_seconds,
-    })
+    Ok(moved)
 }
 
 #[cfg(test)]

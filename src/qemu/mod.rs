@@ -275,15 +275,7 @@ pub fn run(opts: &RunOptions, console: &mut dyn Write) -> Result<Outcome, QemuEr
         None => find_in_path(QEMU_BINARY).ok_or(QemuError::QemuMissing)?,
     };
     check_memory(&opts.memory)?;
-    let size = std::fs::metadata(&opts.image)
-        .map_err(io(&opts.image))?
-        .len();
-    if !size.is_power_of_two() {
-        return Err(QemuError::NotPowerOfTwo {
-            image: opts.image.display().to_string(),
-            size,
-        });
-    }
+    check_image_size(&opts.image)?;
     let tmp = tempfile::Builder::new()
         .prefix("piimg-qemu-")
         .tempdir()
@@ -299,12 +291,72 @@ pub fn run(opts: &RunOptions, console: &mut dyn Write) -> Result<Outcome, QemuEr
     let mut command = vec![qemu.display().to_string()];
     command.extend(args.iter().cloned());
 
-    let mut cmd = Command::new(&qemu);
-    cmd.args(&args)
+    let started = Instant::now();
+    let mut child = spawn(&qemu, &args)?;
+    let rx = forward_output(&mut child);
+    let mut session = Session {
+        rx: &rx,
+        console,
+        watch: Watch::new(opts.until.as_ref()),
+        stderr_tail: Vec::new(),
+        console_err: None,
+    };
+    let result = session.watch_until(&mut child, opts.timeout.map(|t| started + t));
+    let Session {
+        watch,
+        mut stderr_tail,
+        console_err,
+        ..
+    } = session;
+    let wall = started.elapsed();
+    stop(&mut child);
+    // What QEMU said while stopping (e.g. "terminating on signal 15") is not interesting; what
+    // it said before is already in the tail.
+    while let Ok(m) = rx.try_recv() {
+        if let Msg::Err(l) = m {
+            stderr_tail.push(l);
+        }
+    }
+    if let Some(e) = console_err {
+        return Err(QemuError::Console(e));
+    }
+    let Hit {
+        end,
+        line,
+        guest_seconds,
+        guest_exact,
+    } = result?.unwrap_or_else(|| watch.end(End::Interrupted));
+    Ok(Outcome {
+        end,
+        line,
+        wall,
+        guest_seconds,
+        guest_exact,
+        command,
+        stderr_tail,
+        ignored_overlays,
+    })
+}
+
+/// QEMU's SD card model takes only power-of-two sizes.
+fn check_image_size(image: &Path) -> Result<(), QemuError> {
+    let size = std::fs::metadata(image).map_err(io(image))?.len();
+    if !size.is_power_of_two() {
+        return Err(QemuError::NotPowerOfTwo {
+            image: image.display().to_string(),
+            size,
+        });
+    }
+    Ok(())
+}
+
+/// Starts QEMU with piped output; it must not outlive us, whatever kills us.
+fn spawn(qemu: &Path, args: &[String]) -> Result<Child, QemuError> {
+    let mut cmd = Command::new(qemu);
+    cmd.args(args)
         .stdin(Stdio::inherit())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // QEMU must not outlive us, whatever kills us.
     // SAFETY: prctl is async-signal-safe; called between fork and exec.
     unsafe {
         use std::os::unix::process::CommandExt;
@@ -313,14 +365,17 @@ pub fn run(opts: &RunOptions, console: &mut dyn Write) -> Result<Outcome, QemuEr
             Ok(())
         });
     }
-    let started = Instant::now();
-    let mut child = cmd.spawn().map_err(|e| {
+    cmd.spawn().map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             QemuError::QemuMissing
         } else {
             QemuError::Spawn(e)
         }
-    })?;
+    })
+}
+
+/// Reader threads that turn QEMU's stdout (console bytes) and stderr (lines) into messages.
+fn forward_output(child: &mut Child) -> mpsc::Receiver<Msg> {
     let (tx, rx) = mpsc::channel::<Msg>();
     if let Some(mut out) = child.stdout.take() {
         let tx = tx.clone();
@@ -340,7 +395,6 @@ pub fn run(opts: &RunOptions, console: &mut dyn Write) -> Result<Outcome, QemuEr
         });
     }
     if let Some(err) = child.stderr.take() {
-        let tx = tx.clone();
         std::thread::spawn(move || {
             use std::io::BufRead;
             for l in std::io::BufReader::new(err).lines() {
@@ -355,92 +409,98 @@ pub fn run(opts: &RunOptions, console: &mut dyn Write) -> Result<Outcome, QemuEr
             }
         });
     }
-    drop(tx);
+    rx
+}
 
-    let deadline = opts.timeout.map(|t| started + t);
-    let mut watch = Watch::new(opts.until.as_ref());
-    let mut stderr_tail: Vec<String> = Vec::new();
-    let mut result: Option<Hit> = None;
-    let mut out_done = false;
-    let mut console_err = None;
-    while result.is_none() {
-        if INTERRUPT.load(Ordering::SeqCst) {
-            result = Some(watch.end(End::Interrupted));
-            break;
-        }
-        let wait = match deadline {
-            Some(d) => {
-                let now = Instant::now();
-                if now >= d {
-                    result = Some(watch.quiet().unwrap_or_else(|| watch.end(End::TimedOut)));
-                    break;
-                }
-                (d - now).min(Duration::from_millis(200))
+/// One watched run: console bytes go to the caller and the watcher; stderr's last lines are kept
+/// for the error report.
+struct Session<'a> {
+    rx: &'a mpsc::Receiver<Msg>,
+    console: &'a mut dyn Write,
+    watch: Watch<'a>,
+    stderr_tail: Vec<String>,
+    /// The first error writing the console; the run goes on so QEMU is still stopped cleanly.
+    console_err: Option<std::io::Error>,
+}
+
+impl Session<'_> {
+    /// Runs until the watcher has a result, the deadline passes, Ctrl-C, or QEMU exits.
+    fn watch_until(
+        &mut self,
+        child: &mut Child,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Hit>, QemuError> {
+        let mut out_done = false;
+        loop {
+            if INTERRUPT.load(Ordering::SeqCst) {
+                return Ok(Some(self.watch.end(End::Interrupted)));
             }
-            None => Duration::from_millis(200),
-        };
-        match rx.recv_timeout(wait) {
-            Ok(Msg::Out(bytes)) => {
-                if console_err.is_none() {
-                    if let Err(e) = console.write_all(&bytes).and_then(|()| console.flush()) {
-                        console_err = Some(e);
+            let wait = match deadline {
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        let hit = self.watch.quiet();
+                        return Ok(Some(hit.unwrap_or_else(|| self.watch.end(End::TimedOut))));
                     }
+                    (d - now).min(Duration::from_millis(200))
                 }
-                result = watch.feed(&bytes);
-            }
-            // Nothing for up to 200 ms: quiet enough for a prompt without its newline.
-            Err(mpsc::RecvTimeoutError::Timeout) if watch.has_partial_hit() => {
-                result = watch.quiet();
-            }
-            Ok(Msg::OutEof) => out_done = true,
-            Ok(Msg::Err(l)) => {
-                stderr_tail.push(l);
-                if stderr_tail.len() > 20 {
-                    stderr_tail.remove(0);
+                None => Duration::from_millis(200),
+            };
+            let mut result = match self.rx.recv_timeout(wait) {
+                Ok(Msg::Out(bytes)) => self.console_bytes(&bytes),
+                // Nothing for up to 200 ms: quiet enough for a prompt without its newline.
+                Err(mpsc::RecvTimeoutError::Timeout) if self.watch.has_partial_hit() => {
+                    self.watch.quiet()
                 }
+                Ok(Msg::OutEof) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    out_done = true;
+                    None
+                }
+                Ok(Msg::Err(l)) => {
+                    self.stderr_tail.push(l);
+                    if self.stderr_tail.len() > 20 {
+                        self.stderr_tail.remove(0);
+                    }
+                    None
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+            };
+            if out_done && result.is_none() {
+                result = self.after_output_ended(child)?;
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => out_done = true,
-        }
-        if out_done && watch.has_partial_hit() {
-            result = watch.quiet();
-        } else if out_done {
-            if let Ok(Some(status)) = child.try_wait() {
-                result = Some(watch.end(End::Exited(status.code())));
-            } else if matches!(rx.try_recv(), Err(mpsc::TryRecvError::Disconnected)) {
-                let status = child.wait().map_err(QemuError::Spawn)?;
-                result = Some(watch.end(End::Exited(status.code())));
+            if result.is_some() {
+                return Ok(result);
             }
         }
     }
-    let wall = started.elapsed();
-    stop(&mut child);
-    // What QEMU said while stopping (e.g. "terminating on signal 15") is not interesting; what
-    // it said before is already in the tail.
-    while let Ok(m) = rx.try_recv() {
-        if let Msg::Err(l) = m {
-            stderr_tail.push(l);
+
+    fn console_bytes(&mut self, bytes: &[u8]) -> Option<Hit> {
+        if self.console_err.is_none() {
+            if let Err(e) = self
+                .console
+                .write_all(bytes)
+                .and_then(|()| self.console.flush())
+            {
+                self.console_err = Some(e);
+            }
         }
+        self.watch.feed(bytes)
     }
-    if let Some(e) = console_err {
-        return Err(QemuError::Console(e));
+
+    /// QEMU closed its stdout: a partial line is all there will be; else wait for its exit.
+    fn after_output_ended(&mut self, child: &mut Child) -> Result<Option<Hit>, QemuError> {
+        if self.watch.has_partial_hit() {
+            return Ok(self.watch.quiet());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Ok(Some(self.watch.end(End::Exited(status.code()))));
+        }
+        if matches!(self.rx.try_recv(), Err(mpsc::TryRecvError::Disconnected)) {
+            let status = child.wait().map_err(QemuError::Spawn)?;
+            return Ok(Some(self.watch.end(End::Exited(status.code()))));
+        }
+        Ok(None)
     }
-    let Hit {
-        end,
-        line,
-        guest_seconds,
-        guest_exact,
-    } = result.unwrap_or_else(|| watch.end(End::Interrupted));
-    Ok(Outcome {
-        end,
-        line,
-        wall,
-        guest_seconds,
-        guest_exact,
-        command,
-        stderr_tail,
-        ignored_overlays,
-    })
 }
 
 #[cfg(test)]
