@@ -5,3 +5,4 @@ pub mod disk;
 pub mod ext4;
 pub mod fat32;
 pub mod sparse;
+pub mod standalone;
