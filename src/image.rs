@@ -8,6 +8,7 @@ use crate::fs::cpio::{self, Compression, CpioOptions};
 use crate::fs::disk::{self, Layout, PartKind, PartSpec, Table};
 use crate::fs::ext4::{self, Ext4Options};
 use crate::fs::fat32::{self, FatOptions};
+use crate::fs::ids;
 use crate::fs::sparse::{self, AtomicOutput, OutputSet, SparseReader};
 use crate::report::Reporter;
 use crate::tree::{FileData, Meta, NodeKind, Tree};
@@ -81,20 +82,6 @@ pub fn layout(needs_mbr: bool, sizes: Sizes, seed: &[u8]) -> Result<Layout, Imag
         ],
         seed,
     )?)
-}
-
-fn derive16(seed: &[u8], purpose: &str) -> [u8; 16] {
-    let mut h = Sha256::new();
-    h.update(seed);
-    h.update([0]);
-    h.update(purpose.as_bytes());
-    let d = h.finalize();
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&d[..16]);
-    // RFC 4122 version 4 / variant bits, so tools show a well-formed UUID.
-    out[6] = (out[6] & 0x0f) | 0x40;
-    out[8] = (out[8] & 0x3f) | 0x80;
-    out
 }
 
 /// One file of the image in the manifest.
@@ -225,11 +212,7 @@ pub fn write_image(
         &FatOptions {
             size: boot.size,
             label: BOOT_LABEL.into(),
-            volume_id: u32::from_le_bytes(
-                derive16(seed, "fat-volume-id")[..4]
-                    .try_into()
-                    .unwrap_or([0; 4]),
-            ),
+            volume_id: ids::derive32(seed, "fat-volume-id"),
             timestamp: epoch,
             hidden_sectors: (boot.start / 512) as u32,
         },
@@ -242,13 +225,14 @@ pub fn write_image(
         (data, &asm.data, DATA_LABEL, "data filesystem"),
     ] {
         reporter.begin(&format!("writing {what} (ext4)"), Some(part.size));
+        let (uuid, hash_seed) = ids::ext4(seed, label);
         ext4::write(
             tree,
             &Ext4Options {
                 size: part.size,
                 label: label.into(),
-                uuid: derive16(seed, &format!("{label}-uuid")),
-                hash_seed: derive16(seed, &format!("{label}-hash-seed")),
+                uuid,
+                hash_seed,
                 timestamp: epoch,
             },
             &mut sink,

@@ -2,9 +2,9 @@
 //! (through the `gpt` crate, over an in-memory device, then copied into the sink). Every id is
 //! derived from a seed, so the same seed gives the same bytes.
 
+use crate::fs::ids;
 use crate::fs::sparse::Sink;
 use piimg_agent::contract;
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
@@ -81,34 +81,9 @@ pub enum DiskError {
     Write(#[source] io::Error),
 }
 
-fn sha(parts: &[&[u8]]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update((p.len() as u64).to_le_bytes());
-        h.update(p);
-    }
-    h.finalize().into()
-}
-
-/// The MBR disk signature for a seed: the first 4 bytes of sha256(seed), never 0 (some tools
-/// treat 0 as "no signature").
+/// The MBR disk signature for a seed (the PARTUUIDs' prefix).
 pub fn mbr_signature(seed: &[u8]) -> u32 {
-    let h: [u8; 32] = Sha256::digest(seed).into();
-    match u32::from_le_bytes([h[0], h[1], h[2], h[3]]) {
-        0 => 1,
-        s => s,
-    }
-}
-
-/// A version-4-format GUID from sha256 of the seed and a purpose (so ids are reproducible but
-/// look like any other random GUID to tools that check the variant/version bits).
-pub fn derived_guid(seed: &[u8], purpose: &str) -> [u8; 16] {
-    let h = sha(&[b"piimg-guid", seed, purpose.as_bytes()]);
-    let mut g = [0u8; 16];
-    g.copy_from_slice(&h[..16]);
-    g[6] = (g[6] & 0x0f) | 0x40;
-    g[8] = (g[8] & 0x3f) | 0x80;
-    g
+    ids::derive32(seed, "mbr-signature")
 }
 
 fn check_sectors(what: &str, value: u64) -> Result<(), DiskError> {
@@ -156,7 +131,7 @@ pub fn plan(
     let signature = mbr_signature(id_seed);
     let disk_guid = match table {
         Table::Mbr => [0; 16],
-        Table::Gpt => derived_guid(id_seed, "disk"),
+        Table::Gpt => ids::derive(id_seed, "disk"),
     };
     let mut parts = Vec::with_capacity(specs.len());
     let mut pos = ALIGN;
@@ -185,7 +160,7 @@ pub fn plan(
         let (partuuid, guid) = match table {
             Table::Mbr => (contract::mbr_partuuid(signature, number), [0; 16]),
             Table::Gpt => {
-                let g = derived_guid(id_seed, &format!("partition-{number}"));
+                let g = ids::derive(id_seed, &format!("partition-{number}"));
                 (contract::Guid::from_rfc4122(g).to_string(), g)
             }
         };

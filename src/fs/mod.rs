@@ -4,5 +4,6 @@ pub mod cpio;
 pub mod disk;
 pub mod ext4;
 pub mod fat32;
+pub mod ids;
 pub mod sparse;
 pub mod standalone;

@@ -10,6 +10,7 @@ use crate::bmap::Bmap;
 use crate::fs::disk::{self, DiskError, Layout, PartKind, PartSpec, Table};
 use crate::fs::ext4::{self, Ext4Error, Ext4Options};
 use crate::fs::fat32::{self, FatError, FatOptions};
+use crate::fs::ids;
 use crate::fs::sparse::{sha256_file, AtomicOutput, OutputSet, Sink};
 use crate::image::{self, ImageError};
 use crate::tree::{HostImport, NodeKind, Tree, TreeError};
@@ -286,24 +287,21 @@ fn ext4_estimate(tree: &Tree) -> u64 {
 }
 
 fn ext4_options(size: u64, label: &str, seed: &[u8; 32], timestamp: i64) -> Ext4Options {
-    let mut uuid = disk::derived_guid(seed, "ext4-uuid");
-    // ext4 shows the UUID as stored; keep the RFC 4122 bits for tools that check them.
-    uuid[6] = (uuid[6] & 0x0f) | 0x40;
+    let (uuid, hash_seed) = ids::ext4(seed, "ext4");
     Ext4Options {
         size,
         label: label.to_string(),
         uuid,
-        hash_seed: disk::derived_guid(seed, "ext4-hash-seed"),
+        hash_seed,
         timestamp,
     }
 }
 
 fn fat_options(size: u64, label: &str, seed: &[u8; 32], timestamp: i64, hidden: u32) -> FatOptions {
-    let v = disk::derived_guid(seed, "fat-volume-id");
     FatOptions {
         size,
         label: label.to_string(),
-        volume_id: u32::from_le_bytes([v[0], v[1], v[2], v[3]]),
+        volume_id: ids::derive32(seed, "fat-volume-id"),
         timestamp,
         hidden_sectors: hidden,
     }
