@@ -1,0 +1,218 @@
+//! Checks across the nodes of one cluster: what no single profile can get wrong alone (shared
+//! pod subnets, duplicate names and addresses, who initialises it, where its API is reached).
+
+use super::diag::{Diagnostic, Diagnostics, Location};
+use super::draft::Draft;
+use super::fields::overlaps;
+use ipnet::IpNet;
+use piimg_agent::node::Role;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+/// Every cross-node check of one cluster's members, in the order they are reported.
+pub(super) fn check(members: &[&Draft], diags: &mut Diagnostics) {
+    let cps: Vec<&Draft> = with_role(members, Role::ControlPlane);
+    let lbs: Vec<&Draft> = with_role(members, Role::LoadBalancer);
+    check_pod_subnets(members, diags);
+    check_unique(members, diags);
+    check_init(&cps, diags);
+    check_endpoints(members, &cps, &lbs, diags);
+    check_lb_backends(&cps, &lbs, diags);
+}
+
+fn with_role<'a>(members: &[&'a Draft], role: Role) -> Vec<&'a Draft> {
+    members.iter().copied().filter(|d| d.role == role).collect()
+}
+
+fn err(diags: &mut Diagnostics, d: &Draft, field: &str, msg: String) {
+    diags.push(Diagnostic::error(d.at(field), field, msg));
+}
+
+/// Pod subnets: one per Kubernetes node, none shared; peers off the node's subnet get no
+/// route to their pods.
+fn check_pod_subnets(members: &[&Draft], diags: &mut Diagnostics) {
+    let mut pods: Vec<(&Draft, IpNet)> = Vec::new();
+    for d in members.iter().filter(|d| d.role.is_kubernetes()) {
+        let Some(own) = d.k8s.as_ref().and_then(|k| k.node_pod_cidr) else {
+            continue;
+        };
+        let field = if d
+            .spec
+            .kubernetes
+            .as_ref()
+            .is_some_and(|k| k.node_pod_cidr.is_some())
+        {
+            "kubernetes.node_pod_cidr"
+        } else {
+            "network.address"
+        };
+        if let Some((o, other)) = pods.iter().find(|(_, c)| overlaps(c, &own)) {
+            err(
+                diags,
+                d,
+                field,
+                format!(
+                    "pod subnet {own} collides with {other} of {} ({}): set kubernetes.node_pod_cidr",
+                    o.name,
+                    o.path.display()
+                ),
+            );
+        }
+        for (o, _) in &pods {
+            warn_unrouted(d, o, diags);
+        }
+        pods.push((d, own));
+    }
+}
+
+/// Pods on `d` and on `o` need routes piimg does not configure when `o` is off `d`'s subnet.
+fn warn_unrouted(d: &Draft, o: &Draft, diags: &mut Diagnostics) {
+    if !d
+        .network
+        .address
+        .trunc()
+        .contains(&o.network.address.addr())
+    {
+        diags.push(Diagnostic::warning(
+            Location::file(&d.path),
+            "network.address",
+            format!(
+                "{} is not on this node's subnet: pods here and on {} cannot reach each other without routes in your network",
+                o.network.address.addr(),
+                o.name
+            ),
+        ));
+    }
+}
+
+/// Two nodes with one hostname or one address cannot both join.
+fn check_unique(members: &[&Draft], diags: &mut Diagnostics) {
+    let mut seen_host: BTreeMap<&str, &Draft> = BTreeMap::new();
+    let mut seen_addr: BTreeMap<IpAddr, &Draft> = BTreeMap::new();
+    for d in members {
+        if let Some(o) = seen_host.insert(&d.hostname, d) {
+            err(
+                diags,
+                d,
+                "hostname",
+                format!(
+                    "`{}` is also the hostname of {}",
+                    d.hostname,
+                    o.path.display()
+                ),
+            );
+        }
+        if let Some(o) = seen_addr.insert(d.network.address.addr(), d) {
+            err(
+                diags,
+                d,
+                "network.address",
+                format!(
+                    "{} is also the address of {}",
+                    d.network.address.addr(),
+                    o.path.display()
+                ),
+            );
+        }
+    }
+}
+
+/// Exactly one control plane runs `kubeadm init`; the others join it.
+fn check_init(cps: &[&Draft], diags: &mut Diagnostics) {
+    let inits: Vec<&Draft> = cps
+        .iter()
+        .copied()
+        .filter(|d| d.k8s.as_ref().is_some_and(|k| k.init))
+        .collect();
+    if !cps.is_empty() && inits.is_empty() {
+        err(
+            diags,
+            cps[0],
+            "kubernetes.init",
+            format!(
+                "no control-plane node of cluster `{}` initialises it: set `init = true` in exactly one",
+                cps[0].cluster
+            ),
+        );
+    }
+    if inits.len() > 1 {
+        let names: Vec<&str> = inits.iter().map(|d| d.name.as_str()).collect();
+        for d in &inits[1..] {
+            err(
+                diags,
+                d,
+                "kubernetes.init",
+                format!(
+                    "several control-plane nodes initialise the cluster ({}): exactly one may",
+                    names.join(", ")
+                ),
+            );
+        }
+    }
+}
+
+/// Where the API must be reachable: the load balancer if there is one, else a control plane.
+fn check_endpoints(members: &[&Draft], cps: &[&Draft], lbs: &[&Draft], diags: &mut Diagnostics) {
+    let lb_hosts: BTreeSet<String> = lbs
+        .iter()
+        .flat_map(|d| {
+            let mut v = vec![d.network.address.addr().to_string(), d.hostname.clone()];
+            if let Some(b) = d.lb.bind.filter(|b| !b.ip().is_unspecified()) {
+                v.push(b.ip().to_string());
+            }
+            v
+        })
+        .collect();
+    let cp_hosts: BTreeSet<String> = cps
+        .iter()
+        .flat_map(|d| [d.network.address.addr().to_string(), d.hostname.clone()])
+        .collect();
+    for d in members {
+        let Some(k) = &d.k8s else { continue };
+        if k.endpoint_host.is_empty() {
+            continue;
+        }
+        let field = "kubernetes.control_plane_endpoint";
+        if !lbs.is_empty() {
+            if !lb_hosts.contains(&k.endpoint_host) {
+                let addrs: Vec<String> = lbs
+                    .iter()
+                    .map(|l| l.network.address.addr().to_string())
+                    .collect();
+                let msg = format!(
+                    "`{}` is not the load balancer's address ({})",
+                    k.endpoint,
+                    addrs.join(", ")
+                );
+                err(diags, d, field, msg);
+            }
+        } else if !cps.is_empty() && !cp_hosts.contains(&k.endpoint_host) {
+            err(
+                diags,
+                d,
+                field,
+                format!(
+                    "`{}` is neither a load balancer nor a control-plane node of cluster `{}`",
+                    k.endpoint, d.cluster
+                ),
+            );
+        }
+    }
+}
+
+/// A load balancer without listed backends forwards to the cluster's control planes.
+fn check_lb_backends(cps: &[&Draft], lbs: &[&Draft], diags: &mut Diagnostics) {
+    for d in lbs {
+        if d.lb.backends.is_none() && cps.is_empty() {
+            err(
+                diags,
+                d,
+                "load_balancer.backends",
+                format!(
+                    "cluster `{}` has no control-plane profiles to derive backends from: list them",
+                    d.cluster
+                ),
+            );
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! The secrets file of each cluster: one per cluster, created on first use (unless told not to)
+//! and completed when an older piimg wrote only part of the control-plane PKI.
+
+use super::diag::{Diagnostic, Diagnostics, Location};
+use super::draft::Draft;
+use super::secrets::{self, ClusterSecrets};
+use super::LoadOptions;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The secrets of one cluster's members by file; files it creates or completes go to `generated`.
+pub(super) fn load(
+    members: &[&Draft],
+    opts: &LoadOptions,
+    diags: &mut Diagnostics,
+    generated: &mut Vec<PathBuf>,
+) -> BTreeMap<PathBuf, Arc<ClusterSecrets>> {
+    let mut out = BTreeMap::new();
+    for p in paths(members, diags) {
+        if !p.exists() && opts.generate_secrets {
+            match generate(p, opts.now) {
+                Ok(Some(s)) => {
+                    generated.push(p.clone());
+                    out.insert(p.clone(), Arc::new(s));
+                    continue;
+                }
+                Ok(None) => {}
+                Err(d) => {
+                    diags.push(d);
+                    continue;
+                }
+            }
+        }
+        if let Some(s) = load_file(p, opts, diags, generated) {
+            out.insert(p.clone(), Arc::new(s));
+        }
+    }
+    out
+}
+
+/// The files the Kubernetes members name; more than one splits the cluster's CA.
+fn paths<'a>(members: &[&'a Draft], diags: &mut Diagnostics) -> BTreeSet<&'a PathBuf> {
+    let paths: BTreeSet<&PathBuf> = members
+        .iter()
+        .filter(|d| d.role.is_kubernetes())
+        .filter_map(|d| d.secrets_path.as_ref())
+        .collect();
+    if paths.len() > 1 {
+        let d = members[0];
+        diags.push(Diagnostic::error(
+            Location::file(&d.path),
+            "secrets",
+            format!(
+                "the nodes of cluster `{}` name different secrets files; a cluster has one",
+                d.cluster
+            ),
+        ));
+    }
+    paths
+}
+
+/// New secrets saved at `p`; None when another piimg run created it between the look and the
+/// link, so that concurrent builds of one cluster share one CA.
+fn generate(p: &Path, now: i64) -> Result<Option<ClusterSecrets>, Diagnostic> {
+    match ClusterSecrets::generate(now).and_then(|s| s.save_new(p).map(|_| s)) {
+        Ok(s) => Ok(Some(s)),
+        Err(secrets::SecretsError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::AlreadyExists =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(Diagnostic::error(Location::file(p), "", e.to_string())),
+    }
+}
+
+/// An existing file, completed and saved back when allowed, with a warning if others can read it.
+fn load_file(
+    p: &Path,
+    opts: &LoadOptions,
+    diags: &mut Diagnostics,
+    generated: &mut Vec<PathBuf>,
+) -> Option<ClusterSecrets> {
+    let mut s = match ClusterSecrets::load(p) {
+        Ok(s) => s,
+        Err(ds) => {
+            ds.into_iter().for_each(|d| diags.push(d));
+            return None;
+        }
+    };
+    // Files from before piimg preseeded the whole control-plane PKI get it added.
+    match s.complete(opts.now) {
+        Ok(true) if opts.generate_secrets => {
+            if let Err(e) = s.save_replace(p) {
+                diags.push(Diagnostic::error(Location::file(p), "", e.to_string()));
+            } else {
+                generated.push(p.to_path_buf());
+            }
+        }
+        Ok(_) => {}
+        Err(e) => diags.push(Diagnostic::error(Location::file(p), "", e.to_string())),
+    }
+    warn_if_readable(p, diags);
+    Some(s)
+}
+
+/// The file holds the cluster's CA keys: anyone who reads it can join or impersonate nodes.
+fn warn_if_readable(p: &Path, diags: &mut Diagnostics) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(md) = std::fs::metadata(p) {
+        if md.permissions().mode() & 0o077 != 0 {
+            diags.push(Diagnostic::warning(
+                Location::file(p),
+                "",
+                format!(
+                    "secrets file is readable by others (mode {:o}); run chmod 600",
+                    md.permissions().mode() & 0o777
+                ),
+            ));
+        }
+    }
+}

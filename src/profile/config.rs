@@ -1,0 +1,218 @@
+//! The node config each checked draft becomes once its whole cluster and the cluster's secrets
+//! are known: derived peers, join order, backends, routes and the secrets' settings.
+
+use super::diag::{Diagnostic, Diagnostics};
+use super::draft::{Draft, KDraft};
+use super::schema::AgentSpec;
+use super::secrets::{self, ClusterSecrets};
+use super::{LoadOptions, NodeProfile, DEFAULT_API_PORT, DEFAULT_STATUS_PORT};
+use piimg_agent::node::{
+    AgentSettings, Backend, ClusterNode, Kubernetes, LoadBalancer, Network, NodeConfig, Role,
+    Route, Storage, SCHEMA_VERSION,
+};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The node ready to build; None when its secrets are unusable or do not match the profile.
+pub(super) fn node_profile(
+    d: &Draft,
+    members: &[&Draft],
+    secrets: &BTreeMap<PathBuf, Arc<ClusterSecrets>>,
+    opts: &LoadOptions,
+    diags: &mut Diagnostics,
+) -> Option<NodeProfile> {
+    let sec = d
+        .secrets_path
+        .as_ref()
+        .and_then(|p| secrets.get(p))
+        .cloned();
+    let kubernetes = match (&d.k8s, d.role.is_kubernetes()) {
+        (Some(k), true) => Some(kubernetes(d, k, members, sec.as_deref()?, diags)?),
+        _ => None,
+    };
+    Some(NodeProfile {
+        name: d.name.clone(),
+        path: d.path.clone(),
+        sources: d.sources.clone(),
+        cluster: d.cluster.clone(),
+        config: NodeConfig {
+            schema: SCHEMA_VERSION,
+            hostname: d.hostname.clone(),
+            role: d.role,
+            board: d.board,
+            network: with_pod_routes(d, members),
+            kubernetes,
+            load_balancer: load_balancer(d, members),
+            agent: agent_settings(&d.spec.agent),
+            // Partition ids are derived when the image is laid out.
+            storage: Storage::default(),
+            build_epoch: build_epoch(sec.as_deref(), opts),
+        },
+        image: d.image.clone(),
+        components: d.components.clone(),
+        secrets: sec,
+        secrets_path: d.secrets_path.clone(),
+    })
+}
+
+/// What kubeadm on this node needs: the cluster's peers, the token and, on a control plane, the
+/// shared certificates' key.
+fn kubernetes(
+    d: &Draft,
+    k: &KDraft,
+    members: &[&Draft],
+    sec: &ClusterSecrets,
+    diags: &mut Diagnostics,
+) -> Option<Kubernetes> {
+    let ca_cert_hash = ca_cert_hash(d, k, sec, diags)?;
+    let cp = d.role == Role::ControlPlane;
+    Some(Kubernetes {
+        version: k.version.clone(),
+        control_plane_endpoint: k.endpoint.clone(),
+        pod_cidr: k.pod_cidr,
+        service_cidr: k.service_cidr,
+        init: k.init,
+        node_pod_cidr: k.node_pod_cidr,
+        cluster_nodes: if k.init {
+            cluster_nodes(members)
+        } else {
+            Vec::new()
+        },
+        join_after: if cp && !k.init {
+            join_after(d, members)
+        } else {
+            Vec::new()
+        },
+        token: sec.token.clone(),
+        token_ttl: k.token_ttl.clone(),
+        ca_cert_hash,
+        certificate_key: cp.then(|| sec.certificate_key.clone()),
+        pki_dir: cp.then(|| "/etc/kubernetes/pki".to_string()),
+    })
+}
+
+/// The CA hash joining nodes verify: the profile's, which a control plane's own CA must match.
+fn ca_cert_hash(
+    d: &Draft,
+    k: &KDraft,
+    sec: &ClusterSecrets,
+    diags: &mut Diagnostics,
+) -> Option<String> {
+    let derived = sec.ca_cert_hash().ok()?;
+    match &k.discovery_ca_hash {
+        Some(h) if d.role == Role::ControlPlane && *h != derived => {
+            let field = "kubernetes.discovery_ca_hash";
+            diags.push(Diagnostic::error(
+                d.at(field),
+                field,
+                "does not match the cluster CA in the secrets file",
+            ));
+            None
+        }
+        Some(h) => Some(h.clone()),
+        None => Some(derived),
+    }
+}
+
+/// Every Kubernetes node of the cluster with its pod subnet, by name: the init node sets them.
+fn cluster_nodes(members: &[&Draft]) -> Vec<ClusterNode> {
+    let mut all: Vec<ClusterNode> = members
+        .iter()
+        .filter(|m| m.role.is_kubernetes())
+        .map(|m| ClusterNode {
+            name: m.hostname.clone(),
+            pod_cidr: m.k8s.as_ref().and_then(|mk| mk.node_pod_cidr),
+        })
+        .collect();
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    all
+}
+
+/// The API servers a joining control plane waits for: the init node first, then the joining
+/// control planes by hostname, up to this one.
+fn join_after(d: &Draft, members: &[&Draft]) -> Vec<SocketAddr> {
+    let mut cps: Vec<&&Draft> = members
+        .iter()
+        .filter(|m| m.role == Role::ControlPlane)
+        .collect();
+    cps.sort_by_key(|m| {
+        (
+            !m.k8s.as_ref().is_some_and(|mk| mk.init),
+            m.hostname.clone(),
+        )
+    });
+    cps.iter()
+        .take_while(|m| m.hostname != d.hostname)
+        .map(|m| SocketAddr::new(m.network.address.addr(), DEFAULT_API_PORT))
+        .collect()
+}
+
+/// A load balancer forwards to its listed backends, or else to every control plane by hostname.
+fn load_balancer(d: &Draft, members: &[&Draft]) -> Option<LoadBalancer> {
+    if d.role != Role::LoadBalancer {
+        return None;
+    }
+    let backends = d.lb.backends.clone().unwrap_or_else(|| {
+        let mut cps: Vec<&&Draft> = members
+            .iter()
+            .filter(|m| m.role == Role::ControlPlane)
+            .collect();
+        cps.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+        cps.iter()
+            .map(|m| Backend {
+                name: m.hostname.clone(),
+                address: SocketAddr::new(m.network.address.addr(), d.lb.backend_port),
+            })
+            .collect()
+    });
+    Some(LoadBalancer {
+        bind: d
+            .lb
+            .bind
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], DEFAULT_API_PORT))),
+        backends,
+    })
+}
+
+/// `[agent]` with its defaults: status endpoint on, watchdog on, no debug shell.
+fn agent_settings(a: &AgentSpec) -> AgentSettings {
+    AgentSettings {
+        debug_shell: a.debug_shell.unwrap_or(false),
+        status_port: a.status_port.unwrap_or(DEFAULT_STATUS_PORT),
+        status_bind: a.status_bind,
+        watchdog: a.watchdog.unwrap_or(true),
+    }
+}
+
+/// The node's clock never starts before its certificates are valid (a Pi has no RTC; before NTP
+/// answers, "not yet valid" would fail every TLS handshake).
+fn build_epoch(sec: Option<&ClusterSecrets>, opts: &LoadOptions) -> i64 {
+    sec.and_then(|s| secrets::cert_not_before(&s.ca_cert))
+        .map_or(opts.build_epoch, |nb| nb.max(opts.build_epoch))
+}
+
+/// The node's network plus a route to every other Kubernetes node's pod subnet via that node's
+/// address, for peers on the node's own subnet: pods reach pods on other nodes with no overlay.
+fn with_pod_routes(d: &Draft, members: &[&Draft]) -> Network {
+    let mut net = d.network.clone();
+    if !d.role.is_kubernetes() {
+        return net;
+    }
+    let mut peers: Vec<&&Draft> = members
+        .iter()
+        .filter(|m| m.role.is_kubernetes() && m.hostname != d.hostname)
+        .collect();
+    peers.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+    for m in peers {
+        let Some(cidr) = m.k8s.as_ref().and_then(|k| k.node_pod_cidr) else {
+            continue;
+        };
+        let via = m.network.address.addr();
+        if net.address.trunc().contains(&via) && !net.routes.iter().any(|r| r.to == cidr) {
+            net.routes.push(Route { to: cidr, via });
+        }
+    }
+    net
+}

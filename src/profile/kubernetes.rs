@@ -1,0 +1,241 @@
+//! `[kubernetes]`: the release, the API endpoint, the pod and service networks, this node's share
+//! of the pod network and the bootstrap token's lifetime.
+
+use super::draft::KDraft;
+use super::fields::{overlaps, parse_cidr, split_host_port, Ctx};
+use super::schema::{KubernetesSpec, ProfileSpec};
+use super::secrets;
+use ipnet::IpNet;
+use piimg_agent::node::Role;
+use std::net::IpAddr;
+
+/// A node's /24 of an IPv4 pod network, numbered by the node's host number in its own subnet
+/// (192.168.50.21/24 in 10.244.0.0/16 -> 10.244.21.0/24): stable, and distinct for nodes of one
+/// subnet. Errors say why none fits (then `kubernetes.node_pod_cidr` sets it).
+pub fn node_subnet(pods: &IpNet, address: &IpNet) -> Result<IpNet, String> {
+    let (IpNet::V4(p), IpNet::V4(a)) = (pods, address) else {
+        return Err(format!(
+            "per-node pod subnets are derived for IPv4 only: set kubernetes.node_pod_cidr for {}",
+            address.addr()
+        ));
+    };
+    if p.prefix_len() > 24 {
+        return Err(format!(
+            "{pods} is smaller than one /24 per node: use a larger pod network or set kubernetes.node_pod_cidr"
+        ));
+    }
+    let host = u32::from(a.addr()) - u32::from(a.network());
+    let slots = 1u32 << (24 - p.prefix_len());
+    if host >= slots {
+        return Err(format!(
+            "host number {host} of {address} is beyond the {slots} /24 subnets of {pods}: set kubernetes.node_pod_cidr"
+        ));
+    }
+    let base = u32::from(p.network()) + (host << 8);
+    ipnet::Ipv4Net::new(std::net::Ipv4Addr::from(base), 24)
+        .map(IpNet::V4)
+        .map_err(|e| e.to_string())
+}
+
+/// The node's Kubernetes settings (None for a load balancer, which only may not set `init`).
+/// `address` is the node's own, when it parsed.
+pub(super) fn check(
+    ctx: &mut Ctx,
+    spec: &ProfileSpec,
+    role: Role,
+    address: Option<IpNet>,
+) -> Option<KDraft> {
+    if !role.is_kubernetes() {
+        check_init(ctx, spec.kubernetes.as_ref().is_some_and(|k| k.init), role);
+        return None;
+    }
+    let k = spec.kubernetes.clone().unwrap_or_default();
+    let version = version(ctx, k.version.as_deref());
+    let (endpoint, endpoint_host) = endpoint(ctx, k.control_plane_endpoint.as_deref());
+    let (pod_cidr, service_cidr) = cidrs(ctx, &k, address);
+    check_init(ctx, k.init, role);
+    let node_pod_cidr = node_pod_cidr(ctx, k.node_pod_cidr.as_deref(), pod_cidr, address);
+    check_discovery_hash(ctx, k.discovery_ca_hash.as_deref());
+    let token_ttl = token_ttl(ctx, k.token_ttl.as_deref());
+    let unset = || IpNet::from(IpAddr::from([0, 0, 0, 0]));
+    Some(KDraft {
+        version,
+        endpoint,
+        endpoint_host,
+        token_ttl,
+        pod_cidr: pod_cidr.unwrap_or_else(unset),
+        node_pod_cidr,
+        service_cidr: service_cidr.unwrap_or_else(unset),
+        init: k.init,
+        discovery_ca_hash: k.discovery_ca_hash,
+    })
+}
+
+/// The release decides the packages and, through the pause image, containerd's configuration.
+fn version(ctx: &mut Ctx, version: Option<&str>) -> String {
+    let version = version.map(str::to_string).unwrap_or_else(|| {
+        ctx.missing(
+            "kubernetes.version",
+            "kubernetes.version (e.g. \"v1.31.2\")",
+        );
+        String::new()
+    });
+    if !version.is_empty() && !valid_k8s_version(&version) {
+        ctx.err(
+            "kubernetes.version",
+            format!("`{version}` is not a Kubernetes release (expected vMAJOR.MINOR.PATCH)"),
+        );
+    } else if !version.is_empty() && piimg_agent::node::pause_version(&version).is_none() {
+        ctx.err(
+            "kubernetes.version",
+            format!(
+                "`{version}`: piimg knows the pause image of v1.28 to v1.33 only (containerd's sandbox image must match kubeadm's)"
+            ),
+        );
+    }
+    version
+}
+
+fn valid_k8s_version(v: &str) -> bool {
+    let Some(rest) = v.strip_prefix('v') else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.split('.').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit()))
+}
+
+/// The endpoint and its host, which the cluster checks match against the nodes' addresses.
+fn endpoint(ctx: &mut Ctx, endpoint: Option<&str>) -> (String, String) {
+    let endpoint = endpoint.map(str::to_string).unwrap_or_else(|| {
+        ctx.missing(
+            "kubernetes.control_plane_endpoint",
+            "kubernetes.control_plane_endpoint (host:port)",
+        );
+        String::new()
+    });
+    let host = match split_host_port(&endpoint) {
+        Some((h, _)) => h,
+        None => {
+            if !endpoint.is_empty() {
+                ctx.err(
+                    "kubernetes.control_plane_endpoint",
+                    format!("`{endpoint}` is not host:port"),
+                );
+            }
+            String::new()
+        }
+    };
+    (endpoint, host)
+}
+
+/// Pod and service networks: overlapping each other or the node network would misroute traffic.
+fn cidrs(
+    ctx: &mut Ctx,
+    k: &KubernetesSpec,
+    address: Option<IpNet>,
+) -> (Option<IpNet>, Option<IpNet>) {
+    let pod = k.pod_cidr.as_deref().unwrap_or("10.244.0.0/16").to_string();
+    let svc = k
+        .service_cidr
+        .as_deref()
+        .unwrap_or("10.96.0.0/12")
+        .to_string();
+    let pod_cidr = parse_cidr(ctx, "kubernetes.pod_cidr", &pod);
+    let service_cidr = parse_cidr(ctx, "kubernetes.service_cidr", &svc);
+    if let Some(a) = address {
+        for (f, c) in [
+            ("kubernetes.pod_cidr", pod_cidr),
+            ("kubernetes.service_cidr", service_cidr),
+        ] {
+            if let Some(c) = c {
+                if overlaps(&c, &a.trunc()) {
+                    ctx.err(f, format!("{c} overlaps the node network {}", a.trunc()));
+                }
+            }
+        }
+    }
+    if let (Some(p), Some(s)) = (pod_cidr, service_cidr) {
+        if overlaps(&p, &s) {
+            ctx.err(
+                "kubernetes.service_cidr",
+                format!("{s} overlaps the pod network {p}"),
+            );
+        }
+    }
+    (pod_cidr, service_cidr)
+}
+
+/// `kubeadm init` runs on a control plane; any other node can only join.
+fn check_init(ctx: &mut Ctx, init: bool, role: Role) {
+    if init && role != Role::ControlPlane {
+        ctx.err(
+            "kubernetes.init",
+            "only a control-plane node can initialise the cluster",
+        );
+    }
+}
+
+/// The node's pod subnet: the profile's, inside the pod network, or derived from its address.
+fn node_pod_cidr(
+    ctx: &mut Ctx,
+    text: Option<&str>,
+    pod_cidr: Option<IpNet>,
+    address: Option<IpNet>,
+) -> Option<IpNet> {
+    match (text, pod_cidr, address) {
+        (Some(text), Some(pods), _) => {
+            let own = parse_cidr(ctx, "kubernetes.node_pod_cidr", text);
+            if let Some(o) = own {
+                if !pods.contains(&o) {
+                    ctx.err(
+                        "kubernetes.node_pod_cidr",
+                        format!("{o} is not inside the pod network {pods}"),
+                    );
+                }
+            }
+            own
+        }
+        (None, Some(pods), Some(a)) => match node_subnet(&pods, &a) {
+            Ok(n) => Some(n),
+            Err(why) => {
+                ctx.err("kubernetes.pod_cidr", why);
+                None
+            }
+        },
+        _ => None,
+    }
+}
+
+/// kubeadm takes the hash of a CA piimg did not generate only in its own format.
+fn check_discovery_hash(ctx: &mut Ctx, hash: Option<&str>) {
+    if let Some(h) = hash {
+        if !secrets::valid_ca_hash(h) {
+            ctx.err(
+                "kubernetes.discovery_ca_hash",
+                "expected `sha256:` followed by 64 hex digits",
+            );
+        }
+    }
+}
+
+/// The bootstrap token must expire, so that a leaked one stops being useful.
+fn token_ttl(ctx: &mut Ctx, ttl: Option<&str>) -> String {
+    let token_ttl = ttl
+        .map(str::to_string)
+        .unwrap_or_else(|| piimg_agent::node::DEFAULT_TOKEN_TTL.to_string());
+    match piimg_agent::keeper::duration_secs(&token_ttl) {
+        Some(0) => ctx.err(
+            "kubernetes.token_ttl",
+            "a token that never expires stays usable if it leaks: give a lifetime such as \"24h\"",
+        ),
+        Some(_) => {}
+        None => ctx.err(
+            "kubernetes.token_ttl",
+            format!("`{token_ttl}` is not a duration such as \"24h\", \"90m\" or \"1h30m\""),
+        ),
+    }
+    token_ttl
+}

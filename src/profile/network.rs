@@ -1,0 +1,96 @@
+//! `[network]`: the node's static address, gateway, resolvers, routes and time servers.
+
+use super::fields::{parse_cidr, parse_ip, Ctx};
+use super::schema::{NetworkSpec, RouteSpec};
+use ipnet::IpNet;
+use piimg_agent::node::{Network, Role, Route};
+use std::net::IpAddr;
+
+/// The node's network, and its address when one parsed (later sections check against it).
+pub(super) fn check(ctx: &mut Ctx, n: &NetworkSpec, role: Role) -> (Network, Option<IpNet>) {
+    let interface = n.interface.clone().unwrap_or_else(|| "eth0".to_string());
+    let address = address(ctx, n.address.as_deref());
+    let gateway = gateway(ctx, n.gateway.as_deref(), address);
+    let dns: Vec<IpAddr> = n
+        .dns
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| parse_ip(ctx, &format!("network.dns.{i}"), d))
+        .collect();
+    let routes = routes(ctx, &n.routes);
+    let network = Network {
+        interface,
+        address: address.unwrap_or_else(|| IpNet::from(IpAddr::from([0, 0, 0, 0]))),
+        gateway,
+        dns,
+        routes,
+        ntp: n.ntp.clone(),
+    };
+    check_ntp(ctx, &n.ntp, role);
+    (network, address)
+}
+
+/// A node needs a host address of its own: the subnet's network address is none.
+fn address(ctx: &mut Ctx, address: Option<&str>) -> Option<IpNet> {
+    let address = match address {
+        Some(a) => parse_cidr(ctx, "network.address", a),
+        None => {
+            ctx.missing("network.address", "network.address (CIDR)");
+            None
+        }
+    };
+    if let Some(a) = address {
+        if a.prefix_len() < a.max_prefix_len() && a.addr() == a.network() {
+            ctx.err(
+                "network.address",
+                format!("`{a}` is the network address of its subnet, not a host address"),
+            );
+        }
+    }
+    address
+}
+
+/// A gateway off the node's subnet could never be reached.
+fn gateway(ctx: &mut Ctx, gateway: Option<&str>, address: Option<IpNet>) -> Option<IpAddr> {
+    let gateway = gateway.and_then(|g| parse_ip(ctx, "network.gateway", g));
+    if let (Some(a), Some(g)) = (address, gateway) {
+        if !a.trunc().contains(&g) {
+            ctx.err(
+                "network.gateway",
+                format!("{g} is outside the node's subnet {}", a.trunc()),
+            );
+        }
+    }
+    gateway
+}
+
+/// Static routes; one with a bad destination or next hop is reported and left out.
+fn routes(ctx: &mut Ctx, routes: &[RouteSpec]) -> Vec<Route> {
+    let mut out = Vec::new();
+    for (i, r) in routes.iter().enumerate() {
+        let to = parse_cidr(ctx, &format!("network.routes.{i}.to"), &r.to);
+        let via = parse_ip(ctx, &format!("network.routes.{i}.via"), &r.via);
+        if let (Some(to), Some(via)) = (to, via) {
+            out.push(Route { to, via });
+        }
+    }
+    out
+}
+
+/// A Pi has no RTC and kubeadm and kubelet wait for a synced clock.
+fn check_ntp(ctx: &mut Ctx, ntp: &[String], role: Role) {
+    if role.is_kubernetes() && ntp.is_empty() {
+        ctx.missing(
+            "network.ntp",
+            "network.ntp (NTP servers, e.g. [\"pool.ntp.org\"] or your router: a Pi has no clock of its own, and kubeadm and kubelet start only once it is synced)",
+        );
+    }
+    for (i, server) in ntp.iter().enumerate() {
+        if server.is_empty() || server.contains(char::is_whitespace) {
+            ctx.err(
+                &format!("network.ntp.{i}"),
+                format!("`{server}` is not a host, address or host:port"),
+            );
+        }
+    }
+}
