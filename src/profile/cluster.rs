@@ -24,6 +24,7 @@ fn with_role<'a>(members: &[&'a Draft], role: Role) -> Vec<&'a Draft> {
     members.iter().copied().filter(|d| d.role == role).collect()
 }
 
+/// An error at the line of `d`'s chain that set `field`.
 fn err(diags: &mut Diagnostics, d: &Draft, field: &str, msg: String) {
     diags.push(Diagnostic::error(d.at(field), field, msg));
 }

@@ -54,6 +54,7 @@ impl Ctx<'_> {
     }
 }
 
+/// An RFC 1123 label in lowercase: what kubelet accepts as a node name.
 pub(super) fn valid_hostname(h: &str) -> bool {
     !h.is_empty()
         && h.len() <= 63
@@ -110,6 +111,7 @@ pub(super) fn split_host_port(s: &str) -> Option<(String, u16)> {
     (valid_hostname(h) || h.contains('.')).then(|| (h.to_string(), port))
 }
 
+/// Two networks share addresses exactly when one holds the other's first address.
 pub(super) fn overlaps(a: &IpNet, b: &IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }

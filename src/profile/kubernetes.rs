@@ -96,6 +96,7 @@ fn version(ctx: &mut Ctx, version: Option<&str>) -> String {
     version
 }
 
+/// `vMAJOR.MINOR.PATCH`, the form release downloads and kubeadm's config use.
 fn valid_k8s_version(v: &str) -> bool {
     let Some(rest) = v.strip_prefix('v') else {
         return false;
