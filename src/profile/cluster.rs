@@ -217,3 +217,104 @@ fn check_lb_backends(cps: &[&Draft], lbs: &[&Draft], diags: &mut Diagnostics) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{errors, folder, k8s_node, lb_node, warnings, Folder};
+    use super::*;
+
+    /// lb1, cp1 (init) and cp2 on 192.168.50.0/24, and w1 from `w1`.
+    fn cluster(w1: &str) -> Folder {
+        folder(&[
+            ("lb1", &lb_node("lb1", "192.168.50.10/24", "")),
+            (
+                "cp1",
+                &k8s_node("cp1", "control-plane", "192.168.50.11/24", "init = true"),
+            ),
+            (
+                "cp2",
+                &k8s_node("cp2", "control-plane", "192.168.50.12/24", ""),
+            ),
+            ("w1", w1),
+        ])
+    }
+
+    fn check_all(f: &Folder, names: &[&str]) -> Diagnostics {
+        let drafts = f.drafts(names);
+        let members: Vec<&Draft> = drafts.iter().collect();
+        let mut diags = Diagnostics::default();
+        check(&members, &mut diags);
+        diags
+    }
+
+    #[test]
+    fn a_consistent_cluster_checks_clean() {
+        let f = cluster(&k8s_node("w1", "worker", "192.168.50.21/24", ""));
+        let diags = check_all(&f, &["lb1", "cp1", "cp2", "w1"]);
+        assert!(diags.0.is_empty(), "{diags}");
+    }
+
+    #[test]
+    fn hostnames_and_addresses_are_unique() {
+        let f = cluster(&k8s_node("cp2", "worker", "192.168.50.12/24", ""));
+        let e = errors(&check_all(&f, &["lb1", "cp1", "cp2", "w1"]));
+        assert!(
+            e.iter()
+                .any(|e| e.starts_with("hostname: `cp2` is also the hostname of")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|e| e.starts_with("network.address: 192.168.50.12 is also the address of")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn one_control_plane_initialises_the_cluster() {
+        let f = cluster(&k8s_node("w1", "worker", "192.168.50.21/24", ""));
+        let e = errors(&check_all(&f, &["lb1", "cp2", "w1"]));
+        assert_eq!(
+            e,
+            ["kubernetes.init: no control-plane node of cluster `c` initialises it: set `init = true` in exactly one"]
+        );
+    }
+
+    #[test]
+    fn the_endpoint_is_the_load_balancer() {
+        let w1 = k8s_node("w1", "worker", "192.168.50.21/24", "")
+            .replace("192.168.50.10:6443", "192.168.50.11:6443");
+        let f = cluster(&w1);
+        let e = errors(&check_all(&f, &["lb1", "cp1", "cp2", "w1"]));
+        assert_eq!(
+            e,
+            ["kubernetes.control_plane_endpoint: `192.168.50.11:6443` is not the load balancer's address (192.168.50.10)"]
+        );
+    }
+
+    #[test]
+    fn pod_subnets_do_not_collide_and_off_subnet_peers_are_warned_of() {
+        let w1 = k8s_node(
+            "w1",
+            "worker",
+            "192.168.51.21/24",
+            "node_pod_cidr = \"10.244.11.0/24\"",
+        );
+        let f = cluster(&w1);
+        let diags = check_all(&f, &["cp1", "w1"]);
+        assert!(errors(&diags)[0]
+            .starts_with("kubernetes.node_pod_cidr: pod subnet 10.244.11.0/24 collides with"));
+        assert!(warnings(&diags)[0]
+            .starts_with("network.address: 192.168.50.11 is not on this node's subnet"));
+    }
+
+    #[test]
+    fn a_load_balancer_without_control_planes_lists_its_backends() {
+        let f = cluster(&k8s_node("w1", "worker", "192.168.50.21/24", ""));
+        let e = errors(&check_all(&f, &["lb1"]));
+        assert_eq!(
+            e,
+            ["load_balancer.backends: cluster `c` has no control-plane profiles to derive backends from: list them"]
+        );
+    }
+}

@@ -120,3 +120,70 @@ fn warn_if_readable(p: &Path, diags: &mut Diagnostics) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{errors, folder, k8s_node, lb_node, warnings};
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_cluster_names_one_secrets_file() {
+        let w2 = k8s_node("w2", "worker", "192.168.50.22/24", "").replace("s.toml", "t.toml");
+        let f = folder(&[
+            ("lb1", &lb_node("lb1", "192.168.50.10/24", "")),
+            ("w1", &k8s_node("w1", "worker", "192.168.50.21/24", "")),
+            ("w2", &w2),
+        ]);
+        let drafts = f.drafts(&["lb1", "w1"]);
+        let members: Vec<&Draft> = drafts.iter().collect();
+        let mut diags = Diagnostics::default();
+        assert_eq!(paths(&members, &mut diags).len(), 1);
+        assert!(diags.0.is_empty());
+        let drafts = f.drafts(&["w1", "w2"]);
+        let members: Vec<&Draft> = drafts.iter().collect();
+        assert_eq!(paths(&members, &mut diags).len(), 2);
+        assert_eq!(
+            errors(&diags),
+            ["secrets: the nodes of cluster `c` name different secrets files; a cluster has one"]
+        );
+    }
+
+    #[test]
+    fn a_file_others_can_read_is_warned_of() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let p = dir.path().join("s.toml");
+        std::fs::write(&p, "").expect("written");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let mut diags = Diagnostics::default();
+        warn_if_readable(&p, &mut diags);
+        assert!(diags.0.is_empty());
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        warn_if_readable(&p, &mut diags);
+        assert_eq!(
+            warnings(&diags),
+            [": secrets file is readable by others (mode 640); run chmod 600"]
+        );
+    }
+
+    #[test]
+    fn a_missing_file_is_generated_once_and_then_loaded() {
+        let f = folder(&[("w1", &k8s_node("w1", "worker", "192.168.50.21/24", ""))]);
+        let drafts = f.drafts(&["w1"]);
+        let members: Vec<&Draft> = drafts.iter().collect();
+        let opts = LoadOptions {
+            generate_secrets: true,
+            build_epoch: 0,
+            now: 1_767_225_600,
+        };
+        let (mut diags, mut generated) = (Diagnostics::default(), Vec::new());
+        let first = load(&members, &opts, &mut diags, &mut generated);
+        let p = f.dir.path().join("s.toml");
+        assert_eq!(generated.as_slice(), std::slice::from_ref(&p));
+        let again = load(&members, &opts, &mut diags, &mut generated);
+        assert_eq!(generated.len(), 1);
+        assert!(!diags.has_errors(), "{diags}");
+        assert_eq!(first[&p].token, again[&p].token);
+        assert!(matches!(generate(&p, opts.now), Ok(None)));
+    }
+}

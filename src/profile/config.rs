@@ -216,3 +216,130 @@ fn with_pod_routes(d: &Draft, members: &[&Draft]) -> Network {
     }
     net
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{errors, folder, k8s_node, lb_node, Folder};
+    use super::*;
+
+    fn cluster() -> Folder {
+        folder(&[
+            (
+                "lb1",
+                &lb_node(
+                    "lb1",
+                    "192.168.50.10/24",
+                    "[load_balancer]\nbackend_port = 7443",
+                ),
+            ),
+            (
+                "cp1",
+                &k8s_node("cp1", "control-plane", "192.168.50.11/24", ""),
+            ),
+            (
+                "cp2",
+                &k8s_node("cp2", "control-plane", "192.168.50.12/24", "init = true"),
+            ),
+            (
+                "cp3",
+                &k8s_node("cp3", "control-plane", "192.168.50.13/24", ""),
+            ),
+            ("w1", &k8s_node("w1", "worker", "192.168.50.21/24", "")),
+        ])
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("address")
+    }
+
+    #[test]
+    fn control_planes_join_after_the_init_node_then_by_hostname() {
+        let drafts = cluster().drafts(&["lb1", "cp1", "cp2", "cp3", "w1"]);
+        let members: Vec<&Draft> = drafts.iter().collect();
+        assert_eq!(
+            join_after(members[1], &members),
+            [addr("192.168.50.12:6443")]
+        );
+        assert_eq!(
+            join_after(members[3], &members),
+            [addr("192.168.50.12:6443"), addr("192.168.50.11:6443")]
+        );
+    }
+
+    #[test]
+    fn the_init_node_knows_every_kubernetes_node_and_its_pod_subnet() {
+        let drafts = cluster().drafts(&["w1", "lb1", "cp2", "cp1"]);
+        let members: Vec<&Draft> = drafts.iter().collect();
+        let nodes = cluster_nodes(&members);
+        let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["cp1", "cp2", "w1"]);
+        assert_eq!(nodes[2].pod_cidr, "10.244.21.0/24".parse().ok());
+    }
+
+    #[test]
+    fn a_load_balancer_derives_its_backends_from_the_control_planes() {
+        let drafts = cluster().drafts(&["lb1", "cp2", "cp1", "w1"]);
+        let members: Vec<&Draft> = drafts.iter().collect();
+        let lb = load_balancer(members[0], &members).expect("a load balancer");
+        assert_eq!(lb.bind, addr("0.0.0.0:6443"));
+        let b: Vec<(&str, SocketAddr)> = lb
+            .backends
+            .iter()
+            .map(|b| (b.name.as_str(), b.address))
+            .collect();
+        assert_eq!(
+            b,
+            [
+                ("cp1", addr("192.168.50.11:7443")),
+                ("cp2", addr("192.168.50.12:7443"))
+            ]
+        );
+        assert!(load_balancer(members[3], &members).is_none());
+    }
+
+    #[test]
+    fn pods_on_peers_of_the_subnet_are_routed_via_the_peer() {
+        let drafts = cluster().drafts(&["lb1", "cp1", "w1"]);
+        let members: Vec<&Draft> = drafts.iter().collect();
+        let net = with_pod_routes(members[2], &members);
+        assert_eq!(
+            net.routes,
+            [Route {
+                to: "10.244.11.0/24".parse().expect("CIDR"),
+                via: "192.168.50.11".parse().expect("address"),
+            }]
+        );
+        assert!(with_pod_routes(members[0], &members).routes.is_empty());
+    }
+
+    #[test]
+    fn a_control_planes_discovery_hash_must_be_its_own_cas() {
+        let sec = ClusterSecrets::generate(1_767_225_600).expect("secrets");
+        let other = format!("sha256:{}", "0".repeat(64));
+        let extra = format!("discovery_ca_hash = \"{other}\"");
+        let f = folder(&[
+            (
+                "cp1",
+                &k8s_node("cp1", "control-plane", "192.168.50.11/24", &extra),
+            ),
+            ("w1", &k8s_node("w1", "worker", "192.168.50.21/24", &extra)),
+        ]);
+        let drafts = f.drafts(&["cp1", "w1"]);
+        let mut diags = Diagnostics::default();
+        let w1 = drafts[1].k8s.as_ref().expect("Kubernetes");
+        assert_eq!(ca_cert_hash(&drafts[1], w1, &sec, &mut diags), Some(other));
+        let cp1 = drafts[0].k8s.as_ref().expect("Kubernetes");
+        assert_eq!(ca_cert_hash(&drafts[0], cp1, &sec, &mut diags), None);
+        assert_eq!(
+            errors(&diags),
+            ["kubernetes.discovery_ca_hash: does not match the cluster CA in the secrets file"]
+        );
+    }
+
+    #[test]
+    fn agent_defaults_keep_the_watchdog_and_status_endpoint_on() {
+        let a = agent_settings(&AgentSpec::default());
+        assert!(!a.debug_shell && a.watchdog);
+        assert_eq!(a.status_port, DEFAULT_STATUS_PORT);
+    }
+}

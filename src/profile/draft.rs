@@ -181,3 +181,57 @@ fn check_agent(ctx: &mut Ctx, spec: &ProfileSpec) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{folder, k8s_node, lb_node, warnings};
+
+    #[test]
+    fn a_complete_profile_becomes_a_draft_with_paths_relative_to_its_file() {
+        let text = k8s_node("w1", "worker", "192.168.50.21/24", "")
+            + "[components]\nkubelet = \"bin/../kubelet\"\n[agent]\ndebug_shell = true\n";
+        let f = folder(&[("w1", &text)]);
+        let (d, diags) = f.draft("w1");
+        let d = d.expect("a draft");
+        assert_eq!(d.cluster, "c");
+        assert_eq!(d.secrets_path, Some(f.dir.path().join("s.toml")));
+        assert_eq!(d.components["kubelet"], f.dir.path().join("kubelet"));
+        assert_eq!(
+            warnings(&diags),
+            ["agent.debug_shell: debug shell is on: anyone at the serial console gets a root shell"]
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_is_reported_at_its_own_line() {
+        let f = folder(&[("lb1", &lb_node("lb1", "192.168.50.10/24", "adress = \"x\""))]);
+        let (d, diags) = f.draft("lb1");
+        assert!(d.is_none());
+        let e = &diags.0[0];
+        assert_eq!(e.field, "network.adress");
+        assert_eq!(e.location.line, Some(7));
+        assert!(
+            e.message.starts_with("unknown field `adress`"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn a_type_error_names_the_nested_field() {
+        let f = folder(&[("lb1", &lb_node("lb1", "192.168.50.10/24", "dns = [1]"))]);
+        let (_, diags) = f.draft("lb1");
+        assert_eq!(diags.0[0].field, "network.dns.0");
+    }
+
+    #[test]
+    fn kubernetes_nodes_name_a_secrets_file() {
+        let text =
+            k8s_node("w1", "worker", "192.168.50.21/24", "").replace("secrets = \"s.toml\"\n", "");
+        let f = folder(&[("w1", &text)]);
+        let (d, diags) = f.draft("w1");
+        assert!(d.is_none());
+        assert_eq!(diags.0[0].field, "secrets");
+        assert!(diags.0[0].message.starts_with("missing: secrets (path"));
+    }
+}

@@ -136,3 +136,57 @@ pub(super) fn normalize(p: &Path) -> PathBuf {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{check, errors, warnings};
+    use super::*;
+
+    #[test]
+    fn host_and_port_split_with_ipv6_in_brackets() {
+        assert_eq!(split_host_port("lb1:6443"), Some(("lb1".into(), 6443)));
+        assert_eq!(
+            split_host_port("[fd00::1]:6443"),
+            Some(("fd00::1".into(), 6443))
+        );
+        assert_eq!(
+            split_host_port("lb.example.org:443"),
+            Some(("lb.example.org".into(), 443))
+        );
+        assert_eq!(split_host_port("LB_1:6443"), None);
+        assert_eq!(split_host_port("lb1"), None);
+    }
+
+    #[test]
+    fn paths_are_normalised_without_the_filesystem() {
+        assert_eq!(normalize(Path::new("a/b/../c")), Path::new("a/c"));
+        assert_eq!(normalize(Path::new("./a/..")), Path::new("."));
+        assert_eq!(normalize(Path::new("../a")), Path::new("../a"));
+    }
+
+    #[test]
+    fn findings_name_their_field() {
+        let (size, diags) = check(|ctx| {
+            ctx.warn("agent.debug_shell", "on");
+            ctx.missing("role", "role");
+            parse_size_field(ctx, "image.size", Some("4 lots"), 7)
+        });
+        assert_eq!(size, 7);
+        assert_eq!(warnings(&diags), ["agent.debug_shell: on"]);
+        let e = errors(&diags);
+        assert_eq!(
+            e[0],
+            "role: missing: role must be set (here or in a profile it extends)"
+        );
+        assert!(e[1].starts_with("image.size: `4 lots`"), "{e:?}");
+    }
+
+    #[test]
+    fn addresses_and_cidrs_parse_or_name_their_field() {
+        let (a, diags) = check(|ctx| parse_ip(ctx, "network.gateway", "192.168.50.1"));
+        assert!(a.is_some() && diags.0.is_empty());
+        let (n, diags) = check(|ctx| parse_cidr(ctx, "network.address", "10.0.0.1"));
+        assert!(n.is_none());
+        assert!(errors(&diags)[0].starts_with("network.address: `10.0.0.1` is not a CIDR"));
+    }
+}

@@ -169,3 +169,110 @@ fn snapshot(ctx: &mut Ctx, img: &ImageSpec) -> Option<Snapshot> {
         (None, None) => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{check, errors};
+    use super::*;
+
+    fn spec(text: &str) -> ImageSpec {
+        toml::from_str(text).expect("spec")
+    }
+
+    #[test]
+    fn an_empty_section_takes_the_defaults() {
+        let (img, diags) = check(|ctx| super::check(ctx, &ImageSpec::default()));
+        assert!(diags.0.is_empty(), "{diags}");
+        assert_eq!(
+            (img.size, img.boot_size, img.data_size),
+            (2 << 30, 128 << 20, 256 << 20)
+        );
+        assert_eq!(img.sources.suite, DEFAULT_SUITE);
+        assert_eq!(img.sources.archives, [Archive::Updates, Archive::Security]);
+    }
+
+    #[test]
+    fn mirrors_lose_their_trailing_slash() {
+        let s = spec(
+            "mirror = \"http://deb.debian.org/debian/\"\nsecurity_mirror = \"https://security.debian.org//\"\n\
+             snapshot = \"20251120T000000Z\"\nsnapshot_mirror = \"https://snapshot.debian.org/\"",
+        );
+        let (img, diags) = check(|ctx| super::check(ctx, &s));
+        assert!(diags.0.is_empty(), "{diags}");
+        assert_eq!(
+            img.sources.mirror.as_deref(),
+            Some("http://deb.debian.org/debian")
+        );
+        assert_eq!(
+            img.sources.security_mirror.as_deref(),
+            Some("https://security.debian.org")
+        );
+        assert_eq!(
+            img.sources.snapshot.map(|s| s.mirror).as_deref(),
+            Some("https://snapshot.debian.org")
+        );
+    }
+
+    #[test]
+    fn sizes_are_powers_of_two_with_room_for_the_root() {
+        let (_, diags) = check(|ctx| sizes(ctx, &spec("size = \"3GiB\"")));
+        assert!(errors(&diags)[0].starts_with("image.size: 3221225472 bytes is not a power of two"));
+        let (_, diags) = check(|ctx| sizes(ctx, &spec("size = \"512MiB\"")));
+        assert!(errors(&diags)[0].starts_with("image.size: too small"));
+        let (_, diags) = check(|ctx| sizes(ctx, &spec("boot_size = \"32MiB\"")));
+        assert!(errors(&diags)[0].starts_with("image.boot_size: the FAT32 boot partition"));
+    }
+
+    #[test]
+    fn only_known_suites() {
+        let (s, diags) = check(|ctx| suite(ctx, Some("bookworm")));
+        assert_eq!(s, "bookworm");
+        assert!(diags.0.is_empty());
+        let (_, diags) = check(|ctx| suite(ctx, Some("sid")));
+        assert_eq!(
+            errors(&diags),
+            ["image.suite: `sid` is not supported (use trixie or bookworm)"]
+        );
+    }
+
+    #[test]
+    fn mirrors_are_http() {
+        let (_, diags) = check(|ctx| check_mirrors(ctx, &spec("snapshot_mirror = \"ftp://x\"")));
+        assert_eq!(
+            errors(&diags),
+            ["image.snapshot_mirror: `ftp://x` is not an http(s) URI"]
+        );
+    }
+
+    #[test]
+    fn a_mirror_needs_a_security_mirror_while_security_is_resolved() {
+        let (a, diags) = check(|ctx| {
+            archives(
+                ctx,
+                &spec("archives = [\"updates\"]\nmirror = \"http://m\""),
+            )
+        });
+        assert_eq!(a, [Archive::Updates]);
+        assert!(diags.0.is_empty());
+        let (_, diags) = check(|ctx| archives(ctx, &spec("mirror = \"http://m\"")));
+        assert!(errors(&diags)[0].starts_with("image.security_mirror: needed with image.mirror"));
+        let (_, diags) = check(|ctx| archives(ctx, &spec("archives = [\"updates\", \"updates\"]")));
+        assert_eq!(
+            errors(&diags),
+            ["image.archives: `updates` is listed twice"]
+        );
+    }
+
+    #[test]
+    fn a_snapshot_needs_its_mirror() {
+        let (s, diags) = check(|ctx| snapshot(ctx, &spec("snapshot = \"20251120T000000Z\"")));
+        assert!(s.is_none());
+        assert!(errors(&diags)[0].starts_with("image.snapshot: needs image.snapshot_mirror"));
+    }
+
+    #[test]
+    fn the_keyring_must_exist() {
+        let (_, diags) = check(|ctx| keyring(ctx, Some("no/such.gpg")));
+        assert_eq!(errors(&diags), ["image.keyring: no/such.gpg is not a file"]);
+    }
+}

@@ -240,3 +240,125 @@ fn token_ttl(ctx: &mut Ctx, ttl: Option<&str>) -> String {
     }
     token_ttl
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{check, errors};
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().expect("CIDR")
+    }
+
+    fn spec(text: &str) -> ProfileSpec {
+        toml::from_str(text).expect("spec")
+    }
+
+    #[test]
+    fn a_worker_gets_its_pod_subnet_from_its_host_number() {
+        let s = spec("[kubernetes]\nversion = \"v1.31.4\"\ncontrol_plane_endpoint = \"lb1:6443\"");
+        let a = Some(net("192.168.50.21/24"));
+        let (k, diags) = check(|ctx| super::check(ctx, &s, Role::Worker, a));
+        assert!(diags.0.is_empty(), "{diags}");
+        let k = k.expect("a Kubernetes node");
+        assert_eq!(k.endpoint_host, "lb1");
+        assert_eq!(k.node_pod_cidr, Some(net("10.244.21.0/24")));
+        assert_eq!(k.service_cidr, net("10.96.0.0/12"));
+        assert_eq!(k.token_ttl, piimg_agent::node::DEFAULT_TOKEN_TTL);
+    }
+
+    #[test]
+    fn a_load_balancer_may_not_initialise_the_cluster() {
+        let s = spec("[kubernetes]\ninit = true");
+        let (k, diags) = check(|ctx| super::check(ctx, &s, Role::LoadBalancer, None));
+        assert!(k.is_none());
+        assert_eq!(
+            errors(&diags),
+            ["kubernetes.init: only a control-plane node can initialise the cluster"]
+        );
+    }
+
+    #[test]
+    fn node_subnets_fit_the_pod_network() {
+        let pods = net("10.244.0.0/16");
+        assert_eq!(
+            node_subnet(&pods, &net("192.168.50.21/24")),
+            Ok(net("10.244.21.0/24"))
+        );
+        assert!(node_subnet(&pods, &net("fd00::21/64")).is_err_and(|e| e.contains("IPv4 only")));
+        assert!(node_subnet(&net("10.244.0.0/25"), &net("192.168.50.21/24"))
+            .is_err_and(|e| e.contains("smaller than one /24")));
+        assert!(node_subnet(&net("10.244.0.0/20"), &net("192.168.50.21/24"))
+            .is_err_and(|e| e.contains("beyond the 16 /24 subnets")));
+    }
+
+    #[test]
+    fn versions_are_releases_with_a_known_pause_image() {
+        let (v, diags) = check(|ctx| version(ctx, Some("v1.31.4")));
+        assert_eq!(v, "v1.31.4");
+        assert!(diags.0.is_empty());
+        let (_, diags) = check(|ctx| version(ctx, Some("1.31")));
+        assert!(
+            errors(&diags)[0].starts_with("kubernetes.version: `1.31` is not a Kubernetes release")
+        );
+        let (_, diags) = check(|ctx| version(ctx, Some("v1.40.0")));
+        assert!(errors(&diags)[0].contains("pause image"));
+    }
+
+    #[test]
+    fn the_endpoint_is_host_and_port() {
+        let (e, diags) = check(|ctx| endpoint(ctx, Some("[fd00::10]:6443")));
+        assert_eq!(e.1, "fd00::10");
+        assert!(diags.0.is_empty());
+        let (e, diags) = check(|ctx| endpoint(ctx, Some("192.168.50.10")));
+        assert_eq!(e.1, "");
+        assert_eq!(
+            errors(&diags),
+            ["kubernetes.control_plane_endpoint: `192.168.50.10` is not host:port"]
+        );
+    }
+
+    #[test]
+    fn pod_and_service_networks_overlap_nothing() {
+        let k: KubernetesSpec =
+            toml::from_str("pod_cidr = \"10.244.0.0/16\"\nservice_cidr = \"10.244.0.0/20\"")
+                .expect("spec");
+        let (_, diags) = check(|ctx| cidrs(ctx, &k, Some(net("10.244.5.1/24"))));
+        let e = errors(&diags);
+        assert!(e[0].starts_with("kubernetes.pod_cidr: 10.244.0.0/16 overlaps the node network"));
+        assert!(e[1].starts_with("kubernetes.service_cidr: 10.244.0.0/20 overlaps the node"));
+        assert!(e[2].starts_with("kubernetes.service_cidr: 10.244.0.0/20 overlaps the pod"));
+    }
+
+    #[test]
+    fn a_chosen_node_pod_cidr_is_inside_the_pod_network() {
+        let pods = Some(net("10.244.0.0/16"));
+        let (c, diags) = check(|ctx| node_pod_cidr(ctx, Some("10.244.200.0/24"), pods, None));
+        assert_eq!(c, Some(net("10.244.200.0/24")));
+        assert!(diags.0.is_empty());
+        let (_, diags) = check(|ctx| node_pod_cidr(ctx, Some("10.250.0.0/24"), pods, None));
+        assert!(
+            errors(&diags)[0].starts_with("kubernetes.node_pod_cidr: 10.250.0.0/24 is not inside")
+        );
+    }
+
+    #[test]
+    fn discovery_hashes_are_kubeadms_format() {
+        let good = format!("sha256:{}", "a".repeat(64));
+        let (_, diags) = check(|ctx| check_discovery_hash(ctx, Some(&good)));
+        assert!(diags.0.is_empty());
+        let (_, diags) = check(|ctx| check_discovery_hash(ctx, Some("md5:1")));
+        assert!(errors(&diags)[0].starts_with("kubernetes.discovery_ca_hash: expected `sha256:`"));
+    }
+
+    #[test]
+    fn tokens_expire() {
+        let (t, diags) = check(|ctx| token_ttl(ctx, Some("1h30m")));
+        assert_eq!(t, "1h30m");
+        assert!(diags.0.is_empty());
+        let (_, diags) = check(|ctx| token_ttl(ctx, Some("0s")));
+        assert!(errors(&diags)[0].starts_with("kubernetes.token_ttl: a token that never expires"));
+        let (_, diags) = check(|ctx| token_ttl(ctx, Some("forever")));
+        assert!(errors(&diags)[0].starts_with("kubernetes.token_ttl: `forever` is not a duration"));
+    }
+}

@@ -21,6 +21,8 @@ mod node;
 pub mod schema;
 pub mod secrets;
 pub mod source;
+#[cfg(test)]
+mod testing;
 
 use crate::components::apt::SuiteSources;
 use diag::{Diagnostic, Diagnostics, Location, ProfileError};
@@ -431,4 +433,66 @@ fn dedup(diags: Diagnostics) -> Diagnostics {
     }
     out.sort_by_key(|d| d.severity != diag::Severity::Error);
     Diagnostics(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{errors, folder, k8s_node};
+    use super::*;
+
+    #[test]
+    fn a_scoped_load_reads_the_extends_chain_even_past_a_missing_base() {
+        let f = folder(&[
+            ("base", "extends = \"gone\"\nabstract = true"),
+            ("w1", "extends = \"base\""),
+            ("w2", "hostname = \"w2\""),
+        ]);
+        let kept: BTreeSet<String> = ["w1".to_string()].into();
+        let read = files_read_by(&kept, &f.files);
+        assert_eq!(read, ["base", "gone", "w1"].map(String::from).into());
+    }
+
+    #[test]
+    fn a_scoped_load_keeps_the_targets_cluster() {
+        let other = k8s_node("w2", "worker", "192.168.50.22/24", "").replace("\"c\"", "\"d\"");
+        let f = folder(&[
+            ("w1", &k8s_node("w1", "worker", "192.168.50.21/24", "")),
+            ("w2", &other),
+        ]);
+        let mut drafts = f.drafts(&["w1", "w2"]);
+        keep_cluster_of("w2", &mut drafts);
+        let names: Vec<&str> = drafts.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["w2"]);
+    }
+
+    #[test]
+    fn a_scoped_load_names_a_missing_target() {
+        let f = folder(&[("w1", &k8s_node("w1", "worker", "192.168.50.21/24", ""))]);
+        let diags = findings_of_scope(
+            f.dir.path(),
+            "w9",
+            &f.files,
+            &[],
+            Vec::new(),
+            BTreeMap::new(),
+        );
+        assert_eq!(errors(&diags), [": no node profile named `w9`"]);
+    }
+
+    #[test]
+    fn every_node_is_drafted_but_no_base() {
+        let f = folder(&[
+            ("base", "cluster = \"c\""),
+            (
+                "w1",
+                &format!(
+                    "extends = \"base\"\n{}",
+                    k8s_node("w1", "worker", "192.168.50.21/24", "")
+                ),
+            ),
+        ]);
+        let (drafts, node_diags) = draft_nodes(&f.files);
+        assert_eq!(drafts.len(), 1);
+        assert_eq!(node_diags.keys().collect::<Vec<_>>(), ["w1"]);
+    }
 }

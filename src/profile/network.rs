@@ -94,3 +94,72 @@ fn check_ntp(ctx: &mut Ctx, ntp: &[String], role: Role) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{check, errors};
+    use super::*;
+
+    fn spec(text: &str) -> NetworkSpec {
+        toml::from_str(text).expect("spec")
+    }
+
+    #[test]
+    fn a_complete_network_checks_clean() {
+        let n = spec(
+            "address = \"192.168.50.21/24\"\ngateway = \"192.168.50.1\"\ndns = [\"192.168.50.1\"]\n\
+             ntp = [\"pool.ntp.org\"]\nroutes = [{ to = \"10.8.0.0/16\", via = \"192.168.50.2\" }]",
+        );
+        let ((net, address), diags) = check(|ctx| super::check(ctx, &n, Role::Worker));
+        assert!(diags.0.is_empty(), "{diags}");
+        assert_eq!(address, "192.168.50.21/24".parse().ok());
+        assert_eq!(net.interface, "eth0");
+        assert_eq!(net.routes.len(), 1);
+        assert_eq!(net.dns.len(), 1);
+    }
+
+    #[test]
+    fn the_subnets_network_address_is_no_host_address() {
+        let (a, diags) = check(|ctx| address(ctx, Some("192.168.50.0/24")));
+        assert!(a.is_some());
+        assert!(errors(&diags)[0].starts_with("network.address: `192.168.50.0/24` is the network"));
+        let (a, diags) = check(|ctx| address(ctx, Some("192.168.50.300/24")));
+        assert_eq!(a, None);
+        assert!(errors(&diags)[0].contains("is not a CIDR"));
+    }
+
+    #[test]
+    fn the_gateway_is_on_the_nodes_subnet() {
+        let a = "192.168.50.21/24".parse().ok();
+        let (g, diags) = check(|ctx| gateway(ctx, Some("192.168.50.1"), a));
+        assert!(g.is_some() && diags.0.is_empty());
+        let (_, diags) = check(|ctx| gateway(ctx, Some("10.1.1.1"), a));
+        assert_eq!(
+            errors(&diags),
+            ["network.gateway: 10.1.1.1 is outside the node's subnet 192.168.50.0/24"]
+        );
+    }
+
+    #[test]
+    fn a_bad_route_is_named_by_its_index_and_left_out() {
+        let rs: Vec<RouteSpec> = spec(
+            "routes = [{ to = \"10.8.0.0/16\", via = \"192.168.50.2\" }, { to = \"10.9.0.0/33\", via = \"x\" }]",
+        )
+        .routes;
+        let (out, diags) = check(|ctx| routes(ctx, &rs));
+        assert_eq!(out.len(), 1);
+        let e = errors(&diags);
+        assert!(e[0].starts_with("network.routes.1.to: "), "{e:?}");
+        assert!(e[1].starts_with("network.routes.1.via: "), "{e:?}");
+    }
+
+    #[test]
+    fn kubernetes_nodes_need_time_servers() {
+        let (_, diags) = check(|ctx| check_ntp(ctx, &[], Role::LoadBalancer));
+        assert!(diags.0.is_empty());
+        let (_, diags) = check(|ctx| check_ntp(ctx, &[], Role::Worker));
+        assert!(errors(&diags)[0].starts_with("network.ntp: missing"));
+        let (_, diags) = check(|ctx| check_ntp(ctx, &["a b".to_string()], Role::Worker));
+        assert!(errors(&diags)[0].starts_with("network.ntp.0: `a b` is not a host"));
+    }
+}

@@ -54,3 +54,61 @@ fn hostname(ctx: &mut Ctx, hostname: Option<&str>) -> String {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{check, errors};
+    use super::*;
+
+    fn spec(text: &str) -> ProfileSpec {
+        toml::from_str(text).expect("spec")
+    }
+
+    #[test]
+    fn a_complete_node_checks_clean() {
+        let s = spec("hostname = \"cp1\"\nboard = \"cm4\"\nrole = \"control-plane\"");
+        let (out, diags) = check(|ctx| super::check(ctx, &s));
+        assert_eq!(
+            out,
+            Some((Role::ControlPlane, Board::Cm4, "cp1".to_string()))
+        );
+        assert!(diags.0.is_empty(), "{diags}");
+    }
+
+    #[test]
+    fn without_a_role_nothing_else_is_checked() {
+        let (out, diags) = check(|ctx| super::check(ctx, &spec("board = \"rpi4b\"")));
+        assert_eq!(out, None);
+        assert_eq!(errors(&diags).len(), 1);
+        assert!(
+            errors(&diags)[0].starts_with("role: missing: role"),
+            "{diags}"
+        );
+    }
+
+    #[test]
+    fn small_boards_are_workers_or_load_balancers_only() {
+        let (b, diags) = check(|ctx| board(ctx, Some(Board::Rpi3b), Role::Worker));
+        assert_eq!(b, Board::Rpi3b);
+        assert!(diags.0.is_empty());
+        let (_, diags) = check(|ctx| board(ctx, Some(Board::Zero2w), Role::ControlPlane));
+        assert!(errors(&diags)[0].starts_with("board: zero2w has at most 1 GiB"));
+    }
+
+    #[test]
+    fn a_missing_board_is_reported() {
+        let (_, diags) = check(|ctx| board(ctx, None, Role::Worker));
+        assert!(errors(&diags)[0].starts_with("board: missing: board"));
+    }
+
+    #[test]
+    fn hostnames_are_dns_labels() {
+        let (h, diags) = check(|ctx| hostname(ctx, Some("w-1")));
+        assert_eq!(h, "w-1");
+        assert!(diags.0.is_empty());
+        let (_, diags) = check(|ctx| hostname(ctx, Some("W_1")));
+        assert!(errors(&diags)[0].starts_with("hostname: `W_1` is not a valid host name"));
+        let (_, diags) = check(|ctx| hostname(ctx, None));
+        assert!(errors(&diags)[0].starts_with("hostname: missing"));
+    }
+}
