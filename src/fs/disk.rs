@@ -103,26 +103,7 @@ pub fn plan(
     specs: &[PartSpec],
     id_seed: &[u8],
 ) -> Result<Layout, DiskError> {
-    check_sectors("disk size", disk_size)?;
-    if specs.is_empty() {
-        return Err(DiskError::Invalid("no partitions to place".into()));
-    }
-    let max_parts = match table {
-        Table::Mbr => 4,
-        Table::Gpt => 128,
-    };
-    if specs.len() > max_parts {
-        return Err(DiskError::Invalid(format!(
-            "{} partitions; the {} table holds {max_parts}",
-            specs.len(),
-            if table == Table::Mbr { "MBR" } else { "GPT" }
-        )));
-    }
-    if table == Table::Mbr && disk_size / SECTOR > u64::from(u32::MAX) {
-        return Err(DiskError::Invalid(format!(
-            "MBR cannot address a {disk_size}-byte disk (2 TiB at most); use GPT"
-        )));
-    }
+    check_table(table, disk_size, specs)?;
     // Last byte a partition may use (exclusive).
     let usable_end = match table {
         Table::Mbr => disk_size,
@@ -137,25 +118,9 @@ pub fn plan(
     let mut pos = ALIGN;
     for (i, s) in specs.iter().enumerate() {
         let number = i as u32 + 1;
-        check_sectors(&format!("partition {number} size"), s.size)?;
         let start = pos.div_ceil(ALIGN) * ALIGN;
-        let size = if s.size == 0 {
-            if i + 1 != specs.len() {
-                return Err(DiskError::Invalid(format!(
-                    "partition {number}: only the last partition may take the rest of the disk"
-                )));
-            }
-            let rest = usable_end.saturating_sub(start) / REST_ALIGN * REST_ALIGN;
-            if rest == 0 {
-                return Err(DiskError::DoesNotFit {
-                    needed: start + ALIGN + (disk_size - usable_end),
-                    size: disk_size,
-                });
-            }
-            rest
-        } else {
-            s.size
-        };
+        let last = i + 1 == specs.len();
+        let size = partition_size(s, number, last, start, usable_end, disk_size)?;
         pos = start + size;
         let (partuuid, guid) = match table {
             Table::Mbr => (contract::mbr_partuuid(signature, number), [0; 16]),
@@ -187,6 +152,59 @@ pub fn plan(
         disk_guid,
         parts,
     })
+}
+
+/// What the table type can hold: the partition count, and for MBR 32-bit sector numbers.
+fn check_table(table: Table, disk_size: u64, specs: &[PartSpec]) -> Result<(), DiskError> {
+    check_sectors("disk size", disk_size)?;
+    if specs.is_empty() {
+        return Err(DiskError::Invalid("no partitions to place".into()));
+    }
+    let max_parts = match table {
+        Table::Mbr => 4,
+        Table::Gpt => 128,
+    };
+    if specs.len() > max_parts {
+        return Err(DiskError::Invalid(format!(
+            "{} partitions; the {} table holds {max_parts}",
+            specs.len(),
+            if table == Table::Mbr { "MBR" } else { "GPT" }
+        )));
+    }
+    if table == Table::Mbr && disk_size / SECTOR > u64::from(u32::MAX) {
+        return Err(DiskError::Invalid(format!(
+            "MBR cannot address a {disk_size}-byte disk (2 TiB at most); use GPT"
+        )));
+    }
+    Ok(())
+}
+
+/// A partition's size: its own, or (size 0, last partition only) the rest of the usable disk.
+fn partition_size(
+    s: &PartSpec,
+    number: u32,
+    last: bool,
+    start: u64,
+    usable_end: u64,
+    disk_size: u64,
+) -> Result<u64, DiskError> {
+    check_sectors(&format!("partition {number} size"), s.size)?;
+    if s.size != 0 {
+        return Ok(s.size);
+    }
+    if !last {
+        return Err(DiskError::Invalid(format!(
+            "partition {number}: only the last partition may take the rest of the disk"
+        )));
+    }
+    let rest = usable_end.saturating_sub(start) / REST_ALIGN * REST_ALIGN;
+    if rest == 0 {
+        return Err(DiskError::DoesNotFit {
+            needed: start + ALIGN + (disk_size - usable_end),
+            size: disk_size,
+        });
+    }
+    Ok(rest)
 }
 
 /// Writes the partition table(s) of `layout` (MBR: sector 0; GPT: protective MBR, primary header
