@@ -6,41 +6,31 @@
 //! CI kills 8 builds; PIIMG_KILLS=50 runs the full count. The figures are printed.
 
 mod common;
-use common::repo;
+use common::piimg::{Piimg, Run};
+use common::project::{project, Project};
+use common::KUBE_STANDINS;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-fn project(name: &str) -> PathBuf {
-    let w = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("build-crash-{name}"));
-    let _ = std::fs::remove_dir_all(&w);
-    std::fs::create_dir_all(w.join("profiles")).unwrap();
-    for e in std::fs::read_dir(repo().join("profiles")).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, w.join("profiles").join(p.file_name().unwrap())).unwrap();
-    }
-    std::fs::copy(repo().join("piimg.lock"), w.join("piimg.lock")).unwrap();
-    w
+fn crash_project(name: &str) -> Project {
+    project()
+        .lock()
+        .create_fresh(&format!("build-crash-{name}"))
 }
 
-fn build_cmd(project: &Path, node: &str) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_piimg"));
-    c.args(["-q", "build", "--profile", node, "--out", "out"])
-        .current_dir(project)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+/// `piimg -q build` of `node` into out/.
+fn build(project: &Project, node: &str) -> Piimg {
+    let c = project
+        .piimg()
+        .args(["-q", "build", "--profile", node, "--out", "out"]);
     // Kubernetes nodes take the stand-in kubelet/kubeadm/kubectl.
-    if !matches!(node, "lb1" | "qemu") {
-        for b in ["kubelet", "kubeadm", "kubectl"] {
-            c.arg("--component").arg(format!(
-                "{b}={}",
-                repo().join("tests/standins").join(b).display()
-            ));
-        }
+    if matches!(node, "lb1" | "qemu") {
+        c
+    } else {
+        c.standins(&KUBE_STANDINS)
     }
-    c
 }
 
 /// sha256 of an image, its holes hashed as zeros without reading them (a 4 GiB image with
@@ -95,14 +85,12 @@ fn partials(out: &Path) -> Vec<String> {
 
 #[test]
 fn killed_builds_leave_a_whole_set_or_none() {
-    let p = project("kills");
-    let out = p.join("out");
+    let p = crash_project("kills");
+    let out = p.root().join("out");
     // The reference set, then how long a warm build takes (the window the kills fall in).
-    let o = build_cmd(&p, "w1").output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    build(&p, "w1").run().assert_ok();
     let t0 = Instant::now();
-    let o = build_cmd(&p, "w1").output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    build(&p, "w1").run().assert_ok();
     let full = t0.elapsed();
     check_set(&out, "w1", true);
     let kills: u32 = std::env::var("PIIMG_KILLS")
@@ -122,13 +110,11 @@ fn killed_builds_leave_a_whole_set_or_none() {
         if i % 2 == 1 {
             let _ = std::fs::remove_dir_all(&out);
         } else if check_set(&out, "w1", true) != "complete" {
-            let o = build_cmd(&p, "w1").output().unwrap();
-            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            build(&p, "w1").run().assert_ok();
         }
-        let mut child = build_cmd(&p, "w1").spawn().unwrap();
+        let running = build(&p, "w1").spawn();
         std::thread::sleep(at);
-        let _ = child.kill();
-        let _ = child.wait();
+        running.kill();
         match check_set(&out, "w1", true) {
             "complete" => complete += 1,
             // A killed rebuild may have reached its commit (the manifest is removed first, then
@@ -142,8 +128,7 @@ fn killed_builds_leave_a_whole_set_or_none() {
         }
     }
     // The next build clears what the killed ones left and completes the set.
-    let o = build_cmd(&p, "w1").output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    build(&p, "w1").run().assert_ok();
     assert_eq!(check_set(&out, "w1", true), "complete");
     assert!(partials(&out).is_empty(), "{:?}", partials(&out));
     eprintln!(
@@ -154,8 +139,8 @@ fn killed_builds_leave_a_whole_set_or_none() {
 
 #[test]
 fn eight_builds_of_different_nodes_into_one_folder() {
-    let p = project("concurrent");
-    let out = p.join("out");
+    let p = crash_project("concurrent");
+    let out = p.root().join("out");
     let nodes = [
         "lb1",
         "cp1",
@@ -167,17 +152,9 @@ fn eight_builds_of_different_nodes_into_one_folder() {
         "qemu-worker",
     ];
     let t0 = Instant::now();
-    let children: Vec<_> = nodes
-        .iter()
-        .map(|n| (n, build_cmd(&p, n).spawn().unwrap()))
-        .collect();
-    for (n, c) in children {
-        let o = c.wait_with_output().unwrap();
-        assert!(
-            o.status.success(),
-            "{n}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+    let running: Vec<_> = nodes.iter().map(|n| build(&p, n).spawn()).collect();
+    for r in running {
+        r.wait().assert_ok();
     }
     for n in nodes {
         let secret = !(n == "lb1" || n == "qemu");
@@ -190,16 +167,9 @@ fn eight_builds_of_different_nodes_into_one_folder() {
     );
 }
 
-fn run_piimg(project: &Path, args: &[&str]) -> std::process::Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_piimg"));
-    c.args(args).current_dir(project);
-    for b in ["kubelet", "kubeadm", "kubectl"] {
-        c.arg("--component").arg(format!(
-            "{b}={}",
-            repo().join("tests/standins").join(b).display()
-        ));
-    }
-    c.output().unwrap()
+/// `piimg ARGS` with the stand-ins for every Kubernetes node.
+fn run_piimg(project: &Project, args: &[&str]) -> Run {
+    project.piimg().args(args).standins(&KUBE_STANDINS).run()
 }
 
 /// `build --cluster`: every node of the cluster and no other, each with the bytes its own
@@ -207,12 +177,11 @@ fn run_piimg(project: &Path, args: &[&str]) -> std::process::Output {
 /// others built and is named.
 #[test]
 fn a_cluster_build_gives_each_node_the_bytes_of_its_own_build() {
-    let p = project("cluster");
+    let p = crash_project("cluster");
     let t0 = Instant::now();
-    let o = run_piimg(&p, &["-q", "build", "--cluster", "home", "--jobs", "2"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    run_piimg(&p, &["-q", "build", "--cluster", "home", "--jobs", "2"]).assert_ok();
     let took = t0.elapsed();
-    let out = p.join("out");
+    let out = p.root().join("out");
     for n in ["lb1", "cp1", "cp2", "cp3", "w1", "w2"] {
         assert_eq!(check_set(&out, n, n != "lb1"), "complete", "{n}");
     }
@@ -223,39 +192,36 @@ fn a_cluster_build_gives_each_node_the_bytes_of_its_own_build() {
         );
     }
     for n in ["lb1", "w1"] {
-        let o = run_piimg(&p, &["-q", "build", "--profile", n, "--out", "single"]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        run_piimg(&p, &["-q", "build", "--profile", n, "--out", "single"]).assert_ok();
         assert_eq!(
-            sha256_of(&p.join("single").join(format!("{n}.img"))),
+            sha256_of(&p.root().join("single").join(format!("{n}.img"))),
             sha256_of(&out.join(format!("{n}.img"))),
             "{n}: cluster build and single build differ"
         );
     }
 
     let o = run_piimg(&p, &["build", "--cluster", "nosuch", "--out", "none"]);
-    assert_eq!(o.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&o.stderr);
+    o.assert_code(1);
+    let err = &o.stderr;
     assert!(
         err.contains(
             "no node profiles in cluster `nosuch`; clusters here: home, qemu, qemu-worker"
         ),
         "{err}"
     );
-    assert!(!p.join("none").exists());
+    assert!(!p.root().join("none").exists());
 
     // w2 names a component file that is not there: w2 fails, the rest are built.
-    let w2 = p.join("profiles/w2.toml");
-    let mut text = std::fs::read_to_string(&w2).unwrap();
-    text.push_str("\n[components]\ncontainerd = \"no-such-containerd\"\n");
-    std::fs::write(&w2, text).unwrap();
+    p.append("w2", "[components]\ncontainerd = \"no-such-containerd\"");
     let o = run_piimg(&p, &["build", "--cluster", "home", "--out", "partly"]);
-    assert_eq!(o.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&o.stderr);
+    o.assert_code(1);
+    let err = &o.stderr;
     assert!(err.contains("piimg: failed: w2"), "{err}");
     assert!(err.contains("5 of 6 nodes built"), "{err}");
-    assert_eq!(check_set(&p.join("partly"), "w1", true), "complete");
-    assert_eq!(check_set(&p.join("partly"), "w2", true), "no manifest");
-    assert!(partials(&p.join("partly")).is_empty());
+    let partly = p.root().join("partly");
+    assert_eq!(check_set(&partly, "w1", true), "complete");
+    assert_eq!(check_set(&partly, "w2", true), "no manifest");
+    assert!(partials(&partly).is_empty());
     eprintln!(
         "CLUSTER: 6 nodes with --jobs 2 in {:.1} s",
         took.as_secs_f64()

@@ -6,24 +6,17 @@
 //! CI runs a sample (two .debs and two data tars, every fault); PIIMG_FAULTS=all runs every
 //! object lb1 uses. The figures are printed.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
+use common::project::{project, Project};
+use common::{fresh_dir, read_json};
 
-fn piimg(project: &Path, cache: &Path, args: &[&str]) -> (bool, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_piimg"))
-        .args(args)
-        .current_dir(project)
-        .env("XDG_CACHE_HOME", cache)
-        .output()
-        .unwrap();
-    (
-        o.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-    )
+use std::path::{Path, PathBuf};
+
+/// `piimg ARGS` in the project with `cache` as its download cache: whether it succeeded, and
+/// what it printed.
+fn piimg(project: &Project, cache: &Path, args: &[&str]) -> (bool, String) {
+    let r = project.piimg().cache(cache).args(args).run();
+    (r.success(), r.combined())
 }
 
 fn image_sha(out: &Path) -> String {
@@ -81,16 +74,8 @@ fn link_dir(from: &Path, to: &Path) {
 
 #[test]
 fn damaged_cache_objects_never_give_a_different_image() {
-    let w = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cache-faults");
-    let _ = std::fs::remove_dir_all(&w);
-    let project = w.join("project");
-    std::fs::create_dir_all(project.join("profiles")).unwrap();
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for e in std::fs::read_dir(repo.join("profiles")).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, project.join("profiles").join(p.file_name().unwrap())).unwrap();
-    }
-    std::fs::copy(repo.join("piimg.lock"), project.join("piimg.lock")).unwrap();
+    let w = fresh_dir("cache-faults");
+    let project = project().lock().create_in(&w.join("project"));
     // A private cache, so that damaging it disturbs no other test.
     let good = w.join("good-cache");
     let (ok, text) = piimg(
@@ -99,11 +84,8 @@ fn damaged_cache_objects_never_give_a_different_image() {
         &["-q", "build", "--profile", "lb1", "--out", "ref"],
     );
     assert!(ok, "{text}");
-    let reference = image_sha(&project.join("ref"));
-    let manifest: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(project.join("ref/lb1.manifest.json")).unwrap(),
-    )
-    .unwrap();
+    let reference = image_sha(&project.root().join("ref"));
+    let manifest = read_json(&project.root().join("ref/lb1.manifest.json"));
     let debs: Vec<(String, String)> = manifest["components"]
         .as_array()
         .unwrap()
@@ -148,7 +130,7 @@ fn damaged_cache_objects_never_give_a_different_image() {
             std::fs::remove_file(&target).unwrap();
             std::fs::copy(good.join(rel), &target).unwrap();
             inject(&target, fault);
-            let out = project.join("out");
+            let out = project.root().join("out");
             let _ = std::fs::remove_dir_all(&out);
             let (ok, text) = piimg(
                 &project,

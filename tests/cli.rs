@@ -4,30 +4,22 @@
 //! (`man -l`).
 
 mod common;
-use common::{repo, run};
+use common::checkers::run;
+use common::piimg::Piimg;
+use common::project::project;
+use common::{fresh_dir, repo};
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
+/// `piimg ARGS` in `dir`: whether it succeeded, its stdout and its stderr.
 fn piimg(dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_piimg"))
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    let r = Piimg::new().cwd(dir).args(args).run();
+    (r.success(), r.stdout, r.stderr)
 }
 
 fn work(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-{name}"));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    fresh_dir(&format!("cli-{name}"))
 }
 
 fn listing(dir: &Path) -> Vec<(String, Vec<u8>)> {
@@ -45,22 +37,22 @@ fn listing(dir: &Path) -> Vec<(String, Vec<u8>)> {
     v
 }
 
+/// `piimg init` of a three-control-plane cluster `lab` in profiles/.
+const LAB_INIT: [&str; 8] = [
+    "init",
+    "profiles",
+    "--cluster",
+    "lab",
+    "--subnet",
+    "10.77.0.0/24",
+    "--ntp",
+    "10.77.0.1",
+];
+
 #[test]
 fn init_writes_a_cluster_that_check_accepts_and_that_builds() {
     let w = work("init");
-    let (ok, out, err) = piimg(
-        &w,
-        &[
-            "init",
-            "profiles",
-            "--cluster",
-            "lab",
-            "--subnet",
-            "10.77.0.0/24",
-            "--ntp",
-            "10.77.0.1",
-        ],
-    );
+    let (ok, out, err) = piimg(&w, &LAB_INIT);
     assert!(ok, "{out}{err}");
     assert!(
         out.contains("HA: 3 control-plane members, tolerates 1 failure"),
@@ -116,19 +108,7 @@ fn init_writes_a_cluster_that_check_accepts_and_that_builds() {
 
     // Never overwrites: the second run fails and changes nothing.
     let before = listing(&w.join("profiles"));
-    let (ok, _, err) = piimg(
-        &w,
-        &[
-            "init",
-            "profiles",
-            "--cluster",
-            "lab",
-            "--subnet",
-            "10.77.0.0/24",
-            "--ntp",
-            "10.77.0.1",
-        ],
-    );
+    let (ok, _, err) = piimg(&w, &LAB_INIT);
     assert!(!ok && err.contains("refusing to overwrite"), "{err}");
     assert_eq!(listing(&w.join("profiles")), before);
 
@@ -195,16 +175,9 @@ fn init_counts_follow_the_quorum_arithmetic_and_bad_requests_write_nothing() {
 /// A copy of the shipped profiles plus a profile of another cluster with a warning and one
 /// that does not parse.
 fn noisy_project(w: &Path) {
-    std::fs::create_dir_all(w.join("profiles")).unwrap();
-    for e in std::fs::read_dir(repo().join("profiles")).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, w.join("profiles").join(p.file_name().unwrap())).unwrap();
-    }
-    std::fs::write(
-        w.join("profiles/broken.toml"),
-        "cluster = \"other\"\nhostname = [\n",
-    )
-    .unwrap();
+    project()
+        .create_in(w)
+        .write("broken", "cluster = \"other\"\nhostname = [\n");
 }
 
 #[test]

@@ -4,11 +4,15 @@
 //!
 //! Downloads go to `<target>/tmp/piimg-test-cache`, so reruns only re-run `apt-get update`.
 
+mod common;
+use common::checkers::{deb_member, deb_tar, pipe, run, sha256sum, text_of};
+use common::{cache_home, dir_names};
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
@@ -58,18 +62,12 @@ struct Shared {
     resolved: Resolved,
 }
 
-fn test_cache_root() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("piimg-test-cache")
-        .join("piimg")
-}
-
 /// One `apt-get update` + resolution of the node package set per test run.
 fn shared() -> &'static Shared {
     static S: OnceLock<Shared> = OnceLock::new();
     S.get_or_init(|| {
         let before = host_apt_state();
-        let cache = Cache::open(test_cache_root()).unwrap();
+        let cache = Cache::open(cache_home().join("piimg")).unwrap();
         let cfg =
             AptConfig::new("trixie", None).expect("a Debian mirror in the host's apt sources");
         let trixie = Apt::in_cache(&cache, cfg).unwrap();
@@ -92,10 +90,11 @@ fn pkg<'a>(r: &'a Resolved, name: &str) -> &'a DebPackage {
         .unwrap_or_else(|| panic!("{name} not in resolved set"))
 }
 
-fn sha256sum(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+/// The resolved packages `names`, downloaded into the shared cache.
+fn downloaded(s: &Shared, names: &[&str]) -> Vec<DebPackage> {
+    let want: Vec<DebPackage> = names.iter().map(|n| pkg(&s.resolved, n).clone()).collect();
+    s.trixie.download(&want, &s.cache, &Silent).unwrap();
+    want
 }
 
 fn names(r: &Resolved) -> Vec<&str> {
@@ -193,16 +192,12 @@ fn bookworm_resolves_too() {
 #[test]
 fn download_verifies_and_host_apt_state_is_untouched() {
     let s = shared();
-    let want: Vec<DebPackage> = ["busybox-static", "runc"]
-        .iter()
-        .map(|n| pkg(&s.resolved, n).clone())
-        .collect();
-    s.trixie.download(&want, &s.cache, &Silent).unwrap();
+    let want = downloaded(s, &["busybox-static", "runc"]);
     for p in &want {
         assert!(s.cache.has(&p.sha256), "{} not cached", p.name);
         // Checked with a tool we did not write.
         assert_eq!(
-            sha256sum(&s.cache.path_of(&p.sha256)),
+            sha256sum(s.cache.path_of(&p.sha256)),
             p.sha256,
             "{}",
             p.name
@@ -274,20 +269,11 @@ fn perm_from_ls(s: &str) -> u16 {
 
 /// Compares every entry of the package (listed by dpkg-deb and GNU tar) with the tree.
 fn assert_tree_matches_dpkg(tree: &Tree, deb: &Path) {
-    let mut dpkg = Command::new("dpkg-deb")
-        .arg("--fsys-tarfile")
-        .arg(deb)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("dpkg-deb");
-    let out = Command::new("tar")
-        .args(["--numeric-owner", "-tvf", "-"])
-        .stdin(dpkg.stdout.take().unwrap())
-        .output()
-        .expect("tar");
-    assert!(dpkg.wait().unwrap().success());
-    assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
+    let listing = pipe(
+        Command::new("tar").args(["--numeric-owner", "-tvf", "-"]),
+        &deb_tar(deb),
+    );
+    let text = String::from_utf8(listing).unwrap();
     let mut checked = 0;
     for line in text.lines() {
         // mode, uid/gid, size, date, time, name (columns are space-aligned).
@@ -356,32 +342,10 @@ fn assert_tree_matches_dpkg(tree: &Tree, deb: &Path) {
     assert!(checked > 3, "only {checked} entries checked");
 }
 
-/// Content of one member, via dpkg-deb and tar.
-fn dpkg_member(deb: &Path, member: &str) -> Vec<u8> {
-    let mut dpkg = Command::new("dpkg-deb")
-        .arg("--fsys-tarfile")
-        .arg(deb)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = Command::new("tar")
-        .args(["-xOf", "-", member])
-        .stdin(dpkg.stdout.take().unwrap())
-        .output()
-        .unwrap();
-    assert!(dpkg.wait().unwrap().success());
-    assert!(out.status.success(), "{member}");
-    out.stdout
-}
-
 #[test]
 fn real_debs_read_into_tree_match_dpkg_deb() {
     let s = shared();
-    let want: Vec<DebPackage> = ["busybox-static", "runc"]
-        .iter()
-        .map(|n| pkg(&s.resolved, n).clone())
-        .collect();
-    s.trixie.download(&want, &s.cache, &Silent).unwrap();
+    let want = downloaded(s, &["busybox-static", "runc"]);
     let mut tree = Tree::new(Meta::root(0o755, 0));
     for p in &want {
         let info = deb::read_cached_deb(
@@ -411,7 +375,7 @@ fn real_debs_read_into_tree_match_dpkg_deb() {
         assert!(matches!(data, piimg::tree::FileData::Range { .. }));
         assert_eq!(tree.node(id).meta.perm, 0o755);
         let ours = data.read_all().unwrap();
-        assert_eq!(ours, dpkg_member(&s.cache.path_of(&p.sha256), member));
+        assert_eq!(ours, deb_member(&s.cache.path_of(&p.sha256), member));
     }
     // The shared /usr directories were merged, and a second copy of a package is an error ...
     let again = deb::read_cached_deb(
@@ -519,15 +483,6 @@ fn make_deb(dir: &Path, package: &str, entries: &[E]) -> PathBuf {
     path
 }
 
-fn dir_entries(p: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(p)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn hostile_debs_are_refused_and_leave_tree_and_cache_clean() {
     let tmp = tempfile::tempdir().unwrap();
@@ -554,7 +509,7 @@ fn hostile_debs_are_refused_and_leave_tree_and_cache_clean() {
     assert_eq!(tree.node(id).meta.perm, 0o644);
     let walk_before: Vec<_> = tree.walk().into_iter().map(|(p, _)| p).collect();
     let tar_dir = cache.root().join("tar");
-    let tars_before = dir_entries(&tar_dir);
+    let tars_before = dir_names(&tar_dir);
     // The data tar and its record (sha256 and size, checked before each reuse).
     assert_eq!(tars_before.len(), 2, "{tars_before:?}");
 
@@ -612,7 +567,7 @@ fn hostile_debs_are_refused_and_leave_tree_and_cache_clean() {
         let walk_now: Vec<_> = tree.walk().into_iter().map(|(p, _)| p).collect();
         assert_eq!(walk_now, walk_before, "{pkgname} changed the tree");
         assert_eq!(
-            dir_entries(&tar_dir),
+            dir_names(&tar_dir),
             tars_before,
             "{pkgname} left cache files"
         );
@@ -641,7 +596,7 @@ fn cache_refuses_wrong_sha_and_keeps_nothing() {
     let msg = err.to_string();
     assert!(matches!(err, CacheError::Mismatch { .. }));
     assert!(msg.contains(&wrong) && msg.contains(&real), "{msg}");
-    assert!(dir_entries(&cache.root().join("sha256")).is_empty());
+    assert!(dir_names(&cache.root().join("sha256")).is_empty());
     assert!(!cache.has(&wrong) && !cache.has(&real));
     let p = cache.insert_file(&f, &real).unwrap();
     assert_eq!(p, cache.path_of(&real));
@@ -678,8 +633,8 @@ fn cache_lock_is_exclusive_and_concurrent_inserts_agree() {
             s.spawn(|| cache.insert_file(&src, &sha).unwrap());
         }
     });
-    assert_eq!(dir_entries(&tmp.path().join("sha256")), vec![sha.clone()]);
-    assert_eq!(sha256sum(&cache.path_of(&sha)), sha);
+    assert_eq!(dir_names(&tmp.path().join("sha256")), vec![sha.clone()]);
+    assert_eq!(sha256sum(cache.path_of(&sha)), sha);
 }
 
 // ---------------------------------------------------------------- lock
@@ -757,7 +712,7 @@ fn lock_roundtrip_is_sorted_deterministic_and_offline_names_every_missing() {
         l
     });
     // No temp files left next to the lock.
-    assert_eq!(dir_entries(tmp.path()), ["c", "kubelet", "piimg.lock"]);
+    assert_eq!(dir_names(tmp.path()), ["c", "kubelet", "piimg.lock"]);
     // Offline: every missing component named with version and sha256; the local one is cached.
     let err = l1.check_offline(&cache).unwrap_err();
     let msg = err.to_string();
@@ -848,7 +803,7 @@ fn url_fetch_pins_reports_progress_and_refuses_mismatch() {
     let body: Vec<u8> = (0..5_000_000u32).map(|i| (i % 251) as u8).collect();
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("body"), &body).unwrap();
-    let sha = sha256sum(&tmp.path().join("body"));
+    let sha = sha256sum(tmp.path().join("body"));
     let mut files = BTreeMap::new();
     files.insert("/kubelet".to_string(), body.clone());
     files.insert(
@@ -875,7 +830,7 @@ fn url_fetch_pins_reports_progress_and_refuses_mismatch() {
     .unwrap_err()
     .to_string();
     assert!(err.contains(&wrong) && err.contains(&sha), "{err}");
-    assert!(dir_entries(&cache.root().join("sha256")).is_empty());
+    assert!(dir_names(&cache.root().join("sha256")).is_empty());
 
     // Right pin: stored under its hash, progress counted every byte.
     let rep = Count::default();
@@ -888,7 +843,7 @@ fn url_fetch_pins_reports_progress_and_refuses_mismatch() {
     )
     .unwrap();
     assert_eq!(got, sha);
-    assert_eq!(sha256sum(&cache.path_of(&sha)), sha);
+    assert_eq!(sha256sum(cache.path_of(&sha)), sha);
     assert_eq!(rep.bytes.load(Ordering::SeqCst), body.len() as u64);
     assert_eq!(rep.begun.load(Ordering::SeqCst), 1);
     assert_eq!(rep.ended.load(Ordering::SeqCst), 1);
@@ -912,7 +867,7 @@ fn url_fetch_pins_reports_progress_and_refuses_mismatch() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("sha256 mismatch"), "{err}");
-    assert_eq!(dir_entries(&cache.root().join("sha256")), vec![sha.clone()]);
+    assert_eq!(dir_names(&cache.root().join("sha256")), vec![sha.clone()]);
 
     // 404 and plain http to a non-loopback host are errors.
     let err = fetch::fetch_url("x", &format!("{base}/nope"), None, &cache, &Silent).unwrap_err();
@@ -931,17 +886,7 @@ fn url_fetch_pins_reports_progress_and_refuses_mismatch() {
 
 /// `readelf -p .modinfo` of a module file: the key=value strings.
 fn readelf_modinfo(path: &Path) -> Vec<String> {
-    let out = Command::new("readelf")
-        .args(["-p", ".modinfo"])
-        .arg(path)
-        .output()
-        .expect("readelf (binutils)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
+    text_of(Command::new("readelf").args(["-p", ".modinfo"]).arg(path))
         .lines()
         .filter_map(|l| l.split_once("] ").map(|(_, s)| s.trim().to_string()))
         .collect()
@@ -1010,12 +955,7 @@ fn kernel_modules_closure_matches_modinfo_and_depmod() {
         std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
         std::fs::write(&dest, d.read_all().unwrap()).unwrap();
         if m.path.ends_with(".ko.xz") {
-            let out = Command::new("xz")
-                .arg("-dk")
-                .arg(&dest)
-                .status()
-                .expect("xz");
-            assert!(out.success());
+            run(Command::new("xz").arg("-dk").arg(&dest));
             let plain = dest.with_extension("");
             let strings = readelf_modinfo(&plain);
             let dep = strings
@@ -1049,17 +989,10 @@ fn kernel_modules_closure_matches_modinfo_and_depmod() {
     );
 
     // depmod (kmod) on exactly these modules must produce the same dependencies.
-    let out = Command::new("depmod")
+    run(Command::new("depmod")
         .arg("-b")
         .arg(tmp.path())
-        .arg(&release)
-        .output()
-        .expect("depmod (kmod)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .arg(&release));
     let parse = |text: &str| -> BTreeMap<String, Vec<String>> {
         text.lines()
             .filter(|l| !l.starts_with('#') && !l.is_empty())

@@ -1,33 +1,13 @@
 //! newc archives checked with GNU cpio (-t, -idv), gunzip and zstd.
 
+mod common;
+use common::checkers::pipe;
+
 use piimg::fs::cpio::{self, Compression, CpioOptions};
 use piimg::tree::{FileData, HostImport, Meta, NodeKind, Tree};
-use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Command, Stdio};
-
-fn run_stdin(cmd: &mut Command, input: &[u8]) -> Vec<u8> {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{cmd:?} could not run (tool missing?): {e}"));
-    let mut stdin = child.stdin.take().unwrap();
-    let data = input.to_vec();
-    let feeder = std::thread::spawn(move || {
-        let _ = stdin.write_all(&data);
-    });
-    let out = child.wait_with_output().unwrap();
-    feeder.join().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
+use std::process::Command;
 
 fn archive(tree: &Tree, c: Compression) -> Vec<u8> {
     let mut out = Vec::new();
@@ -74,7 +54,7 @@ fn sample_tree() -> Tree {
 fn cpio_lists_and_extracts_everything() {
     let tree = sample_tree();
     let bytes = archive(&tree, Compression::None);
-    let list = run_stdin(Command::new("cpio").args(["-t", "--quiet"]), &bytes);
+    let list = pipe(Command::new("cpio").args(["-t", "--quiet"]), &bytes);
     let names: Vec<String> = String::from_utf8(list)
         .unwrap()
         .lines()
@@ -90,7 +70,7 @@ fn cpio_lists_and_extracts_everything() {
     assert_eq!(names, want);
 
     let tmp = tempfile::tempdir().unwrap();
-    run_stdin(
+    pipe(
         Command::new("cpio")
             .args(["-idm", "--quiet", "--no-absolute-filenames"])
             .current_dir(tmp.path()),
@@ -142,7 +122,7 @@ fn devices_are_listed_with_their_numbers() {
     )
     .unwrap();
     let bytes = archive(&t, Compression::None);
-    let list = String::from_utf8(run_stdin(
+    let list = String::from_utf8(pipe(
         Command::new("cpio")
             .args(["-tv", "--quiet"])
             .env("TZ", "UTC"),
@@ -167,9 +147,9 @@ fn gzip_and_zstd_decompress_to_the_same_archive() {
     assert_eq!(&gz[..2], &[0x1f, 0x8b]);
     assert_eq!(&gz[4..8], &[0, 0, 0, 0], "gzip header mtime must be 0");
     assert_eq!(gz[3] & 0x08, 0, "no file name in the gzip header");
-    assert!(run_stdin(Command::new("gunzip").arg("-c"), &gz) == plain);
+    assert!(pipe(Command::new("gunzip").arg("-c"), &gz) == plain);
     let zst = archive(&tree, Compression::Zstd { level: 19 });
-    assert!(run_stdin(Command::new("zstd").args(["-d", "-c"]), &zst) == plain);
+    assert!(pipe(Command::new("zstd").args(["-d", "-c"]), &zst) == plain);
     assert!(zst.len() < plain.len() && gz.len() < plain.len());
 }
 

@@ -2,7 +2,7 @@
 //! partition 1 is checked through the table's offsets.
 
 mod common;
-use common::run;
+use common::checkers::{run, sfdisk_json};
 
 use piimg::fs::disk::{self, DiskError, Layout, PartKind, PartSpec, Table};
 use piimg::fs::fat32::{self, FatOptions};
@@ -67,8 +67,7 @@ fn mbr_verifies_and_has_expected_entries() {
 
     let v = run(Command::new("sfdisk").arg("--verify").arg(&img));
     assert!(!v.to_lowercase().contains("warn"), "{v}");
-    let json = run(Command::new("sfdisk").arg("--json").arg(&img));
-    let j: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let j = sfdisk_json(&img);
     let pt = &j["partitiontable"];
     assert_eq!(pt["label"], "dos");
     assert_eq!(pt["id"], format!("0x{sig:08x}"));
@@ -175,8 +174,7 @@ fn gpt_verifies_with_derived_guids() {
         pr.contains(&format!("Disk identifier (GUID): {disk_guid}")),
         "{pr}"
     );
-    let json = run(Command::new("sfdisk").arg("--json").arg(&img));
-    let j: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let j = sfdisk_json(&img);
     assert_eq!(j["partitiontable"]["label"], "gpt");
     let parts = j["partitiontable"]["partitions"].as_array().unwrap();
     assert_eq!(parts[0]["type"], "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7");

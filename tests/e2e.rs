@@ -8,7 +8,11 @@
 //! two-core CI machine would only slow each other down.
 
 mod common;
-use common::{cache_home, repo};
+use common::checkers::{deb_member, partitions, run, tool};
+use common::loopdev::LoopDev;
+use common::piimg::Piimg;
+use common::project::{project, Project};
+use common::{cache_home, read_json, read_toml, sha256_file, sha256_hex};
 
 use regex::Regex;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -22,59 +26,29 @@ use std::time::{Duration, Instant};
 
 static BOOTS: Mutex<()> = Mutex::new(());
 
-const PIIMG: &str = env!("CARGO_BIN_EXE_piimg");
 /// Generous: TCG on a loaded two-core machine (a boot to `ready` takes ~30 s when idle).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
 const STEP_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// A temporary project: the named profiles, piimg.lock and overlays copied from the repository.
-fn project(profiles: &[&str]) -> tempfile::TempDir {
-    let t = tempfile::Builder::new()
-        .prefix("piimg-e2e-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap();
-    std::fs::create_dir_all(t.path().join("profiles")).unwrap();
-    for p in profiles {
-        std::fs::copy(
-            repo().join("profiles").join(format!("{p}.toml")),
-            t.path().join("profiles").join(format!("{p}.toml")),
-        )
-        .unwrap();
-    }
-    std::fs::copy(repo().join("piimg.lock"), t.path().join("piimg.lock")).unwrap();
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(repo().join("overlays"))
-        .arg(t.path().join("overlays"))
-        .status()
-        .unwrap();
-    assert!(st.success());
-    t
+fn e2e_project(profiles: &[&str]) -> Project {
+    project()
+        .only(profiles)
+        .lock()
+        .overlays()
+        .create_temp("piimg-e2e-")
 }
 
-fn piimg(project: &Path) -> Command {
-    let mut c = Command::new(PIIMG);
-    c.current_dir(project)
-        .env("XDG_CACHE_HOME", cache_home())
-        .env_remove("SOURCE_DATE_EPOCH");
-    c
-}
-
-fn build(project: &Path, profile: &str, extra: &[&str]) -> PathBuf {
+/// Builds `profile` in `p` from the shared cache (with the given stand-ins); returns the image.
+fn build(p: &Project, profile: &str, standins: &[&str]) -> PathBuf {
     let t = Instant::now();
-    let o = piimg(project)
+    p.piimg_cached()
         .args(["--quiet", "build", "--profile", profile])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "piimg build --profile {profile} failed:\n{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+        .standins(standins)
+        .run()
+        .assert_ok();
     eprintln!("built {profile} in {:.1} s", t.elapsed().as_secs_f64());
-    project.join("out").join(format!("{profile}.img"))
+    p.root().join("out").join(format!("{profile}.img"))
 }
 
 fn free_port() -> u16 {
@@ -104,15 +78,16 @@ impl Guest {
 
     /// `piimg qemu IMAGE EXTRA...`; console lines are echoed with `label` in front.
     fn start(image: &Path, forwards: &[(u16, u16)], extra: &[&str], label: &str) -> Guest {
-        let mut c = Command::new(PIIMG);
-        c.arg("qemu")
+        let mut c = Piimg::new()
+            .arg("qemu")
             .arg(image)
             .args(["--timeout", "1500"])
             .args(extra);
         for (h, g) in forwards {
-            c.args(["--forward", &format!("{h}:{g}")]);
+            c = c.args(["--forward", &format!("{h}:{g}")]);
         }
         let mut child = c
+            .command()
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -455,30 +430,20 @@ fn check_status(port: u16, hostname: &str, address: &str, service: &str) {
     assert_eq!(svc["state"], "running", "{svc}");
 }
 
-fn sha256_of(p: &Path) -> String {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    std::io::copy(&mut std::fs::File::open(p).unwrap(), &mut h).unwrap();
-    hex::encode(h.finalize())
-}
-
 #[test]
 fn load_balancer_forwards_restarts_and_reports_status() {
     let _serial = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
-    let proj = project(&["qemu"]);
+    let proj = e2e_project(&["qemu"]);
     // The guest's backend is the host (10.0.2.2) at a port this test listens on.
     let ready = Arc::new(AtomicBool::new(false));
     let (backend, checks) = apiserver_like_backend(ready.clone());
-    let profile = proj.path().join("profiles/qemu.toml");
-    let text = std::fs::read_to_string(&profile).unwrap();
-    let edited = text.replace("\"10.0.2.2:6443\"", &format!("\"10.0.2.2:{backend}\""));
-    assert_ne!(
-        text, edited,
-        "the qemu profile no longer names 10.0.2.2:6443"
+    proj.replace(
+        "qemu",
+        "\"10.0.2.2:6443\"",
+        &format!("\"10.0.2.2:{backend}\""),
     );
-    std::fs::write(&profile, edited).unwrap();
-    let image = build(proj.path(), "qemu", &[]);
-    let before = sha256_of(&image);
+    let image = build(&proj, "qemu", &[]);
+    let before = sha256_file(&image);
 
     let (front, status) = (free_port(), free_port());
     let mut g = Guest::boot(&image, &[(front, 6443), (status, 7780)]);
@@ -532,25 +497,19 @@ fn load_balancer_forwards_restarts_and_reports_status() {
     assert_eq!(restarts, Some(1), "status after the restart: {v}");
     drop(g);
     // The image itself was never written (the SD card was a snapshot overlay).
-    assert_eq!(sha256_of(&image), before);
+    assert_eq!(sha256_file(&image), before);
     let sidecar = std::fs::read_to_string(image.with_extension("img.sha256")).unwrap();
     assert!(sidecar.starts_with(&before));
 }
 
 /// /usr/bin/busybox from the locked busybox-static .deb in the cache (read with dpkg-deb).
-fn busybox_from_cache(project: &Path) -> Vec<u8> {
+fn busybox_from_cache(p: &Project) -> Vec<u8> {
     // Makes sure the LB's packages (busybox-static among them) are in the cache.
-    let o = piimg(project)
+    p.piimg_cached()
         .args(["--quiet", "fetch", "--profile", "qemu"])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "piimg fetch: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let lock: toml::Value =
-        toml::from_str(&std::fs::read_to_string(project.join("piimg.lock")).unwrap()).unwrap();
+        .run()
+        .assert_ok();
+    let lock = read_toml(&p.root().join("piimg.lock"));
     let sha = lock["component"]
         .as_array()
         .unwrap()
@@ -565,23 +524,7 @@ fn busybox_from_cache(project: &Path) -> Vec<u8> {
         .expect("busybox-static for trixie in piimg.lock")
         .to_string();
     let deb = cache_home().join("piimg/sha256").join(sha);
-    let dir = tempfile::tempdir().unwrap();
-    let st = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "dpkg-deb --fsys-tarfile '{}' | tar -x -C '{}' ./usr/bin/busybox",
-            deb.display(),
-            dir.path().display()
-        ))
-        .status()
-        .unwrap();
-    assert!(st.success(), "extracting busybox from {}", deb.display());
-    std::fs::read(dir.path().join("usr/bin/busybox")).unwrap()
-}
-
-fn sha256_hex(b: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(b))
+    deb_member(&deb, "./usr/bin/busybox")
 }
 
 /// A one-layer OCI image archive (what `ctr images import` reads): the layer holds
@@ -670,40 +613,24 @@ fn worker_image(
     image_name: &str,
     test_modes: &[&str],
     ntp_on: Arc<AtomicBool>,
-) -> (tempfile::TempDir, PathBuf, u16) {
-    let proj = project(&["qemu", "qemu-worker"]);
-    let archive = oci_archive(&busybox_from_cache(proj.path()), image_name);
-    let images = proj.path().join("overlays/worker/usr/share/piimg/images");
+) -> (Project, PathBuf, u16) {
+    let proj = e2e_project(&["qemu", "qemu-worker"]);
+    let archive = oci_archive(&busybox_from_cache(&proj), image_name);
+    let images = proj.root().join("overlays/worker/usr/share/piimg/images");
     std::fs::create_dir_all(&images).unwrap();
     std::fs::write(images.join("e2e-marker.tar"), archive).unwrap();
-    let modes = proj.path().join("overlays/worker/etc/piimg-test");
+    let modes = proj.root().join("overlays/worker/etc/piimg-test");
     std::fs::create_dir_all(&modes).unwrap();
     for m in test_modes {
         std::fs::write(modes.join(m), b"").unwrap();
     }
     let ntp = sntp_server(ntp_on);
-    let profile = proj.path().join("profiles/qemu-worker.toml");
-    let text = std::fs::read_to_string(&profile).unwrap();
-    let edited = text.replace(
+    proj.replace(
+        "qemu-worker",
         "ntp = [\"10.0.2.2\"]",
         &format!("ntp = [\"10.0.2.2:{ntp}\"]"),
     );
-    assert_ne!(
-        text, edited,
-        "the qemu-worker profile no longer names ntp 10.0.2.2"
-    );
-    std::fs::write(&profile, edited).unwrap();
-    let standins = repo().join("tests/standins");
-    let image = build(
-        proj.path(),
-        "qemu-worker",
-        &[
-            "--component",
-            &format!("kubelet={}", standins.join("kubelet").display()),
-            "--component",
-            &format!("kubeadm={}", standins.join("kubeadm").display()),
-        ],
-    );
+    let image = build(&proj, "qemu-worker", &["kubelet", "kubeadm"]);
     (proj, image, ntp)
 }
 
@@ -715,17 +642,14 @@ fn worker_runs_containerd_a_preloaded_container_and_the_join_command() {
     let ntp_on = Arc::new(AtomicBool::new(false));
     let (proj, image, ntp) = worker_image(image_name, &["kubeadm-fail-once"], ntp_on.clone());
     // What the join must carry: the generated token and the CA hash piimg reports.
-    let secrets: toml::Value = toml::from_str(
-        &std::fs::read_to_string(proj.path().join("secrets/qemu-worker.toml")).unwrap(),
-    )
-    .unwrap();
+    let secrets = read_toml(&proj.secrets("qemu-worker"));
     let token = secrets["token"].as_str().unwrap().to_string();
-    let shown = piimg(proj.path())
+    let shown = proj
+        .piimg_cached()
         .args(["show", "--profile", "qemu-worker", "--json"])
-        .output()
-        .unwrap();
-    assert!(shown.status.success());
-    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+        .run();
+    shown.assert_ok();
+    let shown: serde_json::Value = serde_json::from_str(&shown.stdout).unwrap();
     let ca_hash = shown["node"]["kubernetes"]["ca_cert_hash"]
         .as_str()
         .unwrap()
@@ -845,16 +769,40 @@ fn worker_runs_containerd_a_preloaded_container_and_the_join_command() {
     g.wait("^PIIMGE2EMARKER$", STEP_TIMEOUT);
 }
 
+/// The load balancer built and written to a card twice its size.
+struct LargerCard {
+    _project: Project,
+    img: PathBuf,
+    card: PathBuf,
+    card_size: u64,
+    /// Where the data partition starts and how large it is in the image (the manifest's).
+    data_start: u64,
+    data_size: u64,
+}
+
+fn qemu_on_a_larger_card() -> LargerCard {
+    let p = e2e_project(&["qemu"]);
+    let img = build(&p, "qemu", &[]);
+    let manifest = read_json(&p.root().join("out/qemu.manifest.json"));
+    let card = p.root().join("card.img");
+    let card_size = card_twice_the_size(&img, &card);
+    LargerCard {
+        img,
+        card,
+        card_size,
+        data_start: manifest["partitions"][2]["start"].as_u64().unwrap(),
+        data_size: manifest["partitions"][2]["size"].as_u64().unwrap(),
+        _project: p,
+    }
+}
+
 /// The image written to a card twice its size (QEMU needs a power of two), holes kept; returns
 /// the card's size.
 fn card_twice_the_size(image: &Path, card: &Path) -> u64 {
-    let st = Command::new("cp")
+    run(Command::new("cp")
         .arg("--sparse=always")
         .arg(image)
-        .arg(card)
-        .status()
-        .unwrap();
-    assert!(st.success());
+        .arg(card));
     let size = 2 * std::fs::metadata(image).unwrap().len();
     std::fs::OpenOptions::new()
         .write(true)
@@ -868,16 +816,8 @@ fn card_twice_the_size(image: &Path, card: &Path) -> u64 {
 #[test]
 fn data_partition_and_filesystem_grow_to_fill_a_larger_card() {
     let _serial = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
-    let p = project(&["qemu"]);
-    let img = build(p.path(), "qemu", &[]);
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(p.path().join("out/qemu.manifest.json")).unwrap())
-            .unwrap();
-    let data_start = manifest["partitions"][2]["start"].as_u64().unwrap();
-    let data_size = manifest["partitions"][2]["size"].as_u64().unwrap();
-    let card = p.path().join("card.img");
-    let card_size = card_twice_the_size(&img, &card);
-    let mut g = Guest::boot(&card, &[]);
+    let sd = qemu_on_a_larger_card();
+    let mut g = Guest::boot(&sd.card, &[]);
     let line = g.wait(r"piimg-agent: grow mmcblk0p3: ", BOOT_TIMEOUT);
     let re =
         Regex::new(r"grow mmcblk0p3: (\d+) sectors -> (\d+) sectors \((\d+) blocks\)").unwrap();
@@ -887,9 +827,9 @@ fn data_partition_and_filesystem_grow_to_fill_a_larger_card() {
     let old: u64 = c[1].parse().unwrap();
     let new: u64 = c[2].parse().unwrap();
     let blocks: u64 = c[3].parse().unwrap();
-    assert_eq!(old * 512, data_size, "{line}");
+    assert_eq!(old * 512, sd.data_size, "{line}");
     // MBR: the partition now ends at the end of the card.
-    assert_eq!(data_start + new * 512, card_size, "{line}");
+    assert_eq!(sd.data_start + new * 512, sd.card_size, "{line}");
     assert_eq!(
         blocks,
         new * 512 / 4096,
@@ -905,7 +845,7 @@ fn data_partition_and_filesystem_grow_to_fill_a_larger_card() {
         .unwrap_or_else(|| panic!("unexpected df line {df:?}"));
     assert!(
         total_kib * 1024
-            > data_size + (card_size - std::fs::metadata(&img).unwrap().len()) * 9 / 10,
+            > sd.data_size + (sd.card_size - std::fs::metadata(&sd.img).unwrap().len()) * 9 / 10,
         "df shows {total_kib} KiB for /var after growth"
     );
 }
@@ -916,27 +856,19 @@ fn data_partition_and_filesystem_grow_to_fill_a_larger_card() {
 #[test]
 fn an_interrupted_growth_is_finished_on_the_next_boot() {
     let _serial = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
-    let p = project(&["qemu"]);
-    let img = build(p.path(), "qemu", &[]);
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(p.path().join("out/qemu.manifest.json")).unwrap())
-            .unwrap();
-    let data_start = manifest["partitions"][2]["start"].as_u64().unwrap();
-    let data_size = manifest["partitions"][2]["size"].as_u64().unwrap();
-    let card = p.path().join("card.img");
-    let card_size = card_twice_the_size(&img, &card);
+    let sd = qemu_on_a_larger_card();
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open(&card)
+        .open(&sd.card)
         .unwrap();
     // What the first boot got done before the power went: the table only.
-    let g = piimg_agent::grow::grow_partition(&f, card_size, 3)
+    let g = piimg_agent::grow::grow_partition(&f, sd.card_size, 3)
         .unwrap()
         .unwrap();
-    assert_eq!(data_start + g.new_sectors * 512, card_size);
+    assert_eq!(sd.data_start + g.new_sectors * 512, sd.card_size);
     drop(f);
-    let mut guest = Guest::boot(&card, &[]);
+    let mut guest = Guest::boot(&sd.card, &[]);
     let line = guest.wait(r"piimg-agent: grow mmcblk0p3: ", BOOT_TIMEOUT);
     let re = Regex::new(r"resumed an interrupted growth: filesystem (\d+) -> (\d+) bytes").unwrap();
     let c = re
@@ -944,7 +876,7 @@ fn an_interrupted_growth_is_finished_on_the_next_boot() {
         .unwrap_or_else(|| panic!("the interrupted growth was not finished: {line}"));
     let from: u64 = c[1].parse().unwrap();
     let to: u64 = c[2].parse().unwrap();
-    assert_eq!(from, data_size, "{line}");
+    assert_eq!(from, sd.data_size, "{line}");
     // ext4 leaves out a last block group too small to hold its own metadata.
     let part = g.new_sectors * 512;
     assert!(
@@ -1028,53 +960,18 @@ impl Guest {
     }
 }
 
-/// A loop device over a byte range of a file; detached when dropped.
-struct RangeLoop(String);
-
-impl RangeLoop {
-    fn new(file: &Path, start: u64, size: u64) -> RangeLoop {
-        let o = Command::new("losetup")
-            .args(["-f", "--show", "-o", &start.to_string()])
-            .args(["--sizelimit", &size.to_string()])
-            .arg(file)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "losetup: {o:?}");
-        RangeLoop(String::from_utf8(o.stdout).unwrap().trim().to_string())
-    }
-}
-
-impl Drop for RangeLoop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.0]).output();
-    }
-}
-
 /// e2fsck's verdict on partition `n` of `card` after replaying its journal, as the kernel does
 /// at mount: None when clean, else what it said.
 fn fsck_after_replay(card: &Path, n: usize) -> Option<String> {
-    let o = Command::new("sfdisk").arg("-J").arg(card).output().unwrap();
-    assert!(o.status.success(), "sfdisk -J: {o:?}");
-    let t: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let p = &t["partitiontable"]["partitions"][n - 1];
-    let (start, size) = (
-        p["start"].as_u64().unwrap() * 512,
-        p["size"].as_u64().unwrap() * 512,
-    );
-    let dev = RangeLoop::new(card, start, size);
-    let replay = Command::new("e2fsck")
-        .args(["-E", "journal_only", "-y", &dev.0])
-        .output()
-        .unwrap();
+    let (start, size) = partitions(card)[n - 1];
+    let dev = LoopDev::range(card, start, size);
+    let replay = tool(Command::new("e2fsck").args(["-E", "journal_only", "-y", &dev.dev]));
     // 0: nothing to do, 1: the journal was replayed.
     if !matches!(replay.status.code(), Some(0 | 1)) {
-        return Some(format!("journal replay: {replay:?}"));
+        return Some(format!("journal replay: {}", replay.show()));
     }
-    let o = Command::new("e2fsck")
-        .args(["-fn", &dev.0])
-        .output()
-        .unwrap();
-    (!o.status.success()).then(|| {
+    let o = tool(Command::new("e2fsck").args(["-fn", &dev.dev]));
+    (!o.success()).then(|| {
         format!(
             "partition {n}: e2fsck -fn exit {:?}\n{}",
             o.status.code(),
@@ -1124,18 +1021,7 @@ fn power_cut_trial(i: usize, cut: &Cut, image: &Path, dir: &Path) -> CutResult {
     if !kubeadm_done_before && !g.saw(r"piimg-agent: service kubeadm done") {
         problems.push("kubeadm did not finish on the second boot".to_string());
     }
-    let data_start = {
-        let o = Command::new("sfdisk")
-            .arg("-J")
-            .arg(&card)
-            .output()
-            .unwrap();
-        let t: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        t["partitiontable"]["partitions"][2]["start"]
-            .as_u64()
-            .unwrap()
-            * 512
-    };
+    let data_start = partitions(&card)[2].0;
     let df = g.shell("busybox df -k /var | busybox tail -n 1", "DF");
     let total: u64 = df
         .split_whitespace()
@@ -1208,7 +1094,7 @@ fn power_cuts_during_the_first_boot_leave_a_card_that_boots_to_ready() {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(cut) = cuts.get(i) else { break };
-                let r = power_cut_trial(i, cut, &image, proj.path());
+                let r = power_cut_trial(i, cut, &image, proj.root());
                 results.lock().unwrap().push((i, r));
             });
         }

@@ -2,6 +2,9 @@
 //! show every entry with the source's content, type, mode, owner, mtime, link target, device
 //! numbers, xattrs and hard-link identity.
 
+mod common;
+use common::checkers::{e2fsck, extract, run, stdout_of, tool};
+
 use piimg::fs::ext4::{self, Ext4Error, Ext4Options};
 use piimg::fs::sparse::{AtomicOutput, FileSink, Sink};
 use piimg::tree::{FileData, HostImport, Meta, NodeId, NodeKind, Tree};
@@ -40,36 +43,13 @@ fn write_img(tree: &Tree, size: u64) -> Img {
     Img { _dir: dir, path }
 }
 
-fn run(cmd: &mut Command) -> (bool, String) {
-    let o = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?} (e2fsprogs must be installed): {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    (o.status.success(), text)
-}
-
-fn fsck(path: &Path) {
-    let (ok, out) = run(Command::new("e2fsck").arg("-fn").arg(path));
-    assert!(ok, "e2fsck -fn failed:\n{out}");
-}
-
 /// Runs debugfs commands in one process; returns each command's output.
 fn debugfs(path: &Path, cmds: &[String]) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("cmds");
     std::fs::write(&file, cmds.join("\n") + "\n").unwrap();
-    let o = Command::new("debugfs")
-        .arg("-f")
-        .arg(&file)
-        .arg(path)
-        .output()
-        .expect("debugfs must be installed");
-    assert!(o.status.success());
-    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let out = stdout_of(Command::new("debugfs").arg("-f").arg(&file).arg(path));
+    let text = String::from_utf8_lossy(&out).into_owned();
     let parts: Vec<String> = text
         .split("debugfs: ")
         .skip(1)
@@ -191,11 +171,10 @@ fn verify(img: &Path, tree: &Tree) {
     }
     // Content and link targets: rdump (as root it also keeps owners and modes).
     let dump = tempfile::tempdir().unwrap();
-    let (ok, msg) = run(Command::new("debugfs")
+    run(Command::new("debugfs")
         .arg("-R")
         .arg(format!("rdump / {}", dump.path().display()))
         .arg(img));
-    assert!(ok, "{msg}");
     for (path, id) in &walk {
         let host = dump.path().join(std::ffi::OsStr::from_bytes(path));
         let name = String::from_utf8_lossy(path);
@@ -336,7 +315,7 @@ fn mixed_tree() -> Tree {
 fn mixed_tree_passes_fsck_and_reads_back() {
     let t = mixed_tree();
     let img = write_img(&t, 64 * MIB);
-    fsck(&img.path);
+    e2fsck(&img.path);
     verify(&img.path, &t);
     // The holey file: 600 data blocks plus extent tree blocks, not 1200.
     let stat = &debugfs(&img.path, &["stat /var/holey".into()])[0];
@@ -365,7 +344,7 @@ fn ten_thousand_entries_in_one_directory() {
             .unwrap();
     }
     let img = write_img(&t, 128 * MIB);
-    fsck(&img.path);
+    e2fsck(&img.path);
     verify(&img.path, &t);
 }
 
@@ -383,7 +362,7 @@ fn sixty_deep_nesting() {
         .unwrap();
     }
     let img = write_img(&t, 16 * MIB);
-    fsck(&img.path);
+    e2fsck(&img.path);
     verify(&img.path, &t);
 }
 
@@ -413,7 +392,7 @@ fn host_directory_round_trip() {
     tree.add_file("lost+found/kept", m(0o600), FileData::from_bytes("found"))
         .unwrap();
     let img = write_img(&tree, 32 * MIB);
-    fsck(&img.path);
+    e2fsck(&img.path);
     verify(&img.path, &tree);
 }
 
@@ -442,7 +421,7 @@ fn sparse_5gib_host_file_stays_sparse() {
     let size = 64 * MIB;
     assert!(ext4::required_size(&t, &opts(0)).unwrap() <= size);
     let img = write_img(&t, size);
-    fsck(&img.path);
+    e2fsck(&img.path);
     let out = debugfs(
         &img.path,
         &["stat /sparse".into(), "dump_extents /sparse".into()],
@@ -501,7 +480,7 @@ fn too_small_fails_before_writing_anything() {
     assert_eq!(std::fs::metadata(&path).unwrap().blocks(), 0);
     // Exactly the reported size is enough.
     let img = write_img(&t, needed);
-    fsck(&img.path);
+    e2fsck(&img.path);
 }
 
 #[test]
@@ -515,12 +494,8 @@ fn filesystem_at_an_offset() {
     ext4::write(&t, &opts(32 * MIB), &mut sink, 4 * MIB).unwrap();
     drop(sink);
     let part = dir.path().join("part.img");
-    let (ok, msg) = run(Command::new("dd")
-        .arg(format!("if={}", path.display()))
-        .arg(format!("of={}", part.display()))
-        .args(["bs=1M", "skip=4", "count=32", "conv=sparse"]));
-    assert!(ok, "{msg}");
-    fsck(&part);
+    extract(&path, 4 * MIB, 32 * MIB, &part);
+    e2fsck(&part);
     verify(&part, &t);
 }
 
@@ -529,7 +504,7 @@ fn thirty_two_gib_filesystem() {
     let t = mixed_tree();
     let size = 32u64 << 30;
     let img = write_img(&t, size);
-    fsck(&img.path);
+    e2fsck(&img.path);
     let md = std::fs::metadata(&img.path).unwrap();
     assert_eq!(md.len(), size);
     assert!(
@@ -551,11 +526,10 @@ fn resize2fs_grows_a_copy() {
         .unwrap();
     f.set_len(10 << 30).unwrap();
     drop(f);
-    let (ok, msg) = run(Command::new("resize2fs").arg(&img.path));
-    assert!(ok, "resize2fs failed:\n{msg}");
-    fsck(&img.path);
+    run(Command::new("resize2fs").arg(&img.path));
+    e2fsck(&img.path);
     verify(&img.path, &t);
-    let (_, dump) = run(Command::new("dumpe2fs").arg("-h").arg(&img.path));
+    let dump = tool(Command::new("dumpe2fs").arg("-h").arg(&img.path)).text();
     assert!(dump.contains("Block count:              2621440"), "{dump}");
 }
 

@@ -1,7 +1,8 @@
 //! FAT32 writer checked with dosfstools (fsck.vfat), mtools (mdir/mcopy) and blkid.
 
 mod common;
-use common::run;
+use common::checkers::{fat_files, run};
+use common::pattern;
 
 use piimg::fs::fat32::{self, FatError, FatOptions};
 use piimg::fs::sparse::{FileSink, Sink};
@@ -12,19 +13,6 @@ use std::process::Command;
 
 fn m() -> Meta {
     Meta::root(0o644, 0)
-}
-
-/// Deterministic pseudo-random bytes (xorshift), so big files are not all one value.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// A boot-partition-like tree: LFN names, nested dirs, empty files, multi-MiB files, 320
@@ -107,31 +95,7 @@ fn fsck(img: &Path) -> String {
 
 /// Copies everything out with mcopy and compares with `files` (and nothing else exists).
 fn check_contents(img_spec: &str, files: &BTreeMap<String, Vec<u8>>, tmp: &Path) {
-    let out = tmp.join("out");
-    std::fs::create_dir_all(&out).unwrap();
-    run(Command::new("mcopy")
-        .args(["-s", "-n", "-m", "-i", img_spec, "::/"])
-        .arg(&out));
-    let root = out.join("");
-    let mut found: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    let mut stack = vec![root.clone()];
-    // mcopy of "::/" copies into out/ directly (or into a subdirectory named after the volume).
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let p = e.path();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p
-                    .strip_prefix(&root)
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned();
-                found.insert(rel, std::fs::read(&p).unwrap());
-            }
-        }
-    }
+    let found = fat_files(img_spec, &tmp.join("out"));
     let want: Vec<&String> = files.keys().collect();
     let got: Vec<&String> = found.keys().collect();
     assert_eq!(got, want, "file list differs");

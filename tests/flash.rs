@@ -2,105 +2,24 @@
 //! `piimg build` writes for other flashers. Checked with tools piimg did not write: sfdisk,
 //! sgdisk, e2fsck, fsck.vfat, mdir, blkid, bmaptool, zstd, xz, sha256sum.
 //!
-//! This machine's kernel has no partition-table parsers: `partx -a` adds a loop device's
-//! partitions through BLKPG, and BLKRRPART finding nothing is not an error.
+//! The loop devices are common::loopdev's.
 
 mod common;
-use common::run;
+use common::checkers::{e2fsck, fsck_vfat, partitions, run};
+use common::fresh_dir;
+use common::loopdev::LoopDev as Loop;
+use common::piimg::{Piimg, BIN};
+use common::project::{project, Project};
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 const MIB: u64 = 1 << 20;
 
-fn piimg(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_piimg"));
-    c.args(args).stdin(Stdio::null());
-    c
-}
-
-fn output(c: &mut Command) -> (bool, String) {
-    let o: Output = c.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    (o.status.success(), text)
-}
-
 fn work(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("flash-{name}"));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// A loop device over a sparse backing file; detached (partitions first) when dropped.
-struct Loop {
-    dev: String,
-    backing: PathBuf,
-}
-
-impl Loop {
-    fn new(backing: &Path, size: u64) -> Loop {
-        let f = std::fs::File::create(backing).unwrap();
-        f.set_len(size).unwrap();
-        let dev = run(Command::new("losetup").args(["-f", "--show"]).arg(backing))
-            .trim()
-            .to_string();
-        Loop {
-            dev,
-            backing: backing.to_path_buf(),
-        }
-    }
-
-    fn part(&self, n: u32) -> String {
-        format!("{}p{n}", self.dev)
-    }
-
-    fn add_partitions(&self) {
-        run(Command::new("partx").args(["-a", &self.dev]));
-    }
-
-    fn remove_partitions(&self) {
-        let _ = Command::new("partx").args(["-d", &self.dev]).output();
-    }
-
-    fn sha256(&self) -> String {
-        run(Command::new("sha256sum").arg(&self.dev))
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string()
-    }
-
-    fn write_at(&self, at: u64, data: &[u8]) {
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&self.dev)
-            .unwrap();
-        f.write_all_at(data, at).unwrap();
-        f.sync_all().unwrap();
-    }
-
-    fn read_at(&self, at: u64, len: u64) -> Vec<u8> {
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::File::open(&self.dev).unwrap();
-        let mut b = vec![0u8; len as usize];
-        f.read_exact_at(&mut b, at).unwrap();
-        b
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        self.remove_partitions();
-        let _ = Command::new("losetup").args(["-d", &self.dev]).output();
-    }
+    fresh_dir(&format!("flash-{name}"))
 }
 
 /// Pseudo-random bytes, different per seed: a card's old contents.
@@ -132,42 +51,22 @@ fn used_card(l: &Loop, size: u64) {
 /// lb1 built from the shipped profiles and lock in a temp project, with both compressed copies.
 struct Lb1 {
     out: PathBuf,
-    project: PathBuf,
-}
-
-fn project_copy(root: &Path) {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    std::fs::create_dir_all(root.join("profiles")).unwrap();
-    for e in std::fs::read_dir(repo.join("profiles")).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, root.join("profiles").join(p.file_name().unwrap())).unwrap();
-    }
-    std::fs::copy(repo.join("piimg.lock"), root.join("piimg.lock")).unwrap();
+    project: Project,
 }
 
 fn lb1() -> &'static Lb1 {
     static S: OnceLock<Lb1> = OnceLock::new();
     S.get_or_init(|| {
         let w = work("lb1");
-        let project = w.join("project");
-        project_copy(&project);
+        let project = project().lock().create_in(&w.join("project"));
         let out = w.join("out");
-        let (ok, text) = output(
-            piimg(&[
-                "-q",
-                "build",
-                "--profile",
-                "lb1",
-                "--compress",
-                "zstd",
-                "--compress",
-                "xz",
-                "--out",
-            ])
+        project
+            .piimg()
+            .args(["-q", "build", "--profile", "lb1"])
+            .args(["--compress", "zstd", "--compress", "xz", "--out"])
             .arg(&out)
-            .current_dir(&project),
-        );
-        assert!(ok, "building lb1: {text}");
+            .run()
+            .assert_ok();
         Lb1 { out, project }
     })
 }
@@ -178,25 +77,10 @@ fn mapped(bmap: &Path) -> Vec<(u64, u64)> {
     m.ranges.iter().map(|r| m.span(r)).collect()
 }
 
-/// Partition (start, size) in bytes, as sfdisk reads them.
-fn sfdisk_parts(dev: &str) -> Vec<(u64, u64)> {
-    let j: serde_json::Value =
-        serde_json::from_str(&run(Command::new("sfdisk").args(["--json", dev]))).unwrap();
-    j["partitiontable"]["partitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p["start"].as_u64().unwrap() * 512,
-                p["size"].as_u64().unwrap() * 512,
-            )
-        })
-        .collect()
-}
-
+/// `piimg flash ARGS`: whether it succeeded, and what it printed.
 fn flash(args: &[&str]) -> (bool, String) {
-    output(&mut piimg(&[&["flash"], args].concat()))
+    let r = Piimg::new().arg("flash").args(args).run();
+    (r.success(), r.combined())
 }
 
 #[test]
@@ -205,12 +89,12 @@ fn lb1_over_a_used_card_leaves_only_the_image_visible() {
     let img = b.out.join("lb1.img");
     let size = 1536 * MIB;
     let w = work("used-card");
-    let l = Loop::new(&w.join("card"), size);
+    let l = Loop::new_file(&w.join("card"), size);
     used_card(&l, size);
     // An old ISO 9660 volume descriptor 32 KiB into where the root partition will start: a
     // block the new ext4 leaves free. blkid then sees two filesystems ("ambivalent result") and
     // mounting by label fails, unless the flasher clears it.
-    let parts = sfdisk_parts(img.to_str().unwrap());
+    let parts = partitions(&img);
     for (start, _) in &parts[1..] {
         l.write_at(start + 32768, b"\x01CD001\x01");
     }
@@ -261,9 +145,9 @@ fn lb1_over_a_used_card_leaves_only_the_image_visible() {
         let t = run(Command::new("blkid").args(["-p", "-o", "value", "-s", "TYPE", &l.part(n)]));
         assert_eq!(t.trim(), ty, "partition {n}");
     }
-    run(Command::new("e2fsck").args(["-fn", &l.part(2)]));
-    run(Command::new("e2fsck").args(["-fn", &l.part(3)]));
-    run(Command::new("fsck.vfat").args(["-n", &l.part(1)]));
+    e2fsck(l.part(2));
+    e2fsck(l.part(3));
+    fsck_vfat(l.part(1));
     let dir = run(Command::new("mdir").args(["-i", &l.part(1), "::/"]));
     assert!(dir.contains("config") && dir.contains("txt"), "{dir}");
 }
@@ -301,7 +185,7 @@ fn flash_writes_what_bmaptool_writes_and_the_artifacts_decompress_to_the_image()
         .arg(theirs.join("lb1.img")));
 
     let size = 1280 * MIB;
-    let a = Loop::new(&w.join("a"), size);
+    let a = Loop::new_file(&w.join("a"), size);
     let (ok, text) = flash(&[
         b.out.join("lb1.img.xz").to_str().unwrap(),
         &a.dev,
@@ -309,7 +193,7 @@ fn flash_writes_what_bmaptool_writes_and_the_artifacts_decompress_to_the_image()
         "--allow-fixed",
     ]);
     assert!(ok, "{text}");
-    let c = Loop::new(&w.join("c"), size);
+    let c = Loop::new_file(&w.join("c"), size);
     let (ok, text) = flash(&[
         theirs.join("lb1.img").to_str().unwrap(),
         &c.dev,
@@ -317,7 +201,7 @@ fn flash_writes_what_bmaptool_writes_and_the_artifacts_decompress_to_the_image()
         "--allow-fixed",
     ]);
     assert!(ok, "{text}");
-    let bm = Loop::new(&w.join("b"), size);
+    let bm = Loop::new_file(&w.join("b"), size);
     run(Command::new("bmaptool")
         .args(["-q", "copy"])
         .arg(b.out.join("lb1.img.zst"))
@@ -343,16 +227,16 @@ fn small_image(dir: &Path, table: &str, size: &str, root_bytes: usize) -> PathBu
         std::fs::write(root.join("payload"), noise(root_bytes, 11)).unwrap();
     }
     let out = dir.join("small.img");
-    let (ok, text) = output(
-        piimg(&["fs", "image", "--table", table, "--size", size, "--boot"])
-            .arg(&boot)
-            .arg("--root")
-            .arg(&root)
-            .arg("--out")
-            .arg(&out)
-            .env("SOURCE_DATE_EPOCH", "1700000000"),
-    );
-    assert!(ok, "{text}");
+    Piimg::new()
+        .args(["fs", "image", "--table", table, "--size", size, "--boot"])
+        .arg(&boot)
+        .arg("--root")
+        .arg(&root)
+        .arg("--out")
+        .arg(&out)
+        .epoch("1700000000")
+        .run()
+        .assert_ok();
     out
 }
 
@@ -362,7 +246,7 @@ fn a_gpt_image_on_a_larger_card_has_its_backup_table_at_the_card_end() {
     let img = small_image(&w, "gpt", "64MiB", 0);
     assert!(Path::new(&format!("{}.bmap", img.display())).exists());
     let size = 256 * MIB;
-    let l = Loop::new(&w.join("card"), size);
+    let l = Loop::new_file(&w.join("card"), size);
     used_card(&l, size);
     let (ok, text) = flash(&[img.to_str().unwrap(), &l.dev, "--yes", "--allow-fixed"]);
     assert!(ok, "{text}");
@@ -372,8 +256,8 @@ fn a_gpt_image_on_a_larger_card_has_its_backup_table_at_the_card_end() {
     // The backup header sits in the card's last sector.
     assert_eq!(&l.read_at(size - 512, 8), b"EFI PART");
     l.add_partitions();
-    run(Command::new("e2fsck").args(["-fn", &l.part(2)]));
-    run(Command::new("fsck.vfat").args(["-n", &l.part(1)]));
+    e2fsck(l.part(2));
+    fsck_vfat(l.part(1));
 
     let before = l.sha256();
     l.remove_partitions();
@@ -437,7 +321,7 @@ fn every_refusal_leaves_the_device_as_it_was() {
     let w = work("refusals");
     let img = small_image(&w, "mbr", "48MiB", 0);
     let img_s = img.to_str().unwrap();
-    let l = Loop::new(&w.join("card"), 96 * MIB);
+    let l = Loop::new_file(&w.join("card"), 96 * MIB);
     used_card(&l, 96 * MIB);
     // A card that already holds this image's filesystems, so that partitions can be mounted.
     let (ok, text) = flash(&[img_s, &l.dev, "--yes", "--allow-fixed"]);
@@ -472,7 +356,7 @@ fn every_refusal_leaves_the_device_as_it_was() {
         .arg(format!(
             "mount --make-rprivate / && mount -o ro {} /boot && exec {} flash {img_s} {} --yes --allow-fixed",
             l.part(2),
-            env!("CARGO_BIN_EXE_piimg"),
+            BIN,
             l.dev
         ))
         .output()
@@ -492,7 +376,7 @@ fn every_refusal_leaves_the_device_as_it_was() {
         .tempdir()
         .unwrap();
     let bin = open.path().join("piimg");
-    std::fs::copy(env!("CARGO_BIN_EXE_piimg"), &bin).unwrap();
+    std::fs::copy(BIN, &bin).unwrap();
     let img_copy = open.path().join("small.img");
     std::fs::copy(&img, &img_copy).unwrap();
     std::fs::set_permissions(&img_copy, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -514,7 +398,7 @@ fn every_refusal_leaves_the_device_as_it_was() {
     assert_eq!(l.sha256(), before);
 
     // A disk in use as swap.
-    let sw = Loop::new(&w.join("swap"), 64 * MIB);
+    let sw = Loop::new_file(&w.join("swap"), 64 * MIB);
     run(Command::new("mkswap").arg(&sw.dev));
     run(Command::new("swapon").arg(&sw.dev));
     let (ok, text) = flash(&[img_s, &sw.dev, "--yes", "--allow-fixed"]);
@@ -522,7 +406,7 @@ fn every_refusal_leaves_the_device_as_it_was() {
     assert!(!ok && text.contains("in use as swap"), "{text}");
     assert!(sw.read_at(4096 - 10, 10) == b"SWAPSPACE2");
 
-    let tiny = Loop::new(&w.join("tiny"), 16 * MIB);
+    let tiny = Loop::new_file(&w.join("tiny"), 16 * MIB);
     refused(
         &[img_s, &tiny.dev, "--yes", "--allow-fixed"],
         &tiny,
@@ -543,11 +427,7 @@ fn every_refusal_leaves_the_device_as_it_was() {
     let typed = |answer: &str| {
         let o = Command::new("script")
             .args(["-qec"])
-            .arg(format!(
-                "{} flash {img_s} {} --allow-fixed",
-                env!("CARGO_BIN_EXE_piimg"),
-                l.dev
-            ))
+            .arg(format!("{BIN} flash {img_s} {} --allow-fixed", l.dev))
             .arg("/dev/null")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -580,18 +460,13 @@ fn every_refusal_leaves_the_device_as_it_was() {
 fn a_card_pulled_mid_write_stops_with_how_far_it_got() {
     let w = work("pulled");
     let img = small_image(&w, "mbr", "640MiB", 480 * MIB as usize);
-    let l = Loop::new(&w.join("card"), 640 * MIB);
-    let mut child = piimg(&[
-        "flash",
-        img.to_str().unwrap(),
-        &l.dev,
-        "--yes",
-        "--allow-fixed",
-    ])
-    .stderr(Stdio::piped())
-    .stdout(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let l = Loop::new_file(&w.join("card"), 640 * MIB);
+    let mut flashing = Piimg::new()
+        .arg("flash")
+        .arg(&img)
+        .args([&l.dev, "--yes", "--allow-fixed"])
+        .spawn();
+    let child = &mut flashing.child;
     // Wait until the card has taken some data, freeze piimg, pull the card (shrink the
     // backing file and tell the loop driver), let piimg go on.
     let pid = child.id().to_string();
@@ -617,12 +492,12 @@ fn a_card_pulled_mid_write_stops_with_how_far_it_got() {
         .unwrap();
     run(Command::new("losetup").args(["-c", &l.dev]));
     run(Command::new("kill").args(["-CONT", &pid]));
-    let o = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{text}");
+    let r = flashing.wait();
+    r.assert_code(1);
     assert!(
-        text.contains("Was the card removed?") && text.contains("had been written"),
-        "{text}"
+        r.stderr.contains("Was the card removed?") && r.stderr.contains("had been written"),
+        "{}",
+        r.text()
     );
 }
 
@@ -644,19 +519,19 @@ fn list_shows_removable_free_disks_only() {
 fn flash_profile_builds_when_the_image_is_missing_or_stale() {
     let b = lb1();
     let w = work("profile");
-    let project = w.join("project");
-    project_copy(&project);
+    let project = project().lock().create_in(&w.join("project"));
     // The lock is the one lb1() built with; its packages are in the cache.
     let _ = &b.project;
     let out = w.join("out");
     let card = w.join("card.img");
     let go = || {
-        output(
-            piimg(&["flash", "--profile", "lb1", "--file", "--out"])
-                .arg(&out)
-                .arg(&card)
-                .current_dir(&project),
-        )
+        let r = project
+            .piimg()
+            .args(["flash", "--profile", "lb1", "--file", "--out"])
+            .arg(&out)
+            .arg(&card)
+            .run();
+        (r.success(), r.combined())
     };
     let (ok, text) = go();
     assert!(
@@ -669,10 +544,7 @@ fn flash_profile_builds_when_the_image_is_missing_or_stale() {
         ok && text.contains("is current") && !text.contains("building"),
         "{text}"
     );
-    let p = project.join("profiles/lb1.toml");
-    let mut t = std::fs::read_to_string(&p).unwrap();
-    t.push_str("# edited\n");
-    std::fs::write(&p, t).unwrap();
+    project.append("lb1", "# edited");
     let (ok, text) = go();
     assert!(
         ok && text.contains("changed since the last build: profile"),

@@ -2,45 +2,26 @@
 //! sfdisk, sgdisk and partx.
 
 mod common;
-use common::run;
+use common::checkers::{debugfs, e2fsck, fat_files, fsck_vfat, run, sfdisk_json, sha256sum, spans};
+use common::piimg::{Piimg, Run};
+use common::{dir_names, pattern};
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 const MIB: u64 = 1 << 20;
 const SDE: &str = "1700000000";
 
-fn piimg(args: &[&str], dir: &Path, envs: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_piimg"));
-    c.args(args).current_dir(dir).env("SOURCE_DATE_EPOCH", SDE);
-    for (k, v) in envs {
-        c.env(k, v);
-    }
-    c.output().unwrap()
+/// `piimg ARGS` in `dir` at a fixed SOURCE_DATE_EPOCH.
+fn piimg(args: &[&str], dir: &Path) -> Run {
+    Piimg::new().cwd(dir).epoch(SDE).args(args).run()
 }
 
-fn ok(o: &Output) -> String {
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "failed: {text}");
-    text
-}
-
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+/// The run's output; it must have succeeded.
+fn ok(r: &Run) -> String {
+    r.assert_ok().combined()
 }
 
 fn put(root: &Path, rel: &str, data: &[u8], mode: u32) {
@@ -99,29 +80,7 @@ fn make_root(root: &Path) {
 
 /// mcopy everything out of a FAT image (spec may carry @@offset) and compare.
 fn check_fat(spec: &str, files: &BTreeMap<String, Vec<u8>>, tmp: &Path) {
-    let out = tmp.join(format!("mcopy-{}", files.len()));
-    std::fs::create_dir_all(&out).unwrap();
-    run(Command::new("mcopy")
-        .args(["-s", "-n", "-i", spec, "::/"])
-        .arg(&out));
-    let mut found = BTreeMap::new();
-    let mut stack = vec![out.clone()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            } else {
-                let rel = e
-                    .path()
-                    .strip_prefix(&out)
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned();
-                found.insert(rel, std::fs::read(e.path()).unwrap());
-            }
-        }
-    }
+    let found = fat_files(spec, &tmp.join(format!("mcopy-{}", files.len())));
     assert_eq!(
         found.keys().collect::<Vec<_>>(),
         files.keys().collect::<Vec<_>>()
@@ -135,19 +94,9 @@ fn check_fat(spec: &str, files: &BTreeMap<String, Vec<u8>>, tmp: &Path) {
 
 fn sidecar_matches(img: &Path) {
     let side = std::fs::read_to_string(format!("{}.sha256", img.display())).unwrap();
-    let real = run(Command::new("sha256sum").arg(img));
-    let digest = real.split_whitespace().next().unwrap();
+    let digest = sha256sum(img);
     let name = img.file_name().unwrap().to_string_lossy();
     assert_eq!(side, format!("{digest}  {name}\n"));
-}
-
-fn dir_entries(d: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(d)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]
@@ -166,11 +115,10 @@ fn fat_from_folder_is_clean_and_complete() {
             "PIBOOT",
         ],
         tmp.path(),
-        &[],
     );
     ok(&o);
     let img = tmp.path().join("out/boot.vfat");
-    let f = run(Command::new("fsck.vfat").arg("-n").arg(&img));
+    let f = fsck_vfat(&img);
     assert!(!f.to_lowercase().contains("warning"), "{f}");
     check_fat(img.to_str().unwrap(), &files, tmp.path());
     sidecar_matches(&img);
@@ -190,11 +138,10 @@ fn fat_with_explicit_size() {
             "fs", "fat", "--from", "boot", "--out", "b.img", "--size", "300M",
         ],
         tmp.path(),
-        &[],
     ));
     let img = tmp.path().join("b.img");
     assert_eq!(std::fs::metadata(&img).unwrap().len(), 300 * MIB);
-    run(Command::new("fsck.vfat").arg("-n").arg(&img));
+    fsck_vfat(&img);
     check_fat(img.to_str().unwrap(), &files, tmp.path());
 }
 
@@ -208,15 +155,14 @@ fn build_twice(args: &[&str], out: &str, with_root: bool) -> (Vec<u8>, Vec<u8>) 
         if with_root {
             make_root(&tmp.path().join("root"));
         }
-        let mut c = Command::new("sh");
-        c.arg("-c")
-            .arg(format!("umask {umask}; exec \"$0\" \"$@\""))
-            .arg(env!("CARGO_BIN_EXE_piimg"))
+        Piimg::new()
+            .cwd(tmp.path())
+            .epoch(SDE)
+            .tz(tz)
+            .umask(umask)
             .args(args)
-            .current_dir(tmp.path())
-            .env("SOURCE_DATE_EPOCH", SDE)
-            .env("TZ", tz);
-        ok(&c.output().unwrap());
+            .run()
+            .assert_ok();
         results.push(std::fs::read(tmp.path().join(out)).unwrap());
         // let the next build start at a different wall-clock second
         std::thread::sleep(std::time::Duration::from_millis(1100));
@@ -267,15 +213,13 @@ fn image_mbr_partitions_check_out() {
             "0:0",
         ],
         tmp.path(),
-        &[],
     );
     let text = ok(&o);
     let img = tmp.path().join("sd.img");
     assert_eq!(std::fs::metadata(&img).unwrap().len(), 256 * MIB);
     sidecar_matches(&img);
     run(Command::new("sfdisk").arg("--verify").arg(&img));
-    let j: serde_json::Value =
-        serde_json::from_str(&run(Command::new("sfdisk").arg("--json").arg(&img))).unwrap();
+    let j = sfdisk_json(&img);
     let parts = j["partitiontable"]["partitions"]
         .as_array()
         .unwrap()
@@ -299,14 +243,12 @@ fn image_mbr_partitions_check_out() {
     let bytes = std::fs::read(&img).unwrap();
     let p1 = tmp.path().join("p1.img");
     std::fs::write(&p1, &bytes[MIB as usize..65 * MIB as usize]).unwrap();
-    run(Command::new("fsck.vfat").arg("-n").arg(&p1));
+    fsck_vfat(&p1);
     check_fat(&format!("{}@@1M", img.display()), &files, tmp.path());
     let p2 = tmp.path().join("p2.img");
     std::fs::write(&p2, &bytes[65 * MIB as usize..]).unwrap();
-    run(Command::new("e2fsck").arg("-fn").arg(&p2));
-    let cat = run(Command::new("debugfs")
-        .args(["-R", "cat /etc/hostname"])
-        .arg(&p2));
+    e2fsck(&p2);
+    let cat = debugfs(&p2, "cat /etc/hostname");
     assert!(cat.contains("node1"), "{cat}");
     let b = run(Command::new("blkid")
         .args(["-p", "-o", "export", "-O", &(65 * MIB).to_string()])
@@ -325,7 +267,6 @@ fn image_gpt_checks_out() {
             "--owner", "0:0",
         ],
         tmp.path(),
-        &[],
     ));
     let img = tmp.path().join("sd.img");
     let v = run(Command::new("sgdisk").arg("-v").arg(&img));
@@ -338,20 +279,11 @@ fn image_gpt_checks_out() {
         .unwrap()
         .to_lowercase();
     assert!(text.contains(&format!("PARTUUID={guid}")), "{text}");
-    let j: serde_json::Value =
-        serde_json::from_str(&run(Command::new("sfdisk").arg("--json").arg(&img))).unwrap();
-    let start2 = j["partitiontable"]["partitions"][1]["start"]
-        .as_u64()
-        .unwrap()
-        * 512;
-    let size2 = j["partitiontable"]["partitions"][1]["size"]
-        .as_u64()
-        .unwrap()
-        * 512;
+    let (start2, size2) = spans(&sfdisk_json(&img))[1];
     let bytes = std::fs::read(&img).unwrap();
     let p2 = tmp.path().join("p2.img");
     std::fs::write(&p2, &bytes[start2 as usize..(start2 + size2) as usize]).unwrap();
-    run(Command::new("e2fsck").arg("-fn").arg(&p2));
+    e2fsck(&p2);
 }
 
 #[test]
@@ -363,13 +295,10 @@ fn ext4_from_folder() {
             "fs", "ext4", "--from", "root", "--out", "r.ext4", "--owner", "0:0", "--label", "root",
         ],
         tmp.path(),
-        &[],
     ));
     let img = tmp.path().join("r.ext4");
-    run(Command::new("e2fsck").arg("-fn").arg(&img));
-    let st = run(Command::new("debugfs")
-        .args(["-R", "stat /var/lib/data/big"])
-        .arg(&img));
+    e2fsck(&img);
+    let st = debugfs(&img, "stat /var/lib/data/big");
     assert!(st.contains("Size: 2097152"), "{st}");
     assert!(st.contains("Mode:  0600"), "{st}");
     // mtimes are clamped to SOURCE_DATE_EPOCH
@@ -381,14 +310,17 @@ fn ext4_from_folder() {
 /// temp file) left in the output folder.
 fn fails(args: &[&str], dir: &Path, want: &str) {
     std::fs::create_dir_all(dir.join("o")).unwrap();
-    let o = piimg(args, dir, &[]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains(want), "expected `{want}` in: {err}");
+    let o = piimg(args, dir);
+    o.assert_code(1);
     assert!(
-        dir_entries(&dir.join("o")).is_empty(),
+        o.stderr.contains(want),
+        "expected `{want}` in: {}",
+        o.stderr
+    );
+    assert!(
+        dir_names(&dir.join("o")).is_empty(),
         "{:?}",
-        dir_entries(&dir.join("o"))
+        dir_names(&dir.join("o"))
     );
 }
 
@@ -516,12 +448,11 @@ fn failed_build_keeps_the_previous_output() {
     ok(&piimg(
         &["fs", "fat", "--from", "boot", "--out", "o/b.img"],
         d,
-        &[],
     ));
     let before = std::fs::read(d.join("o/b.img")).unwrap();
     std::os::unix::fs::symlink("x", d.join("boot/dangling")).unwrap();
-    let o = piimg(&["fs", "fat", "--from", "boot", "--out", "o/b.img"], d, &[]);
-    assert_eq!(o.status.code(), Some(1));
+    let o = piimg(&["fs", "fat", "--from", "boot", "--out", "o/b.img"], d);
+    o.assert_code(1);
     assert!(std::fs::read(d.join("o/b.img")).unwrap() == before);
-    assert_eq!(dir_entries(&d.join("o")), ["b.img", "b.img.sha256"]);
+    assert_eq!(dir_names(&d.join("o")), ["b.img", "b.img.sha256"]);
 }

@@ -12,7 +12,8 @@
 //! debugfs are required: a missing one fails the test.
 
 mod common;
-use common::cache_home;
+use common::checkers::{debugfs, e2fsck, extract};
+use common::{cache_home, sha256_hex, temp_dir};
 
 use piimg::components::apt::{kernel_package, Apt, AptConfig};
 use piimg::components::cache::Cache;
@@ -25,12 +26,10 @@ use piimg::fs::fat32::{self, FatOptions};
 use piimg::fs::sparse::{FileSink, Sink};
 use piimg::report::Silent;
 use piimg::tree::{FileData, Meta, NodeKind, Tree};
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
@@ -50,10 +49,6 @@ fn m(perm: u16) -> Meta {
     Meta::root(perm, T0)
 }
 
-fn sha_hex(b: &[u8]) -> String {
-    hex::encode(Sha256::digest(b))
-}
-
 /// Deterministic pseudo-random bytes (xorshift64*).
 fn noise(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed | 1;
@@ -66,21 +61,6 @@ fn noise(seed: u64, len: usize) -> Vec<u8> {
     }
     out.truncate(len);
     out
-}
-
-/// Runs a tool; a missing tool fails the test.
-fn tool(cmd: &mut Command) -> (bool, String) {
-    let o = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?} ({e}); the test needs it installed"));
-    (
-        o.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-    )
 }
 
 // ---------------------------------------------------------------- Debian packages
@@ -430,7 +410,7 @@ fn expected_sums(tree: &Tree) -> BTreeMap<String, String> {
     for (path, id) in tree.walk() {
         if let NodeKind::File(d) = &tree.node(id).kind {
             let name = format!("./{}", String::from_utf8(path).unwrap());
-            out.insert(name, sha_hex(&d.read_all().unwrap()));
+            out.insert(name, sha256_hex(&d.read_all().unwrap()));
         }
     }
     out
@@ -505,26 +485,6 @@ fn sd_image(dir: &Path, root: &Tree) -> Disk {
     }
 }
 
-/// Copies the root partition out of the disk (e2fsck and debugfs take no offset).
-fn extract_root(disk: &Disk, dest: &Path) {
-    let mut src = std::fs::File::open(&disk.path).unwrap();
-    src.seek(SeekFrom::Start(disk.root_start)).unwrap();
-    let mut out = std::fs::File::create(dest).unwrap();
-    let n = std::io::copy(&mut src.take(disk.root_size), &mut out).unwrap();
-    assert_eq!(n, disk.root_size);
-}
-
-fn fsck(img: &Path, when: &str) {
-    let (ok, out) = tool(Command::new("e2fsck").arg("-fn").arg(img));
-    assert!(ok, "e2fsck -fn {when}:\n{out}");
-}
-
-fn debugfs(img: &Path, req: &str) -> String {
-    let (ok, out) = tool(Command::new("debugfs").arg("-R").arg(req).arg(img));
-    assert!(ok, "debugfs -R {req:?}:\n{out}");
-    out
-}
-
 // ---------------------------------------------------------------- QEMU
 
 /// Boots and returns the console once the guest printed [`DONE`]; fails on a timeout, a kernel
@@ -568,10 +528,7 @@ fn boot(kernel: &Path, dtb: &Path, initrd: &Path, sd: &Path) -> String {
 
 #[test]
 fn linux_mounts_piimg_ext4_read_write_and_reads_every_file() {
-    let work = tempfile::Builder::new()
-        .prefix("kernel-ext4-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap();
+    let work = temp_dir("kernel-ext4-");
     let dir = work.path();
 
     // Boot files from the Debian kernel package.
@@ -609,8 +566,8 @@ fn linux_mounts_piimg_ext4_read_write_and_reads_every_file() {
     let sd = sd_image(dir, &src);
     assert!(std::fs::metadata(&sd.path).unwrap().len().is_power_of_two());
     let root_img = dir.join("root.img");
-    extract_root(&sd, &root_img);
-    fsck(&root_img, "before booting");
+    extract(&sd.path, sd.root_start, sd.root_size, &root_img);
+    e2fsck(&root_img);
 
     let console = boot(&vmlinuz, &dtb, &initrd, &sd.path);
     // Shown with --nocapture (and on failure of a later assertion).
@@ -686,8 +643,8 @@ fn linux_mounts_piimg_ext4_read_write_and_reads_every_file() {
     );
 
     // The partition the kernel wrote to is still consistent and holds what it wrote.
-    extract_root(&sd, &root_img);
-    fsck(&root_img, "after Linux wrote to the filesystem");
+    extract(&sd.path, sd.root_start, sd.root_size, &root_img);
+    e2fsck(&root_img);
     assert_eq!(
         debugfs(&root_img, "cat /from-kernel/hello.txt")
             .lines()
@@ -701,7 +658,7 @@ fn linux_mounts_piimg_ext4_read_write_and_reads_every_file() {
         &format!("dump /from-kernel/random-copy.bin {}", copy.display()),
     );
     assert_eq!(
-        sha_hex(&std::fs::read(&copy).unwrap()),
+        sha256_hex(&std::fs::read(&copy).unwrap()),
         want["./big/random.bin"]
     );
     let stat = debugfs(&root_img, "stat /from-kernel/hello-link.txt");

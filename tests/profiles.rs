@@ -1,112 +1,46 @@
 //! The profile model through the real binary: `piimg check` / `show` / `build` on the shipped
 //! example profiles and on broken copies of them, one test per validation rule.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+use common::checkers::text_of;
+use common::piimg::Run;
+use common::project::{project, Project};
 
-const BIN: &str = env!("CARGO_BIN_EXE_piimg");
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
 
 /// A temp project holding a copy of the shipped profiles (secrets land beside them).
-struct Project {
-    dir: tempfile::TempDir,
+fn shipped() -> Project {
+    project().create_temp("piimg-profiles-")
 }
 
-impl Project {
-    fn new() -> Project {
-        let dir = tempfile::tempdir().unwrap();
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles");
-        std::fs::create_dir(dir.path().join("profiles")).unwrap();
-        for e in std::fs::read_dir(src).unwrap() {
-            let p = e.unwrap().path();
-            if p.extension().is_some_and(|x| x == "toml") {
-                std::fs::copy(&p, dir.path().join("profiles").join(p.file_name().unwrap()))
-                    .unwrap();
-            }
-        }
-        Project { dir }
-    }
-
-    /// Only the six-node home cluster (the QEMU profiles removed).
-    fn home_only() -> Project {
-        let p = Project::new();
-        p.remove("qemu");
-        p.remove("qemu-worker");
-        p
-    }
-
-    fn profiles(&self) -> PathBuf {
-        self.dir.path().join("profiles")
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.profiles().join(format!("{name}.toml"))
-    }
-
-    fn write(&self, name: &str, text: &str) {
-        std::fs::write(self.path(name), text).unwrap();
-    }
-
-    fn read(&self, name: &str) -> String {
-        std::fs::read_to_string(self.path(name)).unwrap()
-    }
-
-    fn replace(&self, name: &str, from: &str, to: &str) {
-        let t = self.read(name);
-        assert!(t.contains(from), "{name}.toml has no `{from}`");
-        self.write(name, &t.replacen(from, to, 1));
-    }
-
-    fn append(&self, name: &str, text: &str) {
-        let t = self.read(name);
-        self.write(name, &format!("{t}\n{text}\n"));
-    }
-
-    fn remove(&self, name: &str) {
-        std::fs::remove_file(self.path(name)).unwrap();
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .arg("--profiles")
-            .arg(self.profiles())
-            .args(args)
-            .current_dir(self.dir.path())
-            .env("SOURCE_DATE_EPOCH", "1767225600")
-            .output()
-            .unwrap()
-    }
-
-    fn secrets_text(&self, cluster: &str) -> String {
-        std::fs::read_to_string(
-            self.dir
-                .path()
-                .join("secrets")
-                .join(format!("{cluster}.toml")),
-        )
-        .unwrap()
-    }
+/// Only the six-node home cluster (the QEMU profiles removed).
+fn home_only() -> Project {
+    let p = shipped();
+    p.remove("qemu");
+    p.remove("qemu-worker");
+    p
 }
 
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
+/// `piimg --profiles DIR ARGS` in the project, at a fixed SOURCE_DATE_EPOCH.
+fn run(p: &Project, args: &[&str]) -> Run {
+    p.piimg()
+        .profiles(&p.profiles())
+        .epoch("1767225600")
+        .args(args)
+        .run()
 }
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+fn secrets_text(p: &Project, cluster: &str) -> String {
+    std::fs::read_to_string(p.secrets(cluster)).unwrap()
 }
 
 /// `check` fails with exit 1 and an error line that names file:line, the field and the message.
 fn expect_error(p: &Project, file: &str, line: Option<usize>, field: &str, msg: &str) {
-    let o = p.run(&["check"]);
-    let err = stderr(&o);
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "stdout: {}\nstderr: {err}",
-        stdout(&o)
-    );
-    let path = p.path(file).display().to_string();
+    let o = run(p, &["check"]);
+    let err = &o.stderr;
+    assert_eq!(o.code, Some(1), "stdout: {}\nstderr: {err}", o.stdout);
+    let path = p.profile(file).display().to_string();
     let loc = match line {
         Some(l) => format!("{path}:{l}:"),
         None => format!("{path}:"),
@@ -125,10 +59,10 @@ fn expect_error(p: &Project, file: &str, line: Option<usize>, field: &str, msg: 
 
 #[test]
 fn shipped_profiles_check_clean() {
-    let p = Project::new();
-    let o = p.run(&["check"]);
-    let out = stdout(&o);
-    assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
+    let p = shipped();
+    let o = run(&p, &["check"]);
+    let out = &o.stdout;
+    assert_eq!(o.code, Some(0), "{out}\n{}", o.stderr);
     assert!(out.contains("cluster home (6 nodes)"), "{out}");
     for (name, role, addr) in [
         ("cp1", "control-plane", "192.168.50.11/24"),
@@ -152,10 +86,10 @@ fn shipped_profiles_check_clean() {
 
 #[test]
 fn json_output_parses_back() {
-    let p = Project::new();
-    let o = p.run(&["check", "--json"]);
-    assert_eq!(o.status.code(), Some(0));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let p = shipped();
+    let o = run(&p, &["check", "--json"]);
+    assert_eq!(o.code, Some(0));
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
     let home = v["clusters"]
         .as_array()
         .unwrap()
@@ -166,9 +100,9 @@ fn json_output_parses_back() {
     assert_eq!(home["ha"]["control_plane_members"], 3);
     assert_eq!(home["ha"]["tolerated_failures"], 1);
 
-    let o = p.run(&["show", "--profile", "lb1", "--json"]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let o = run(&p, &["show", "--profile", "lb1", "--json"]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
     let backends: Vec<&str> = v["node"]["load_balancer"]["backends"]
         .as_array()
         .unwrap()
@@ -184,11 +118,11 @@ fn json_output_parses_back() {
         ]
     );
 
-    let broken = Project::home_only();
+    let broken = home_only();
     broken.replace("w1", "192.168.50.21/24", "192.168.50.21/33");
-    let o = broken.run(&["check", "--json"]);
-    assert_eq!(o.status.code(), Some(1));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let o = run(&broken, &["check", "--json"]);
+    assert_eq!(o.code, Some(1));
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
     assert_eq!(v["ok"], false);
     assert_eq!(v["diagnostics"][0]["field"], "network.address");
     assert_eq!(v["diagnostics"][0]["line"], 7);
@@ -196,12 +130,12 @@ fn json_output_parses_back() {
 
 #[test]
 fn inheritance_merges_deeply_and_node_wins() {
-    let p = Project::home_only();
+    let p = home_only();
     // The node overrides one [network] key; the others come from cluster.toml.
     p.append("w2", "gateway = \"192.168.50.254\"");
-    let o = p.run(&["show", "--profile", "w2", "--json"]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let o = run(&p, &["show", "--profile", "w2", "--json"]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
     assert_eq!(v["node"]["network"]["gateway"], "192.168.50.254");
     assert_eq!(v["node"]["network"]["dns"][0], "192.168.50.1");
     assert_eq!(v["node"]["network"]["interface"], "eth0");
@@ -213,35 +147,35 @@ fn inheritance_merges_deeply_and_node_wins() {
         "abstract = true\nextends = \"cluster\"\n[image]\nsize = \"8GiB\"\n",
     );
     p.replace("w1", "extends = \"cluster\"", "extends = \"rack\"");
-    let o = p.run(&["show", "--profile", "w1", "--json"]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let o = run(&p, &["show", "--profile", "w1", "--json"]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
     assert_eq!(v["image"]["size"], 8u64 << 30);
     assert_eq!(v["node"]["network"]["gateway"], "192.168.50.1");
 }
 
 #[test]
 fn extends_cycle_and_missing_base() {
-    let p = Project::home_only();
+    let p = home_only();
     p.write("a", "extends = \"b\"\n");
     p.write("b", "extends = \"a\"\n");
     p.replace("w1", "extends = \"cluster\"", "extends = \"a\"");
     expect_error(&p, "b", Some(1), "extends", "cycle");
-    let p = Project::home_only();
+    let p = home_only();
     p.replace("w1", "extends = \"cluster\"", "extends = \"nosuch\"");
     expect_error(&p, "w1", Some(1), "extends", "no profile named `nosuch`");
 }
 
 #[test]
 fn malformed_toml() {
-    let p = Project::home_only();
+    let p = home_only();
     p.replace("cp2", "role = \"control-plane\"", "role = \"control-plane");
     expect_error(&p, "cp2", Some(4), "", "malformed TOML");
 }
 
 #[test]
 fn unknown_field() {
-    let p = Project::home_only();
+    let p = home_only();
     p.replace("cp2", "address =", "adress =");
     expect_error(
         &p,
@@ -254,20 +188,20 @@ fn unknown_field() {
 
 #[test]
 fn unknown_board_and_role() {
-    let p = Project::home_only();
+    let p = home_only();
     p.replace("w1", "board = \"rpi4b\"", "board = \"rpi9\"");
     expect_error(&p, "w1", Some(3), "board", "unknown variant `rpi9`");
-    let p = Project::home_only();
+    let p = home_only();
     p.replace("w1", "role = \"worker\"", "role = \"boss\"");
     expect_error(&p, "w1", Some(4), "role", "unknown variant `boss`");
 }
 
 #[test]
 fn bad_cidr() {
-    let p = Project::home_only();
+    let p = home_only();
     p.replace("w1", "192.168.50.21/24", "192.168.50.21");
     expect_error(&p, "w1", Some(7), "network.address", "is not a CIDR");
-    let p = Project::home_only();
+    let p = home_only();
     p.replace("cluster", "10.244.0.0/16", "10.244.0.0/99");
     // The pod CIDR comes from cluster.toml: the error points there, once per node using it.
     expect_error(
@@ -281,7 +215,7 @@ fn bad_cidr() {
 
 #[test]
 fn gateway_outside_subnet() {
-    let p = Project::home_only();
+    let p = home_only();
     p.append("w1", "gateway = \"10.1.1.1\"");
     expect_error(
         &p,
@@ -294,17 +228,17 @@ fn gateway_outside_subnet() {
 
 #[test]
 fn duplicate_hostname_and_address() {
-    let p = Project::home_only();
+    let p = home_only();
     p.replace("w2", "hostname = \"w2\"", "hostname = \"w1\"");
     expect_error(&p, "w2", Some(2), "hostname", "also the hostname of");
-    let p = Project::home_only();
+    let p = home_only();
     p.replace("w2", "192.168.50.22/24", "192.168.50.21/24");
     expect_error(&p, "w2", Some(7), "network.address", "also the address of");
 }
 
 #[test]
 fn endpoint_must_be_the_load_balancer() {
-    let p = Project::home_only();
+    let p = home_only();
     p.append(
         "w1",
         "[kubernetes]\ncontrol_plane_endpoint = \"192.168.50.11:6443\"",
@@ -317,7 +251,7 @@ fn endpoint_must_be_the_load_balancer() {
         "is not the load balancer's address (192.168.50.10)",
     );
     // Without a load balancer the endpoint must be a control-plane node.
-    let p = Project::home_only();
+    let p = home_only();
     p.remove("lb1");
     p.replace("cluster", "192.168.50.10:6443", "192.168.50.99:6443");
     expect_error(
@@ -327,20 +261,20 @@ fn endpoint_must_be_the_load_balancer() {
         "kubernetes.control_plane_endpoint",
         "neither a load balancer nor a control-plane node",
     );
-    let p = Project::home_only();
+    let p = home_only();
     p.remove("lb1");
     p.replace("cluster", "192.168.50.10:6443", "192.168.50.11:6443");
-    let o = p.run(&["check"]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(stdout(&o).contains("no load balancer"), "{}", stdout(&o));
+    let o = run(&p, &["check"]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    assert!(o.stdout.contains("no load balancer"), "{}", o.stdout);
 }
 
 #[test]
 fn init_exactly_once() {
-    let p = Project::home_only();
+    let p = home_only();
     p.replace("cp1", "init = true", "init = false");
     expect_error(&p, "cp1", None, "kubernetes.init", "no control-plane node");
-    let p = Project::home_only();
+    let p = home_only();
     p.append("cp3", "[kubernetes]\ninit = true");
     expect_error(
         &p,
@@ -349,7 +283,7 @@ fn init_exactly_once() {
         "kubernetes.init",
         "several control-plane nodes initialise",
     );
-    let p = Project::home_only();
+    let p = home_only();
     p.append("w1", "[kubernetes]\ninit = true");
     expect_error(
         &p,
@@ -362,7 +296,7 @@ fn init_exactly_once() {
 
 #[test]
 fn cidrs_must_not_overlap_the_node_network() {
-    let p = Project::home_only();
+    let p = home_only();
     p.replace("cluster", "10.244.0.0/16", "192.168.0.0/16");
     expect_error(
         &p,
@@ -371,7 +305,7 @@ fn cidrs_must_not_overlap_the_node_network() {
         "kubernetes.pod_cidr",
         "192.168.0.0/16 overlaps the node network 192.168.50.0/24",
     );
-    let p = Project::home_only();
+    let p = home_only();
     p.replace("cluster", "10.96.0.0/12", "192.168.50.128/25");
     expect_error(
         &p,
@@ -384,10 +318,10 @@ fn cidrs_must_not_overlap_the_node_network() {
 
 #[test]
 fn token_hash_and_key_formats() {
-    let p = Project::home_only();
-    assert_eq!(p.run(&["check"]).status.code(), Some(0));
-    let secrets = p.dir.path().join("secrets/home.toml");
-    let text = p.secrets_text("home");
+    let p = home_only();
+    assert_eq!(run(&p, &["check"]).code, Some(0));
+    let secrets = p.root().join("secrets/home.toml");
+    let text = secrets_text(&p, "home");
     let bad = text
         .lines()
         .map(|l| {
@@ -402,9 +336,9 @@ fn token_hash_and_key_formats() {
         .collect::<Vec<_>>()
         .join("\n");
     std::fs::write(&secrets, bad).unwrap();
-    let o = p.run(&["check"]);
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(1));
+    let o = run(&p, &["check"]);
+    let err = &o.stderr;
+    assert_eq!(o.code, Some(1));
     let sp = secrets.display().to_string();
     assert!(
         err.lines()
@@ -421,25 +355,25 @@ fn token_hash_and_key_formats() {
         "a secret value was echoed: {err}"
     );
 
-    let p = Project::home_only();
+    let p = home_only();
     p.append("w1", "[kubernetes]\ndiscovery_ca_hash = \"sha256:xyz\"");
     expect_error(&p, "w1", Some(10), "kubernetes.discovery_ca_hash", "64 hex");
 }
 
 #[test]
 fn secrets_generated_private_and_never_printed() {
-    let p = Project::new();
-    let o = p.run(&["check"]);
-    assert_eq!(o.status.code(), Some(0));
+    let p = shipped();
+    let o = run(&p, &["check"]);
+    assert_eq!(o.code, Some(0));
     assert!(
-        stderr(&o).contains("generated cluster secrets"),
+        o.stderr.contains("generated cluster secrets"),
         "{}",
-        stderr(&o)
+        o.stderr
     );
-    let path = p.dir.path().join("secrets/home.toml");
+    let path = p.root().join("secrets/home.toml");
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
-    let text = p.secrets_text("home");
+    let text = secrets_text(&p, "home");
     let v: toml::Table = toml::from_str(&text).unwrap();
     let token = v["token"].as_str().unwrap().to_string();
     let key = v["certificate_key"].as_str().unwrap().to_string();
@@ -451,30 +385,19 @@ fn secrets_generated_private_and_never_printed() {
     assert!(key.len() == 64 && key.bytes().all(|c| c.is_ascii_hexdigit()));
 
     // The discovery hash is the SPKI hash openssl computes from the CA certificate.
-    let ca = p.dir.path().join("ca.crt");
+    let ca = p.root().join("ca.crt");
     std::fs::write(&ca, v["ca_cert"].as_str().unwrap()).unwrap();
-    let hash = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "openssl x509 -pubkey -noout -in {} | openssl pkey -pubin -outform der | sha256sum",
-            ca.display()
-        ))
-        .output()
-        .unwrap();
-    assert!(hash.status.success());
-    let expected = format!(
-        "sha256:{}",
-        String::from_utf8_lossy(&hash.stdout)
-            .split_whitespace()
-            .next()
-            .unwrap()
-    );
-    let o = p.run(&["show", "--profile", "w1", "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let hash = text_of(Command::new("sh").arg("-c").arg(format!(
+        "openssl x509 -pubkey -noout -in {} | openssl pkey -pubin -outform der | sha256sum",
+        ca.display()
+    )));
+    let expected = format!("sha256:{}", hash.split_whitespace().next().unwrap());
+    let o = run(&p, &["show", "--profile", "w1", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
     assert_eq!(v["node"]["kubernetes"]["ca_cert_hash"], expected.as_str());
 
     // A second run reuses the file; no command prints a secret.
-    let before = p.secrets_text("home");
+    let before = secrets_text(&p, "home");
     for args in [
         vec!["check"],
         vec!["check", "--json"],
@@ -482,27 +405,27 @@ fn secrets_generated_private_and_never_printed() {
         vec!["show", "--profile", "cp1", "--json"],
         vec!["show", "--profile", "w1"],
     ] {
-        let o = p.run(&args);
-        assert_eq!(o.status.code(), Some(0), "{args:?}");
-        let all = format!("{}{}", stdout(&o), stderr(&o));
+        let o = run(&p, &args);
+        assert_eq!(o.code, Some(0), "{args:?}");
+        let all = o.combined();
         assert!(!all.contains(&token), "{args:?} printed the token");
         assert!(!all.contains(&key), "{args:?} printed the certificate key");
         assert!(!all.contains("PRIVATE KEY"), "{args:?} printed the CA key");
         assert!(!all.contains("generated cluster secrets"));
     }
-    assert_eq!(before, p.secrets_text("home"));
+    assert_eq!(before, secrets_text(&p, "home"));
 }
 
 #[test]
 fn ha_assessment_warnings() {
-    let p = Project::home_only();
+    let p = home_only();
     p.write(
         "cp4",
         "extends = \"cluster\"\nhostname = \"cp4\"\nboard = \"rpi4b\"\nrole = \"control-plane\"\n[network]\naddress = \"192.168.50.14/24\"\n",
     );
-    let o = p.run(&["check"]);
-    assert_eq!(o.status.code(), Some(0));
-    let out = stdout(&o);
+    let o = run(&p, &["check"]);
+    assert_eq!(o.code, Some(0));
+    let out = &o.stdout;
     assert!(
         out.contains("4 control-plane members, tolerates 1 failure"),
         "{out}"
@@ -512,11 +435,11 @@ fn ha_assessment_warnings() {
         "{out}"
     );
 
-    let p = Project::home_only();
+    let p = home_only();
     p.remove("cp2");
     p.remove("cp3");
-    let o = p.run(&["check"]);
-    let out = stdout(&o);
+    let o = run(&p, &["check"]);
+    let out = &o.stdout;
     assert!(
         out.contains("1 control-plane member, tolerates 0 failures"),
         "{out}"
@@ -526,81 +449,78 @@ fn ha_assessment_warnings() {
 
 #[test]
 fn show_unknown_profile_and_build_validates() {
-    let p = Project::home_only();
-    let o = p.run(&["show", "--profile", "nosuch"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("no node profile named `nosuch`"));
+    let p = home_only();
+    let o = run(&p, &["show", "--profile", "nosuch"]);
+    assert_eq!(o.code, Some(1));
+    assert!(o.stderr.contains("no node profile named `nosuch`"));
     p.replace("w1", "192.168.50.21/24", "192.168.50.21/40");
-    let o = p.run(&["build", "--profile", "w1", "--out", "out"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("network.address"), "{}", stderr(&o));
-    assert!(!p.dir.path().join("out").exists());
+    let o = run(&p, &["build", "--profile", "w1", "--out", "out"]);
+    assert_eq!(o.code, Some(1));
+    assert!(o.stderr.contains("network.address"), "{}", o.stderr);
+    assert!(!p.root().join("out").exists());
 }
 
 #[test]
 fn token_ttl_is_a_finite_duration() {
-    let p = Project::home_only();
+    let p = home_only();
     p.append("w1", "[kubernetes]\ntoken_ttl = \"0s\"");
     expect_error(&p, "w1", Some(10), "kubernetes.token_ttl", "never expire");
-    let p = Project::home_only();
+    let p = home_only();
     p.append("w1", "[kubernetes]\ntoken_ttl = \"1 day\"");
     expect_error(&p, "w1", Some(10), "kubernetes.token_ttl", "not a duration");
     // The default lands in the kubeadm configuration the init node uses.
-    let p = Project::home_only();
+    let p = home_only();
     p.replace("cp1", "init = true", "init = true\ntoken_ttl = \"1h30m\"");
-    let o = p.run(&["show", "--profile", "cp1", "--json"]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let o = run(&p, &["show", "--profile", "cp1", "--json"]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
     assert_eq!(v["node"]["kubernetes"]["token_ttl"], "1h30m");
-    let o = p.run(&["show", "--profile", "w1", "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let o = run(&p, &["show", "--profile", "w1", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
     assert_eq!(v["node"]["kubernetes"]["token_ttl"], "24h");
 }
 
 #[test]
 fn control_plane_boards_have_the_memory_kubeadm_requires() {
-    let p = Project::home_only();
+    let p = home_only();
     p.replace("cp2", "board = \"rpi4b\"", "board = \"rpi3b\"");
     expect_error(&p, "cp2", Some(3), "board", "1700 MB");
 }
 
 #[test]
 fn kubernetes_nodes_need_ntp_and_never_start_their_clock_before_the_ca() {
-    let p = Project::home_only();
+    let p = home_only();
     p.replace("cluster", "ntp = [\"pool.ntp.org\"]", "");
     expect_error(&p, "w1", None, "network.ntp", "no clock of its own");
 
     // SOURCE_DATE_EPOCH (2026-01-01) lies before the CA generated now: the node's clock floor
     // is the CA's notBefore, as openssl reads it.
-    let p = Project::new();
-    let o = p.run(&["show", "--profile", "w1", "--json"]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let p = shipped();
+    let o = run(&p, &["show", "--profile", "w1", "--json"]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
     let floor = v["node"]["build_epoch"].as_i64().unwrap();
-    let secrets: toml::Table = toml::from_str(&p.secrets_text("home")).unwrap();
-    let ca = p.dir.path().join("ca.crt");
+    let secrets: toml::Table = toml::from_str(&secrets_text(&p, "home")).unwrap();
+    let ca = p.root().join("ca.crt");
     std::fs::write(&ca, secrets["ca_cert"].as_str().unwrap()).unwrap();
-    let o = Command::new("openssl")
-        .args([
-            "x509",
-            "-noout",
-            "-startdate",
-            "-dateopt",
-            "iso_8601",
-            "-in",
-        ])
-        .arg(&ca)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    let text = text_of(
+        Command::new("openssl")
+            .args([
+                "x509",
+                "-noout",
+                "-startdate",
+                "-dateopt",
+                "iso_8601",
+                "-in",
+            ])
+            .arg(&ca),
+    );
     // notBefore=2026-11-24 00:00:00Z
-    let text = stdout(&o);
     let date = text.trim().trim_start_matches("notBefore=");
-    let o = Command::new("date")
-        .args(["-u", "-d", date, "+%s"])
-        .output()
+    let not_before: i64 = text_of(Command::new("date").args(["-u", "-d", date, "+%s"]))
+        .trim()
+        .parse()
         .unwrap();
-    let not_before: i64 = stdout(&o).trim().parse().unwrap();
     assert!(
         not_before > 1_767_225_600,
         "the CA predates SOURCE_DATE_EPOCH?"
@@ -610,10 +530,10 @@ fn kubernetes_nodes_need_ntp_and_never_start_their_clock_before_the_ca() {
 
 #[test]
 fn pod_subnets_come_from_the_profiles_and_are_routed_between_nodes() {
-    let p = Project::new();
-    let o = p.run(&["show", "--profile", "w1", "--json"]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let p = shipped();
+    let o = run(&p, &["show", "--profile", "w1", "--json"]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
     // 192.168.50.21/24 in 10.244.0.0/16: the node's host number picks its /24.
     assert_eq!(v["node"]["kubernetes"]["node_pod_cidr"], "10.244.21.0/24");
     let routes: Vec<(String, String)> = v["node"]["network"]["routes"]
@@ -638,17 +558,17 @@ fn pod_subnets_come_from_the_profiles_and_are_routed_between_nodes() {
     .collect();
     assert_eq!(routes, want);
     // The load balancer runs no pods and gets no pod routes.
-    let o = p.run(&["show", "--profile", "lb1", "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let o = run(&p, &["show", "--profile", "lb1", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
     assert!(v["node"]["network"]["routes"]
         .as_array()
         .is_none_or(|r| r.is_empty()));
 
     // Two nodes claiming one subnet, and a node whose host number does not fit.
-    let p = Project::home_only();
+    let p = home_only();
     p.append("w2", "[kubernetes]\nnode_pod_cidr = \"10.244.21.0/24\"");
     expect_error(&p, "w2", Some(10), "kubernetes.node_pod_cidr", "collides");
-    let p = Project::home_only();
+    let p = home_only();
     p.replace(
         "cluster",
         "pod_cidr = \"10.244.0.0/16\"",
@@ -665,11 +585,11 @@ fn pod_subnets_come_from_the_profiles_and_are_routed_between_nodes() {
 
 #[test]
 fn control_planes_join_one_after_another() {
-    let p = Project::new();
+    let p = shipped();
     let after = |name: &str| -> Vec<String> {
-        let o = p.run(&["show", "--profile", name, "--json"]);
-        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        let o = run(&p, &["show", "--profile", name, "--json"]);
+        assert_eq!(o.code, Some(0), "{}", o.stderr);
+        let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
         v["node"]["kubernetes"]["join_after"]
             .as_array()
             .map(|a| a.iter().map(|x| x.as_str().unwrap().to_string()).collect())

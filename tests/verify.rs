@@ -5,38 +5,18 @@
 //! target/tmp/piimg-test-cache), `faketime` (so the build clock really differs) and e2fsprogs.
 
 mod common;
-use common::{cache_home, repo};
+use common::checkers::tool;
+use common::project::{project, Project};
 
 use std::path::Path;
 use std::process::Command;
 
-const PIIMG: &str = env!("CARGO_BIN_EXE_piimg");
-
-fn project() -> tempfile::TempDir {
-    project_with("qemu")
-}
-
-fn project_with(profile: &str) -> tempfile::TempDir {
-    let t = tempfile::Builder::new()
-        .prefix("piimg-verify-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap();
-    std::fs::create_dir_all(t.path().join("profiles")).unwrap();
-    std::fs::copy(
-        repo().join(format!("profiles/{profile}.toml")),
-        t.path().join(format!("profiles/{profile}.toml")),
-    )
-    .unwrap();
-    std::fs::copy(repo().join("piimg.lock"), t.path().join("piimg.lock")).unwrap();
-    t
-}
-
-fn piimg(project: &Path) -> Command {
-    let mut c = Command::new(PIIMG);
-    c.current_dir(project)
-        .env("XDG_CACHE_HOME", cache_home())
-        .env_remove("SOURCE_DATE_EPOCH");
-    c
+/// A temporary project holding one profile and the repository's lock.
+fn project_with(profile: &str) -> Project {
+    project()
+        .only(&[profile])
+        .lock()
+        .create_temp("piimg-verify-")
 }
 
 #[test]
@@ -48,16 +28,15 @@ fn two_builds_in_different_environments_are_identical() {
         ft.is_ok_and(|s| s.success()),
         "faketime is needed to vary the build clock: apt-get install faketime"
     );
-    let p = project();
-    let keep = p.path().join("builds");
-    let o = piimg(p.path())
+    let p = project_with("qemu");
+    let keep = p.root().join("builds");
+    let o = p
+        .piimg_cached()
         .args(["verify", "--profile", "qemu", "--keep"])
         .arg(&keep)
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "verify failed:\n{out}\n{err}");
+        .run();
+    o.assert_ok();
+    let (out, err) = (&o.stdout, &o.stderr);
     assert!(out.starts_with("identical: sha256 "), "{out}");
     // Both environments were really used, the clock included.
     assert!(
@@ -74,17 +53,16 @@ fn two_builds_in_different_environments_are_identical() {
 
 #[test]
 fn a_different_build_time_is_found_and_located() {
-    let p = project();
+    let p = project_with("qemu");
     let mut imgs = Vec::new();
     for (i, epoch) in ["1767225600", "1767312000"].iter().enumerate() {
-        let out = p.path().join(format!("out{i}"));
-        let o = piimg(p.path())
-            .env("SOURCE_DATE_EPOCH", epoch)
+        let out = p.root().join(format!("out{i}"));
+        p.piimg_cached()
+            .epoch(epoch)
             .args(["--quiet", "build", "--profile", "qemu", "--out"])
             .arg(&out)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            .run()
+            .assert_ok();
         imgs.push((out.join("qemu.img"), out.join("qemu.manifest.json")));
     }
     let cmp =
@@ -138,15 +116,15 @@ fn a_different_build_time_is_found_and_located() {
     // The located offsets really differ, as a tool we did not write sees them.
     for d in &cmp.partitions {
         let byte = |img: &Path| {
-            let o = Command::new("cmp")
-                .arg(img)
-                .arg(&imgs[1].0)
-                .arg("-i")
-                .arg(format!("{}", d.disk_offset))
-                .arg("-n")
-                .arg("1")
-                .output()
-                .unwrap();
+            let o = tool(
+                Command::new("cmp")
+                    .arg(img)
+                    .arg(&imgs[1].0)
+                    .arg("-i")
+                    .arg(format!("{}", d.disk_offset))
+                    .arg("-n")
+                    .arg("1"),
+            );
             o.status.code()
         };
         assert_eq!(byte(&imgs[0].0), Some(1), "{d}");
@@ -156,18 +134,13 @@ fn a_different_build_time_is_found_and_located() {
 #[test]
 fn a_worker_with_secrets_and_local_components_builds_identically() {
     let p = project_with("qemu-worker");
-    let standin = |n: &str| format!("{n}={}", repo().join("tests/standins").join(n).display());
-    let o = piimg(p.path())
-        .args(["verify", "--profile", "qemu-worker", "--component"])
-        .arg(standin("kubelet"))
-        .arg("--component")
-        .arg(standin("kubeadm"))
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "verify failed:\n{out}\n{err}");
-    assert!(out.starts_with("identical: sha256 "), "{out}");
+    let o = p
+        .piimg_cached()
+        .args(["verify", "--profile", "qemu-worker"])
+        .standins(&["kubelet", "kubeadm"])
+        .run();
+    o.assert_ok();
+    assert!(o.stdout.starts_with("identical: sha256 "), "{}", o.stdout);
     // The secrets file was generated once and both builds used it.
-    assert!(p.path().join("secrets/qemu-worker.toml").exists());
+    assert!(p.secrets("qemu-worker").exists());
 }

@@ -10,101 +10,45 @@
 //! it builds lb1 from the committed lock with an empty cache, so a lock that no longer builds
 //! fails CI before it fails a new user.
 
+// The harness lives beside the test binaries, not in this folder.
+#[path = "../common/mod.rs"]
+mod common;
 mod repo;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
 
+use common::checkers::run;
+use common::piimg::{Piimg, Run};
+use common::project::project;
+use common::{cache_home, dir_names, repo, sha256_file, temp_dir};
 use repo::{Key, Server};
-use sha2::{Digest, Sha256};
 
-const PIIMG: &str = env!("CARGO_BIN_EXE_piimg");
 const SNAPSHOT: &str = "20260101T000000Z";
 const SUPERSEDED: &str = "liblua5.4-0";
 
-fn repo_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The package cache the other test binaries share: the committed lock's files download once.
-fn shared_cache() -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("piimg-test-cache");
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn tmp(prefix: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap()
-}
-
-/// A project with the shipped profiles, the overlays and (if given) a lock; `image` keys are set
-/// in lb1's `[image]` table.
-fn project(dir: &Path, lock: Option<&Path>, image: &[(&str, toml_edit::Value)]) {
-    let profiles = dir.join("profiles");
-    std::fs::create_dir_all(&profiles).unwrap();
-    for e in std::fs::read_dir(repo_dir().join("profiles")).unwrap() {
-        let p = e.unwrap().path();
-        if p.extension().is_some_and(|x| x == "toml") {
-            std::fs::copy(&p, profiles.join(p.file_name().unwrap())).unwrap();
-        }
-    }
-    let text = std::fs::read_to_string(repo_dir().join("profiles/lb1.toml")).unwrap();
-    let mut doc: toml_edit::DocumentMut = text.parse().unwrap();
+/// A project with the shipped profiles, the overlays and `lock`; `image` keys are set in lb1's
+/// `[image]` table.
+fn lb1_project(dir: &Path, lock: &Path, image: &[(&str, toml_edit::Value)]) {
+    let p = project().lock_from(lock).overlays().create_in(dir);
+    let mut doc: toml_edit::DocumentMut = p.read("lb1").parse().unwrap();
     for (k, v) in image {
         doc["image"][k] = toml_edit::Item::Value(v.clone());
     }
-    std::fs::write(profiles.join("lb1.toml"), doc.to_string()).unwrap();
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(repo_dir().join("overlays"))
-        .arg(dir.join("overlays"))
-        .status()
-        .unwrap();
-    assert!(st.success());
-    if let Some(l) = lock {
-        std::fs::copy(l, dir.join("piimg.lock")).unwrap();
-    }
+    p.write("lb1", &doc.to_string());
 }
 
 /// Runs piimg in `dir` with `cache` as XDG_CACHE_HOME and no proxy (traffic stays on loopback).
-fn piimg(dir: &Path, cache: &Path, args: &[&str]) -> Output {
-    Command::new(PIIMG)
-        .current_dir(dir)
+fn piimg(dir: &Path, cache: &Path, args: &[&str]) -> Run {
+    Piimg::new()
+        .cwd(dir)
+        .cache(cache)
+        .no_epoch()
+        .no_proxy()
         .args(args)
-        .env("XDG_CACHE_HOME", cache)
-        .env_remove("SOURCE_DATE_EPOCH")
-        .env_remove("http_proxy")
-        .env_remove("https_proxy")
-        .env_remove("HTTP_PROXY")
-        .env_remove("HTTPS_PROXY")
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn ok(o: Output) -> Output {
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    o
-}
-
-fn sha256_file(p: &Path) -> String {
-    let mut h = Sha256::new();
-    let mut f = std::fs::File::open(p).unwrap();
-    std::io::copy(&mut f, &mut h).unwrap();
-    hex::encode(h.finalize())
+        .run()
 }
 
 /// The files in a cache's content store.
@@ -119,17 +63,13 @@ fn cached(cache: &Path) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-/// Every entry of a folder, recursively, as relative paths (to show that nothing was written).
+/// The entries of a folder, none if it does not exist (to show that nothing was written).
 fn listing(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            out.push(name);
-        }
+    if dir.exists() {
+        dir_names(dir)
+    } else {
+        Vec::new()
     }
-    out.sort();
-    out
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -174,19 +114,16 @@ fn debs(lock: &LockFile) -> Vec<&Entry> {
 
 #[test]
 fn committed_lock_builds_lb1_with_an_empty_cache() {
-    let work = tmp("piimg-newcomer-");
+    let work = temp_dir("piimg-newcomer-");
     let cache = work.path().join("cache");
     let dir = work.path().join("project");
-    project(&dir, Some(&repo_dir().join("piimg.lock")), &[]);
+    lb1_project(&dir, &repo().join("piimg.lock"), &[]);
     let before = std::fs::read(dir.join("piimg.lock")).unwrap();
-    let o = ok(piimg(
-        &dir,
-        &cache,
-        &["build", "--profile", "lb1", "--out", "out"],
-    ));
+    let o = piimg(&dir, &cache, &["build", "--profile", "lb1", "--out", "out"]);
+    o.assert_ok();
     let img = dir.join("out/lb1.img");
     let sum = std::fs::read_to_string(dir.join("out/lb1.img.sha256")).unwrap();
-    assert!(sum.starts_with(&sha256_file(&img)), "{}", text(&o));
+    assert!(sum.starts_with(&sha256_file(&img)), "{}", o.text());
     assert_eq!(
         std::fs::read(dir.join("piimg.lock")).unwrap(),
         before,
@@ -221,19 +158,15 @@ struct Archive {
 
 impl Archive {
     fn new() -> Archive {
-        let work = tmp("piimg-archive-");
-        let committed = repo_dir().join("piimg.lock");
+        let work = temp_dir("piimg-archive-");
+        let committed = repo().join("piimg.lock");
         // The committed lock's files, once, into the shared cache (from the host's mirror).
         let seed = work.path().join("seed");
-        project(&seed, Some(&committed), &[]);
-        ok(piimg(
-            &seed,
-            &shared_cache(),
-            &["fetch", "--profile", "lb1"],
-        ));
+        lb1_project(&seed, &committed, &[]);
+        piimg(&seed, &cache_home(), &["fetch", "--profile", "lb1"]).assert_ok();
         let lock = read_lock(&committed);
         let srv = work.path().join("srv");
-        let store = shared_cache().join("piimg/sha256");
+        let store = cache_home().join("piimg/sha256");
         let mut main = Vec::new();
         let mut security = Vec::new();
         for e in debs(&lock) {
@@ -341,17 +274,10 @@ fn stub_deb(archive_root: &Path, name: &str) -> PathBuf {
     .unwrap();
     let out = archive_root.join(format!("pool/main/stub/{name}_99.0-piimgstub_arm64.deb"));
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-    let st = Command::new("dpkg-deb")
+    run(Command::new("dpkg-deb")
         .args(["--root-owner-group", "-Zgzip", "-b"])
         .arg(&root)
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+        .arg(&out));
     out
 }
 
@@ -367,12 +293,12 @@ fn build_from(
     lock: &Path,
     extra: &[(&'static str, toml_edit::Value)],
     cache: Option<&Path>,
-) -> (Output, PathBuf, PathBuf, tempfile::TempDir) {
-    let work = tmp("piimg-lockbuild-");
+) -> (Run, PathBuf, PathBuf, tempfile::TempDir) {
+    let work = temp_dir("piimg-lockbuild-");
     let dir = work.path().join("project");
     let mut image = a.image();
     image.extend(extra.iter().cloned());
-    project(&dir, Some(lock), &image);
+    lb1_project(&dir, lock, &image);
     let cache = cache
         .map(Path::to_path_buf)
         .unwrap_or_else(|| work.path().join("cache"));
@@ -393,19 +319,20 @@ fn a_moving_archive_keeps_the_locks_promise() {
 
     // 1. The committed lock against the local archive, empty cache: the same image as from the
     //    host's mirror (built offline from the shared cache).
-    let reference = tmp("piimg-ref-");
+    let reference = temp_dir("piimg-ref-");
     let rdir = reference.path().join("project");
-    project(&rdir, Some(&a.lock_path), &[]);
-    ok(piimg(
+    lb1_project(&rdir, &a.lock_path, &[]);
+    piimg(
         &rdir,
-        &shared_cache(),
+        &cache_home(),
         &["build", "--offline", "--profile", "lb1", "--out", "out"],
-    ));
+    )
+    .assert_ok();
     let want = sha256_file(&rdir.join("out/lb1.img"));
     a.server.clear_requests();
     let (o, out, cache1, _w1) = build_from(a, &a.lock_path, &[], None);
-    let o = ok(o);
-    assert_eq!(sha256_file(&out.join("lb1.img")), want, "{}", text(&o));
+    o.assert_ok();
+    assert_eq!(sha256_file(&out.join("lb1.img")), want, "{}", o.text());
     let reqs = a.server.requests();
     assert!(
         reqs.iter().any(|r| r.ends_with(old.pool_path())),
@@ -441,8 +368,8 @@ fn a_moving_archive_keeps_the_locks_promise() {
         &a.key,
     );
     let (o, out, _, _w2) = build_from(a, &a.lock_path, &[], None);
-    let o = ok(o);
-    assert_eq!(sha256_file(&out.join("lb1.img")), want, "{}", text(&o));
+    o.assert_ok();
+    assert_eq!(sha256_file(&out.join("lb1.img")), want, "{}", o.text());
 
     // 3. A security update of zlib1g appears; `--outdated` reports both, marks the security
     //    one, exits 1; `--update` takes both and records where they came from.
@@ -463,17 +390,17 @@ fn a_moving_archive_keeps_the_locks_promise() {
         &BTreeMap::from([("main".to_string(), security)]),
         &a.key,
     );
-    let upd = tmp("piimg-update-");
+    let upd = temp_dir("piimg-update-");
     let udir = upd.path().join("project");
-    project(&udir, Some(&a.lock_path), &a.image());
+    lb1_project(&udir, &a.lock_path, &a.image());
     let ucache = upd.path().join("cache");
     let o = piimg(
         &udir,
         &ucache,
         &["fetch", "--outdated", "--profile", "lb1", "--json"],
     );
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(o.code, Some(1), "{}", o.text());
+    let list: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
     let found: BTreeMap<String, (String, String, bool)> = list
         .as_array()
         .unwrap()
@@ -502,10 +429,10 @@ fn a_moving_archive_keeps_the_locks_promise() {
             ),
         ]),
         "{}",
-        text(&o)
+        o.text()
     );
     let o = piimg(&udir, &ucache, &["fetch", "--outdated", "--profile", "lb1"]);
-    let table = String::from_utf8_lossy(&o.stdout).into_owned();
+    let table = o.stdout.clone();
     assert!(
         table
             .lines()
@@ -514,16 +441,13 @@ fn a_moving_archive_keeps_the_locks_promise() {
                 .lines()
                 .any(|l| l.starts_with(SUPERSEDED) && !l.contains("[security]")),
         "{}",
-        text(&o)
+        o.text()
     );
-    let o = ok(piimg(
-        &udir,
-        &ucache,
-        &["fetch", "--update", "--profile", "lb1"],
-    ));
+    let o = piimg(&udir, &ucache, &["fetch", "--update", "--profile", "lb1"]);
+    o.assert_ok();
     let updated = read_lock(&udir.join("piimg.lock"));
     let get = |n: &str| updated.component.iter().find(|e| e.name == n).unwrap();
-    assert_eq!(get(SUPERSEDED).version, newer, "{}", text(&o));
+    assert_eq!(get(SUPERSEDED).version, newer, "{}", o.text());
     assert_eq!(get(SUPERSEDED).archive, None);
     assert_eq!(get("zlib1g").version, zlib_new);
     assert_eq!(get("zlib1g").archive.as_deref(), Some("security"));
@@ -545,31 +469,24 @@ fn a_moving_archive_keeps_the_locks_promise() {
         .filter(|(n, v)| before.get(*n) != Some(*v))
         .map(|(n, _)| *n)
         .collect();
-    assert_eq!(moved, [SUPERSEDED, "zlib1g"], "{}", text(&o));
-    let o = ok(piimg(
-        &udir,
-        &ucache,
-        &["fetch", "--outdated", "--profile", "lb1"],
-    ));
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("newest"),
-        "{}",
-        text(&o)
-    );
+    assert_eq!(moved, [SUPERSEDED, "zlib1g"], "{}", o.text());
+    let o = piimg(&udir, &ucache, &["fetch", "--outdated", "--profile", "lb1"]);
+    o.assert_ok();
+    assert!(o.stdout.contains("newest"), "{}", o.text());
 
     // 4. The old version leaves the pool: a build from the old lock fails before writing
     //    anything, naming the package and the ways out.
     std::fs::remove_file(a.file(SUPERSEDED)).unwrap();
     let (o, out, cache4, _w4) = build_from(a, &a.lock_path, &[], None);
-    assert_ne!(o.status.code(), Some(0), "{}", text(&o));
-    let err = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.code, Some(0), "{}", o.text());
+    let err = &o.stderr;
     for needle in [
         format!("{SUPERSEDED} {}", old.version),
         "piimg fetch --update".to_string(),
         "image.snapshot".to_string(),
         "--offline".to_string(),
     ] {
-        assert!(err.contains(&needle), "no {needle:?} in:\n{}", text(&o));
+        assert!(err.contains(&needle), "no {needle:?} in:\n{}", o.text());
     }
     assert!(
         listing(&out).is_empty(),
@@ -605,8 +522,8 @@ fn a_moving_archive_keeps_the_locks_promise() {
         ],
         None,
     );
-    let o = ok(o);
-    assert_eq!(sha256_file(&out.join("lb1.img")), want, "{}", text(&o));
+    o.assert_ok();
+    assert_eq!(sha256_file(&out.join("lb1.img")), want, "{}", o.text());
     let reqs = a.server.requests();
     assert!(
         reqs.iter()
@@ -622,7 +539,7 @@ fn a_moving_archive_keeps_the_locks_promise() {
     bad[mid] ^= 0xff;
     std::fs::remove_file(&busybox).unwrap(); // a hard link into the shared cache: never write through it
     std::fs::write(&busybox, &bad).unwrap();
-    let work6 = tmp("piimg-corrupt-");
+    let work6 = temp_dir("piimg-corrupt-");
     let cache6 = work6.path().join("cache");
     let store6 = cache6.join("piimg/sha256");
     std::fs::create_dir_all(&store6).unwrap();
@@ -635,12 +552,12 @@ fn a_moving_archive_keeps_the_locks_promise() {
     let before = cached(&cache6);
     let (o, out, _, _w6) = build_from(a, &a.lock_path, &[], Some(&cache6));
     std::fs::write(&busybox, &good).unwrap();
-    assert_ne!(o.status.code(), Some(0), "{}", text(&o));
-    let err = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.code, Some(0), "{}", o.text());
+    let err = &o.stderr;
     assert!(
         err.contains("busybox-static") && err.contains(&busybox_sha),
         "{}",
-        text(&o)
+        o.text()
     );
     assert_eq!(cached(&cache6), before, "the cache changed");
     assert!(listing(&out).is_empty(), "{:?}", listing(&out));

@@ -4,7 +4,8 @@
 // Each test uses a part of this harness.
 #![allow(dead_code)]
 
-use sha2::{Digest, Sha256};
+use crate::common::checkers::{pipe, stdout_of};
+use crate::common::sha256_hex;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
@@ -25,24 +26,6 @@ pub const RELEASE_DATE: &str = "Thu, 01 Jan 2026 00:00:00 UTC";
 /// `SOURCE_DATE_EPOCH` for the packages this harness builds (the same instant as
 /// [`RELEASE_DATE`]), so that a repacked .deb is byte-for-byte reproducible.
 const SOURCE_DATE_EPOCH: &str = "1767225600";
-
-/// Runs a tool and returns its stdout; panics with the command line and its stderr unless it
-/// exits 0, because a harness step that silently failed would make the test's own failure
-/// unreadable.
-fn run(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?} could not run (tool missing?): {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\nstderr: {}\nstdout: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    out.stdout
-}
 
 // ---------------------------------------------------------------------------------------------
 // HTTP server
@@ -287,14 +270,14 @@ impl Key {
         fs::create_dir_all(&home).unwrap_or_else(|e| panic!("creating {home:?}: {e}"));
         fs::set_permissions(&home, fs::Permissions::from_mode(0o700))
             .unwrap_or_else(|e| panic!("chmod 0700 {home:?}: {e}"));
-        run(gpg(&home).args([
+        stdout_of(gpg(&home).args([
             "--quick-gen-key",
             "piimg test <test@piimg.invalid>",
             "ed25519",
             "sign",
             "never",
         ]));
-        let listing = run(gpg(&home).args(["--with-colons", "--list-secret-keys"]));
+        let listing = stdout_of(gpg(&home).args(["--with-colons", "--list-secret-keys"]));
         let listing = String::from_utf8_lossy(&listing);
         let fingerprint = listing
             .lines()
@@ -303,10 +286,12 @@ impl Key {
             .unwrap_or_else(|| panic!("no fingerprint in gpg's listing:\n{listing}"))
             .to_string();
         let keyring = dir.join("piimg-test-keyring.gpg");
-        run(gpg(&home)
-            .args(["--yes", "--output"])
-            .arg(&keyring)
-            .args(["--export", &fingerprint]));
+        stdout_of(
+            gpg(&home)
+                .args(["--yes", "--output"])
+                .arg(&keyring)
+                .args(["--export", &fingerprint]),
+        );
         fs::set_permissions(&keyring, fs::Permissions::from_mode(0o644))
             .unwrap_or_else(|e| panic!("chmod 0644 {keyring:?}: {e}"));
         Key {
@@ -328,13 +313,15 @@ impl Key {
 
     /// Writes `input` clear-signed to `output` (an InRelease from a Release).
     pub fn clearsign(&self, input: &Path, output: &Path) {
-        run(gpg(&self.home)
-            .args(["--yes", "--digest-algo", "SHA512", "--local-user"])
-            .arg(&self.fingerprint)
-            .arg("--output")
-            .arg(output)
-            .arg("--clearsign")
-            .arg(input));
+        stdout_of(
+            gpg(&self.home)
+                .args(["--yes", "--digest-algo", "SHA512", "--local-user"])
+                .arg(&self.fingerprint)
+                .arg("--output")
+                .arg(output)
+                .arg("--clearsign")
+                .arg(input),
+        );
     }
 }
 
@@ -443,7 +430,7 @@ fn stanza(archive_root: &Path, deb: &Path) -> String {
         })
         .unwrap_or_else(|| panic!("{deb:?} is not inside the archive {archive_root:?}"));
     let bytes = fs::read(&file).unwrap_or_else(|e| panic!("reading {file:?}: {e}"));
-    let control = run(Command::new("dpkg-deb").arg("--field").arg(&file));
+    let control = stdout_of(Command::new("dpkg-deb").arg("--field").arg(&file));
     let mut text = String::from_utf8_lossy(&control).trim_end().to_string();
     let _ = write!(
         text,
@@ -461,7 +448,7 @@ fn stanza(archive_root: &Path, deb: &Path) -> String {
 pub fn repack(deb: &Path, version: &str, out: &Path) {
     let tmp = tempfile::tempdir().expect("temp dir for repack");
     let root = tmp.path().join("pkg");
-    run(Command::new("dpkg-deb").arg("-R").arg(deb).arg(&root));
+    stdout_of(Command::new("dpkg-deb").arg("-R").arg(deb).arg(&root));
     let control_path = root.join("DEBIAN/control");
     let control = fs::read_to_string(&control_path)
         .unwrap_or_else(|e| panic!("reading {control_path:?}: {e}"));
@@ -482,11 +469,13 @@ pub fn repack(deb: &Path, version: &str, out: &Path) {
     if let Some(parent) = out.parent() {
         fs::create_dir_all(parent).unwrap_or_else(|e| panic!("creating {parent:?}: {e}"));
     }
-    run(Command::new("dpkg-deb")
-        .env("SOURCE_DATE_EPOCH", SOURCE_DATE_EPOCH)
-        .args(["--root-owner-group", "-Zxz", "-b"])
-        .arg(&root)
-        .arg(out));
+    stdout_of(
+        Command::new("dpkg-deb")
+            .env("SOURCE_DATE_EPOCH", SOURCE_DATE_EPOCH)
+            .args(["--root-owner-group", "-Zxz", "-b"])
+            .arg(&root)
+            .arg(out),
+    );
 }
 
 /// The Debian pool path of a package file:
@@ -518,7 +507,7 @@ pub fn pool_path(deb: &Path, component: &str) -> String {
 
 /// One control field of a .deb, empty if absent.
 fn deb_field(deb: &Path, field: &str) -> String {
-    let out = run(Command::new("dpkg-deb").arg("--field").arg(deb).arg(field));
+    let out = stdout_of(Command::new("dpkg-deb").arg("--field").arg(deb).arg(field));
     String::from_utf8_lossy(&out).trim().to_string()
 }
 
@@ -529,32 +518,10 @@ fn write_file(path: &Path, bytes: &[u8]) {
     fs::write(path, bytes).unwrap_or_else(|e| panic!("writing {path:?}: {e}"));
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
 /// MD5 through coreutils' md5sum: no MD5 crate in the workspace, and apt only reads it as a
 /// legacy extra.
 fn md5_hex(bytes: &[u8]) -> String {
-    let mut child = Command::new("md5sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("md5sum could not run: {e}"));
-    child
-        .stdin
-        .take()
-        .expect("md5sum stdin")
-        .write_all(bytes)
-        .expect("feeding md5sum");
-    let out = child.wait_with_output().expect("md5sum output");
-    assert!(
-        out.status.success(),
-        "md5sum failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
+    String::from_utf8_lossy(&pipe(&mut Command::new("md5sum"), bytes))
         .split_whitespace()
         .next()
         .expect("md5sum printed a digest")
@@ -625,11 +592,13 @@ mod tests {
             b"hello\n",
         );
         let built = dir.join("build/piimg-test-hello_1.0_arm64.deb");
-        run(Command::new("dpkg-deb")
-            .env("SOURCE_DATE_EPOCH", SOURCE_DATE_EPOCH)
-            .args(["--root-owner-group", "-Zxz", "-b"])
-            .arg(&build)
-            .arg(&built));
+        stdout_of(
+            Command::new("dpkg-deb")
+                .env("SOURCE_DATE_EPOCH", SOURCE_DATE_EPOCH)
+                .args(["--root-owner-group", "-Zxz", "-b"])
+                .arg(&build)
+                .arg(&built),
+        );
 
         // repack: a second version whose pool path needs percent-encoding in apt's requests.
         let newer = "1:1.1~rc1+b1";
@@ -637,7 +606,7 @@ mod tests {
         repack(&built, newer, &repacked);
         assert_eq!(deb_field(&repacked, "Version"), newer);
         assert_eq!(deb_field(&repacked, "Package"), "piimg-test-hello");
-        let listing = run(Command::new("dpkg-deb").arg("-c").arg(&repacked));
+        let listing = stdout_of(Command::new("dpkg-deb").arg("-c").arg(&repacked));
         assert!(
             String::from_utf8_lossy(&listing).contains("./usr/share/doc/piimg-test-hello/hello"),
             "repacked contents: {}",
