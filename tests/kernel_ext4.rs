@@ -26,7 +26,7 @@ use piimg::fs::fat32::{self, FatOptions};
 use piimg::fs::sparse::{FileSink, Sink};
 use piimg::report::Silent;
 use piimg::tree::{FileData, Meta, NodeKind, Tree};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -125,63 +125,18 @@ fn file_bytes(tree: &Tree, path: &str) -> Vec<u8> {
 
 // ---------------------------------------------------------------- the initramfs
 
-/// Module names of a softdep's `pre:` part (`pre: crc32c post: foo` -> [crc32c]).
-fn soft_pre(softdeps: &[String]) -> Vec<String> {
-    let mut out = Vec::new();
-    for s in softdeps {
-        let mut pre = false;
-        for tok in s.split_whitespace() {
-            match tok {
-                "pre:" => pre = true,
-                "post:" => pre = false,
-                t if pre => out.push(t.replace('-', "_")),
-                _ => {}
-            }
-        }
-    }
-    out
-}
-
-/// The modules of `set` in an order busybox insmod can load them: hard dependencies and `pre:`
-/// soft dependencies (resolved through aliases) before each module.
-fn load_order(set: &ModuleSet, names: &[String]) -> Vec<String> {
-    fn resolve(set: &ModuleSet, n: &str) -> Vec<String> {
-        if set.modules.contains_key(n) {
-            return vec![n.to_string()];
-        }
-        set.modules
-            .values()
-            .filter(|o| o.aliases.iter().any(|a| a.replace('-', "_") == n))
-            .map(|o| o.name.clone())
-            .collect()
-    }
-    fn visit(
-        set: &ModuleSet,
-        allowed: &BTreeSet<String>,
-        n: &str,
-        seen: &mut BTreeSet<String>,
-        out: &mut Vec<String>,
-    ) {
-        if !allowed.contains(n) || !seen.insert(n.to_string()) {
-            return;
-        }
-        let info = &set.modules[n];
-        let mut before: Vec<String> = info.depends.clone();
-        for s in soft_pre(&info.softdeps) {
-            before.extend(resolve(set, &s));
-        }
-        for d in before {
-            visit(set, allowed, &d, seen, out);
-        }
-        out.push(n.to_string());
-    }
-    let allowed: BTreeSet<String> = names.iter().cloned().collect();
-    let mut seen = BTreeSet::new();
-    let mut out = Vec::new();
-    for n in names {
-        visit(set, &allowed, n, &mut seen, &mut out);
-    }
-    out
+/// The modules of `set` in the order piimg's initramfs loads them (the builder's own
+/// [`ModuleSet::load_order`], so that this test boots the order a node boots), by name.
+fn stage1_order(set: &ModuleSet, names: &[String]) -> Vec<String> {
+    let by_path: BTreeMap<&str, &str> = set
+        .modules
+        .values()
+        .map(|m| (m.path.as_str(), m.name.as_str()))
+        .collect();
+    set.load_order(names)
+        .iter()
+        .map(|p| by_path[p.as_str()].to_string())
+        .collect()
 }
 
 /// /init: mounts the API filesystems, loads the modules, mounts the root partition read-write,
@@ -239,7 +194,7 @@ fn initramfs(p: &Packages, kernel: &Tree, dir: &Path) -> (PathBuf, Vec<String>) 
         .expect("busybox-static has no busybox binary");
     let set = ModuleSet::from_tree(kernel, Some(&p.kernel_release)).unwrap();
     let closure = set.closure(MODULES, true).unwrap();
-    let order = load_order(&set, &closure);
+    let order = stage1_order(&set, &closure);
     assert_eq!(order.len(), closure.len(), "{order:?} vs {closure:?}");
 
     let mut t = Tree::new(m(0o755));
