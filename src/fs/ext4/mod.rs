@@ -13,17 +13,17 @@
 //! only metadata is kept in memory.
 
 mod format;
+mod inodes;
 mod layout;
+mod metadata;
 mod source;
 
 use crate::fs::sparse::Sink;
 use crate::tree::{NodeId, NodeKind, Tree};
-use format::{
-    build_extent_tree, crc, dir_block_count, dirent_type, encode_inode, inode_seed, put16, put32,
-    tree_blocks, DirBuilder, Extents, InodeSpec, EXTENTS_FL,
-};
-use layout::{Geometry, Layout, Shortfall, BPG, BS, DESC_SIZE, FIRST_INO, INODE_SIZE, LOG_FLEX};
-use source::{is_zero, Content};
+use format::{crc, dir_block_count, tree_blocks, Extents};
+use inodes::Writer;
+use layout::{Geometry, Layout, Shortfall, BPG, BS, FIRST_INO, INODE_SIZE};
+use metadata::{Free, Superblock};
 
 /// Everything that decides the output bytes besides the tree.
 #[derive(Debug, Clone)]
@@ -132,14 +132,22 @@ impl<'t> Plan<'t> {
         p.ino_of[NodeId::ROOT.0] = 2;
         p.slots[1] = Slot::Node(NodeId::ROOT);
         p.parent[NodeId::ROOT.0] = 2;
+        p.place_lost_found(tree)?;
+        p.number_inodes(tree)?;
+        p.count_blocks(tree)?;
+        Ok(p)
+    }
+
+    /// lost+found takes the first non-reserved inode: the tree's own, or one made by us.
+    fn place_lost_found(&mut self, tree: &Tree) -> Result<(), Ext4Error> {
         let lpf = tree
             .children(NodeId::ROOT)
             .find(|(name, _)| *name == b"lost+found")
             .map(|(_, id)| id);
         match lpf {
             Some(id) if tree.node(id).is_dir() => {
-                p.ino_of[id.0] = FIRST_INO;
-                p.slots[FIRST_INO as usize - 1] = Slot::Node(id);
+                self.ino_of[id.0] = FIRST_INO;
+                self.slots[FIRST_INO as usize - 1] = Slot::Node(id);
             }
             Some(_) => {
                 return Err(Ext4Error::Invalid(
@@ -147,26 +155,30 @@ impl<'t> Plan<'t> {
                 ))
             }
             None => {
-                p.slots[FIRST_INO as usize - 1] = Slot::LostFound;
-                p.subdirs[NodeId::ROOT.0] += 1;
-                p.data_blocks += LPF_BLOCKS as u64;
+                self.slots[FIRST_INO as usize - 1] = Slot::LostFound;
+                self.subdirs[NodeId::ROOT.0] += 1;
+                self.data_blocks += LPF_BLOCKS as u64;
             }
         }
-        // Each directory's entries get consecutive numbers, then its subdirectories in name order.
+        Ok(())
+    }
+
+    /// Each directory's entries get consecutive numbers, then its subdirectories in name order.
+    fn number_inodes(&mut self, tree: &Tree) -> Result<(), Ext4Error> {
         let mut stack = vec![NodeId::ROOT];
         while let Some(d) = stack.pop() {
-            let dino = p.ino_of[d.0];
+            let dino = self.ino_of[d.0];
             let mut dirs = Vec::new();
             for (name, c) in tree.children(d) {
-                if p.ino_of[c.0] == 0 {
-                    p.slots.push(Slot::Node(c));
-                    let ino = u32::try_from(p.slots.len())
+                if self.ino_of[c.0] == 0 {
+                    self.slots.push(Slot::Node(c));
+                    let ino = u32::try_from(self.slots.len())
                         .map_err(|_| Ext4Error::Invalid("too many inodes".into()))?;
-                    p.ino_of[c.0] = ino;
+                    self.ino_of[c.0] = ino;
                 }
                 if tree.node(c).is_dir() {
-                    p.parent[c.0] = dino;
-                    p.subdirs[d.0] += 1;
+                    self.parent[c.0] = dino;
+                    self.subdirs[d.0] += 1;
                     dirs.push(c);
                 } else if tree.link_count(c) > MAX_LINKS {
                     return Err(Ext4Error::Invalid(format!(
@@ -177,12 +189,16 @@ impl<'t> Plan<'t> {
             }
             stack.extend(dirs.into_iter().rev());
         }
-        // Space: every directory, symlink and file once.
-        for slot in p.slots.clone() {
+        Ok(())
+    }
+
+    /// Space: every directory, symlink and file once.
+    fn count_blocks(&mut self, tree: &Tree) -> Result<(), Ext4Error> {
+        for slot in self.slots.clone() {
             let Slot::Node(id) = slot else { continue };
             let blocks = match &tree.node(id).kind {
                 NodeKind::Dir(_) => {
-                    let extra = (id == NodeId::ROOT && matches!(p.slots[10], Slot::LostFound))
+                    let extra = (id == NodeId::ROOT && self.makes_lost_found())
                         .then_some(b"lost+found".len());
                     dir_block_count(tree.children(id).map(|(n, _)| n.len()).chain(extra))
                 }
@@ -191,16 +207,21 @@ impl<'t> Plan<'t> {
                         return Err(Ext4Error::Invalid("file larger than 16 TiB".into()));
                     }
                     let (ranges, upper) = source::probe(data)?;
-                    p.ranges[id.0] = ranges;
+                    self.ranges[id.0] = ranges;
                     upper
                 }
                 NodeKind::Symlink(t) if t.len() >= 60 => 1,
                 _ => 0,
             };
             // Worst case every block is its own extent.
-            p.data_blocks += blocks + tree_blocks(blocks);
+            self.data_blocks += blocks + tree_blocks(blocks);
         }
-        Ok(p)
+        Ok(())
+    }
+
+    /// Whether lost+found is ours to make (the tree has none).
+    fn makes_lost_found(&self) -> bool {
+        matches!(self.slots[FIRST_INO as usize - 1], Slot::LostFound)
     }
 
     fn max_ino(&self) -> u32 {
@@ -247,75 +268,20 @@ fn journal_extents(layout: &Layout) -> Extents {
     e
 }
 
-/// Bytes gathered for one sequential write.
-const WRITE_CHUNK: usize = 8 << 20;
-
-/// Lays blocks out at the next free block and writes them in large sequential runs.
-struct Writer<'o> {
-    out: &'o mut dyn Sink,
-    offset: u64,
-    map: layout::BlockMap,
-    cursor: u64,
-    blocks: u64,
+/// One write in progress: the plan, where it goes, and the metadata the data pass collects.
+struct Fs<'a, 'o> {
+    tree: &'a Tree,
+    plan: &'a Plan<'a>,
+    opts: &'a Ext4Options,
+    layout: &'a Layout,
+    fs_seed: u32,
+    w: Writer<'o>,
+    /// Every inode up to the highest used one, in number order.
+    itab: Vec<u8>,
+    dirs_in_group: Vec<u32>,
+    /// File content read buffer.
     buf: Vec<u8>,
-    buf_start: u64,
-    data_bytes: u64,
 }
-
-impl Writer<'_> {
-    fn alloc(&mut self) -> Result<u64, Ext4Error> {
-        while self.cursor < self.blocks && self.map.is_used(self.cursor) {
-            self.cursor += 1;
-        }
-        if self.cursor >= self.blocks {
-            // Only if a host file grew data after it was measured.
-            return Err(Ext4Error::Invalid(
-                "ran out of blocks (did a source file change while writing?)".into(),
-            ));
-        }
-        self.map.set(self.cursor);
-        self.cursor += 1;
-        Ok(self.cursor - 1)
-    }
-
-    /// Places one block (shorter input is zero padded) and returns its block number.
-    fn emit(&mut self, block: &[u8]) -> Result<u64, Ext4Error> {
-        let p = self.alloc()?;
-        let queued = (self.buf.len() as u64) / BS;
-        if !self.buf.is_empty() && (p != self.buf_start + queued || self.buf.len() >= WRITE_CHUNK) {
-            self.flush()?;
-        }
-        if self.buf.is_empty() {
-            self.buf_start = p;
-        }
-        self.buf.extend_from_slice(block);
-        self.buf
-            .resize(self.buf.len().next_multiple_of(BS as usize), 0);
-        self.data_bytes += BS;
-        Ok(p)
-    }
-
-    fn flush(&mut self) -> Result<(), Ext4Error> {
-        if !self.buf.is_empty() {
-            let mut data = std::mem::take(&mut self.buf);
-            self.write_at(self.buf_start * BS, &data)?;
-            data.clear();
-            self.buf = data;
-        }
-        Ok(())
-    }
-
-    /// Writes at a byte position relative to the filesystem start.
-    fn write_at(&mut self, pos: u64, data: &[u8]) -> Result<(), Ext4Error> {
-        self.out
-            .write_at(self.offset + pos, data)
-            .map_err(Ext4Error::Write)
-    }
-}
-
-/// Group descriptor flags.
-const INODE_UNINIT: u16 = 0x1;
-const BLOCK_UNINIT: u16 = 0x2;
 
 /// Writes the filesystem and reports its figures.
 pub fn write_with_report(
@@ -324,6 +290,28 @@ pub fn write_with_report(
     out: &mut dyn Sink,
     offset: u64,
 ) -> Result<Ext4Report, Ext4Error> {
+    check_target(opts, out.len(), offset)?;
+    let plan = Plan::new(tree)?;
+    let layout = choose_layout(&plan, opts)?;
+    let mut fs = Fs::new(tree, &plan, opts, &layout, out, offset);
+    let jblock = fs.write_journal_inode()?;
+    fs.write_inodes()?;
+    let (gdt, free) = fs.write_group_tables()?;
+    let sb = Superblock {
+        geo: &layout.geo,
+        opts,
+        free_blocks: free.blocks,
+        free_inodes: free.inodes,
+        jblock: &jblock,
+        jsize: u64::from(layout.geo.journal_blocks) * BS,
+    };
+    fs.write_superblocks(&sb, &gdt)?;
+    fs.write_journal()?;
+    Ok(fs.report(free))
+}
+
+/// The label fits the superblock and the filesystem fits the output.
+fn check_target(opts: &Ext4Options, out_len: u64, offset: u64) -> Result<(), Ext4Error> {
     if opts.label.len() > 16 {
         return Err(Ext4Error::Invalid(format!(
             "volume label {:?} is longer than 16 bytes",
@@ -331,388 +319,59 @@ pub fn write_with_report(
         )));
     }
     let end = offset.checked_add(opts.size);
-    if end.is_none_or(|e| e > out.len()) {
+    if end.is_none_or(|e| e > out_len) {
         return Err(Ext4Error::Invalid(format!(
-            "a {}-byte filesystem at offset {offset} does not fit the {}-byte output",
+            "a {}-byte filesystem at offset {offset} does not fit the {out_len}-byte output",
             opts.size,
-            out.len()
         )));
     }
-    let plan = Plan::new(tree)?;
+    Ok(())
+}
+
+/// The layout of an `opts.size` filesystem holding `plan`, or how much it would need.
+fn choose_layout(plan: &Plan, opts: &Ext4Options) -> Result<Layout, Ext4Error> {
     let too_small = || Ext4Error::TooSmall {
         needed: plan.min_size(),
         size: opts.size,
     };
     let geo = Geometry::new(opts.size, u64::from(plan.max_ino())).map_err(|_| too_small())?;
-    let layout = plan.fits(geo).ok_or_else(too_small)?;
-    let fs_seed = crc(!0, &opts.uuid);
-    let geo = layout.geo.clone();
-    let mut w = Writer {
-        out,
-        offset,
-        map: layout.map.clone(),
-        cursor: 0,
-        blocks: geo.blocks,
-        buf: Vec::with_capacity(WRITE_CHUNK),
-        buf_start: 0,
-        data_bytes: 0,
-    };
-    let max_ino = plan.max_ino();
-    let mut itab = vec![0u8; max_ino as usize * INODE_SIZE as usize];
-    let mut dirs_in_group = vec![0u32; geo.groups as usize];
-    let mut put_inode = |ino: u32, bytes: Vec<u8>| {
-        let at = (ino as usize - 1) * INODE_SIZE as usize;
-        itab[at..at + INODE_SIZE as usize].copy_from_slice(&bytes);
-    };
-
-    // Journal (inode 8): blocks reserved by the layout, content is holes but its superblock.
-    let jext = journal_extents(&layout);
-    let (jblock, jtree) = build_extent_tree(&jext, inode_seed(fs_seed, 8), &mut |b| w.emit(b))?;
-    let jsize = u64::from(geo.journal_blocks) * BS;
-    put_inode(
-        8,
-        encode_inode(
-            &InodeSpec {
-                mode: 0o100600,
-                uid: 0,
-                gid: 0,
-                size: jsize,
-                links: 1,
-                time: opts.timestamp,
-                flags: EXTENTS_FL,
-                iblock: jblock,
-                blocks: u64::from(geo.journal_blocks) + jtree,
-                xattrs: None,
-            },
-            8,
-            fs_seed,
-        )?,
-    );
-
-    let mut buf = Vec::with_capacity(1 << 20);
-    for ino in 1..=max_ino {
-        let seed = inode_seed(fs_seed, ino);
-        let spec = match plan.slots[ino as usize - 1] {
-            Slot::Reserved => continue,
-            Slot::LostFound => {
-                let mut d = DirBuilder::new(ino, 2);
-                for _ in 1..LPF_BLOCKS {
-                    d.add_empty_block();
-                }
-                let (iblock, blocks) = emit_blocks(&mut w, &d.finish(seed), seed)?;
-                dirs_in_group[((ino - 1) / geo.ipg) as usize] += 1;
-                InodeSpec {
-                    mode: 0o040700,
-                    uid: 0,
-                    gid: 0,
-                    size: LPF_BLOCKS as u64 * BS,
-                    links: 2,
-                    time: opts.timestamp,
-                    flags: EXTENTS_FL,
-                    iblock,
-                    blocks,
-                    xattrs: None,
-                }
-            }
-            Slot::Node(id) => {
-                let node = tree.node(id);
-                let mut spec = InodeSpec {
-                    mode: node.mode(),
-                    uid: node.meta.uid,
-                    gid: node.meta.gid,
-                    size: 0,
-                    links: tree.link_count(id) as u16,
-                    time: node.meta.mtime,
-                    flags: 0,
-                    iblock: [0; 60],
-                    blocks: 0,
-                    xattrs: Some(&node.meta.xattrs),
-                };
-                match &node.kind {
-                    NodeKind::Dir(_) => {
-                        let mut d = DirBuilder::new(ino, plan.parent[id.0]);
-                        if id == NodeId::ROOT && matches!(plan.slots[10], Slot::LostFound) {
-                            d.add(b"lost+found", FIRST_INO, 2);
-                        }
-                        for (name, c) in tree.children(id) {
-                            let ftype = dirent_type(tree.node(c).mode());
-                            d.add(name, plan.ino_of[c.0], ftype);
-                        }
-                        let blocks = d.finish(seed);
-                        spec.size = blocks.len() as u64 * BS;
-                        (spec.iblock, spec.blocks) = emit_blocks(&mut w, &blocks, seed)?;
-                        spec.flags = EXTENTS_FL;
-                        let links = 2 + plan.subdirs[id.0];
-                        spec.links = if links > MAX_LINKS { 1 } else { links as u16 };
-                        dirs_in_group[((ino - 1) / geo.ipg) as usize] += 1;
-                    }
-                    NodeKind::File(data) => {
-                        let content = Content::open(data, &plan.ranges[id.0])?;
-                        let mut ext = Extents::default();
-                        content.for_each_chunk(&mut buf, &mut |first, bytes| {
-                            for (i, blk) in bytes.chunks(BS as usize).enumerate() {
-                                if !is_zero(blk) {
-                                    let p = w.emit(blk)?;
-                                    ext.push((first + i as u64) as u32, p);
-                                }
-                            }
-                            Ok(())
-                        })?;
-                        let (iblock, tree_blocks) =
-                            build_extent_tree(&ext, seed, &mut |b| w.emit(b))?;
-                        spec.size = data.len();
-                        spec.iblock = iblock;
-                        spec.blocks = ext.data_blocks() + tree_blocks;
-                        spec.flags = EXTENTS_FL;
-                    }
-                    NodeKind::Symlink(target) => {
-                        if target.is_empty() || target.len() >= BS as usize {
-                            return Err(Ext4Error::Invalid(format!(
-                                "symlink target of {} bytes (1 to {} allowed)",
-                                target.len(),
-                                BS - 1
-                            )));
-                        }
-                        spec.size = target.len() as u64;
-                        if target.len() < 60 {
-                            spec.iblock[..target.len()].copy_from_slice(target);
-                        } else {
-                            (spec.iblock, spec.blocks) =
-                                emit_blocks(&mut w, std::slice::from_ref(target), seed)?;
-                            spec.flags = EXTENTS_FL;
-                        }
-                    }
-                    NodeKind::CharDev { major, minor } | NodeKind::BlockDev { major, minor } => {
-                        // Old 16-bit encoding when it fits, else the new one in i_block[1].
-                        if *major < 256 && *minor < 256 {
-                            put32(&mut spec.iblock, 0, (major << 8) | minor);
-                        } else {
-                            let enc = (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12);
-                            put32(&mut spec.iblock, 4, enc);
-                        }
-                    }
-                    NodeKind::Fifo | NodeKind::Socket => {}
-                }
-                spec
-            }
-        };
-        put_inode(ino, encode_inode(&spec, ino, fs_seed)?);
-    }
-    w.flush()?;
-
-    // Metadata: inode tables, bitmaps, descriptors, superblocks, journal superblock.
-    let mut gdt = vec![0u8; geo.gdt_blocks as usize * BS as usize];
-    let (mut free_blocks, mut free_inodes) = (0u64, 0u64);
-    for g in 0..geo.groups {
-        let gi = g as usize;
-        let first = u64::from(g) * u64::from(geo.ipg);
-        let used = u64::from(max_ino)
-            .saturating_sub(first)
-            .min(u64::from(geo.ipg));
-        let mut flags = 0u16;
-        let (mut ibm_csum, mut bbm_csum) = (0u32, 0u32);
-        if used == 0 {
-            flags |= INODE_UNINIT;
-        } else {
-            let lo = first as usize * INODE_SIZE as usize;
-            let hi = (first + used) as usize * INODE_SIZE as usize;
-            let mut table = itab[lo..hi].to_vec();
-            table.resize(table.len().next_multiple_of(BS as usize), 0);
-            w.write_at(layout.inode_table[gi] * BS, &table)?;
-            let mut ibm = vec![0u8; BS as usize];
-            for i in (0..used).chain(u64::from(geo.ipg)..BS * 8) {
-                ibm[(i / 8) as usize] |= 1 << (i % 8);
-            }
-            ibm_csum = crc(fs_seed, &ibm[..geo.ipg as usize / 8]);
-            w.write_at(layout.inode_bitmap[gi] * BS, &ibm)?;
-        }
-        let start = geo.group_start(g);
-        let len = geo.group_len(g);
-        let used_blocks = w.map.count(start, len);
-        if g + 1 < geo.groups && used_blocks == layout.uninit_used(g) {
-            flags |= BLOCK_UNINIT;
-        } else {
-            let bbm = w.map.group_bitmap(start);
-            bbm_csum = crc(fs_seed, &bbm);
-            w.write_at(layout.block_bitmap[gi] * BS, &bbm)?;
-        }
-        let fb = len - used_blocks;
-        let fi = u64::from(geo.ipg) - used;
-        free_blocks += fb;
-        free_inodes += fi;
-        let d = &mut gdt[gi * DESC_SIZE as usize..(gi + 1) * DESC_SIZE as usize];
-        let (bb, ib, it) = (
-            layout.block_bitmap[gi],
-            layout.inode_bitmap[gi],
-            layout.inode_table[gi],
-        );
-        put32(d, 0x00, bb as u32);
-        put32(d, 0x04, ib as u32);
-        put32(d, 0x08, it as u32);
-        put16(d, 0x0C, fb as u16);
-        put16(d, 0x0E, fi as u16);
-        put16(d, 0x10, dirs_in_group[gi] as u16);
-        put16(d, 0x12, flags);
-        put16(d, 0x18, bbm_csum as u16);
-        put16(d, 0x1A, ibm_csum as u16);
-        put16(d, 0x1C, fi as u16);
-        put32(d, 0x20, (bb >> 32) as u32);
-        put32(d, 0x24, (ib >> 32) as u32);
-        put32(d, 0x28, (it >> 32) as u32);
-        put16(d, 0x2C, (fb >> 16) as u16);
-        put16(d, 0x2E, (fi >> 16) as u16);
-        put16(d, 0x30, (dirs_in_group[gi] >> 16) as u16);
-        put16(d, 0x32, (fi >> 16) as u16);
-        put16(d, 0x38, (bbm_csum >> 16) as u16);
-        put16(d, 0x3A, (ibm_csum >> 16) as u16);
-        let c = crc(crc(fs_seed, &g.to_le_bytes()), d);
-        put16(d, 0x1E, c as u16);
-    }
-
-    let sb = Superblock {
-        geo: &geo,
-        opts,
-        free_blocks,
-        free_inodes,
-        jblock: &jblock,
-        jsize,
-    };
-    for g in (0..geo.groups).filter(|g| layout::has_super(*g)) {
-        let start = geo.group_start(g) * BS;
-        let bytes = sb.encode(g as u16);
-        w.write_at(if g == 0 { 1024 } else { start }, &bytes)?;
-        w.write_at(start + BS, &gdt)?;
-    }
-    // The log itself is zeros, written as such (they stay holes in the image file but are mapped):
-    // a card that held this same image before may still carry its old journal blocks, whose
-    // sequence numbers and checksums (same UUID) jbd2 recovery would accept.
-    let zeros = vec![0u8; 1 << 20];
-    for &(start, len) in &layout.journal {
-        let (mut at, end) = (start * BS, (start + len) * BS);
-        while at < end {
-            let n = (end - at).min(zeros.len() as u64);
-            w.write_at(at, &zeros[..n as usize])?;
-            at += n;
-        }
-    }
-    w.write_at(layout.journal[0].0 * BS, &journal_superblock(&geo, opts))?;
-    Ok(Ext4Report {
-        fs_bytes: geo.blocks * BS,
-        blocks: geo.blocks,
-        free_blocks,
-        inodes: geo.inodes(),
-        free_inodes,
-        data_bytes: w.data_bytes,
-    })
+    plan.fits(geo).ok_or_else(too_small)
 }
 
-/// Writes a small object's blocks (directory, slow symlink) and builds its extent tree.
-fn emit_blocks(
-    w: &mut Writer,
-    blocks: &[Vec<u8>],
-    seed: u32,
-) -> Result<([u8; 60], u64), Ext4Error> {
-    let mut ext = Extents::default();
-    for (i, b) in blocks.iter().enumerate() {
-        let p = w.emit(b)?;
-        ext.push(i as u32, p);
-    }
-    let (iblock, tree) = build_extent_tree(&ext, seed, &mut |b| w.emit(b))?;
-    Ok((iblock, blocks.len() as u64 + tree))
-}
-
-struct Superblock<'a> {
-    geo: &'a Geometry,
-    opts: &'a Ext4Options,
-    free_blocks: u64,
-    free_inodes: u64,
-    jblock: &'a [u8; 60],
-    jsize: u64,
-}
-
-const COMPAT: u32 = 0x4 | 0x8 | 0x20; // has_journal, ext_attr, dir_index
-const INCOMPAT: u32 = 0x2 | 0x40 | 0x80 | 0x200; // filetype, extent, 64bit, flex_bg
-                                                 // sparse_super, large_file, huge_file, dir_nlink, extra_isize, metadata_csum
-const RO_COMPAT: u32 = 0x1 | 0x2 | 0x8 | 0x20 | 0x40 | 0x400;
-
-impl Superblock<'_> {
-    fn encode(&self, group: u16) -> Vec<u8> {
-        let geo = self.geo;
-        let mut s = vec![0u8; 1024];
-        let reserved = geo.blocks / 20;
-        // Superblock times: 32 bits plus a high byte (no pre-1970 dates).
-        let ts = self.opts.timestamp.max(0);
-        let (t, t_hi) = (ts as u32, (ts >> 32) as u8);
-        put32(&mut s, 0x00, geo.inodes() as u32);
-        put32(&mut s, 0x04, geo.blocks as u32);
-        put32(&mut s, 0x08, reserved as u32);
-        put32(&mut s, 0x0C, self.free_blocks as u32);
-        put32(&mut s, 0x10, self.free_inodes as u32);
-        put32(&mut s, 0x14, 0);
-        put32(&mut s, 0x18, 2);
-        put32(&mut s, 0x1C, 2);
-        put32(&mut s, 0x20, BPG as u32);
-        put32(&mut s, 0x24, BPG as u32);
-        put32(&mut s, 0x28, geo.ipg);
-        put32(&mut s, 0x30, t);
-        put16(&mut s, 0x34, 0);
-        put16(&mut s, 0x36, 0xFFFF);
-        put16(&mut s, 0x38, 0xEF53);
-        put16(&mut s, 0x3A, 1);
-        put16(&mut s, 0x3C, 1);
-        put32(&mut s, 0x40, t);
-        put32(&mut s, 0x4C, 1);
-        put32(&mut s, 0x54, FIRST_INO);
-        put16(&mut s, 0x58, INODE_SIZE as u16);
-        put16(&mut s, 0x5A, group);
-        put32(&mut s, 0x5C, COMPAT);
-        put32(&mut s, 0x60, INCOMPAT);
-        put32(&mut s, 0x64, RO_COMPAT);
-        s[0x68..0x78].copy_from_slice(&self.opts.uuid);
-        let label = self.opts.label.as_bytes();
-        s[0x78..0x78 + label.len()].copy_from_slice(label);
-        put32(&mut s, 0xE0, 8);
-        s[0xEC..0xFC].copy_from_slice(&self.opts.hash_seed);
-        s[0xFC] = 1; // half_md4
-        s[0xFD] = 1; // journal backup in s_jnl_blocks
-        put16(&mut s, 0xFE, DESC_SIZE as u16);
-        put32(&mut s, 0x100, 0x0C); // user_xattr, acl
-        put32(&mut s, 0x108, t);
-        s[0x10C..0x10C + 60].copy_from_slice(self.jblock);
-        put32(&mut s, 0x148, (self.jsize >> 32) as u32);
-        put32(&mut s, 0x14C, self.jsize as u32);
-        put32(&mut s, 0x150, (geo.blocks >> 32) as u32);
-        put32(&mut s, 0x154, (reserved >> 32) as u32);
-        put32(&mut s, 0x158, (self.free_blocks >> 32) as u32);
-        put16(&mut s, 0x15C, format::EXTRA_ISIZE);
-        put16(&mut s, 0x15E, format::EXTRA_ISIZE);
-        put32(&mut s, 0x160, 1); // signed directory hash
-        s[0x174] = LOG_FLEX;
-        s[0x175] = 1; // crc32c
-        for off in [0x274, 0x276] {
-            s[off] = t_hi; // s_wtime_hi, s_mkfs_time_hi
+impl<'a, 'o> Fs<'a, 'o> {
+    fn new(
+        tree: &'a Tree,
+        plan: &'a Plan<'a>,
+        opts: &'a Ext4Options,
+        layout: &'a Layout,
+        out: &'o mut dyn Sink,
+        offset: u64,
+    ) -> Fs<'a, 'o> {
+        let w = Writer::new(out, offset, layout.map.clone(), layout.geo.blocks);
+        Fs {
+            tree,
+            plan,
+            opts,
+            layout,
+            fs_seed: crc(!0, &opts.uuid),
+            w,
+            itab: vec![0u8; plan.max_ino() as usize * INODE_SIZE as usize],
+            dirs_in_group: vec![0u32; layout.geo.groups as usize],
+            buf: Vec::with_capacity(1 << 20),
         }
-        s[0x277] = t_hi; // s_lastcheck_hi
-        let c = crc(!0, &s[..0x3FC]);
-        put32(&mut s, 0x3FC, c);
-        s
     }
-}
 
-/// An empty (clean) jbd2 v2 journal superblock, as mke2fs writes it.
-fn journal_superblock(geo: &Geometry, opts: &Ext4Options) -> Vec<u8> {
-    let mut j = vec![0u8; 1024];
-    let be =
-        |j: &mut Vec<u8>, off: usize, v: u32| j[off..off + 4].copy_from_slice(&v.to_be_bytes());
-    be(&mut j, 0x0, 0xC03B_3998);
-    be(&mut j, 0x4, 4);
-    be(&mut j, 0xC, BS as u32);
-    be(&mut j, 0x10, geo.journal_blocks);
-    be(&mut j, 0x14, 1);
-    be(&mut j, 0x18, 1);
-    j[0x30..0x40].copy_from_slice(&opts.uuid);
-    be(&mut j, 0x40, 1);
-    j
+    fn report(&self, free: Free) -> Ext4Report {
+        let geo = &self.layout.geo;
+        Ext4Report {
+            fs_bytes: geo.blocks * BS,
+            blocks: geo.blocks,
+            free_blocks: free.blocks,
+            inodes: geo.inodes(),
+            free_inodes: free.inodes,
+            data_bytes: self.w.data_bytes,
+        }
+    }
 }
 
 #[cfg(test)]
