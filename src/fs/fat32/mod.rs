@@ -206,57 +206,15 @@ impl<'t> Plan<'t> {
             let node = tree.node(*id);
             let item = match &node.kind {
                 NodeKind::Dir(_) => {
-                    let kids: Vec<(&[u8], NodeId)> = tree.children(*id).collect();
-                    let names_in: Vec<&[u8]> = kids.iter().map(|(n, _)| *n).collect();
-                    let names = names::assign(&lossy(path), &names_in)?;
-                    let mut entries = Vec::with_capacity(kids.len());
-                    for ((name, _), fat) in kids.iter().zip(names) {
-                        let mut child = path.clone();
-                        if !child.is_empty() {
-                            child.push(b'/');
-                        }
-                        child.extend_from_slice(name);
-                        let ci = *index.get(child.as_slice()).ok_or_else(|| {
-                            FatError::Invalid(format!("{}: lost in walk", lossy(&child)))
-                        })?;
-                        parent_of[ci] = Some(i);
-                        entries.push((fat, ci));
+                    let entries = dir_entries(tree, *id, path, &index)?;
+                    for (_, ci) in &entries {
+                        parent_of[*ci] = Some(i);
                     }
-                    let mut slots: usize = entries.iter().map(|(n, _)| n.slots()).sum();
-                    if i == 0 {
-                        slots += usize::from(has_label);
-                    } else {
-                        slots += 2;
-                    }
-                    if slots > MAX_DIR_ENTRIES {
-                        return Err(FatError::Invalid(format!(
-                            "{shown}: {slots} directory entries, FAT allows {MAX_DIR_ENTRIES}"
-                        )));
-                    }
-                    Item {
-                        path: shown,
-                        bytes: (slots.max(1) * 32) as u64,
-                        kind: ItemKind::Dir {
-                            entries,
-                            parent: parent_of[i],
-                        },
-                        first_cluster: 0,
-                    }
+                    // The root holds the label entry instead of `.` and `..`.
+                    let extra = if i == 0 { usize::from(has_label) } else { 2 };
+                    dir_item(shown, entries, parent_of[i], extra)?
                 }
-                NodeKind::File(data) => {
-                    if data.len() > u64::from(u32::MAX) {
-                        return Err(FatError::Invalid(format!(
-                            "{shown}: {} bytes, FAT files stop at 4 GiB - 1",
-                            data.len()
-                        )));
-                    }
-                    Item {
-                        path: shown,
-                        bytes: data.len(),
-                        kind: ItemKind::File(data),
-                        first_cluster: 0,
-                    }
-                }
+                NodeKind::File(data) => file_item(shown, data)?,
                 _ => {
                     return Err(FatError::Invalid(format!(
                         "{shown}: FAT holds only directories and regular files (this is a {})",
@@ -297,6 +255,67 @@ impl<'t> Plan<'t> {
             mib += 1;
         }
     }
+}
+
+/// A directory's children, FAT-named, with their item indices.
+fn dir_entries(
+    tree: &Tree,
+    id: NodeId,
+    path: &[u8],
+    index: &BTreeMap<&[u8], usize>,
+) -> Result<Vec<(FatName, usize)>, FatError> {
+    let kids: Vec<(&[u8], NodeId)> = tree.children(id).collect();
+    let names_in: Vec<&[u8]> = kids.iter().map(|(n, _)| *n).collect();
+    let names = names::assign(&lossy(path), &names_in)?;
+    let mut entries = Vec::with_capacity(kids.len());
+    for ((name, _), fat) in kids.iter().zip(names) {
+        let mut child = path.to_vec();
+        if !child.is_empty() {
+            child.push(b'/');
+        }
+        child.extend_from_slice(name);
+        let ci = *index
+            .get(child.as_slice())
+            .ok_or_else(|| FatError::Invalid(format!("{}: lost in walk", lossy(&child))))?;
+        entries.push((fat, ci));
+    }
+    Ok(entries)
+}
+
+/// A directory item: `extra` entries besides its children's (`.` and `..`, or the label).
+fn dir_item<'t>(
+    shown: String,
+    entries: Vec<(FatName, usize)>,
+    parent: Option<usize>,
+    extra: usize,
+) -> Result<Item<'t>, FatError> {
+    let slots: usize = entries.iter().map(|(n, _)| n.slots()).sum::<usize>() + extra;
+    if slots > MAX_DIR_ENTRIES {
+        return Err(FatError::Invalid(format!(
+            "{shown}: {slots} directory entries, FAT allows {MAX_DIR_ENTRIES}"
+        )));
+    }
+    Ok(Item {
+        path: shown,
+        bytes: (slots.max(1) * 32) as u64,
+        kind: ItemKind::Dir { entries, parent },
+        first_cluster: 0,
+    })
+}
+
+fn file_item(shown: String, data: &FileData) -> Result<Item<'_>, FatError> {
+    if data.len() > u64::from(u32::MAX) {
+        return Err(FatError::Invalid(format!(
+            "{shown}: {} bytes, FAT files stop at 4 GiB - 1",
+            data.len()
+        )));
+    }
+    Ok(Item {
+        path: shown,
+        bytes: data.len(),
+        kind: ItemKind::File(data),
+        first_cluster: 0,
+    })
 }
 
 fn kind_name(k: &NodeKind) -> &'static str {
@@ -445,6 +464,33 @@ pub fn write(
     let label = label_bytes(&opts.label)?;
     let mut plan = Plan::new(tree, label.is_some())?;
     let g = Geometry::for_size(opts.size)?;
+    check_fits(&plan, &g, opts, out.len(), offset)?;
+    let fat = plan.allocate_clusters(&g);
+    let mut v = Volume { out, offset, g };
+    v.write_boot_sectors(opts, &label.unwrap_or(*b"NO NAME    "), &fat)?;
+    v.write_fats(&fat)?;
+    let dt = fat_datetime(opts.timestamp);
+    let mut buf = vec![0u8; 1 << 20];
+    for (i, it) in plan.items.iter().enumerate() {
+        match &it.kind {
+            ItemKind::Dir { entries, parent } => {
+                let d = plan.dir_bytes(i, entries, *parent, label.as_ref(), dt);
+                v.write_at(g.cluster_offset(it.first_cluster), &d)?;
+            }
+            ItemKind::File(data) => v.write_file(it, data, &mut buf)?,
+        }
+    }
+    Ok(())
+}
+
+/// The plan fits a volume of geometry `g`, and the volume fits the output.
+fn check_fits(
+    plan: &Plan,
+    g: &Geometry,
+    opts: &FatOptions,
+    out_len: u64,
+    offset: u64,
+) -> Result<(), FatError> {
     let need = plan.clusters_needed(g.cluster_bytes());
     if need > u64::from(g.clusters) {
         return Err(FatError::TooSmall {
@@ -454,141 +500,177 @@ pub fn write(
     }
     if offset
         .checked_add(opts.size)
-        .is_none_or(|end| end > out.len())
+        .is_none_or(|end| end > out_len)
     {
         return Err(FatError::Invalid(format!(
-            "a {}-byte filesystem at offset {offset} does not fit the {}-byte output",
+            "a {}-byte filesystem at offset {offset} does not fit the {out_len}-byte output",
             opts.size,
-            out.len()
         )));
     }
-    let cb = g.cluster_bytes();
-
-    // Contiguous runs in walk order; the root comes first, so it starts at cluster 2.
-    let mut fat = vec![0u32; g.clusters as usize + 2];
-    fat[0] = 0x0fff_fff8;
-    fat[1] = EOC;
-    let mut next = ROOT_CLUSTER;
-    for it in &mut plan.items {
-        let n = it.bytes.div_ceil(cb) as u32;
-        if n == 0 {
-            continue;
-        }
-        it.first_cluster = next;
-        for c in next..next + n - 1 {
-            fat[c as usize] = c + 1;
-        }
-        fat[(next + n - 1) as usize] = EOC;
-        next += n;
-    }
-    let used = next - ROOT_CLUSTER;
-    let free = g.clusters - used;
-    let next_free = if free == 0 { 0xffff_ffff } else { next };
-
-    let w = |out: &mut dyn Sink, at: u64, data: &[u8]| {
-        out.write_at(offset + at, data).map_err(FatError::Write)
-    };
-    let label11 = label.unwrap_or(*b"NO NAME    ");
-    let boot = boot_sector(&g, opts, &label11);
-    let info = fsinfo_sector(free, next_free);
-    for base in [0u64, 6] {
-        w(out, base * SECTOR, &boot)?;
-        w(out, (base + 1) * SECTOR, &info)?;
-        // Sector 2 of each copy ends in the boot signature too (as mkfs.vfat writes it).
-        let mut third = [0u8; 512];
-        third[510] = 0x55;
-        third[511] = 0xaa;
-        w(out, (base + 2) * SECTOR, &third)?;
-    }
-    let fat_bytes: Vec<u8> = fat.iter().flat_map(|e| e.to_le_bytes()).collect();
-    for copy in 0..NUM_FATS {
-        let at = u64::from(g.reserved_sectors + copy * g.fat_sectors) * SECTOR;
-        for (k, chunk) in fat_bytes.chunks(1 << 20).enumerate() {
-            w(out, at + (k as u64) * (1 << 20), chunk)?;
-        }
-    }
-
-    let dt = fat_datetime(opts.timestamp);
-    let mut buf = vec![0u8; 1 << 20];
-    for (i, it) in plan.items.iter().enumerate() {
-        match &it.kind {
-            ItemKind::Dir { entries, parent } => {
-                let mut d: Vec<u8> = Vec::with_capacity(it.bytes as usize);
-                if i == 0 {
-                    if let Some(l) = &label {
-                        d.extend_from_slice(&short_entry(l, ATTR_VOLUME, 0, 0, 0, dt));
-                    }
-                } else {
-                    let up = parent
-                        .map(|p| plan.items[p].first_cluster)
-                        .filter(|c| *c != ROOT_CLUSTER)
-                        .unwrap_or(0);
-                    d.extend_from_slice(&short_entry(
-                        b".          ",
-                        ATTR_DIR,
-                        0,
-                        it.first_cluster,
-                        0,
-                        dt,
-                    ));
-                    d.extend_from_slice(&short_entry(b"..         ", ATTR_DIR, 0, up, 0, dt));
-                }
-                for (name, ci) in entries {
-                    let child = &plan.items[*ci];
-                    if let Some(long) = &name.long {
-                        for e in names::lfn_entries(long, &name.short) {
-                            d.extend_from_slice(&e);
-                        }
-                    }
-                    let (attr, size) = match child.kind {
-                        ItemKind::Dir { .. } => (ATTR_DIR, 0),
-                        ItemKind::File(_) => (ATTR_ARCHIVE, child.bytes as u32),
-                    };
-                    d.extend_from_slice(&short_entry(
-                        &name.short,
-                        attr,
-                        name.case,
-                        child.first_cluster,
-                        size,
-                        dt,
-                    ));
-                }
-                w(out, g.cluster_offset(it.first_cluster), &d)?;
-            }
-            ItemKind::File(data) => {
-                if it.bytes == 0 {
-                    continue;
-                }
-                let rd = |e| FatError::Read {
-                    path: it.path.clone(),
-                    source: e,
-                };
-                let mut r = data.open().map_err(rd)?;
-                let mut at = g.cluster_offset(it.first_cluster);
-                let mut left = it.bytes;
-                while left > 0 {
-                    let want = (buf.len() as u64).min(left) as usize;
-                    let mut got = 0;
-                    while got < want {
-                        let n = r.read(&mut buf[got..want]).map_err(rd)?;
-                        if n == 0 {
-                            return Err(rd(std::io::Error::new(
-                                std::io::ErrorKind::UnexpectedEof,
-                                format!(
-                                    "content ended {left} bytes early (changed while building?)"
-                                ),
-                            )));
-                        }
-                        got += n;
-                    }
-                    w(out, at, &buf[..want])?;
-                    at += want as u64;
-                    left -= want as u64;
-                }
-            }
-        }
-    }
     Ok(())
+}
+
+/// The file allocation table, and the first cluster after the allocated ones.
+struct Fat {
+    table: Vec<u32>,
+    next: u32,
+}
+
+impl Plan<'_> {
+    /// Contiguous runs in walk order; the root comes first, so it starts at cluster 2.
+    fn allocate_clusters(&mut self, g: &Geometry) -> Fat {
+        let cb = g.cluster_bytes();
+        let mut fat = vec![0u32; g.clusters as usize + 2];
+        fat[0] = 0x0fff_fff8;
+        fat[1] = EOC;
+        let mut next = ROOT_CLUSTER;
+        for it in &mut self.items {
+            let n = it.bytes.div_ceil(cb) as u32;
+            if n == 0 {
+                continue;
+            }
+            it.first_cluster = next;
+            for c in next..next + n - 1 {
+                fat[c as usize] = c + 1;
+            }
+            fat[(next + n - 1) as usize] = EOC;
+            next += n;
+        }
+        Fat { table: fat, next }
+    }
+
+    /// The entries of directory item `i`: the label (root) or `.` and `..`, then its children's.
+    fn dir_bytes(
+        &self,
+        i: usize,
+        entries: &[(FatName, usize)],
+        parent: Option<usize>,
+        label: Option<&[u8; 11]>,
+        dt: (u16, u16),
+    ) -> Vec<u8> {
+        let it = &self.items[i];
+        let mut d: Vec<u8> = Vec::with_capacity(it.bytes as usize);
+        if i == 0 {
+            if let Some(l) = label {
+                d.extend_from_slice(&short_entry(l, ATTR_VOLUME, 0, 0, 0, dt));
+            }
+        } else {
+            // `..` of a first-level directory names the root as cluster 0.
+            let up = parent
+                .map(|p| self.items[p].first_cluster)
+                .filter(|c| *c != ROOT_CLUSTER)
+                .unwrap_or(0);
+            let here = it.first_cluster;
+            d.extend_from_slice(&short_entry(b".          ", ATTR_DIR, 0, here, 0, dt));
+            d.extend_from_slice(&short_entry(b"..         ", ATTR_DIR, 0, up, 0, dt));
+        }
+        for (name, ci) in entries {
+            let child = &self.items[*ci];
+            if let Some(long) = &name.long {
+                for e in names::lfn_entries(long, &name.short) {
+                    d.extend_from_slice(&e);
+                }
+            }
+            let (attr, size) = match child.kind {
+                ItemKind::Dir { .. } => (ATTR_DIR, 0),
+                ItemKind::File(_) => (ATTR_ARCHIVE, child.bytes as u32),
+            };
+            let cluster = child.first_cluster;
+            d.extend_from_slice(&short_entry(
+                &name.short,
+                attr,
+                name.case,
+                cluster,
+                size,
+                dt,
+            ));
+        }
+        d
+    }
+}
+
+/// The volume being written: the output and where in it the filesystem starts.
+struct Volume<'o> {
+    out: &'o mut dyn Sink,
+    offset: u64,
+    g: Geometry,
+}
+
+impl Volume<'_> {
+    /// Writes at a byte position relative to the volume start.
+    fn write_at(&mut self, at: u64, data: &[u8]) -> Result<(), FatError> {
+        self.out
+            .write_at(self.offset + at, data)
+            .map_err(FatError::Write)
+    }
+
+    /// Boot sector, FSInfo and the third boot sector, and their backups at sector 6.
+    fn write_boot_sectors(
+        &mut self,
+        opts: &FatOptions,
+        label11: &[u8; 11],
+        fat: &Fat,
+    ) -> Result<(), FatError> {
+        let used = fat.next - ROOT_CLUSTER;
+        let free = self.g.clusters - used;
+        let next_free = if free == 0 { 0xffff_ffff } else { fat.next };
+        let boot = boot_sector(&self.g, opts, label11);
+        let info = fsinfo_sector(free, next_free);
+        for base in [0u64, 6] {
+            self.write_at(base * SECTOR, &boot)?;
+            self.write_at((base + 1) * SECTOR, &info)?;
+            // Sector 2 of each copy ends in the boot signature too (as mkfs.vfat writes it).
+            let mut third = [0u8; 512];
+            third[510] = 0x55;
+            third[511] = 0xaa;
+            self.write_at((base + 2) * SECTOR, &third)?;
+        }
+        Ok(())
+    }
+
+    /// Both copies of the FAT, 1 MiB at a time.
+    fn write_fats(&mut self, fat: &Fat) -> Result<(), FatError> {
+        let fat_bytes: Vec<u8> = fat.table.iter().flat_map(|e| e.to_le_bytes()).collect();
+        for copy in 0..NUM_FATS {
+            let at = u64::from(self.g.reserved_sectors + copy * self.g.fat_sectors) * SECTOR;
+            for (k, chunk) in fat_bytes.chunks(1 << 20).enumerate() {
+                self.write_at(at + (k as u64) * (1 << 20), chunk)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Streams a file's content into its clusters.
+    fn write_file(&mut self, it: &Item, data: &FileData, buf: &mut [u8]) -> Result<(), FatError> {
+        if it.bytes == 0 {
+            return Ok(());
+        }
+        let rd = |e| FatError::Read {
+            path: it.path.clone(),
+            source: e,
+        };
+        let mut r = data.open().map_err(rd)?;
+        let mut at = self.g.cluster_offset(it.first_cluster);
+        let mut left = it.bytes;
+        while left > 0 {
+            let want = (buf.len() as u64).min(left) as usize;
+            let mut got = 0;
+            while got < want {
+                let n = r.read(&mut buf[got..want]).map_err(rd)?;
+                if n == 0 {
+                    return Err(rd(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("content ended {left} bytes early (changed while building?)"),
+                    )));
+                }
+                got += n;
+            }
+            self.write_at(at, &buf[..want])?;
+            at += want as u64;
+            left -= want as u64;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
