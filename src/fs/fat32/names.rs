@@ -165,21 +165,7 @@ pub fn assign(dir: &str, names: &[&[u8]]) -> Result<Vec<FatName>, FatError> {
             format!("{dir}/{n}")
         }
     };
-    let mut forms = Vec::with_capacity(names.len());
-    // FAT looks names up case-insensitively: two names differing only in case would collide.
-    let mut folded: BTreeMap<String, &[u8]> = BTreeMap::new();
-    for n in names {
-        let path = join(n);
-        let (s, utf16) = long_form(n, &path)?;
-        let key: String = s.chars().flat_map(char::to_uppercase).collect();
-        if let Some(prev) = folded.insert(key, n) {
-            return Err(FatError::Invalid(format!(
-                "{path}: FAT names are case-insensitive and {} exists too",
-                join(prev)
-            )));
-        }
-        forms.push((s, utf16));
-    }
+    let forms = long_forms(names, &join)?;
     let mut taken: BTreeSet<[u8; 11]> = BTreeSet::new();
     let mut out: Vec<Option<FatName>> = vec![None; names.len()];
     for (i, (s, _)) in forms.iter().enumerate() {
@@ -203,23 +189,9 @@ pub fn assign(dir: &str, names: &[&[u8]]) -> Result<Vec<FatName>, FatError> {
             plain
         } else {
             let n = next_tail.entry(plain).or_insert(1);
-            loop {
-                let tail = format!("~{n}");
-                if tail.len() > 7 {
-                    return Err(FatError::Invalid(format!(
-                        "{}: no free short name left",
-                        join(names[i])
-                    )));
-                }
-                let keep = base.len().min(8 - tail.len());
-                let mut b = base[..keep].to_vec();
-                b.extend_from_slice(tail.as_bytes());
-                let cand = pack(&b, &ext);
-                *n += 1;
-                if !taken.contains(&cand) {
-                    break cand;
-                }
-            }
+            tailed(&base, &ext, n, &taken).ok_or_else(|| {
+                FatError::Invalid(format!("{}: no free short name left", join(names[i])))
+            })?
         };
         taken.insert(short);
         out[i] = Some(FatName {
@@ -229,6 +201,48 @@ pub fn assign(dir: &str, names: &[&[u8]]) -> Result<Vec<FatName>, FatError> {
         });
     }
     Ok(out.into_iter().flatten().collect())
+}
+
+/// Each name checked and in UTF-16. FAT looks names up case-insensitively: two names differing
+/// only in case would collide.
+fn long_forms(
+    names: &[&[u8]],
+    join: &dyn Fn(&[u8]) -> String,
+) -> Result<Vec<(String, Vec<u16>)>, FatError> {
+    let mut forms = Vec::with_capacity(names.len());
+    let mut folded: BTreeMap<String, &[u8]> = BTreeMap::new();
+    for n in names {
+        let path = join(n);
+        let (s, utf16) = long_form(n, &path)?;
+        let key: String = s.chars().flat_map(char::to_uppercase).collect();
+        if let Some(prev) = folded.insert(key, n) {
+            return Err(FatError::Invalid(format!(
+                "{path}: FAT names are case-insensitive and {} exists too",
+                join(prev)
+            )));
+        }
+        forms.push((s, utf16));
+    }
+    Ok(forms)
+}
+
+/// The first free `BASE~N` short name from tail number `*n` on (which it advances); None once
+/// the tail no longer fits.
+fn tailed(base: &[u8], ext: &[u8], n: &mut u32, taken: &BTreeSet<[u8; 11]>) -> Option<[u8; 11]> {
+    loop {
+        let tail = format!("~{n}");
+        if tail.len() > 7 {
+            return None;
+        }
+        let keep = base.len().min(8 - tail.len());
+        let mut b = base[..keep].to_vec();
+        b.extend_from_slice(tail.as_bytes());
+        let cand = pack(&b, ext);
+        *n += 1;
+        if !taken.contains(&cand) {
+            return Some(cand);
+        }
+    }
 }
 
 /// Checksum of a short name stored in each of its long-name entries.

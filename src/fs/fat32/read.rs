@@ -80,6 +80,97 @@ fn le32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
+/// The boot sector fields the reader uses (the BIOS parameter block); byte offsets in the
+/// comments.
+struct Bpb {
+    /// 11
+    bytes_per_sector: u16,
+    /// 13
+    sectors_per_cluster: u8,
+    /// 14
+    reserved_sectors: u16,
+    /// 16
+    fats: u8,
+    /// 17: entries of the fixed root directory (FAT12/16).
+    root_entries: u16,
+    /// 19 (16 bits), or 32 when that is 0.
+    total_sectors: u64,
+    /// 22 (16 bits), or 36 (FAT32) when that is 0.
+    fat_sectors: u64,
+    /// 44 (FAT32 only).
+    root_cluster: u32,
+}
+
+impl Bpb {
+    /// Reads and checks the fields of a boot sector.
+    fn parse(b: &[u8; 512]) -> Result<Bpb, FatReadError> {
+        let bpb = Bpb {
+            bytes_per_sector: le16(b, 11),
+            sectors_per_cluster: b[13],
+            reserved_sectors: le16(b, 14),
+            fats: b[16],
+            root_entries: le16(b, 17),
+            total_sectors: match le16(b, 19) {
+                0 => u64::from(le32(b, 32)),
+                n => u64::from(n),
+            },
+            fat_sectors: match le16(b, 22) {
+                0 => u64::from(le32(b, 36)),
+                n => u64::from(n),
+            },
+            root_cluster: le32(b, 44),
+        };
+        let (bps, spc) = (bpb.bytes_per_sector, bpb.sectors_per_cluster);
+        if !matches!(bps, 512 | 1024 | 2048 | 4096) {
+            return Err(FatReadError::NotFat(format!("{bps} bytes per sector")));
+        }
+        if spc == 0 || !spc.is_power_of_two() {
+            return Err(FatReadError::NotFat(format!("{spc} sectors per cluster")));
+        }
+        if bpb.reserved_sectors == 0 || bpb.fats == 0 {
+            return Err(FatReadError::NotFat(
+                "no reserved sectors or no FAT".to_string(),
+            ));
+        }
+        if bpb.total_sectors == 0 || bpb.fat_sectors == 0 {
+            return Err(FatReadError::NotFat(
+                "zero total sectors or FAT size".to_string(),
+            ));
+        }
+        Ok(bpb)
+    }
+
+    /// Data clusters: what the sectors after the reserved ones, the FATs and the fixed root
+    /// directory hold.
+    fn clusters(&self) -> Result<u64, FatReadError> {
+        Ok(self
+            .total_sectors
+            .checked_sub(self.data_sector())
+            .ok_or_else(|| FatReadError::Corrupt("the data area starts past the end".into()))?
+            / u64::from(self.sectors_per_cluster))
+    }
+
+    /// First sector of the data area.
+    fn data_sector(&self) -> u64 {
+        let bps = u64::from(self.bytes_per_sector);
+        let root_dir_sectors = (u64::from(self.root_entries) * 32).div_ceil(bps);
+        u64::from(self.reserved_sectors)
+            + u64::from(self.fats) * self.fat_sectors
+            + root_dir_sectors
+    }
+}
+
+/// Microsoft's rule: the type follows from the cluster count alone.
+fn fat_type_of(clusters: u64) -> FatType {
+    if clusters < 4085 {
+        FatType::Fat12
+    } else if clusters < 65525 {
+        FatType::Fat16
+    } else {
+        FatType::Fat32
+    }
+}
+
 impl<R: Read + Seek> FatVolume<R> {
     /// Parses the boot sector (BPB) of the volume at `offset`.
     pub fn open(mut dev: R, offset: u64) -> Result<Self, FatReadError> {
@@ -91,65 +182,20 @@ impl<R: Read + Seek> FatVolume<R> {
                 "no boot signature at byte {offset}"
             )));
         }
-        let bps = le16(&b, 11);
-        let spc = b[13];
-        let reserved = le16(&b, 14);
-        let nfats = b[16];
-        let root_entries = le16(&b, 17);
-        let total16 = le16(&b, 19);
-        let fat16_size = le16(&b, 22);
-        let total32 = le32(&b, 32);
-        let fat32_size = le32(&b, 36);
-        if !matches!(bps, 512 | 1024 | 2048 | 4096) {
-            return Err(FatReadError::NotFat(format!("{bps} bytes per sector")));
-        }
-        if spc == 0 || !spc.is_power_of_two() {
-            return Err(FatReadError::NotFat(format!("{spc} sectors per cluster")));
-        }
-        if reserved == 0 || nfats == 0 {
-            return Err(FatReadError::NotFat(
-                "no reserved sectors or no FAT".to_string(),
-            ));
-        }
-        let bps64 = u64::from(bps);
-        let total = if total16 != 0 {
-            u64::from(total16)
-        } else {
-            u64::from(total32)
-        };
-        let fat_sectors = if fat16_size != 0 {
-            u64::from(fat16_size)
-        } else {
-            u64::from(fat32_size)
-        };
-        if total == 0 || fat_sectors == 0 {
-            return Err(FatReadError::NotFat(
-                "zero total sectors or FAT size".to_string(),
-            ));
-        }
-        let root_dir_sectors = (u64::from(root_entries) * 32).div_ceil(bps64);
-        let data_sector = u64::from(reserved) + u64::from(nfats) * fat_sectors + root_dir_sectors;
-        let clusters = total
-            .checked_sub(data_sector)
-            .ok_or_else(|| FatReadError::Corrupt("the data area starts past the end".into()))?
-            / u64::from(spc);
-        // Microsoft's rule: the type follows from the cluster count alone.
-        let fat_type = if clusters < 4085 {
-            FatType::Fat12
-        } else if clusters < 65525 {
-            FatType::Fat16
-        } else {
-            FatType::Fat32
-        };
+        let bpb = Bpb::parse(&b)?;
+        let bps = u64::from(bpb.bytes_per_sector);
+        let clusters = bpb.clusters()?;
+        let fat_type = fat_type_of(clusters);
         let root_cluster = if fat_type == FatType::Fat32 {
-            le32(&b, 44)
+            bpb.root_cluster
         } else {
             0
         };
+        let fat_bytes = bpb.fat_sectors * bps;
         let fat_entries = match fat_type {
-            FatType::Fat12 => fat_sectors * bps64 * 2 / 3,
-            FatType::Fat16 => fat_sectors * bps64 / 2,
-            FatType::Fat32 => fat_sectors * bps64 / 4,
+            FatType::Fat12 => fat_bytes * 2 / 3,
+            FatType::Fat16 => fat_bytes / 2,
+            FatType::Fat32 => fat_bytes / 4,
         };
         let cluster_end = (clusters + 2).min(fat_entries).min(0x0fff_fff7) as u32;
         if fat_type == FatType::Fat32 && !(2..cluster_end).contains(&root_cluster) {
@@ -157,22 +203,22 @@ impl<R: Read + Seek> FatVolume<R> {
                 "root directory cluster {root_cluster} out of range"
             )));
         }
-        let fat_start = u64::from(reserved) * bps64;
+        let fat_start = u64::from(bpb.reserved_sectors) * bps;
         Ok(FatVolume {
             dev,
             offset,
             fat_type,
-            bytes_per_sector: bps64,
-            cluster_bytes: u64::from(spc) * bps64,
+            bytes_per_sector: bps,
+            cluster_bytes: u64::from(bpb.sectors_per_cluster) * bps,
             fat_start,
             root_dir: (
-                fat_start + u64::from(nfats) * fat_sectors * bps64,
-                u64::from(root_entries) * 32,
+                fat_start + u64::from(bpb.fats) * fat_bytes,
+                u64::from(bpb.root_entries) * 32,
             ),
             root_cluster,
-            data_start: data_sector * bps64,
+            data_start: bpb.data_sector() * bps,
             cluster_end,
-            volume_bytes: total * bps64,
+            volume_bytes: bpb.total_sectors * bps,
         })
     }
 
