@@ -7,7 +7,7 @@
 //! (the kernel and GNU cpio both link the earlier names and then fill the data in).
 //! Extended attributes cannot be stored in newc and are left out.
 
-use crate::tree::{NodeId, NodeKind, Tree};
+use crate::tree::{FileData, NodeId, NodeKind, Tree};
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 
@@ -129,12 +129,30 @@ pub fn write(tree: &Tree, opts: &CpioOptions, out: &mut dyn Write) -> Result<u64
 }
 
 fn write_newc(tree: &Tree, out: &mut dyn Write) -> Result<u64, CpioError> {
-    let mut w = Counting { inner: out, n: 0 };
-    let walk = tree.walk();
-    let mut ino_of: BTreeMap<NodeId, u32> = BTreeMap::new();
-    // Names of a hard-linked node seen so far (the last one carries the data).
-    let mut seen: BTreeMap<NodeId, u32> = BTreeMap::new();
-    for (path, id) in &walk {
+    let mut a = Newc {
+        tree,
+        w: Counting { inner: out, n: 0 },
+        ino_of: BTreeMap::new(),
+        seen: BTreeMap::new(),
+    };
+    for (path, id) in &tree.walk() {
+        a.add(path, *id)?;
+    }
+    a.finish()
+}
+
+/// One archive being written: the output and the inode numbers handed out so far.
+struct Newc<'t, 'w> {
+    tree: &'t Tree,
+    w: Counting<'w>,
+    ino_of: BTreeMap<NodeId, u32>,
+    /// Names of a hard-linked node seen so far (the last one carries the data).
+    seen: BTreeMap<NodeId, u32>,
+}
+
+impl Newc<'_, '_> {
+    /// One entry: its header and name, then its data (symlink target or file content).
+    fn add(&mut self, path: &[u8], id: NodeId) -> Result<(), CpioError> {
         let shown = || {
             if path.is_empty() {
                 ".".to_string()
@@ -143,21 +161,58 @@ fn write_newc(tree: &Tree, out: &mut dyn Write) -> Result<u64, CpioError> {
             }
         };
         let invalid = |why: String| CpioError::Invalid { path: shown(), why };
-        let next = ino_of.len() as u32 + 1;
-        let ino = *ino_of.entry(*id).or_insert(next);
-        let node = tree.node(*id);
+        let mut h = self.header(id).map_err(invalid)?;
+        let name: &[u8] = if path.is_empty() { b"." } else { path };
+        let node = self.tree.node(id);
+        let mut body: Option<&[u8]> = None;
+        let mut file = None;
+        match &node.kind {
+            NodeKind::Dir(_) | NodeKind::Fifo | NodeKind::Socket => {}
+            NodeKind::CharDev { major, minor } | NodeKind::BlockDev { major, minor } => {
+                h.rdevmajor = *major;
+                h.rdevminor = *minor;
+            }
+            NodeKind::Symlink(t) => {
+                h.filesize = t.len() as u32;
+                body = Some(t);
+            }
+            NodeKind::File(data) => {
+                if self.carries_data(id) {
+                    h.filesize = u32::try_from(data.len()).map_err(|_| {
+                        invalid(format!("{} bytes; newc stops at 4 GiB - 1", data.len()))
+                    })?;
+                    file = Some(data);
+                }
+            }
+        }
+        entry(&mut self.w, &h, name).map_err(CpioError::Write)?;
+        if let Some(b) = body {
+            self.w.write_all(b).map_err(CpioError::Write)?;
+        }
+        if let Some(data) = file {
+            copy_file(data, &mut self.w, &shown())?;
+        }
+        pad4(&mut self.w).map_err(CpioError::Write)
+    }
+
+    /// The header fields every kind shares (the inode number is the first name's).
+    fn header(&mut self, id: NodeId) -> Result<Header, String> {
+        let tree = self.tree;
+        let next = self.ino_of.len() as u32 + 1;
+        let ino = *self.ino_of.entry(id).or_insert(next);
+        let node = tree.node(id);
         let nlink = match &node.kind {
             NodeKind::Dir(_) => {
                 2 + tree
-                    .children(*id)
+                    .children(id)
                     .filter(|(_, c)| tree.node(*c).is_dir())
                     .count() as u32
             }
-            _ => tree.link_count(*id),
+            _ => tree.link_count(id),
         };
         let mtime = u32::try_from(node.meta.mtime.max(0))
-            .map_err(|_| invalid(format!("mtime {} does not fit newc", node.meta.mtime)))?;
-        let mut h = Header {
+            .map_err(|_| format!("mtime {} does not fit newc", node.meta.mtime))?;
+        Ok(Header {
             ino,
             mode: node.mode(),
             uid: node.meta.uid,
@@ -167,73 +222,56 @@ fn write_newc(tree: &Tree, out: &mut dyn Write) -> Result<u64, CpioError> {
             filesize: 0,
             rdevmajor: 0,
             rdevminor: 0,
-        };
-        let name: &[u8] = if path.is_empty() { b"." } else { path };
-        let body: Option<Vec<u8>>;
-        let mut file = None;
-        match &node.kind {
-            NodeKind::Dir(_) | NodeKind::Fifo | NodeKind::Socket => body = None,
-            NodeKind::CharDev { major, minor } | NodeKind::BlockDev { major, minor } => {
-                h.rdevmajor = *major;
-                h.rdevminor = *minor;
-                body = None;
-            }
-            NodeKind::Symlink(t) => {
-                h.filesize = t.len() as u32;
-                body = Some(t.clone());
-            }
-            NodeKind::File(data) => {
-                let count = seen.entry(*id).or_insert(0);
-                *count += 1;
-                body = None;
-                if *count == tree.link_count(*id) {
-                    h.filesize = u32::try_from(data.len()).map_err(|_| {
-                        invalid(format!("{} bytes; newc stops at 4 GiB - 1", data.len()))
-                    })?;
-                    file = Some(data);
-                }
-            }
-        }
-        entry(&mut w, &h, name).map_err(CpioError::Write)?;
-        if let Some(b) = body {
-            w.write_all(&b).map_err(CpioError::Write)?;
-        }
-        if let Some(data) = file {
-            let rd = |e| CpioError::Read {
-                path: shown(),
-                source: e,
-            };
-            let r = data.open().map_err(rd)?;
-            let copied = copy_exact(r, &mut w).map_err(|e| match e {
-                CopyError::Read(e) => rd(e),
-                CopyError::Write(e) => CpioError::Write(e),
-            })?;
-            if copied != data.len() {
-                return Err(rd(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "content is {copied} bytes, expected {} (changed while building?)",
-                        data.len()
-                    ),
-                )));
-            }
-        }
-        pad4(&mut w).map_err(CpioError::Write)?;
+        })
     }
-    let trailer = Header {
-        ino: 0,
-        mode: 0,
-        uid: 0,
-        gid: 0,
-        nlink: 1,
-        mtime: 0,
-        filesize: 0,
-        rdevmajor: 0,
-        rdevminor: 0,
+
+    /// Whether this name of a file is its last one, the one that carries the content.
+    fn carries_data(&mut self, id: NodeId) -> bool {
+        let count = self.seen.entry(id).or_insert(0);
+        *count += 1;
+        *count == self.tree.link_count(id)
+    }
+
+    /// The trailer entry; returns the archive's size.
+    fn finish(mut self) -> Result<u64, CpioError> {
+        let trailer = Header {
+            ino: 0,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            nlink: 1,
+            mtime: 0,
+            filesize: 0,
+            rdevmajor: 0,
+            rdevminor: 0,
+        };
+        entry(&mut self.w, &trailer, b"TRAILER!!!").map_err(CpioError::Write)?;
+        self.w.flush().map_err(CpioError::Write)?;
+        Ok(self.w.n)
+    }
+}
+
+/// Copies a file's content, which must still be as long as it was when measured.
+fn copy_file(data: &FileData, w: &mut Counting<'_>, shown: &str) -> Result<(), CpioError> {
+    let rd = |e| CpioError::Read {
+        path: shown.to_string(),
+        source: e,
     };
-    entry(&mut w, &trailer, b"TRAILER!!!").map_err(CpioError::Write)?;
-    w.flush().map_err(CpioError::Write)?;
-    Ok(w.n)
+    let r = data.open().map_err(rd)?;
+    let copied = copy_exact(r, w).map_err(|e| match e {
+        CopyError::Read(e) => rd(e),
+        CopyError::Write(e) => CpioError::Write(e),
+    })?;
+    if copied != data.len() {
+        return Err(rd(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!(
+                "content is {copied} bytes, expected {} (changed while building?)",
+                data.len()
+            ),
+        )));
+    }
+    Ok(())
 }
 
 enum CopyError {
@@ -259,7 +297,7 @@ fn copy_exact(mut r: impl Read, w: &mut dyn Write) -> Result<u64, CopyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tree::{FileData, Meta};
+    use crate::tree::Meta;
 
     #[test]
     fn layout_of_a_tiny_archive() {
