@@ -12,11 +12,12 @@
 //! tar is kept in the cache only once every entry was accepted, so a refused package leaves both
 //! the tree and the cache as they were.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::cache::{io_err, sha256_of_path, Cache, CacheError};
-use crate::tree::{FileData, Meta, NodeKind, Tree, TreeError};
+use crate::tree::{FileData, Meta, NodeId, NodeKind, Tree, TreeError};
 
 /// Paths dropped unless [`DebOptions::keep_docs`] is set (documentation and translations).
 pub const DOC_PREFIXES: &[&str] = &[
@@ -201,14 +202,6 @@ fn read_members(
     final_tar: &Path,
     label: &str,
 ) -> Result<Members, DebError> {
-    let ioe = |source| DebError::Io {
-        package: label.to_string(),
-        source,
-    };
-    let fmt = |reason: String| DebError::Format {
-        package: label.to_string(),
-        reason,
-    };
     let file = std::fs::File::open(deb).map_err(io_err(deb))?;
     let mut ar = ar::Archive::new(file);
     let mut m = Members {
@@ -218,30 +211,16 @@ fn read_members(
     };
     let mut first = true;
     while let Some(entry) = ar.next_entry() {
-        let mut entry = entry.map_err(ioe)?;
+        let mut entry = entry.map_err(io_error(label))?;
         let id = String::from_utf8_lossy(entry.header().identifier())
             .trim_end_matches('/')
             .to_string();
         if first {
-            let mut v = String::new();
-            (&mut entry).take(64).read_to_string(&mut v).map_err(ioe)?;
-            if id != "debian-binary" || !v.starts_with("2.") {
-                return Err(fmt(format!(
-                    "first member is {id:?} ({:?}), want debian-binary 2.x",
-                    v.trim()
-                )));
-            }
+            check_debian_binary(&mut entry, &id, label)?;
             first = false;
         } else if id.starts_with("control.tar") {
-            let dec = decoder(&id, Box::new(&mut entry)).map_err(fmt)?;
-            let mut t = tar::Archive::new(dec.take(CONTROL_MAX));
-            for e in t.entries().map_err(ioe)? {
-                let mut e = e.map_err(ioe)?;
-                if normalize_entry(&e.path_bytes()).ok().flatten().as_deref() == Some(b"control") {
-                    let mut s = String::new();
-                    e.read_to_string(&mut s).map_err(ioe)?;
-                    m.control = Some(s);
-                }
+            if let Some(control) = read_control(&mut entry, &id, label)? {
+                m.control = Some(control);
             }
         } else if id.starts_with("data.tar") {
             m.data_seen = true;
@@ -250,25 +229,87 @@ fn read_members(
             if cache.data_tar_ok(deb_sha) {
                 continue;
             }
-            let dir = final_tar.parent().unwrap_or(cache.root());
-            let mut tmp = tempfile::Builder::new()
-                .prefix(".tmp-")
-                .tempfile_in(dir)
-                .map_err(io_err(dir))?;
-            let mut dec = decoder(&id, Box::new(&mut entry)).map_err(fmt)?;
-            let (sha, size) =
-                super::cache::copy_hashing(&mut dec, tmp.as_file_mut(), &crate::report::Silent)
-                    .map_err(ioe)?;
-            m.data_tmp = Some((tmp, sha, size));
+            m.data_tmp = Some(unpack_data(&mut entry, &id, cache, final_tar, label)?);
         }
     }
     if first {
-        return Err(fmt("empty ar archive".into()));
+        return Err(format_error(label, "empty ar archive".into()));
     }
     if !m.data_seen {
-        return Err(fmt("no data.tar member".into()));
+        return Err(format_error(label, "no data.tar member".into()));
     }
     Ok(m)
+}
+
+fn io_error(package: &str) -> impl Fn(std::io::Error) -> DebError + '_ {
+    move |source| DebError::Io {
+        package: package.to_string(),
+        source,
+    }
+}
+
+fn format_error(package: &str, reason: String) -> DebError {
+    DebError::Format {
+        package: package.to_string(),
+        reason,
+    }
+}
+
+/// The first member must be `debian-binary` saying format 2.x.
+fn check_debian_binary(member: &mut impl Read, id: &str, label: &str) -> Result<(), DebError> {
+    let mut v = String::new();
+    member
+        .take(64)
+        .read_to_string(&mut v)
+        .map_err(io_error(label))?;
+    if id != "debian-binary" || !v.starts_with("2.") {
+        return Err(format_error(
+            label,
+            format!(
+                "first member is {id:?} ({:?}), want debian-binary 2.x",
+                v.trim()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The `control` file of a control.tar member, if it has one.
+fn read_control(member: &mut impl Read, id: &str, label: &str) -> Result<Option<String>, DebError> {
+    let ioe = io_error(label);
+    let dec = decoder(id, Box::new(member)).map_err(|r| format_error(label, r))?;
+    let mut t = tar::Archive::new(dec.take(CONTROL_MAX));
+    let mut control = None;
+    for e in t.entries().map_err(&ioe)? {
+        let mut e = e.map_err(&ioe)?;
+        if normalize_entry(&e.path_bytes()).ok().flatten().as_deref() == Some(b"control") {
+            let mut s = String::new();
+            e.read_to_string(&mut s).map_err(&ioe)?;
+            control = Some(s);
+        }
+    }
+    Ok(control)
+}
+
+/// Decompresses a data.tar member into a temporary file next to its final place in the cache;
+/// returns it with its sha256 and size.
+fn unpack_data(
+    member: &mut impl Read,
+    id: &str,
+    cache: &Cache,
+    final_tar: &Path,
+    label: &str,
+) -> Result<(tempfile::NamedTempFile, String, u64), DebError> {
+    let dir = final_tar.parent().unwrap_or(cache.root());
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .map_err(io_err(dir))?;
+    let mut dec = decoder(id, Box::new(member)).map_err(|r| format_error(label, r))?;
+    let (sha, size) =
+        super::cache::copy_hashing(&mut dec, tmp.as_file_mut(), &crate::report::Silent)
+            .map_err(io_error(label))?;
+    Ok((tmp, sha, size))
 }
 
 fn read_deb_with_sha(
@@ -319,122 +360,153 @@ fn apply_tar(
     package: &str,
     opts: &DebOptions,
 ) -> Result<(Vec<Vec<u8>>, usize), DebError> {
-    let ioe = |source| DebError::Io {
-        package: package.to_string(),
-        source,
-    };
-    let hostile = |entry: &[u8], reason: String| DebError::Hostile {
-        package: package.to_string(),
-        entry: show(entry),
-        reason,
-    };
+    let ioe = io_error(package);
     let file = std::fs::File::open(tar_now).map_err(io_err(tar_now))?;
     let mut archive = tar::Archive::new(std::io::BufReader::new(file));
-    let mut files = Vec::new();
-    let mut skipped = 0usize;
-    // Regular files dropped by the filter, so a hard link to one elsewhere still gets content.
-    let mut dropped: std::collections::BTreeMap<Vec<u8>, (Meta, FileData)> = Default::default();
-    for e in archive.entries().map_err(ioe)? {
-        let e = e.map_err(ioe)?;
+    let mut apply = Apply {
+        tree,
+        tar_ref,
+        package,
+        opts,
+        files: Vec::new(),
+        skipped: 0,
+        dropped: Default::default(),
+    };
+    for e in archive.entries().map_err(&ioe)? {
+        apply.entry(&e.map_err(&ioe)?)?;
+    }
+    Ok((apply.files, apply.skipped))
+}
+
+/// One data tar being applied: where it goes and what it has contributed so far.
+struct Apply<'a> {
+    tree: &'a mut Tree,
+    tar_ref: &'a Path,
+    package: &'a str,
+    opts: &'a DebOptions,
+    /// Paths of the non-directory entries added, in archive order.
+    files: Vec<Vec<u8>>,
+    /// Entries dropped by the documentation filter.
+    skipped: usize,
+    /// Regular files dropped by the filter, so a hard link to one elsewhere still gets content.
+    dropped: BTreeMap<Vec<u8>, (Meta, FileData)>,
+}
+
+/// Where one tar entry lands.
+struct Dest {
+    /// The entry's name as the tar has it (for messages).
+    raw: Vec<u8>,
+    /// Normalised, and moved under usr/ when merging.
+    path: Vec<u8>,
+    /// What the tree already has there.
+    existing: Option<NodeId>,
+    /// Dropped by the documentation filter.
+    doc: bool,
+}
+
+impl Apply<'_> {
+    /// One entry: where it lands and its metadata, then the step for its type.
+    fn entry(&mut self, e: &tar::Entry<'_, impl Read>) -> Result<(), DebError> {
         let raw = e.path_bytes().into_owned();
         let h = e.header();
         let ty = h.entry_type();
-        let norm = normalize_entry(&raw).map_err(|r| hostile(&raw, r.to_string()))?;
+        let norm = normalize_entry(&raw).map_err(|r| self.hostile(&raw, r.to_string()))?;
         let Some(mut path) = norm else {
-            continue; // "./" itself: the root's metadata is the image's, not a package's
+            return Ok(()); // "./" itself: the root's metadata is the image's, not a package's
         };
-        if opts.merge_usr {
+        if self.opts.merge_usr {
             path = merge_usr(path);
         }
-        let mut mtime = h.mtime().map_err(ioe)? as i64;
-        if let Some(c) = opts.clamp_mtime {
-            mtime = mtime.min(c);
-        }
-        let meta = Meta::new(
-            (h.mode().map_err(ioe)? & 0o7777) as u16,
-            h.uid().map_err(ioe)? as u32,
-            h.gid().map_err(ioe)? as u32,
-            mtime,
-        );
-        check_parents(tree, &path).map_err(|r| hostile(&raw, r))?;
-        let tree_err = |source| DebError::Tree {
-            package: package.to_string(),
-            entry: show(&raw),
-            source,
-        };
-        let existing = tree.lookup(&path);
+        let meta = self.meta_of(h)?;
+        check_parents(self.tree, &path).map_err(|r| self.hostile(&raw, r))?;
+        let existing = self.tree.lookup(&path);
         if let Some(id) = existing {
-            if matches!(tree.node(id).kind, NodeKind::Symlink(_)) && ty.is_dir() {
-                return Err(hostile(
+            if matches!(self.tree.node(id).kind, NodeKind::Symlink(_)) && ty.is_dir() {
+                return Err(self.hostile(
                     &raw,
                     format!("directory would replace symlink /{}", show(&path)),
                 ));
             }
         }
-        let doc = !opts.keep_docs && is_doc(&path);
+        let doc = !self.opts.keep_docs && is_doc(&path);
+        let dest = Dest {
+            raw,
+            path,
+            existing,
+            doc,
+        };
         if ty.is_dir() {
-            if doc {
-                skipped += 1;
-                continue;
-            }
-            match existing {
-                Some(id) if tree.node(id).is_dir() => {} // shared directory: first package wins
-                Some(_) => return Err(tree_err(TreeError::Exists { path: show(&path) })),
-                None => {
-                    tree.mkdir_p(&path, meta).map_err(tree_err)?;
-                }
-            }
-            continue;
+            self.mkdir(dest, meta)
+        } else if ty.is_hard_link() {
+            self.link(e, dest)
+        } else {
+            let kind = self.node_kind(e, &dest.raw)?;
+            self.add(dest, meta, kind)
         }
-        let kind = if ty.is_file() || ty == tar::EntryType::Continuous {
+    }
+
+    /// Owner, mode and (clamped) mtime from the tar header.
+    fn meta_of(&self, h: &tar::Header) -> Result<Meta, DebError> {
+        let ioe = io_error(self.package);
+        let mut mtime = h.mtime().map_err(&ioe)? as i64;
+        if let Some(c) = self.opts.clamp_mtime {
+            mtime = mtime.min(c);
+        }
+        Ok(Meta::new(
+            (h.mode().map_err(&ioe)? & 0o7777) as u16,
+            h.uid().map_err(&ioe)? as u32,
+            h.gid().map_err(&ioe)? as u32,
+            mtime,
+        ))
+    }
+
+    /// A directory: made unless one is there (a shared directory: the first package wins).
+    fn mkdir(&mut self, d: Dest, meta: Meta) -> Result<(), DebError> {
+        if d.doc {
+            self.skipped += 1;
+            return Ok(());
+        }
+        match d.existing {
+            Some(id) if self.tree.node(id).is_dir() => {}
+            Some(_) => {
+                return Err(self.tree_err(
+                    &d.raw,
+                    TreeError::Exists {
+                        path: show(&d.path),
+                    },
+                ))
+            }
+            None => {
+                self.tree
+                    .mkdir_p(&d.path, meta)
+                    .map_err(|s| self.tree_err(&d.raw, s))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What a file, symlink, device or fifo entry becomes; other types are refused.
+    fn node_kind(&self, e: &tar::Entry<'_, impl Read>, raw: &[u8]) -> Result<NodeKind, DebError> {
+        let h = e.header();
+        let ty = h.entry_type();
+        Ok(if ty.is_file() || ty == tar::EntryType::Continuous {
             NodeKind::File(FileData::Range {
-                path: tar_ref.to_path_buf(),
+                path: self.tar_ref.to_path_buf(),
                 offset: e.raw_file_position(),
                 len: e.size(),
             })
         } else if ty.is_symlink() {
             let target = e
                 .link_name_bytes()
-                .ok_or_else(|| hostile(&raw, "symlink without target".into()))?;
+                .ok_or_else(|| self.hostile(raw, "symlink without target".into()))?;
             if target.is_empty() || target.contains(&0) {
-                return Err(hostile(&raw, "empty or NUL symlink target".into()));
+                return Err(self.hostile(raw, "empty or NUL symlink target".into()));
             }
             NodeKind::Symlink(target.into_owned())
-        } else if ty.is_hard_link() {
-            let target_raw = e
-                .link_name_bytes()
-                .ok_or_else(|| hostile(&raw, "hard link without target".into()))?
-                .into_owned();
-            let mut target = normalize_entry(&target_raw)
-                .map_err(|r| hostile(&raw, format!("hard link target: {r}")))?
-                .ok_or_else(|| hostile(&raw, "hard link to the root".into()))?;
-            if opts.merge_usr {
-                target = merge_usr(target);
-            }
-            check_parents(tree, &target)
-                .map_err(|r| hostile(&raw, format!("hard link target: {r}")))?;
-            if doc {
-                skipped += 1;
-                continue;
-            }
-            if let Some((m, data)) = dropped.get(&target) {
-                // The link's original was filtered out: this name gets the content itself.
-                let (m, data) = (m.clone(), data.clone());
-                add_node(tree, &path, m, NodeKind::File(data), opts).map_err(tree_err)?;
-            } else {
-                if existing.is_some() {
-                    if !opts.allow_replace {
-                        return Err(tree_err(TreeError::Exists { path: show(&path) }));
-                    }
-                    tree.remove(&path).map_err(tree_err)?;
-                }
-                tree.add_hardlink(&path, &target).map_err(tree_err)?;
-            }
-            files.push(path);
-            continue;
         } else if ty.is_character_special() || ty.is_block_special() {
-            let major = h.device_major().map_err(ioe)?.unwrap_or(0);
-            let minor = h.device_minor().map_err(ioe)?.unwrap_or(0);
+            let ioe = io_error(self.package);
+            let major = h.device_major().map_err(&ioe)?.unwrap_or(0);
+            let minor = h.device_minor().map_err(&ioe)?.unwrap_or(0);
             if ty.is_character_special() {
                 NodeKind::CharDev { major, minor }
             } else {
@@ -443,24 +515,96 @@ fn apply_tar(
         } else if ty.is_fifo() {
             NodeKind::Fifo
         } else {
-            return Err(hostile(&raw, format!("unsupported tar entry type {ty:?}")));
-        };
-        if doc {
-            skipped += 1;
-            if let NodeKind::File(d) = kind {
-                dropped.insert(path, (meta, d));
-            }
-            continue;
-        }
-        if let Some(id) = existing {
-            if tree.node(id).is_dir() {
-                return Err(tree_err(TreeError::Exists { path: show(&path) }));
-            }
-        }
-        add_node(tree, &path, meta, kind, opts).map_err(tree_err)?;
-        files.push(path);
+            return Err(self.hostile(raw, format!("unsupported tar entry type {ty:?}")));
+        })
     }
-    Ok((files, skipped))
+
+    /// A hard link: to its target, or a copy of the target's content when the filter dropped
+    /// the target.
+    fn link(&mut self, e: &tar::Entry<'_, impl Read>, d: Dest) -> Result<(), DebError> {
+        let raw = &d.raw;
+        let target_raw = e
+            .link_name_bytes()
+            .ok_or_else(|| self.hostile(raw, "hard link without target".into()))?
+            .into_owned();
+        let mut target = normalize_entry(&target_raw)
+            .map_err(|r| self.hostile(raw, format!("hard link target: {r}")))?
+            .ok_or_else(|| self.hostile(raw, "hard link to the root".into()))?;
+        if self.opts.merge_usr {
+            target = merge_usr(target);
+        }
+        check_parents(self.tree, &target)
+            .map_err(|r| self.hostile(raw, format!("hard link target: {r}")))?;
+        if d.doc {
+            self.skipped += 1;
+            return Ok(());
+        }
+        if let Some((m, data)) = self.dropped.get(&target) {
+            let kind = NodeKind::File(data.clone());
+            add_node(self.tree, &d.path, m.clone(), kind, self.opts)
+                .map_err(|s| self.tree_err(raw, s))?;
+        } else {
+            if d.existing.is_some() {
+                if !self.opts.allow_replace {
+                    return Err(self.tree_err(
+                        raw,
+                        TreeError::Exists {
+                            path: show(&d.path),
+                        },
+                    ));
+                }
+                self.tree
+                    .remove(&d.path)
+                    .map_err(|s| self.tree_err(raw, s))?;
+            }
+            self.tree
+                .add_hardlink(&d.path, &target)
+                .map_err(|s| self.tree_err(raw, s))?;
+        }
+        self.files.push(d.path);
+        Ok(())
+    }
+
+    /// A file, symlink, device or fifo; a filtered-out file is remembered for hard links to it.
+    fn add(&mut self, d: Dest, meta: Meta, kind: NodeKind) -> Result<(), DebError> {
+        if d.doc {
+            self.skipped += 1;
+            if let NodeKind::File(data) = kind {
+                self.dropped.insert(d.path, (meta, data));
+            }
+            return Ok(());
+        }
+        if let Some(id) = d.existing {
+            if self.tree.node(id).is_dir() {
+                return Err(self.tree_err(
+                    &d.raw,
+                    TreeError::Exists {
+                        path: show(&d.path),
+                    },
+                ));
+            }
+        }
+        add_node(self.tree, &d.path, meta, kind, self.opts)
+            .map_err(|s| self.tree_err(&d.raw, s))?;
+        self.files.push(d.path);
+        Ok(())
+    }
+
+    fn hostile(&self, entry: &[u8], reason: String) -> DebError {
+        DebError::Hostile {
+            package: self.package.to_string(),
+            entry: show(entry),
+            reason,
+        }
+    }
+
+    fn tree_err(&self, entry: &[u8], source: TreeError) -> DebError {
+        DebError::Tree {
+            package: self.package.to_string(),
+            entry: show(entry),
+            source,
+        }
+    }
 }
 
 fn add_node(
