@@ -5,6 +5,7 @@
 //! uncompressed image (a map of a compressed file is meaningless to a flasher: mkosi#950).
 
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -183,27 +184,66 @@ impl Bmap {
     /// Reads a bmap file (piimg's or bmaptool's), checking its own checksum, its version and
     /// that its ranges lie in order inside the image.
     pub fn parse(text: &str) -> Result<Bmap, BmapError> {
+        let mut raw = RawBmap::read(text)?;
+        raw.check_version()?;
+        raw.check_checksum_type()?;
+        let own = raw.field("BmapFileChecksum")?;
+        check_own_checksum(text, own)?;
+        let image_size = raw.number("ImageSize")?;
+        let block_size = raw.number("BlockSize")?;
+        if block_size == 0 {
+            return Err(BmapError::Number {
+                what: "BlockSize",
+                text: "0".into(),
+            });
+        }
+        let blocks = image_size.div_ceil(block_size);
+        let map = Bmap {
+            image_size,
+            block_size,
+            ranges: parse_ranges(std::mem::take(&mut raw.ranges), blocks)?,
+        };
+        let said = raw.number("MappedBlocksCount")?;
+        if said != map.mapped_blocks() {
+            return Err(BmapError::Count {
+                said,
+                counted: map.mapped_blocks(),
+            });
+        }
+        Ok(map)
+    }
+}
+
+/// A bmap file's contents as text, before any of it is checked.
+#[derive(Debug, Default)]
+struct RawBmap {
+    /// The `version` attribute of `<bmap>`.
+    version: Option<String>,
+    /// Text of each element directly inside `<bmap>`, by name.
+    fields: BTreeMap<String, String>,
+    /// Each `<Range>`'s text and `chksum` attribute.
+    ranges: Vec<(String, Option<String>)>,
+}
+
+impl RawBmap {
+    fn read(text: &str) -> Result<RawBmap, BmapError> {
         use quick_xml::events::Event;
+        let xml = |e: &dyn std::fmt::Display| BmapError::Xml(e.to_string());
         let mut reader = quick_xml::Reader::from_str(text);
+        let mut raw = RawBmap::default();
         let mut path: Vec<String> = Vec::new();
-        let mut fields: std::collections::BTreeMap<String, String> = Default::default();
-        let mut version = None;
-        let mut raw_ranges: Vec<(String, Option<String>)> = Vec::new();
         let mut range_sum: Option<String> = None;
         loop {
             match reader.read_event() {
-                Err(e) => return Err(BmapError::Xml(e.to_string())),
-                Ok(Event::Eof) => break,
+                Err(e) => return Err(xml(&e)),
+                Ok(Event::Eof) => return Ok(raw),
                 Ok(Event::Start(e)) => {
                     let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
                     for a in e.attributes() {
-                        let a = a.map_err(|e| BmapError::Xml(e.to_string()))?;
-                        let v = a
-                            .unescape_value()
-                            .map_err(|e| BmapError::Xml(e.to_string()))?
-                            .into_owned();
+                        let a = a.map_err(|e| xml(&e))?;
+                        let v = a.unescape_value().map_err(|e| xml(&e))?.into_owned();
                         match (name.as_str(), a.key.as_ref()) {
-                            ("bmap", b"version") => version = Some(v),
+                            ("bmap", b"version") => raw.version = Some(v),
                             ("Range", b"chksum") => range_sum = Some(v),
                             _ => {}
                         }
@@ -214,15 +254,11 @@ impl Bmap {
                     path.pop();
                 }
                 Ok(Event::Text(t)) => {
-                    let t = t
-                        .unescape()
-                        .map_err(|e| BmapError::Xml(e.to_string()))?
-                        .trim()
-                        .to_string();
+                    let t = t.unescape().map_err(|e| xml(&e))?.trim().to_string();
                     match path.last().map(String::as_str) {
-                        Some("Range") => raw_ranges.push((t, range_sum.take())),
+                        Some("Range") => raw.ranges.push((t, range_sum.take())),
                         Some(n) if path.len() == 2 => {
-                            fields.insert(n.to_string(), t);
+                            raw.fields.insert(n.to_string(), t);
                         }
                         _ => {}
                     }
@@ -230,76 +266,73 @@ impl Bmap {
                 Ok(_) => {}
             }
         }
-        let version = version.ok_or(BmapError::Missing("bmap version"))?;
+    }
+
+    fn check_version(&self) -> Result<(), BmapError> {
+        let version = self
+            .version
+            .as_ref()
+            .ok_or(BmapError::Missing("bmap version"))?;
         let major = version.split('.').next().unwrap_or_default();
         if !(major == "2" || version == "1.4") {
-            return Err(BmapError::Version(version));
+            return Err(BmapError::Version(version.clone()));
         }
-        let ctype = fields
-            .get("ChecksumType")
-            .ok_or(BmapError::Missing("ChecksumType"))?;
-        if !ctype.eq_ignore_ascii_case("sha256") {
-            return Err(BmapError::ChecksumType(ctype.clone()));
-        }
-        let own = fields
-            .get("BmapFileChecksum")
-            .ok_or(BmapError::Missing("BmapFileChecksum"))?;
-        check_own_checksum(text, own)?;
-        let num = |what: &'static str| -> Result<u64, BmapError> {
-            let t = fields.get(what).ok_or(BmapError::Missing(what))?;
-            t.parse().map_err(|_| BmapError::Number {
-                what,
-                text: t.clone(),
-            })
-        };
-        let image_size = num("ImageSize")?;
-        let block_size = num("BlockSize")?;
-        if block_size == 0 {
-            return Err(BmapError::Number {
-                what: "BlockSize",
-                text: "0".into(),
-            });
-        }
-        let blocks = image_size.div_ceil(block_size);
-        let mut ranges = Vec::with_capacity(raw_ranges.len());
-        for (t, sum) in raw_ranges {
-            let (a, b) = t.split_once('-').unwrap_or((&t, &t));
-            let (Ok(first), Ok(last)) = (a.trim().parse::<u64>(), b.trim().parse::<u64>()) else {
-                return Err(BmapError::Range(t));
-            };
-            if first > last || last >= blocks {
-                return Err(BmapError::Range(t));
-            }
-            if let Some(prev) = ranges.last().map(|r: &Range| r.last) {
-                if first <= prev {
-                    return Err(BmapError::Order(t));
-                }
-            }
-            let sum = sum.ok_or_else(|| BmapError::RangeChecksum(t.clone()))?;
-            let sha256: [u8; 32] = hex::decode(&sum)
-                .ok()
-                .and_then(|v| v.try_into().ok())
-                .ok_or_else(|| BmapError::RangeChecksum(t.clone()))?;
-            ranges.push(Range {
-                first,
-                last,
-                sha256,
-            });
-        }
-        let map = Bmap {
-            image_size,
-            block_size,
-            ranges,
-        };
-        let said = num("MappedBlocksCount")?;
-        if said != map.mapped_blocks() {
-            return Err(BmapError::Count {
-                said,
-                counted: map.mapped_blocks(),
-            });
-        }
-        Ok(map)
+        Ok(())
     }
+
+    fn check_checksum_type(&self) -> Result<(), BmapError> {
+        let ctype = self.field("ChecksumType")?;
+        if !ctype.eq_ignore_ascii_case("sha256") {
+            return Err(BmapError::ChecksumType(ctype.to_string()));
+        }
+        Ok(())
+    }
+
+    fn field(&self, what: &'static str) -> Result<&str, BmapError> {
+        self.fields
+            .get(what)
+            .map(String::as_str)
+            .ok_or(BmapError::Missing(what))
+    }
+
+    fn number(&self, what: &'static str) -> Result<u64, BmapError> {
+        let t = self.field(what)?;
+        t.parse().map_err(|_| BmapError::Number {
+            what,
+            text: t.to_string(),
+        })
+    }
+}
+
+/// The `<Range>`s: each `first-last` (or one block) inside an image of `blocks` blocks, in
+/// order, with its sha256.
+fn parse_ranges(raw: Vec<(String, Option<String>)>, blocks: u64) -> Result<Vec<Range>, BmapError> {
+    let mut ranges = Vec::with_capacity(raw.len());
+    for (t, sum) in raw {
+        let (a, b) = t.split_once('-').unwrap_or((&t, &t));
+        let (Ok(first), Ok(last)) = (a.trim().parse::<u64>(), b.trim().parse::<u64>()) else {
+            return Err(BmapError::Range(t));
+        };
+        if first > last || last >= blocks {
+            return Err(BmapError::Range(t));
+        }
+        if let Some(prev) = ranges.last().map(|r: &Range| r.last) {
+            if first <= prev {
+                return Err(BmapError::Order(t));
+            }
+        }
+        let sum = sum.ok_or_else(|| BmapError::RangeChecksum(t.clone()))?;
+        let sha256: [u8; 32] = hex::decode(&sum)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| BmapError::RangeChecksum(t.clone()))?;
+        ranges.push(Range {
+            first,
+            last,
+            sha256,
+        });
+    }
+    Ok(ranges)
 }
 
 fn byte_span(first: u64, last: u64, bs: u64, size: u64) -> (u64, u64) {
