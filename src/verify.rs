@@ -7,6 +7,7 @@ use crate::fs::fat32::read::FatVolume;
 use crate::qemu::{read_partitions, Partition};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -114,6 +115,35 @@ pub fn build_in(
     which: usize,
     out: &Path,
 ) -> Result<Built, VerifyError> {
+    let (program, args) = build_args(req, env, out);
+    let o = build_command(&program, &args, env, out)
+        .output()
+        .map_err(|e| VerifyError::Build {
+            which,
+            env: env.to_string(),
+            msg: format!("starting {}: {e}", program.display()),
+        })?;
+    if !o.status.success() {
+        let err = String::from_utf8_lossy(&o.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(15).collect();
+        return Err(VerifyError::Build {
+            which,
+            env: env.to_string(),
+            msg: format!(
+                "{}\n{}",
+                o.status,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            ),
+        });
+    }
+    Ok(Built {
+        image: out.join(format!("{}.img", req.profile)),
+        manifest: out.join(format!("{}.manifest.json", req.profile)),
+    })
+}
+
+/// The program and arguments of the `piimg build` (run by `faketime` when the clock is shifted).
+fn build_args(req: &BuildRequest, env: &BuildEnv, out: &Path) -> (PathBuf, Vec<String>) {
     let mut args: Vec<String> = Vec::new();
     let program = match &env.faketime {
         Some(offset) => {
@@ -139,8 +169,13 @@ pub fn build_in(
     if req.offline {
         args.push("--offline".into());
     }
-    let mut cmd = Command::new(&program);
-    cmd.args(&args)
+    (program, args)
+}
+
+/// The command in `out` with the environment's time zone, locale and umask.
+fn build_command(program: &Path, args: &[String], env: &BuildEnv, out: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
         .current_dir(out)
         .env("TZ", &env.tz)
         .env("LC_ALL", &env.lc_all)
@@ -157,28 +192,7 @@ pub fn build_in(
             Ok(())
         });
     }
-    let o = cmd.output().map_err(|e| VerifyError::Build {
-        which,
-        env: env.to_string(),
-        msg: format!("starting {}: {e}", program.display()),
-    })?;
-    if !o.status.success() {
-        let err = String::from_utf8_lossy(&o.stderr);
-        let tail: Vec<&str> = err.lines().rev().take(15).collect();
-        return Err(VerifyError::Build {
-            which,
-            env: env.to_string(),
-            msg: format!(
-                "{}\n{}",
-                o.status,
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            ),
-        });
-    }
-    Ok(Built {
-        image: out.join(format!("{}.img", req.profile)),
-        manifest: out.join(format!("{}.manifest.json", req.profile)),
-    })
+    cmd
 }
 
 /// Where two images differ inside one partition (or the table area).
@@ -407,6 +421,16 @@ fn region_of(parts: &[Partition], at: u64) -> Option<usize> {
         .position(|p| at >= p.start && at < p.start + p.size)
 }
 
+/// Where two images differ in one region.
+struct Found {
+    /// First differing byte, from the start of the disk.
+    first: u64,
+    /// Differing blocks.
+    blocks: u64,
+    /// The first differing byte of each of the first `MAX_LOCATED` differing blocks.
+    offsets: Vec<u64>,
+}
+
 /// First differing byte and differing-block count per partition (and for the area outside
 /// partitions), each explained where possible.
 fn diff_bytes(images: [&Path; 2], names: &[(u32, String)]) -> Result<Vec<PartDiff>, VerifyError> {
@@ -415,107 +439,140 @@ fn diff_bytes(images: [&Path; 2], names: &[(u32, String)]) -> Result<Vec<PartDif
     let la = fa.metadata().map_err(io(images[0]))?.len();
     let lb = fb.metadata().map_err(io(images[1]))?.len();
     let parts = read_partitions(&mut fa, &images[0].display().to_string())?;
-    // Per region (None = outside any partition): first differing byte, differing blocks.
-    let mut found: std::collections::BTreeMap<Option<usize>, (u64, u64, Vec<u64>)> =
-        Default::default();
+    let found = scan(images, [&mut fa, &mut fb], la.min(lb), &parts)?;
+    let mut out = Vec::new();
+    if la != lb {
+        out.push(PartDiff {
+            partition: "disk".into(),
+            number: None,
+            disk_offset: la.min(lb),
+            offset: la.min(lb),
+            blocks: 0,
+            what: Some(format!("sizes differ: {la} vs {lb} bytes")),
+            first_file: None,
+        });
+    }
+    for (region, f) in found {
+        out.push(match region {
+            None => outside_diff(&f),
+            Some(i) => partition_diff(images, &parts[i], names, &f),
+        });
+    }
+    Ok(out)
+}
+
+/// Reads both images from the start, 1 MiB at a time, up to `len`; what differs per region
+/// (None = outside any partition).
+fn scan(
+    images: [&Path; 2],
+    [fa, fb]: [&mut File; 2],
+    len: u64,
+    parts: &[Partition],
+) -> Result<BTreeMap<Option<usize>, Found>, VerifyError> {
+    let mut found = BTreeMap::new();
     fa.seek(SeekFrom::Start(0)).map_err(io(images[0]))?;
     fb.seek(SeekFrom::Start(0)).map_err(io(images[1]))?;
     let chunk = 1usize << 20;
     let (mut ba, mut bb) = (vec![0u8; chunk], vec![0u8; chunk]);
-    let len = la.min(lb);
     let mut pos = 0u64;
     while pos < len {
         let n = (len - pos).min(chunk as u64) as usize;
         fa.read_exact(&mut ba[..n]).map_err(io(images[0]))?;
         fb.read_exact(&mut bb[..n]).map_err(io(images[1]))?;
         if ba[..n] != bb[..n] {
-            for (k, (x, y)) in ba[..n]
-                .chunks(BLOCK as usize)
-                .zip(bb[..n].chunks(BLOCK as usize))
-                .enumerate()
-            {
-                if x == y {
-                    continue;
-                }
-                let i = x.iter().zip(y).position(|(p, q)| p != q).unwrap_or(0);
-                let at = pos + (k as u64) * BLOCK + i as u64;
-                let e = found
-                    .entry(region_of(&parts, at))
-                    .or_insert((at, 0, Vec::new()));
-                e.1 += 1;
-                if e.2.len() < MAX_LOCATED {
-                    e.2.push(at);
-                }
-            }
+            record_blocks([&ba[..n], &bb[..n]], pos, parts, &mut found);
         }
         pos += n as u64;
     }
-    let mut out = Vec::new();
-    if la != lb {
-        out.push(PartDiff {
-            partition: "disk".into(),
-            number: None,
-            disk_offset: len,
-            offset: len,
-            blocks: 0,
-            what: Some(format!("sizes differ: {la} vs {lb} bytes")),
-            first_file: None,
-        });
-    }
-    for (region, (at, blocks, offsets)) in found {
-        let Some(i) = region else {
-            out.push(PartDiff {
-                partition: "partition table / space outside partitions".into(),
-                number: None,
-                disk_offset: at,
-                offset: at,
-                blocks,
-                what: Some(if at < 512 {
-                    "MBR".to_string()
-                } else if at < 1 << 20 {
-                    "partition table area (GPT header or entries)".to_string()
-                } else {
-                    "outside every partition".to_string()
-                }),
-                first_file: None,
-            });
+    Ok(found)
+}
+
+/// Adds each differing block of two chunks read at disk byte `pos` to its region.
+fn record_blocks(
+    [a, b]: [&[u8]; 2],
+    pos: u64,
+    parts: &[Partition],
+    found: &mut BTreeMap<Option<usize>, Found>,
+) {
+    let blocks = a.chunks(BLOCK as usize).zip(b.chunks(BLOCK as usize));
+    for (k, (x, y)) in blocks.enumerate() {
+        if x == y {
             continue;
-        };
-        let p = &parts[i];
-        let off = at - p.start;
-        let name = names
-            .iter()
-            .find(|(n, _)| *n == p.number)
-            .map(|(_, s)| s.clone());
-        let (fs, what) = explain(images, p, off);
-        let first_file = if what.as_deref().is_some_and(names_a_file) {
-            None
-        } else {
-            offsets
-                .iter()
-                .skip(1)
-                .filter_map(|o| explain(images, p, o - p.start).1)
-                .find(|w| names_a_file(w))
-        };
-        out.push(PartDiff {
-            partition: format!(
-                "partition {} ({})",
-                p.number,
-                [name, Some(fs.to_string())]
-                    .into_iter()
-                    .flatten()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            number: Some(p.number),
-            disk_offset: at,
-            offset: off,
-            blocks,
-            what,
-            first_file,
+        }
+        let i = x.iter().zip(y).position(|(p, q)| p != q).unwrap_or(0);
+        let at = pos + (k as u64) * BLOCK + i as u64;
+        let f = found.entry(region_of(parts, at)).or_insert(Found {
+            first: at,
+            blocks: 0,
+            offsets: Vec::new(),
         });
+        f.blocks += 1;
+        if f.offsets.len() < MAX_LOCATED {
+            f.offsets.push(at);
+        }
     }
-    Ok(out)
+}
+
+/// Differences outside every partition: the MBR, the GPT or a gap.
+fn outside_diff(f: &Found) -> PartDiff {
+    let at = f.first;
+    PartDiff {
+        partition: "partition table / space outside partitions".into(),
+        number: None,
+        disk_offset: at,
+        offset: at,
+        blocks: f.blocks,
+        what: Some(if at < 512 {
+            "MBR".to_string()
+        } else if at < 1 << 20 {
+            "partition table area (GPT header or entries)".to_string()
+        } else {
+            "outside every partition".to_string()
+        }),
+        first_file: None,
+    }
+}
+
+/// Differences in partition `p`, explained; when the first is not in a file, the first
+/// differing block that is.
+fn partition_diff(
+    images: [&Path; 2],
+    p: &Partition,
+    names: &[(u32, String)],
+    f: &Found,
+) -> PartDiff {
+    let off = f.first - p.start;
+    let name = names
+        .iter()
+        .find(|(n, _)| *n == p.number)
+        .map(|(_, s)| s.clone());
+    let (fs, what) = explain(images, p, off);
+    let first_file = if what.as_deref().is_some_and(names_a_file) {
+        None
+    } else {
+        f.offsets
+            .iter()
+            .skip(1)
+            .filter_map(|o| explain(images, p, o - p.start).1)
+            .find(|w| names_a_file(w))
+    };
+    PartDiff {
+        partition: format!(
+            "partition {} ({})",
+            p.number,
+            [name, Some(fs.to_string())]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        number: Some(p.number),
+        disk_offset: f.first,
+        offset: off,
+        blocks: f.blocks,
+        what,
+        first_file,
+    }
 }
 
 /// The filesystem kind of a partition and what is at `off` in it (in the first image; for a
@@ -571,99 +628,186 @@ fn debugfs(image: &Path, start: u64, request: &str) -> Option<String> {
 /// owning the block (`icheck` + `ncheck`), else the metadata region from `dumpe2fs` (superblock,
 /// descriptors, bitmaps, inode tables — with the inode and its path).
 fn ext4_locate(image: &Path, start: u64, off: u64) -> Option<String> {
-    let dev = format!("{}?offset={start}", image.display());
-    let dump = Command::new("dumpe2fs")
-        .arg(&dev)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    let dump = String::from_utf8_lossy(&dump.stdout).into_owned();
-    let field = |name: &str| -> Option<u64> {
-        dump.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse().ok())
-    };
-    let bs = field("Block size:")?;
-    let per_group = field("Inodes per group:")?;
-    let isize = field("Inode size:")?;
-    let block = off / bs;
-    let path_of = |ino: u64| -> Option<String> {
-        let out = debugfs(image, start, &format!("ncheck {ino}"))?;
-        out.lines()
-            .skip(1)
-            .find_map(|l| l.split_once('\t').map(|(_, p)| p.trim().to_string()))
-            // ncheck prints children of the root as `//name`.
-            .map(|p| match p.strip_prefix("//") {
-                Some(rest) => format!("/{rest}"),
-                None => p,
-            })
-    };
-    if let Some(out) = debugfs(image, start, &format!("icheck {block}")) {
-        if let Some(ino) = out
+    let fs = Ext4Dump::read(image, start)?;
+    let block = off / fs.block_size;
+    let byte = off % fs.block_size;
+    fs.file_at(block, byte)
+        .or_else(|| fs.metadata_at(block, byte))
+        .or_else(|| {
+            Some(format!(
+                "block {block}: free space or a directory/extent block"
+            ))
+        })
+}
+
+/// An ext4 filesystem in an image as `dumpe2fs` describes it.
+struct Ext4Dump<'a> {
+    image: &'a Path,
+    start: u64,
+    /// dumpe2fs's output.
+    dump: String,
+    block_size: u64,
+    inodes_per_group: u64,
+    inode_size: u64,
+}
+
+/// dumpe2fs's per-group lines: label and what it names.
+const GROUP_REGIONS: [(&str, &str); 7] = [
+    ("Primary superblock at ", "primary superblock"),
+    ("Backup superblock at ", "backup superblock"),
+    ("Group descriptors at ", "group descriptors"),
+    ("Reserved GDT blocks at ", "reserved GDT blocks"),
+    ("Block bitmap at ", "block bitmap"),
+    ("Inode bitmap at ", "inode bitmap"),
+    ("Inode table at ", "inode table"),
+];
+
+impl<'a> Ext4Dump<'a> {
+    fn read(image: &'a Path, start: u64) -> Option<Ext4Dump<'a>> {
+        let dump = Command::new("dumpe2fs")
+            .arg(format!("{}?offset={start}", image.display()))
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        let dump = String::from_utf8_lossy(&dump.stdout).into_owned();
+        let field = |name: &str| -> Option<u64> {
+            dump.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse().ok())
+        };
+        Some(Ext4Dump {
+            image,
+            start,
+            block_size: field("Block size:")?,
+            inodes_per_group: field("Inodes per group:")?,
+            inode_size: field("Inode size:")?,
+            dump,
+        })
+    }
+
+    /// The file whose data block `block` is (`icheck`).
+    fn file_at(&self, block: u64, byte: u64) -> Option<String> {
+        let out = debugfs(self.image, self.start, &format!("icheck {block}"))?;
+        let ino = out
             .lines()
             .skip(1)
             .filter_map(|l| l.split_whitespace().nth(1))
-            .find_map(|s| s.parse::<u64>().ok())
-        {
-            let path = path_of(ino).unwrap_or_else(|| "(no path)".into());
-            return Some(format!(
-                "block {block}: data of inode {ino} {path}, byte {}",
-                off % bs
-            ));
-        }
+            .find_map(|s| s.parse::<u64>().ok())?;
+        let path = self.path_of(ino);
+        Some(format!(
+            "block {block}: data of inode {ino} {path}, byte {byte}"
+        ))
     }
-    // Metadata: walk the per-group lines of dumpe2fs.
-    let range = |s: &str| -> Option<(u64, u64)> {
-        let s = s.split_whitespace().next()?.trim_end_matches(',');
-        match s.split_once('-') {
-            Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
-            None => {
-                let a = s.parse().ok()?;
-                Some((a, a))
+
+    /// The metadata region holding `block`, from the per-group lines of the dump.
+    fn metadata_at(&self, block: u64, byte: u64) -> Option<String> {
+        let mut group = 0u64;
+        for l in self.dump.lines() {
+            if let Some(g) = l
+                .strip_prefix("Group ")
+                .and_then(|r| r.split(':').next())
+                .and_then(|g| g.trim().parse().ok())
+            {
+                group = g;
+                continue;
+            }
+            for part in l.trim().split(", ") {
+                for (label, what) in GROUP_REGIONS {
+                    let Some(r) = part.strip_prefix(label).and_then(block_range) else {
+                        continue;
+                    };
+                    if !(r.0..=r.1).contains(&block) {
+                        continue;
+                    }
+                    if what == "inode table" {
+                        return Some(self.inode_at(group, (block - r.0) * self.block_size + byte));
+                    }
+                    return Some(format!("block {block}: {what} of group {group}"));
+                }
             }
         }
-    };
-    let mut group = 0u64;
-    for l in dump.lines() {
-        if let Some(g) = l
-            .strip_prefix("Group ")
-            .and_then(|r| r.split(':').next())
-            .and_then(|g| g.trim().parse().ok())
-        {
-            group = g;
-            continue;
-        }
-        for part in l.trim().split(", ") {
-            for (label, what) in [
-                ("Primary superblock at ", "primary superblock"),
-                ("Backup superblock at ", "backup superblock"),
-                ("Group descriptors at ", "group descriptors"),
-                ("Reserved GDT blocks at ", "reserved GDT blocks"),
-                ("Block bitmap at ", "block bitmap"),
-                ("Inode bitmap at ", "inode bitmap"),
-                ("Inode table at ", "inode table"),
-            ] {
-                let Some(r) = part.strip_prefix(label).and_then(range) else {
-                    continue;
-                };
-                if !(r.0..=r.1).contains(&block) {
-                    continue;
-                }
-                if what == "inode table" {
-                    let byte = (block - r.0) * bs + off % bs;
-                    let ino = group * per_group + byte / isize + 1;
-                    let path = path_of(ino).unwrap_or_else(|| "(no path)".into());
-                    return Some(format!(
-                        "inode table of group {group}: inode {ino} {path}, byte {} of the inode",
-                        byte % isize
-                    ));
-                }
-                return Some(format!("block {block}: {what} of group {group}"));
-            }
+        None
+    }
+
+    /// The inode at byte `byte` of group `group`'s inode table.
+    fn inode_at(&self, group: u64, byte: u64) -> String {
+        let ino = group * self.inodes_per_group + byte / self.inode_size + 1;
+        let path = self.path_of(ino);
+        format!(
+            "inode table of group {group}: inode {ino} {path}, byte {} of the inode",
+            byte % self.inode_size
+        )
+    }
+
+    /// An inode's path (`ncheck`).
+    fn path_of(&self, ino: u64) -> String {
+        let path = debugfs(self.image, self.start, &format!("ncheck {ino}")).and_then(|out| {
+            out.lines()
+                .skip(1)
+                .find_map(|l| l.split_once('\t').map(|(_, p)| p.trim().to_string()))
+        });
+        match path {
+            // ncheck prints children of the root as `//name`.
+            Some(p) => match p.strip_prefix("//") {
+                Some(rest) => format!("/{rest}"),
+                None => p,
+            },
+            None => "(no path)".into(),
         }
     }
-    Some(format!(
-        "block {block}: free space or a directory/extent block"
-    ))
+}
+
+/// A dumpe2fs block range, `A-B` or `A` (followed by more text).
+fn block_range(s: &str) -> Option<(u64, u64)> {
+    let s = s.split_whitespace().next()?.trim_end_matches(',');
+    match s.split_once('-') {
+        Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+        None => {
+            let a = s.parse().ok()?;
+            Some((a, a))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dumpe2fs_block_ranges_are_read() {
+        assert_eq!(block_range("1-1 (+0)"), Some((1, 1)));
+        assert_eq!(block_range("1025-1536"), Some((1025, 1536)));
+        assert_eq!(block_range("0, Group descriptors at 1-1"), Some((0, 0)));
+        assert_eq!(block_range("x-1"), None);
+        assert_eq!(block_range(""), None);
+    }
+
+    #[test]
+    fn differing_blocks_are_counted_per_region() {
+        let parts = [Partition {
+            number: 1,
+            start: 2 * BLOCK,
+            size: 2 * BLOCK,
+            kind: crate::qemu::PartType::Mbr(0x83),
+            partuuid: String::new(),
+        }];
+        let a = vec![0u8; 5 * BLOCK as usize];
+        let mut b = a.clone();
+        for at in [
+            10,
+            2 * BLOCK as usize + 7,
+            3 * BLOCK as usize + 1,
+            4 * BLOCK as usize,
+        ] {
+            b[at] = 1;
+        }
+        let mut found = BTreeMap::new();
+        record_blocks([&a, &b], 0, &parts, &mut found);
+        let outside = &found[&None];
+        assert_eq!((outside.first, outside.blocks), (10, 2));
+        assert_eq!(outside.offsets, [10, 4 * BLOCK]);
+        let inside = &found[&Some(0)];
+        assert_eq!((inside.first, inside.blocks), (2 * BLOCK + 7, 2));
+    }
 }
