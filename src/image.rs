@@ -11,7 +11,7 @@ use crate::fs::fat32::{self, FatOptions};
 use crate::fs::ids;
 use crate::fs::sparse::{self, AtomicOutput, OutputSet, SparseReader};
 use crate::report::Reporter;
-use crate::tree::{FileData, Meta, NodeKind, Tree};
+use crate::tree::{FileData, InodeKind, Meta, Tree};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -118,11 +118,11 @@ pub fn list_tree(
 ) -> Result<Vec<FileEntry>, ImageError> {
     let mut out = Vec::new();
     for (path, id) in tree.walk() {
-        let n = tree.node(id);
+        let n = tree.inode(id);
         let p = String::from_utf8_lossy(&path).into_owned();
         let (kind, size, sha, target) = match &n.kind {
-            NodeKind::Dir(_) => ("dir", None, None, None),
-            NodeKind::File(d) => {
+            InodeKind::Dir(_) => ("dir", None, None, None),
+            InodeKind::File(d) => {
                 let sha = if secret.contains(&p) {
                     None
                 } else {
@@ -130,16 +130,16 @@ pub fn list_tree(
                 };
                 ("file", Some(d.len()), sha, None)
             }
-            NodeKind::Symlink(t) => (
+            InodeKind::Symlink(t) => (
                 "symlink",
                 None,
                 None,
                 Some(String::from_utf8_lossy(t).into_owned()),
             ),
-            NodeKind::CharDev { .. } => ("char", None, None, None),
-            NodeKind::BlockDev { .. } => ("block", None, None, None),
-            NodeKind::Fifo => ("fifo", None, None, None),
-            NodeKind::Socket => ("socket", None, None, None),
+            InodeKind::CharDev { .. } => ("char", None, None, None),
+            InodeKind::BlockDev { .. } => ("block", None, None, None),
+            InodeKind::Fifo => ("fifo", None, None, None),
+            InodeKind::Socket => ("socket", None, None, None),
         };
         out.push(FileEntry {
             partition,

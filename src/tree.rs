@@ -1,8 +1,8 @@
 //! The in-memory filesystem that every source fills and every writer reads.
 //!
-//! Nodes live in an arena; a directory maps names (raw bytes) to node ids in a `BTreeMap`, so every
+//! Inodes live in an arena; a directory maps names (raw bytes) to inode ids in a `BTreeMap`, so every
 //! walk is in byte order of names, whatever order entries were added or a host directory listed
-//! them. A hard link is simply a second directory entry naming the same node id. File content is
+//! them. A hard link is simply a second directory entry naming the same inode id. File content is
 //! described, not loaded: bytes in memory, a host file, or a byte range of a cached archive, so the
 //! writers stream large files.
 
@@ -12,21 +12,21 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Index of a node in the tree's arena. The root directory is always `NodeId::ROOT`.
+/// Index of an inode in the tree's arena. The root directory is always `InodeId::ROOT`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct NodeId(pub usize);
+pub struct InodeId(pub usize);
 
-impl NodeId {
-    pub const ROOT: NodeId = NodeId(0);
+impl InodeId {
+    pub const ROOT: InodeId = InodeId(0);
 }
 
 /// Longest name a directory entry may have (ext4 and the kernel's NAME_MAX).
 pub const NAME_MAX: usize = 255;
 
-/// Permission bits (including setuid/setgid/sticky), owner and time of a node.
+/// Permission bits (including setuid/setgid/sticky), owner and time of an inode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Meta {
-    /// The low 12 bits of st_mode (07777); the file type comes from the node kind.
+    /// The low 12 bits of st_mode (07777); the file type comes from the inode kind.
     pub perm: u16,
     pub uid: u32,
     pub gid: u32,
@@ -128,8 +128,8 @@ impl FileData {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NodeKind {
-    Dir(BTreeMap<Vec<u8>, NodeId>),
+pub enum InodeKind {
+    Dir(BTreeMap<Vec<u8>, InodeId>),
     File(FileData),
     Symlink(Vec<u8>),
     CharDev { major: u32, minor: u32 },
@@ -139,22 +139,22 @@ pub enum NodeKind {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Node {
+pub struct Inode {
     pub meta: Meta,
-    pub kind: NodeKind,
+    pub kind: InodeKind,
 }
 
-impl Node {
-    /// The S_IFMT bits of this node's kind.
+impl Inode {
+    /// The S_IFMT bits of this inode's kind.
     pub fn type_bits(&self) -> u32 {
         match self.kind {
-            NodeKind::Dir(_) => 0o040000,
-            NodeKind::File(_) => 0o100000,
-            NodeKind::Symlink(_) => 0o120000,
-            NodeKind::CharDev { .. } => 0o020000,
-            NodeKind::BlockDev { .. } => 0o060000,
-            NodeKind::Fifo => 0o010000,
-            NodeKind::Socket => 0o140000,
+            InodeKind::Dir(_) => 0o040000,
+            InodeKind::File(_) => 0o100000,
+            InodeKind::Symlink(_) => 0o120000,
+            InodeKind::CharDev { .. } => 0o020000,
+            InodeKind::BlockDev { .. } => 0o060000,
+            InodeKind::Fifo => 0o010000,
+            InodeKind::Socket => 0o140000,
         }
     }
 
@@ -164,7 +164,7 @@ impl Node {
     }
 
     pub fn is_dir(&self) -> bool {
-        matches!(self.kind, NodeKind::Dir(_))
+        matches!(self.kind, InodeKind::Dir(_))
     }
 }
 
@@ -205,8 +205,8 @@ pub struct HostImport {
 /// is accepted and ignored.
 #[derive(Debug, Clone)]
 pub struct Tree {
-    nodes: Vec<Node>,
-    /// How many directory entries name each node (hard links count twice).
+    inodes: Vec<Inode>,
+    /// How many directory entries name each inode (hard links count twice).
     links: Vec<u32>,
 }
 
@@ -239,61 +239,61 @@ fn components(path: &[u8]) -> Result<Vec<&[u8]>, TreeError> {
 impl Tree {
     pub fn new(root: Meta) -> Tree {
         Tree {
-            nodes: vec![Node {
+            inodes: vec![Inode {
                 meta: root,
-                kind: NodeKind::Dir(BTreeMap::new()),
+                kind: InodeKind::Dir(BTreeMap::new()),
             }],
             links: vec![1],
         }
     }
 
-    pub fn node(&self, id: NodeId) -> &Node {
-        &self.nodes[id.0]
+    pub fn inode(&self, id: InodeId) -> &Inode {
+        &self.inodes[id.0]
     }
 
-    pub fn node_mut(&mut self, id: NodeId) -> &mut Node {
-        &mut self.nodes[id.0]
+    pub fn inode_mut(&mut self, id: InodeId) -> &mut Inode {
+        &mut self.inodes[id.0]
     }
 
-    /// Number of nodes (inodes) in the tree, the root included.
+    /// Number of inodes in the tree, the root included.
     pub fn len(&self) -> usize {
-        self.nodes.len()
+        self.inodes.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.nodes.len() == 1
+        self.inodes.len() == 1
     }
 
-    /// Directory entries naming this node (the hard link count for non-directories).
-    pub fn link_count(&self, id: NodeId) -> u32 {
+    /// Directory entries naming this inode (the hard link count for non-directories).
+    pub fn link_count(&self, id: InodeId) -> u32 {
         self.links[id.0]
     }
 
     /// Children of a directory in name order (empty for non-directories).
-    pub fn children(&self, id: NodeId) -> impl Iterator<Item = (&[u8], NodeId)> {
-        let map = match &self.nodes[id.0].kind {
-            NodeKind::Dir(m) => Some(m),
+    pub fn children(&self, id: InodeId) -> impl Iterator<Item = (&[u8], InodeId)> {
+        let map = match &self.inodes[id.0].kind {
+            InodeKind::Dir(m) => Some(m),
             _ => None,
         };
         map.into_iter()
             .flat_map(|m| m.iter().map(|(k, v)| (k.as_slice(), *v)))
     }
 
-    pub fn lookup(&self, path: impl AsRef<[u8]>) -> Option<NodeId> {
-        let mut cur = NodeId::ROOT;
+    pub fn lookup(&self, path: impl AsRef<[u8]>) -> Option<InodeId> {
+        let mut cur = InodeId::ROOT;
         for c in components(path.as_ref()).ok()? {
-            match &self.nodes[cur.0].kind {
-                NodeKind::Dir(m) => cur = *m.get(c)?,
+            match &self.inodes[cur.0].kind {
+                InodeKind::Dir(m) => cur = *m.get(c)?,
                 _ => return None,
             }
         }
         Some(cur)
     }
 
-    fn push(&mut self, node: Node) -> NodeId {
-        self.nodes.push(node);
+    fn push(&mut self, inode: Inode) -> InodeId {
+        self.inodes.push(inode);
         self.links.push(0);
-        NodeId(self.nodes.len() - 1)
+        InodeId(self.inodes.len() - 1)
     }
 
     /// Finds the parent directory of `path`, creating missing directories with `dir_meta`.
@@ -301,15 +301,15 @@ impl Tree {
         &mut self,
         path: &'p [u8],
         dir_meta: Option<&Meta>,
-    ) -> Result<(NodeId, &'p [u8]), TreeError> {
+    ) -> Result<(InodeId, &'p [u8]), TreeError> {
         let comps = components(path)?;
         let (name, dirs) = comps.split_last().ok_or_else(|| TreeError::BadName {
             path: display(path),
         })?;
-        let mut cur = NodeId::ROOT;
+        let mut cur = InodeId::ROOT;
         for d in dirs {
-            let next = match &self.nodes[cur.0].kind {
-                NodeKind::Dir(m) => m.get(*d).copied(),
+            let next = match &self.inodes[cur.0].kind {
+                InodeKind::Dir(m) => m.get(*d).copied(),
                 _ => {
                     return Err(TreeError::NotDir {
                         path: display(path),
@@ -318,7 +318,7 @@ impl Tree {
             };
             cur = match next {
                 Some(id) => {
-                    if !self.nodes[id.0].is_dir() {
+                    if !self.inodes[id.0].is_dir() {
                         return Err(TreeError::NotDir {
                             path: display(path),
                         });
@@ -329,7 +329,7 @@ impl Tree {
                     let meta = dir_meta.cloned().ok_or_else(|| TreeError::NotFound {
                         path: display(path),
                     })?;
-                    self.link_new(cur, d, meta, NodeKind::Dir(BTreeMap::new()))?
+                    self.link_new(cur, d, meta, InodeKind::Dir(BTreeMap::new()))?
                 }
             };
         }
@@ -338,18 +338,18 @@ impl Tree {
 
     fn link_new(
         &mut self,
-        parent: NodeId,
+        parent: InodeId,
         name: &[u8],
         meta: Meta,
-        kind: NodeKind,
-    ) -> Result<NodeId, TreeError> {
-        let id = self.push(Node { meta, kind });
+        kind: InodeKind,
+    ) -> Result<InodeId, TreeError> {
+        let id = self.push(Inode { meta, kind });
         self.link(parent, name, id)?;
         Ok(id)
     }
 
-    fn link(&mut self, parent: NodeId, name: &[u8], id: NodeId) -> Result<(), TreeError> {
-        let NodeKind::Dir(m) = &mut self.nodes[parent.0].kind else {
+    fn link(&mut self, parent: InodeId, name: &[u8], id: InodeId) -> Result<(), TreeError> {
+        let InodeKind::Dir(m) = &mut self.inodes[parent.0].kind else {
             return Err(TreeError::NotDir {
                 path: display(name),
             });
@@ -364,14 +364,14 @@ impl Tree {
         Ok(())
     }
 
-    /// Adds a node at `path`; missing parent directories are created as root:root 0755 with the
-    /// node's mtime. Fails if the path exists.
+    /// Adds an inode at `path`; missing parent directories are created as root:root 0755 with the
+    /// inode's mtime. Fails if the path exists.
     pub fn insert(
         &mut self,
         path: impl AsRef<[u8]>,
         meta: Meta,
-        kind: NodeKind,
-    ) -> Result<NodeId, TreeError> {
+        kind: InodeKind,
+    ) -> Result<InodeId, TreeError> {
         let path = path.as_ref();
         let parent_meta = Meta::root(0o755, meta.mtime);
         let (parent, name) = self.parent_for(path, Some(&parent_meta))?;
@@ -384,19 +384,20 @@ impl Tree {
             })
     }
 
-    /// Adds or replaces a node at `path` (a directory that exists keeps its children and gets the
+    /// Adds or replaces an inode at `path` (a directory that exists keeps its children and gets the
     /// new metadata). Used by overlays, which override files from packages.
     pub fn upsert(
         &mut self,
         path: impl AsRef<[u8]>,
         meta: Meta,
-        kind: NodeKind,
-    ) -> Result<NodeId, TreeError> {
+        kind: InodeKind,
+    ) -> Result<InodeId, TreeError> {
         let path = path.as_ref();
         if let Some(id) = self.lookup(path) {
-            if id == NodeId::ROOT || (self.nodes[id.0].is_dir() && matches!(kind, NodeKind::Dir(_)))
+            if id == InodeId::ROOT
+                || (self.inodes[id.0].is_dir() && matches!(kind, InodeKind::Dir(_)))
             {
-                self.nodes[id.0].meta = meta;
+                self.inodes[id.0].meta = meta;
                 return Ok(id);
             }
             self.remove(path)?;
@@ -408,7 +409,7 @@ impl Tree {
     pub fn remove(&mut self, path: impl AsRef<[u8]>) -> Result<(), TreeError> {
         let path = path.as_ref();
         let (parent, name) = self.parent_for(path, None)?;
-        let NodeKind::Dir(m) = &mut self.nodes[parent.0].kind else {
+        let InodeKind::Dir(m) = &mut self.inodes[parent.0].kind else {
             return Err(TreeError::NotDir {
                 path: display(path),
             });
@@ -420,10 +421,11 @@ impl Tree {
         Ok(())
     }
 
-    fn unlink_rec(&mut self, id: NodeId) {
+    fn unlink_rec(&mut self, id: InodeId) {
         self.links[id.0] -= 1;
         if self.links[id.0] == 0 {
-            if let NodeKind::Dir(m) = std::mem::replace(&mut self.nodes[id.0].kind, NodeKind::Fifo)
+            if let InodeKind::Dir(m) =
+                std::mem::replace(&mut self.inodes[id.0].kind, InodeKind::Fifo)
             {
                 for child in m.into_values() {
                     self.unlink_rec(child);
@@ -433,10 +435,10 @@ impl Tree {
     }
 
     /// Creates a directory and any missing parents; an existing directory is left as it is.
-    pub fn mkdir_p(&mut self, path: impl AsRef<[u8]>, meta: Meta) -> Result<NodeId, TreeError> {
+    pub fn mkdir_p(&mut self, path: impl AsRef<[u8]>, meta: Meta) -> Result<InodeId, TreeError> {
         let path = path.as_ref();
         if let Some(id) = self.lookup(path) {
-            return if self.nodes[id.0].is_dir() {
+            return if self.inodes[id.0].is_dir() {
                 Ok(id)
             } else {
                 Err(TreeError::NotDir {
@@ -445,7 +447,7 @@ impl Tree {
             };
         }
         let (parent, name) = self.parent_for(path, Some(&meta))?;
-        self.link_new(parent, name, meta, NodeKind::Dir(BTreeMap::new()))
+        self.link_new(parent, name, meta, InodeKind::Dir(BTreeMap::new()))
     }
 
     pub fn add_file(
@@ -453,8 +455,8 @@ impl Tree {
         path: impl AsRef<[u8]>,
         meta: Meta,
         data: FileData,
-    ) -> Result<NodeId, TreeError> {
-        self.insert(path, meta, NodeKind::File(data))
+    ) -> Result<InodeId, TreeError> {
+        self.insert(path, meta, InodeKind::File(data))
     }
 
     pub fn add_symlink(
@@ -462,27 +464,27 @@ impl Tree {
         path: impl AsRef<[u8]>,
         target: impl AsRef<[u8]>,
         meta: Meta,
-    ) -> Result<NodeId, TreeError> {
-        self.insert(path, meta, NodeKind::Symlink(target.as_ref().to_vec()))
+    ) -> Result<InodeId, TreeError> {
+        self.insert(path, meta, InodeKind::Symlink(target.as_ref().to_vec()))
     }
 
-    /// Adds a second name for the non-directory node at `existing`.
+    /// Adds a second name for the non-directory inode at `existing`.
     pub fn add_hardlink(
         &mut self,
         path: impl AsRef<[u8]>,
         existing: impl AsRef<[u8]>,
-    ) -> Result<NodeId, TreeError> {
+    ) -> Result<InodeId, TreeError> {
         let existing = existing.as_ref();
         let id = self.lookup(existing).ok_or_else(|| TreeError::NotFound {
             path: display(existing),
         })?;
-        if self.nodes[id.0].is_dir() {
+        if self.inodes[id.0].is_dir() {
             return Err(TreeError::HardLinkDir {
                 path: display(existing),
             });
         }
         let path = path.as_ref();
-        let parent_meta = Meta::root(0o755, self.nodes[id.0].meta.mtime);
+        let parent_meta = Meta::root(0o755, self.inodes[id.0].meta.mtime);
         let (parent, name) = self.parent_for(path, Some(&parent_meta))?;
         self.link(parent, name, id).map_err(|_| TreeError::Exists {
             path: display(path),
@@ -493,10 +495,10 @@ impl Tree {
     /// Depth-first walk in name order, directories before their contents. Yields every directory
     /// entry (hard links appear once per name) with its full path; the root is yielded first with
     /// an empty path.
-    pub fn walk(&self) -> Vec<(Vec<u8>, NodeId)> {
-        let mut out = vec![(Vec::new(), NodeId::ROOT)];
-        let mut stack: Vec<(Vec<u8>, NodeId)> = Vec::new();
-        let push_children = |stack: &mut Vec<(Vec<u8>, NodeId)>, prefix: &[u8], id: NodeId| {
+    pub fn walk(&self) -> Vec<(Vec<u8>, InodeId)> {
+        let mut out = vec![(Vec::new(), InodeId::ROOT)];
+        let mut stack: Vec<(Vec<u8>, InodeId)> = Vec::new();
+        let push_children = |stack: &mut Vec<(Vec<u8>, InodeId)>, prefix: &[u8], id: InodeId| {
             let kids: Vec<_> = self.children(id).collect();
             for (name, child) in kids.into_iter().rev() {
                 let mut p = prefix.to_vec();
@@ -507,9 +509,9 @@ impl Tree {
                 stack.push((p, child));
             }
         };
-        push_children(&mut stack, &[], NodeId::ROOT);
+        push_children(&mut stack, &[], InodeId::ROOT);
         while let Some((path, id)) = stack.pop() {
-            if self.nodes[id.0].is_dir() {
+            if self.inodes[id.0].is_dir() {
                 push_children(&mut stack, &path, id);
             }
             out.push((path, id));
@@ -519,22 +521,22 @@ impl Tree {
 
     /// Total bytes of regular file content (each inode once).
     pub fn content_bytes(&self) -> u64 {
-        self.nodes
+        self.inodes
             .iter()
             .zip(&self.links)
             .filter(|(_, l)| **l > 0)
             .map(|(n, _)| match &n.kind {
-                NodeKind::File(d) => d.len(),
+                InodeKind::File(d) => d.len(),
                 _ => 0,
             })
             .sum()
     }
 
-    /// Node ids still reachable from the root, in arena order (removed nodes are skipped).
-    pub fn live_nodes(&self) -> impl Iterator<Item = NodeId> + '_ {
-        (0..self.nodes.len())
+    /// Inode ids still reachable from the root, in arena order (removed inodes are skipped).
+    pub fn live_inodes(&self) -> impl Iterator<Item = InodeId> + '_ {
+        (0..self.inodes.len())
             .filter(|i| self.links[*i] > 0)
-            .map(NodeId)
+            .map(InodeId)
     }
 
     /// Builds a tree from a host directory (like `mke2fs -d`): contents are referenced, not copied;
@@ -588,25 +590,25 @@ impl Tree {
                 }
                 let kind = if ft.is_dir() {
                     stack.push((hp.clone(), rp.clone()));
-                    NodeKind::Dir(BTreeMap::new())
+                    InodeKind::Dir(BTreeMap::new())
                 } else if ft.is_file() {
-                    NodeKind::File(FileData::Host {
+                    InodeKind::File(FileData::Host {
                         path: hp.clone(),
                         len: md.len(),
                     })
                 } else if ft.is_symlink() {
                     let t = std::fs::read_link(&hp).map_err(|e| io(&hp, e))?;
-                    NodeKind::Symlink(t.as_os_str().as_bytes().to_vec())
+                    InodeKind::Symlink(t.as_os_str().as_bytes().to_vec())
                 } else if ft.is_char_device() || ft.is_block_device() {
                     let rdev = md.rdev();
                     let (major, minor) = (dev_major(rdev), dev_minor(rdev));
                     if ft.is_char_device() {
-                        NodeKind::CharDev { major, minor }
+                        InodeKind::CharDev { major, minor }
                     } else {
-                        NodeKind::BlockDev { major, minor }
+                        InodeKind::BlockDev { major, minor }
                     }
                 } else if ft.is_fifo() {
-                    NodeKind::Fifo
+                    InodeKind::Fifo
                 } else {
                     continue;
                 };

@@ -23,7 +23,7 @@ use piimg::components::fetch;
 use piimg::components::lock::{Lock, LockEntry, LockError};
 use piimg::components::modules::ModuleSet;
 use piimg::report::{Reporter, Silent};
-use piimg::tree::{Meta, NodeKind, Tree};
+use piimg::tree::{InodeKind, Meta, Tree};
 
 // ---------------------------------------------------------------- shared apt state
 
@@ -308,14 +308,14 @@ fn assert_tree_matches_dpkg(tree: &Tree, deb: &Path) {
         let id = tree
             .lookup(path)
             .unwrap_or_else(|| panic!("{path} missing from tree"));
-        let node = tree.node(id);
+        let node = tree.inode(id);
         let (uid, gid) = owner.split_once('/').unwrap();
         assert_eq!(node.meta.uid, uid.parse::<u32>().unwrap(), "{path}");
         assert_eq!(node.meta.gid, gid.parse::<u32>().unwrap(), "{path}");
         match mode.as_bytes()[0] {
             b'd' => assert!(node.is_dir(), "{path}"),
             b'-' | b'h' => {
-                let NodeKind::File(data) = &node.kind else {
+                let InodeKind::File(data) = &node.kind else {
                     panic!("{path} is not a file")
                 };
                 if mode.starts_with('-') {
@@ -327,7 +327,7 @@ fn assert_tree_matches_dpkg(tree: &Tree, deb: &Path) {
                 }
             }
             b'l' => {
-                let NodeKind::Symlink(t) = &node.kind else {
+                let InodeKind::Symlink(t) = &node.kind else {
                     panic!("{path} is not a symlink")
                 };
                 assert_eq!(t.as_slice(), target.unwrap().as_bytes(), "{path}");
@@ -369,11 +369,11 @@ fn real_debs_read_into_tree_match_dpkg_deb() {
         let id = tree
             .lookup(member.trim_start_matches("./"))
             .unwrap_or_else(|| panic!("{member}"));
-        let NodeKind::File(data) = &tree.node(id).kind else {
+        let InodeKind::File(data) = &tree.inode(id).kind else {
             panic!()
         };
         assert!(matches!(data, piimg::tree::FileData::Range { .. }));
-        assert_eq!(tree.node(id).meta.perm, 0o755);
+        assert_eq!(tree.inode(id).meta.perm, 0o755);
         let ours = data.read_all().unwrap();
         assert_eq!(ours, deb_member(&s.cache.path_of(&p.sha256), member));
     }
@@ -506,7 +506,7 @@ fn hostile_debs_are_refused_and_leave_tree_and_cache_clean() {
     assert_tree_matches_dpkg(&tree, &good);
     let id = tree.lookup("usr/bin/tool").unwrap();
     assert_eq!(tree.lookup("usr/bin/tool2"), Some(id));
-    assert_eq!(tree.node(id).meta.perm, 0o644);
+    assert_eq!(tree.inode(id).meta.perm, 0o644);
     let walk_before: Vec<_> = tree.walk().into_iter().map(|(p, _)| p).collect();
     let tar_dir = cache.root().join("tar");
     let tars_before = dir_names(&tar_dir);
@@ -948,7 +948,7 @@ fn kernel_modules_closure_matches_modinfo_and_depmod() {
     for name in &closure {
         let m = &set.modules[name];
         let id = tree.lookup(format!("{}/{}", set.dir, m.path)).unwrap();
-        let NodeKind::File(d) = &tree.node(id).kind else {
+        let InodeKind::File(d) = &tree.inode(id).kind else {
             panic!()
         };
         let dest = mdir.join(&m.path);

@@ -4,7 +4,7 @@ mod common;
 use common::checkers::pipe;
 
 use piimg::fs::cpio::{self, Compression, CpioOptions};
-use piimg::tree::{FileData, HostImport, Meta, NodeKind, Tree};
+use piimg::tree::{FileData, HostImport, InodeKind, Meta, Tree};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
@@ -112,13 +112,13 @@ fn devices_are_listed_with_their_numbers() {
     t.insert(
         "dev/console",
         Meta::root(0o600, 0),
-        NodeKind::CharDev { major: 5, minor: 1 },
+        InodeKind::CharDev { major: 5, minor: 1 },
     )
     .unwrap();
     t.insert(
         "dev/sda",
         Meta::root(0o660, 0),
-        NodeKind::BlockDev { major: 8, minor: 0 },
+        InodeKind::BlockDev { major: 8, minor: 0 },
     )
     .unwrap();
     let bytes = archive(&t, Compression::None);

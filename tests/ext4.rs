@@ -7,7 +7,7 @@ use common::checkers::{e2fsck, extract, run, stdout_of, tool};
 
 use piimg::fs::ext4::{self, Ext4Error, Ext4Options};
 use piimg::fs::sparse::{AtomicOutput, FileSink, Sink};
-use piimg::tree::{FileData, HostImport, Meta, NodeId, NodeKind, Tree};
+use piimg::tree::{FileData, HostImport, InodeId, InodeKind, Meta, Tree};
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -97,11 +97,11 @@ fn verify(img: &Path, tree: &Tree) {
         cmds.push(format!("ea_list {}", quote(path)));
     }
     let out = debugfs(img, &cmds);
-    let mut ino_of: BTreeMap<NodeId, String> = BTreeMap::new();
+    let mut ino_of: BTreeMap<InodeId, String> = BTreeMap::new();
     for (i, (path, id)) in walk.iter().enumerate() {
         let (stat, eas) = (&out[2 * i], &out[2 * i + 1]);
         let name = String::from_utf8_lossy(path);
-        let node = tree.node(*id);
+        let node = tree.inode(*id);
         assert!(!stat.contains("File not found"), "{name}: {stat}");
         let ino = field(stat, "Inode:").to_string();
         if let Some(prev) = ino_of.insert(*id, ino.clone()) {
@@ -112,13 +112,13 @@ fn verify(img: &Path, tree: &Tree) {
         }
         let ty = field(stat, "Type:");
         let want_ty = match node.kind {
-            NodeKind::Dir(_) => "directory",
-            NodeKind::File(_) => "regular",
-            NodeKind::Symlink(_) => "symlink",
-            NodeKind::CharDev { .. } => "character",
-            NodeKind::BlockDev { .. } => "block",
-            NodeKind::Fifo => "FIFO",
-            NodeKind::Socket => "socket",
+            InodeKind::Dir(_) => "directory",
+            InodeKind::File(_) => "regular",
+            InodeKind::Symlink(_) => "symlink",
+            InodeKind::CharDev { .. } => "character",
+            InodeKind::BlockDev { .. } => "block",
+            InodeKind::Fifo => "FIFO",
+            InodeKind::Socket => "socket",
         };
         assert_eq!(ty, want_ty, "{name}");
         let mode = u32::from_str_radix(field(stat, "Mode:"), 8).unwrap();
@@ -129,16 +129,16 @@ fn verify(img: &Path, tree: &Tree) {
         let links: u32 = field(stat, "Links:").parse().unwrap();
         let size: u64 = field(stat, "Size:").parse().unwrap();
         match &node.kind {
-            NodeKind::Dir(_) => {
-                let subdirs = tree.children(*id).filter(|(_, c)| tree.node(*c).is_dir());
+            InodeKind::Dir(_) => {
+                let subdirs = tree.children(*id).filter(|(_, c)| tree.inode(*c).is_dir());
                 let lpf = u32::from(path.is_empty() && tree.lookup("lost+found").is_none());
                 assert_eq!(links, 2 + subdirs.count() as u32 + lpf, "{name}: links");
             }
-            NodeKind::File(d) => {
+            InodeKind::File(d) => {
                 assert_eq!(size, d.len(), "{name}: size");
                 assert_eq!(links, tree.link_count(*id), "{name}: links");
             }
-            NodeKind::Symlink(t) => {
+            InodeKind::Symlink(t) => {
                 assert_eq!(size, t.len() as u64, "{name}");
                 if t.len() < 60 {
                     let want = format!("Fast link dest: \"{}\"", String::from_utf8_lossy(t));
@@ -147,13 +147,13 @@ fn verify(img: &Path, tree: &Tree) {
                     assert!(stat.contains("EXTENTS:"), "{name}: slow symlink\n{stat}");
                 }
             }
-            NodeKind::CharDev { major, minor } | NodeKind::BlockDev { major, minor } => {
+            InodeKind::CharDev { major, minor } | InodeKind::BlockDev { major, minor } => {
                 assert!(
                     stat.contains(&format!("Device major/minor number: {major:02}:{minor:02}")),
                     "{name}: {stat}"
                 );
             }
-            NodeKind::Fifo | NodeKind::Socket => {}
+            InodeKind::Fifo | InodeKind::Socket => {}
         }
         for (k, v) in &node.meta.xattrs {
             // debugfs prints printable values quoted, others as hex bytes.
@@ -178,12 +178,12 @@ fn verify(img: &Path, tree: &Tree) {
     for (path, id) in &walk {
         let host = dump.path().join(std::ffi::OsStr::from_bytes(path));
         let name = String::from_utf8_lossy(path);
-        match &tree.node(*id).kind {
-            NodeKind::File(d) => {
+        match &tree.inode(*id).kind {
+            InodeKind::File(d) => {
                 let got = std::fs::read(&host).unwrap_or_else(|e| panic!("{name}: {e}"));
                 assert!(got == d.read_all().unwrap(), "{name}: content differs");
             }
-            NodeKind::Symlink(t) => {
+            InodeKind::Symlink(t) => {
                 let got = std::fs::read_link(&host).unwrap();
                 assert_eq!(got.as_os_str().as_bytes(), &t[..], "{name}");
             }
@@ -257,26 +257,26 @@ fn mixed_tree() -> Tree {
     t.insert(
         "dev/null",
         m(0o666),
-        NodeKind::CharDev { major: 1, minor: 3 },
+        InodeKind::CharDev { major: 1, minor: 3 },
     )
     .unwrap();
     t.insert(
         "dev/sda1",
         m(0o660),
-        NodeKind::BlockDev { major: 8, minor: 1 },
+        InodeKind::BlockDev { major: 8, minor: 1 },
     )
     .unwrap();
     t.insert(
         "dev/nvme",
         m(0o600),
-        NodeKind::CharDev {
+        InodeKind::CharDev {
             major: 259,
             minor: 70000,
         },
     )
     .unwrap();
-    t.insert("dev/fifo", m(0o644), NodeKind::Fifo).unwrap();
-    t.insert("run/sock", m(0o755), NodeKind::Socket).unwrap();
+    t.insert("dev/fifo", m(0o644), InodeKind::Fifo).unwrap();
+    t.insert("run/sock", m(0o755), InodeKind::Socket).unwrap();
     t.add_file(
         "home/user/big-ids",
         Meta::new(0o600, 100_000, 200_000, T0),

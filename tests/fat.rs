@@ -6,7 +6,7 @@ use common::pattern;
 
 use piimg::fs::fat32::{self, FatError, FatOptions};
 use piimg::fs::sparse::{FileSink, Sink};
-use piimg::tree::{FileData, Meta, NodeKind, Tree};
+use piimg::tree::{FileData, InodeKind, Meta, Tree};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -197,7 +197,7 @@ fn symlinks_and_devices_are_errors_naming_the_path() {
     assert!(e.to_string().contains("boot/link"), "{e}");
     assert!(e.to_string().contains("symlink"), "{e}");
     let mut t = Tree::new(Meta::root(0o755, 0));
-    t.insert("dev/null", m(), NodeKind::CharDev { major: 1, minor: 3 })
+    t.insert("dev/null", m(), InodeKind::CharDev { major: 1, minor: 3 })
         .unwrap();
     let e = fat32::write(&t, &opts(40 << 20), &mut s, 0).unwrap_err();
     assert!(e.to_string().contains("dev/null"), "{e}");

@@ -25,7 +25,7 @@ use piimg::fs::ext4::{self, Ext4Options};
 use piimg::fs::fat32::{self, FatOptions};
 use piimg::fs::sparse::{FileSink, Sink};
 use piimg::report::Silent;
-use piimg::tree::{FileData, Meta, NodeKind, Tree};
+use piimg::tree::{FileData, InodeKind, Meta, Tree};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -117,8 +117,8 @@ fn file_bytes(tree: &Tree, path: &str) -> Vec<u8> {
     let id = tree
         .lookup(path)
         .unwrap_or_else(|| panic!("{path} not in the package"));
-    match &tree.node(id).kind {
-        NodeKind::File(d) => d.read_all().unwrap(),
+    match &tree.inode(id).kind {
+        InodeKind::File(d) => d.read_all().unwrap(),
         other => panic!("{path} is not a file: {other:?}"),
     }
 }
@@ -205,7 +205,7 @@ fn initramfs(p: &Packages, kernel: &Tree, dir: &Path) -> (PathBuf, Vec<String>) 
     t.insert(
         "dev/console",
         m(0o600),
-        NodeKind::CharDev { major: 5, minor: 1 },
+        InodeKind::CharDev { major: 5, minor: 1 },
     )
     .unwrap();
     t.add_file("init", m(0o755), FileData::from_bytes(INIT))
@@ -350,10 +350,10 @@ fn source_tree(dir: &Path) -> Tree {
     t.insert(
         "dev/null",
         m(0o666),
-        NodeKind::CharDev { major: 1, minor: 3 },
+        InodeKind::CharDev { major: 1, minor: 3 },
     )
     .unwrap();
-    t.insert("dev/fifo", m(0o644), NodeKind::Fifo).unwrap();
+    t.insert("dev/fifo", m(0o644), InodeKind::Fifo).unwrap();
     t.mkdir_p("empty-dir", m(0o755)).unwrap();
     t.mkdir_p("tmp", m(0o1777)).unwrap();
     t
@@ -363,7 +363,7 @@ fn source_tree(dir: &Path) -> Tree {
 fn expected_sums(tree: &Tree) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for (path, id) in tree.walk() {
-        if let NodeKind::File(d) = &tree.node(id).kind {
+        if let InodeKind::File(d) = &tree.inode(id).kind {
             let name = format!("./{}", String::from_utf8(path).unwrap());
             out.insert(name, sha256_hex(&d.read_all().unwrap()));
         }

@@ -9,7 +9,7 @@ use crate::components::lock::{LockEntry, Source};
 use crate::components::modules::ModuleSet;
 use crate::profile::NodeProfile;
 use crate::report::Reporter;
-use crate::tree::{FileData, Meta, NodeId, NodeKind, Tree};
+use crate::tree::{FileData, InodeId, InodeKind, Meta, Tree};
 use piimg_agent::contract::paths::{self as agent_paths, in_tree};
 use piimg_agent::node::{Board, Kubernetes, NodeConfig, Role};
 use std::collections::{BTreeMap, BTreeSet};
@@ -214,8 +214,8 @@ fn take(tree: &Tree, path: &str, what: &str) -> Result<FileData, AssembleError> 
     let id = tree
         .lookup(path)
         .ok_or_else(|| AssembleError::Missing(format!("{what}: {path}")))?;
-    match &tree.node(id).kind {
-        NodeKind::File(d) => Ok(d.clone()),
+    match &tree.inode(id).kind {
+        InodeKind::File(d) => Ok(d.clone()),
         _ => Err(AssembleError::Missing(format!(
             "{what}: {path} is not a file"
         ))),
@@ -293,12 +293,12 @@ fn apply_overlay(tree: &mut Tree, dir: &Path, epoch: i64) -> Result<usize, Assem
     )?;
     let mut n = 0;
     for (path, id) in t.walk().into_iter().skip(1) {
-        let node = t.node(id).clone();
+        let inode = t.inode(id).clone();
         tree.upsert(
             &path,
-            node.meta.clone(),
-            match node.kind {
-                NodeKind::Dir(_) => NodeKind::Dir(BTreeMap::new()),
+            inode.meta.clone(),
+            match inode.kind {
+                InodeKind::Dir(_) => InodeKind::Dir(BTreeMap::new()),
                 other => other,
             },
         )?;
@@ -571,7 +571,7 @@ impl Assembly<'_> {
         initramfs.insert(
             "dev/console",
             self.meta(0o600),
-            NodeKind::CharDev { major: 5, minor: 1 },
+            InodeKind::CharDev { major: 5, minor: 1 },
         )?;
         initramfs.add_file("init", self.meta(0o755), bytes(self.inp.agent))?;
         let mod_dir = format!("lib/modules/{}", kernel.release);
@@ -724,7 +724,7 @@ impl Assembly<'_> {
         root.upsert(
             "usr/sbin/init",
             self.meta(0o755),
-            NodeKind::File(bytes(self.inp.agent)),
+            InodeKind::File(bytes(self.inp.agent)),
         )?;
         Ok(())
     }
@@ -793,13 +793,13 @@ impl Assembly<'_> {
             ),
         ];
         for (p, text) in etc_files {
-            root.upsert(p, self.meta(0o644), NodeKind::File(bytes(text)))?;
+            root.upsert(p, self.meta(0o644), InodeKind::File(bytes(text)))?;
         }
         // The agent writes resolv.conf at boot; the rootfs may be read-only.
         root.upsert(
             "etc/resolv.conf",
             self.meta(0o777),
-            NodeKind::Symlink(b"../run/resolv.conf".to_vec()),
+            InodeKind::Symlink(b"../run/resolv.conf".to_vec()),
         )?;
         Ok(())
     }
@@ -834,7 +834,7 @@ impl Assembly<'_> {
         root.upsert(
             paths::CONTAINERD_CONFIG,
             self.meta(0o644),
-            NodeKind::File(bytes(config::containerd_toml(&pause))),
+            InodeKind::File(bytes(config::containerd_toml(&pause))),
         )?;
         kubeadm_prerequisites(root, &kernel.tree, &kernel.release, self.epoch)?;
         if let Some(c) = config::cni_conflist(self.cfg) {
@@ -843,7 +843,7 @@ impl Assembly<'_> {
         root.upsert(
             paths::CRICTL_CONFIG,
             self.meta(0o644),
-            NodeKind::File(bytes(config::crictl_yaml())),
+            InodeKind::File(bytes(config::crictl_yaml())),
         )?;
         for d in ["etc/kubernetes/manifests", "etc/kubernetes/pki"] {
             root.mkdir_p(d, self.meta(0o755))?;
@@ -881,7 +881,7 @@ impl Assembly<'_> {
             root.upsert(
                 paths::HAPROXY_CONFIG,
                 self.meta(0o644),
-                NodeKind::File(bytes(h)),
+                InodeKind::File(bytes(h)),
             )?;
         }
         Ok(())
@@ -900,7 +900,7 @@ impl Assembly<'_> {
     fn seal_secrets(&self, root: &mut Tree) {
         for p in &self.secret_paths {
             if let Some(id) = root.lookup(p) {
-                root.node_mut(id).meta.perm = 0o600;
+                root.inode_mut(id).meta.perm = 0o600;
             }
         }
     }
@@ -947,7 +947,7 @@ fn kubeadm_prerequisites(
     root.upsert(
         paths::CA_BUNDLE,
         meta(0o644, epoch),
-        NodeKind::File(bytes(bundle)),
+        InodeKind::File(bytes(bundle)),
     )?;
 
     let cni = paths::CNI_BIN_DIR.trim_start_matches('/');
@@ -971,7 +971,7 @@ fn kubeadm_prerequisites(
 /// ships enabled): the certificates under /usr/share/ca-certificates in path order, concatenated.
 fn ca_bundle(root: &Tree) -> Result<Vec<u8>, AssembleError> {
     const DIR: &str = "usr/share/ca-certificates/";
-    let mut certs: Vec<(Vec<u8>, NodeId)> = root
+    let mut certs: Vec<(Vec<u8>, InodeId)> = root
         .walk()
         .into_iter()
         .filter(|(p, _)| p.starts_with(DIR.as_bytes()) && p.ends_with(b".crt"))
@@ -979,7 +979,7 @@ fn ca_bundle(root: &Tree) -> Result<Vec<u8>, AssembleError> {
     certs.sort();
     let mut out = Vec::new();
     for (path, id) in certs {
-        if let NodeKind::File(data) = &root.node(id).kind {
+        if let InodeKind::File(data) = &root.inode(id).kind {
             let mut pem = data
                 .read_all()
                 .map_err(|e| AssembleError::Io(String::from_utf8_lossy(&path).into_owned(), e))?;

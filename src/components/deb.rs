@@ -17,7 +17,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::cache::{io_err, sha256_of_path, Cache, CacheError};
-use crate::tree::{FileData, Meta, NodeId, NodeKind, Tree, TreeError};
+use crate::tree::{FileData, InodeId, InodeKind, Meta, Tree, TreeError};
 
 /// Paths dropped unless [`DebOptions::keep_docs`] is set (documentation and translations).
 pub const DOC_PREFIXES: &[&str] = &[
@@ -399,7 +399,7 @@ struct Dest {
     /// Normalised, and moved under usr/ when merging.
     path: Vec<u8>,
     /// What the tree already has there.
-    existing: Option<NodeId>,
+    existing: Option<InodeId>,
     /// Dropped by the documentation filter.
     doc: bool,
 }
@@ -421,7 +421,7 @@ impl Apply<'_> {
         check_parents(self.tree, &path).map_err(|r| self.hostile(&raw, r))?;
         let existing = self.tree.lookup(&path);
         if let Some(id) = existing {
-            if matches!(self.tree.node(id).kind, NodeKind::Symlink(_)) && ty.is_dir() {
+            if matches!(self.tree.inode(id).kind, InodeKind::Symlink(_)) && ty.is_dir() {
                 return Err(self.hostile(
                     &raw,
                     format!("directory would replace symlink /{}", show(&path)),
@@ -467,7 +467,7 @@ impl Apply<'_> {
             return Ok(());
         }
         match d.existing {
-            Some(id) if self.tree.node(id).is_dir() => {}
+            Some(id) if self.tree.inode(id).is_dir() => {}
             Some(_) => {
                 return Err(self.tree_err(
                     &d.raw,
@@ -486,11 +486,11 @@ impl Apply<'_> {
     }
 
     /// What a file, symlink, device or fifo entry becomes; other types are refused.
-    fn node_kind(&self, e: &tar::Entry<'_, impl Read>, raw: &[u8]) -> Result<NodeKind, DebError> {
+    fn node_kind(&self, e: &tar::Entry<'_, impl Read>, raw: &[u8]) -> Result<InodeKind, DebError> {
         let h = e.header();
         let ty = h.entry_type();
         Ok(if ty.is_file() || ty == tar::EntryType::Continuous {
-            NodeKind::File(FileData::Range {
+            InodeKind::File(FileData::Range {
                 path: self.tar_ref.to_path_buf(),
                 offset: e.raw_file_position(),
                 len: e.size(),
@@ -502,18 +502,18 @@ impl Apply<'_> {
             if target.is_empty() || target.contains(&0) {
                 return Err(self.hostile(raw, "empty or NUL symlink target".into()));
             }
-            NodeKind::Symlink(target.into_owned())
+            InodeKind::Symlink(target.into_owned())
         } else if ty.is_character_special() || ty.is_block_special() {
             let ioe = io_error(self.package);
             let major = h.device_major().map_err(&ioe)?.unwrap_or(0);
             let minor = h.device_minor().map_err(&ioe)?.unwrap_or(0);
             if ty.is_character_special() {
-                NodeKind::CharDev { major, minor }
+                InodeKind::CharDev { major, minor }
             } else {
-                NodeKind::BlockDev { major, minor }
+                InodeKind::BlockDev { major, minor }
             }
         } else if ty.is_fifo() {
-            NodeKind::Fifo
+            InodeKind::Fifo
         } else {
             return Err(self.hostile(raw, format!("unsupported tar entry type {ty:?}")));
         })
@@ -540,7 +540,7 @@ impl Apply<'_> {
             return Ok(());
         }
         if let Some((m, data)) = self.dropped.get(&target) {
-            let kind = NodeKind::File(data.clone());
+            let kind = InodeKind::File(data.clone());
             add_node(self.tree, &d.path, m.clone(), kind, self.opts)
                 .map_err(|s| self.tree_err(raw, s))?;
         } else {
@@ -566,16 +566,16 @@ impl Apply<'_> {
     }
 
     /// A file, symlink, device or fifo; a filtered-out file is remembered for hard links to it.
-    fn add(&mut self, d: Dest, meta: Meta, kind: NodeKind) -> Result<(), DebError> {
+    fn add(&mut self, d: Dest, meta: Meta, kind: InodeKind) -> Result<(), DebError> {
         if d.doc {
             self.skipped += 1;
-            if let NodeKind::File(data) = kind {
+            if let InodeKind::File(data) = kind {
                 self.dropped.insert(d.path, (meta, data));
             }
             return Ok(());
         }
         if let Some(id) = d.existing {
-            if self.tree.node(id).is_dir() {
+            if self.tree.inode(id).is_dir() {
                 return Err(self.tree_err(
                     &d.raw,
                     TreeError::Exists {
@@ -611,7 +611,7 @@ fn add_node(
     tree: &mut Tree,
     path: &[u8],
     meta: Meta,
-    kind: NodeKind,
+    kind: InodeKind,
     opts: &DebOptions,
 ) -> Result<(), TreeError> {
     if opts.allow_replace {
@@ -630,9 +630,9 @@ fn check_parents(tree: &Tree, path: &[u8]) -> Result<(), String> {
         let prefix = &path[..end + i];
         match tree.lookup(prefix) {
             None => return Ok(()), // created below as a plain directory
-            Some(id) => match &tree.node(id).kind {
-                NodeKind::Dir(_) => {}
-                NodeKind::Symlink(t) => {
+            Some(id) => match &tree.inode(id).kind {
+                InodeKind::Dir(_) => {}
+                InodeKind::Symlink(t) => {
                     return Err(format!(
                         "path goes through symlink /{} -> {}",
                         show(prefix),

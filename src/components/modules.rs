@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 
-use crate::tree::{NodeKind, Tree};
+use crate::tree::{InodeKind, Tree};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModuleError {
@@ -205,12 +205,12 @@ impl ModuleSet {
     pub fn from_tree(tree: &Tree, release: Option<&str>) -> Result<ModuleSet, ModuleError> {
         let base = ["usr/lib/modules", "lib/modules"]
             .into_iter()
-            .find(|b| tree.lookup(b).is_some_and(|id| tree.node(id).is_dir()))
+            .find(|b| tree.lookup(b).is_some_and(|id| tree.inode(id).is_dir()))
             .ok_or(ModuleError::NoModulesDir)?;
         let base_id = tree.lookup(base).ok_or(ModuleError::NoModulesDir)?;
         let releases: Vec<String> = tree
             .children(base_id)
-            .filter(|(_, id)| tree.node(*id).is_dir())
+            .filter(|(_, id)| tree.inode(*id).is_dir())
             .map(|(n, _)| String::from_utf8_lossy(n).into_owned())
             .collect();
         let release = match release {
@@ -234,9 +234,9 @@ impl ModuleSet {
                 } else {
                     format!("{rel}/{name}")
                 };
-                match &tree.node(child).kind {
-                    NodeKind::Dir(_) => stack.push((p, child)),
-                    NodeKind::File(data) if is_module_name(&p) => {
+                match &tree.inode(child).kind {
+                    InodeKind::Dir(_) => stack.push((p, child)),
+                    InodeKind::File(data) if is_module_name(&p) => {
                         let raw = data.read_all().map_err(|source| ModuleError::Io {
                             module: p.clone(),
                             source,

@@ -7,7 +7,7 @@
 //! (the kernel and GNU cpio both link the earlier names and then fill the data in).
 //! Extended attributes cannot be stored in newc and are left out.
 
-use crate::tree::{FileData, NodeId, NodeKind, Tree};
+use crate::tree::{FileData, InodeId, InodeKind, Tree};
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 
@@ -145,14 +145,14 @@ fn write_newc(tree: &Tree, out: &mut dyn Write) -> Result<u64, CpioError> {
 struct Newc<'t, 'w> {
     tree: &'t Tree,
     w: Counting<'w>,
-    ino_of: BTreeMap<NodeId, u32>,
-    /// Names of a hard-linked node seen so far (the last one carries the data).
-    seen: BTreeMap<NodeId, u32>,
+    ino_of: BTreeMap<InodeId, u32>,
+    /// Names of a hard-linked inode seen so far (the last one carries the data).
+    seen: BTreeMap<InodeId, u32>,
 }
 
 impl Newc<'_, '_> {
     /// One entry: its header and name, then its data (symlink target or file content).
-    fn add(&mut self, path: &[u8], id: NodeId) -> Result<(), CpioError> {
+    fn add(&mut self, path: &[u8], id: InodeId) -> Result<(), CpioError> {
         let shown = || {
             if path.is_empty() {
                 ".".to_string()
@@ -163,20 +163,20 @@ impl Newc<'_, '_> {
         let invalid = |why: String| CpioError::Invalid { path: shown(), why };
         let mut h = self.header(id).map_err(invalid)?;
         let name: &[u8] = if path.is_empty() { b"." } else { path };
-        let node = self.tree.node(id);
+        let inode = self.tree.inode(id);
         let mut body: Option<&[u8]> = None;
         let mut file = None;
-        match &node.kind {
-            NodeKind::Dir(_) | NodeKind::Fifo | NodeKind::Socket => {}
-            NodeKind::CharDev { major, minor } | NodeKind::BlockDev { major, minor } => {
+        match &inode.kind {
+            InodeKind::Dir(_) | InodeKind::Fifo | InodeKind::Socket => {}
+            InodeKind::CharDev { major, minor } | InodeKind::BlockDev { major, minor } => {
                 h.rdevmajor = *major;
                 h.rdevminor = *minor;
             }
-            NodeKind::Symlink(t) => {
+            InodeKind::Symlink(t) => {
                 h.filesize = t.len() as u32;
                 body = Some(t);
             }
-            NodeKind::File(data) => {
+            InodeKind::File(data) => {
                 if self.carries_data(id) {
                     h.filesize = u32::try_from(data.len()).map_err(|_| {
                         invalid(format!("{} bytes; newc stops at 4 GiB - 1", data.len()))
@@ -196,27 +196,27 @@ impl Newc<'_, '_> {
     }
 
     /// The header fields every kind shares (the inode number is the first name's).
-    fn header(&mut self, id: NodeId) -> Result<Header, String> {
+    fn header(&mut self, id: InodeId) -> Result<Header, String> {
         let tree = self.tree;
         let next = self.ino_of.len() as u32 + 1;
         let ino = *self.ino_of.entry(id).or_insert(next);
-        let node = tree.node(id);
-        let nlink = match &node.kind {
-            NodeKind::Dir(_) => {
+        let inode = tree.inode(id);
+        let nlink = match &inode.kind {
+            InodeKind::Dir(_) => {
                 2 + tree
                     .children(id)
-                    .filter(|(_, c)| tree.node(*c).is_dir())
+                    .filter(|(_, c)| tree.inode(*c).is_dir())
                     .count() as u32
             }
             _ => tree.link_count(id),
         };
-        let mtime = u32::try_from(node.meta.mtime.max(0))
-            .map_err(|_| format!("mtime {} does not fit newc", node.meta.mtime))?;
+        let mtime = u32::try_from(inode.meta.mtime.max(0))
+            .map_err(|_| format!("mtime {} does not fit newc", inode.meta.mtime))?;
         Ok(Header {
             ino,
-            mode: node.mode(),
-            uid: node.meta.uid,
-            gid: node.meta.gid,
+            mode: inode.mode(),
+            uid: inode.meta.uid,
+            gid: inode.meta.gid,
             nlink,
             mtime,
             filesize: 0,
@@ -226,7 +226,7 @@ impl Newc<'_, '_> {
     }
 
     /// Whether this name of a file is its last one, the one that carries the content.
-    fn carries_data(&mut self, id: NodeId) -> bool {
+    fn carries_data(&mut self, id: InodeId) -> bool {
         let count = self.seen.entry(id).or_insert(0);
         *count += 1;
         *count == self.tree.link_count(id)

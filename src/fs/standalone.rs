@@ -13,7 +13,7 @@ use crate::fs::fat32::{self, FatError, FatOptions};
 use crate::fs::ids;
 use crate::fs::sparse::{sha256_file, AtomicOutput, OutputSet, Sink};
 use crate::image::{self, ImageError};
-use crate::tree::{HostImport, NodeKind, Tree, TreeError};
+use crate::tree::{HostImport, InodeKind, Tree, TreeError};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
@@ -231,9 +231,9 @@ fn load_tree(
     let mut tree = Tree::from_host_dir(dir, HostImport { owner, mtime: None })
         .map_err(|e| StandaloneError::Read(dir.to_path_buf(), e))?;
     if let Some(e) = epoch {
-        let ids: Vec<_> = tree.live_nodes().collect();
+        let ids: Vec<_> = tree.live_inodes().collect();
         for id in ids {
-            let m = &mut tree.node_mut(id).meta;
+            let m = &mut tree.inode_mut(id).meta;
             m.mtime = m.mtime.min(e);
         }
     }
@@ -274,12 +274,12 @@ fn fat_default_size(tree: &Tree, label: &str) -> Result<u64, StandaloneError> {
 fn ext4_estimate(tree: &Tree) -> u64 {
     let mut data = 0u64;
     let mut nodes = 0u64;
-    for id in tree.live_nodes() {
+    for id in tree.live_inodes() {
         nodes += 1;
-        data += match &tree.node(id).kind {
-            NodeKind::File(d) => d.len().div_ceil(4096) * 4096,
-            NodeKind::Dir(_) => 4096,
-            NodeKind::Symlink(t) if t.len() >= 60 => 4096,
+        data += match &tree.inode(id).kind {
+            InodeKind::File(d) => d.len().div_ceil(4096) * 4096,
+            InodeKind::Dir(_) => 4096,
+            InodeKind::Symlink(t) if t.len() >= 60 => 4096,
             _ => 0,
         };
     }

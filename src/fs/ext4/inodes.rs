@@ -10,7 +10,7 @@ use super::layout::{self, BS, FIRST_INO, INODE_SIZE};
 use super::source::{is_zero, Content};
 use super::{journal_extents, Ext4Error, Fs, Slot, LPF_BLOCKS, MAX_LINKS};
 use crate::fs::sparse::Sink;
-use crate::tree::{FileData, NodeId, NodeKind};
+use crate::tree::{FileData, InodeId, InodeKind};
 
 /// Bytes gathered for one sequential write.
 const WRITE_CHUNK: usize = 8 << 20;
@@ -144,7 +144,7 @@ impl<'a> Fs<'a, '_> {
             let spec = match self.plan.slots[ino as usize - 1] {
                 Slot::Reserved => continue,
                 Slot::LostFound => self.make_lost_found(ino)?,
-                Slot::Node(id) => self.node_inode(ino, id)?,
+                Slot::Inode(id) => self.tree_inode(ino, id)?,
             };
             self.put_inode(ino, &spec)?;
         }
@@ -182,31 +182,31 @@ impl<'a> Fs<'a, '_> {
         })
     }
 
-    /// A tree node's inode: what all kinds share, then the kind's own step.
-    fn node_inode(&mut self, ino: u32, id: NodeId) -> Result<InodeSpec<'a>, Ext4Error> {
+    /// A tree inode's ext4 inode: what all kinds share, then the kind's own step.
+    fn tree_inode(&mut self, ino: u32, id: InodeId) -> Result<InodeSpec<'a>, Ext4Error> {
         let tree = self.tree;
-        let node = tree.node(id);
+        let inode = tree.inode(id);
         let mut spec = InodeSpec {
-            mode: node.mode(),
-            uid: node.meta.uid,
-            gid: node.meta.gid,
+            mode: inode.mode(),
+            uid: inode.meta.uid,
+            gid: inode.meta.gid,
             size: 0,
             links: tree.link_count(id) as u16,
-            time: node.meta.mtime,
+            time: inode.meta.mtime,
             flags: 0,
             iblock: [0; 60],
             blocks: 0,
-            xattrs: Some(&node.meta.xattrs),
+            xattrs: Some(&inode.meta.xattrs),
         };
         let seed = inode_seed(self.fs_seed, ino);
-        match &node.kind {
-            NodeKind::Dir(_) => self.mkdir(&mut spec, ino, id, seed)?,
-            NodeKind::File(data) => self.write_file(&mut spec, id, data, seed)?,
-            NodeKind::Symlink(target) => self.symlink(&mut spec, target, seed)?,
-            NodeKind::CharDev { major, minor } | NodeKind::BlockDev { major, minor } => {
+        match &inode.kind {
+            InodeKind::Dir(_) => self.mkdir(&mut spec, ino, id, seed)?,
+            InodeKind::File(data) => self.write_file(&mut spec, id, data, seed)?,
+            InodeKind::Symlink(target) => self.symlink(&mut spec, target, seed)?,
+            InodeKind::CharDev { major, minor } | InodeKind::BlockDev { major, minor } => {
                 mknod(&mut spec, *major, *minor)
             }
-            NodeKind::Fifo | NodeKind::Socket => {}
+            InodeKind::Fifo | InodeKind::Socket => {}
         }
         Ok(spec)
     }
@@ -216,16 +216,16 @@ impl<'a> Fs<'a, '_> {
         &mut self,
         spec: &mut InodeSpec,
         ino: u32,
-        id: NodeId,
+        id: InodeId,
         seed: u32,
     ) -> Result<(), Ext4Error> {
         let (tree, plan) = (self.tree, self.plan);
         let mut d = DirBuilder::new(ino, plan.parent[id.0]);
-        if id == NodeId::ROOT && plan.makes_lost_found() {
+        if id == InodeId::ROOT && plan.makes_lost_found() {
             d.add(b"lost+found", FIRST_INO, 2);
         }
         for (name, c) in tree.children(id) {
-            let ftype = dirent_type(tree.node(c).mode());
+            let ftype = dirent_type(tree.inode(c).mode());
             d.add(name, plan.ino_of[c.0], ftype);
         }
         let blocks = d.finish(seed);
@@ -243,7 +243,7 @@ impl<'a> Fs<'a, '_> {
     fn write_file(
         &mut self,
         spec: &mut InodeSpec,
-        id: NodeId,
+        id: InodeId,
         data: &FileData,
         seed: u32,
     ) -> Result<(), Ext4Error> {

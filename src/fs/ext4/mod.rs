@@ -19,7 +19,7 @@ mod metadata;
 mod source;
 
 use crate::fs::sparse::Sink;
-use crate::tree::{NodeId, NodeKind, Tree};
+use crate::tree::{InodeId, InodeKind, Tree};
 use format::{crc, dir_block_count, tree_blocks, Extents};
 use inodes::Writer;
 use layout::{Geometry, Layout, Shortfall, BPG, BS, FIRST_INO, INODE_SIZE};
@@ -94,7 +94,8 @@ pub fn required_size(tree: &Tree, _opts: &Ext4Options) -> Result<u64, Ext4Error>
 #[derive(Debug, Clone, Copy)]
 enum Slot {
     Reserved,
-    Node(NodeId),
+    /// An inode of the tree.
+    Inode(InodeId),
     /// lost+found made by us (the tree has none).
     LostFound,
 }
@@ -104,7 +105,7 @@ const MAX_LINKS: u32 = 65000;
 
 struct Plan<'t> {
     tree: std::marker::PhantomData<&'t Tree>,
-    /// Inode number of each node (0 = unreachable).
+    /// Inode number of each tree inode (0 = unreachable).
     ino_of: Vec<u32>,
     /// Slot of inode number i + 1.
     slots: Vec<Slot>,
@@ -129,9 +130,9 @@ impl<'t> Plan<'t> {
             ranges: vec![Vec::new(); n],
             data_blocks: 0,
         };
-        p.ino_of[NodeId::ROOT.0] = 2;
-        p.slots[1] = Slot::Node(NodeId::ROOT);
-        p.parent[NodeId::ROOT.0] = 2;
+        p.ino_of[InodeId::ROOT.0] = 2;
+        p.slots[1] = Slot::Inode(InodeId::ROOT);
+        p.parent[InodeId::ROOT.0] = 2;
         p.place_lost_found(tree)?;
         p.number_inodes(tree)?;
         p.count_blocks(tree)?;
@@ -141,13 +142,13 @@ impl<'t> Plan<'t> {
     /// lost+found takes the first non-reserved inode: the tree's own, or one made by us.
     fn place_lost_found(&mut self, tree: &Tree) -> Result<(), Ext4Error> {
         let lpf = tree
-            .children(NodeId::ROOT)
+            .children(InodeId::ROOT)
             .find(|(name, _)| *name == b"lost+found")
             .map(|(_, id)| id);
         match lpf {
-            Some(id) if tree.node(id).is_dir() => {
+            Some(id) if tree.inode(id).is_dir() => {
                 self.ino_of[id.0] = FIRST_INO;
-                self.slots[FIRST_INO as usize - 1] = Slot::Node(id);
+                self.slots[FIRST_INO as usize - 1] = Slot::Inode(id);
             }
             Some(_) => {
                 return Err(Ext4Error::Invalid(
@@ -156,7 +157,7 @@ impl<'t> Plan<'t> {
             }
             None => {
                 self.slots[FIRST_INO as usize - 1] = Slot::LostFound;
-                self.subdirs[NodeId::ROOT.0] += 1;
+                self.subdirs[InodeId::ROOT.0] += 1;
                 self.data_blocks += LPF_BLOCKS as u64;
             }
         }
@@ -165,18 +166,18 @@ impl<'t> Plan<'t> {
 
     /// Each directory's entries get consecutive numbers, then its subdirectories in name order.
     fn number_inodes(&mut self, tree: &Tree) -> Result<(), Ext4Error> {
-        let mut stack = vec![NodeId::ROOT];
+        let mut stack = vec![InodeId::ROOT];
         while let Some(d) = stack.pop() {
             let dino = self.ino_of[d.0];
             let mut dirs = Vec::new();
             for (name, c) in tree.children(d) {
                 if self.ino_of[c.0] == 0 {
-                    self.slots.push(Slot::Node(c));
+                    self.slots.push(Slot::Inode(c));
                     let ino = u32::try_from(self.slots.len())
                         .map_err(|_| Ext4Error::Invalid("too many inodes".into()))?;
                     self.ino_of[c.0] = ino;
                 }
-                if tree.node(c).is_dir() {
+                if tree.inode(c).is_dir() {
                     self.parent[c.0] = dino;
                     self.subdirs[d.0] += 1;
                     dirs.push(c);
@@ -195,14 +196,14 @@ impl<'t> Plan<'t> {
     /// Space: every directory, symlink and file once.
     fn count_blocks(&mut self, tree: &Tree) -> Result<(), Ext4Error> {
         for slot in self.slots.clone() {
-            let Slot::Node(id) = slot else { continue };
-            let blocks = match &tree.node(id).kind {
-                NodeKind::Dir(_) => {
-                    let extra = (id == NodeId::ROOT && self.makes_lost_found())
+            let Slot::Inode(id) = slot else { continue };
+            let blocks = match &tree.inode(id).kind {
+                InodeKind::Dir(_) => {
+                    let extra = (id == InodeId::ROOT && self.makes_lost_found())
                         .then_some(b"lost+found".len());
                     dir_block_count(tree.children(id).map(|(n, _)| n.len()).chain(extra))
                 }
-                NodeKind::File(data) => {
+                InodeKind::File(data) => {
                     if data.len() > (u64::from(u32::MAX) + 1) * BS {
                         return Err(Ext4Error::Invalid("file larger than 16 TiB".into()));
                     }
@@ -210,7 +211,7 @@ impl<'t> Plan<'t> {
                     self.ranges[id.0] = ranges;
                     upper
                 }
-                NodeKind::Symlink(t) if t.len() >= 60 => 1,
+                InodeKind::Symlink(t) if t.len() >= 60 => 1,
                 _ => 0,
             };
             // Worst case every block is its own extent.

@@ -1,6 +1,6 @@
 use super::*;
 use crate::fs::sparse::MemSink;
-use crate::tree::{FileData, Meta, NodeKind};
+use crate::tree::{FileData, InodeKind, Meta};
 
 fn opts(size: u64) -> Ext4Options {
     Ext4Options {
@@ -33,13 +33,13 @@ fn too_small_is_reported_before_writing() {
 
 #[test]
 fn rejects_what_ext4_cannot_hold() {
-    let write_one = |meta: Meta, kind: NodeKind| {
+    let write_one = |meta: Meta, kind: InodeKind| {
         let mut t = Tree::new(Meta::root(0o755, 0));
         t.insert("x", meta, kind).unwrap();
         let mut sink = MemSink::new(16 << 20);
         write(&t, &opts(16 << 20), &mut sink, 0)
     };
-    let file = || NodeKind::File(FileData::from_bytes("x"));
+    let file = || InodeKind::File(FileData::from_bytes("x"));
     // More attribute bytes than the 96-byte in-inode area holds.
     let mut big = Meta::root(0o644, 0);
     big.xattrs.insert(b"user.big".to_vec(), vec![1; 100]);
@@ -49,7 +49,7 @@ fn rejects_what_ext4_cannot_hold() {
     acl.xattrs
         .insert(b"system.posix_acl_access".to_vec(), vec![2, 0, 0, 0]);
     assert!(matches!(write_one(acl, file()), Err(Ext4Error::Invalid(_))));
-    let empty_link = NodeKind::Symlink(Vec::new());
+    let empty_link = InodeKind::Symlink(Vec::new());
     assert!(matches!(
         write_one(Meta::root(0o777, 0), empty_link),
         Err(Ext4Error::Invalid(_))

@@ -12,7 +12,7 @@ pub mod read;
 pub use names::{lfn_checksum, FatName};
 
 use crate::fs::sparse::Sink;
-use crate::tree::{FileData, NodeId, NodeKind, Tree};
+use crate::tree::{FileData, InodeId, InodeKind, Tree};
 use std::collections::BTreeMap;
 use std::io::Read;
 
@@ -203,9 +203,9 @@ impl<'t> Plan<'t> {
             } else {
                 lossy(path)
             };
-            let node = tree.node(*id);
-            let item = match &node.kind {
-                NodeKind::Dir(_) => {
+            let inode = tree.inode(*id);
+            let item = match &inode.kind {
+                InodeKind::Dir(_) => {
                     let entries = dir_entries(tree, *id, path, &index)?;
                     for (_, ci) in &entries {
                         parent_of[*ci] = Some(i);
@@ -214,11 +214,11 @@ impl<'t> Plan<'t> {
                     let extra = if i == 0 { usize::from(has_label) } else { 2 };
                     dir_item(shown, entries, parent_of[i], extra)?
                 }
-                NodeKind::File(data) => file_item(shown, data)?,
+                InodeKind::File(data) => file_item(shown, data)?,
                 _ => {
                     return Err(FatError::Invalid(format!(
                         "{shown}: FAT holds only directories and regular files (this is a {})",
-                        kind_name(&node.kind)
+                        kind_name(&inode.kind)
                     )))
                 }
             };
@@ -260,11 +260,11 @@ impl<'t> Plan<'t> {
 /// A directory's children, FAT-named, with their item indices.
 fn dir_entries(
     tree: &Tree,
-    id: NodeId,
+    id: InodeId,
     path: &[u8],
     index: &BTreeMap<&[u8], usize>,
 ) -> Result<Vec<(FatName, usize)>, FatError> {
-    let kids: Vec<(&[u8], NodeId)> = tree.children(id).collect();
+    let kids: Vec<(&[u8], InodeId)> = tree.children(id).collect();
     let names_in: Vec<&[u8]> = kids.iter().map(|(n, _)| *n).collect();
     let names = names::assign(&lossy(path), &names_in)?;
     let mut entries = Vec::with_capacity(kids.len());
@@ -318,15 +318,15 @@ fn file_item(shown: String, data: &FileData) -> Result<Item<'_>, FatError> {
     })
 }
 
-fn kind_name(k: &NodeKind) -> &'static str {
+fn kind_name(k: &InodeKind) -> &'static str {
     match k {
-        NodeKind::Dir(_) => "directory",
-        NodeKind::File(_) => "regular file",
-        NodeKind::Symlink(_) => "symlink",
-        NodeKind::CharDev { .. } => "character device",
-        NodeKind::BlockDev { .. } => "block device",
-        NodeKind::Fifo => "fifo",
-        NodeKind::Socket => "socket",
+        InodeKind::Dir(_) => "directory",
+        InodeKind::File(_) => "regular file",
+        InodeKind::Symlink(_) => "symlink",
+        InodeKind::CharDev { .. } => "character device",
+        InodeKind::BlockDev { .. } => "block device",
+        InodeKind::Fifo => "fifo",
+        InodeKind::Socket => "socket",
     }
 }
 
