@@ -12,6 +12,7 @@ pub mod flash;
 pub mod fs;
 pub mod image;
 pub mod init;
+pub mod netboot;
 pub mod pipeline;
 pub mod profile;
 pub mod qemu;
