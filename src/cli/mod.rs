@@ -8,6 +8,7 @@ mod init;
 mod profiles;
 mod progress;
 mod qemu;
+mod serve;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -222,6 +223,22 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         keep: Option<PathBuf>,
     },
+    /// Serve netboot files to Raspberry Pis over TFTP until Ctrl-C (read-only; one log line per
+    /// transfer on stderr)
+    #[command(
+        after_help = "Examples:\n  piimg serve                         # out/netboot on UDP port 69 (needs root)\n  piimg serve --dir out/netboot --bind 10.0.7.1 --tftp-port 6969\n\nNames are relative to --dir (a leading / is dropped); `..` and symlinks that lead outside it\nare refused. Options: blksize, tsize, timeout, windowsize; block numbers roll over after\n65535. --tftp-port 0 picks a free port, printed on stderr."
+    )]
+    Serve {
+        /// Folder whose files are served
+        #[arg(long, default_value = "out/netboot", value_name = "DIR")]
+        dir: PathBuf,
+        /// Address to listen on
+        #[arg(long, default_value = "0.0.0.0", value_name = "ADDR")]
+        bind: std::net::IpAddr,
+        /// UDP port of the TFTP server
+        #[arg(long, default_value_t = 69, value_name = "N")]
+        tftp_port: u16,
+    },
 }
 
 /// SOURCE_DATE_EPOCH from the environment, or the fixed default.
@@ -344,6 +361,11 @@ pub fn run(cli: Cli) -> Result<i32> {
             offline,
             ref keep,
         } => qemu::run_verify(&cli.profiles, profile, components, offline, keep.as_deref()),
+        Command::Serve {
+            ref dir,
+            bind,
+            tftp_port,
+        } => serve::run(dir, bind, tftp_port, cli.quiet),
     }
 }
 
