@@ -363,3 +363,34 @@ fn a_port_in_use_is_named_with_what_to_do() {
     assert!(err.contains(&format!("port {port} is in use")), "{err}");
     assert!(err.contains("--tftp-port"), "{err}");
 }
+
+#[test]
+fn a_privileged_port_as_another_user_says_so_and_suggests_another_port() {
+    let unprivileged_from: u16 =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1024);
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || unprivileged_from <= 69 {
+        eprintln!("skipped: needs root to switch users, and port 69 privileged");
+        return;
+    }
+    // The binary is copied where user nobody can run it (the build folder may be private).
+    let open = tempfile::Builder::new()
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .tempdir()
+        .unwrap();
+    let bin = open.path().join("piimg");
+    std::fs::copy(env!("CARGO_BIN_EXE_piimg"), &bin).unwrap();
+    let o = run(Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .args(["serve", "--bind", "127.0.0.1", "--tftp-port", "69", "--dir"])
+        .arg(open.path())
+        .current_dir(open.path()));
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o);
+    assert!(err.contains("binding UDP port 69 needs root"), "{err}");
+    assert!(err.contains("--tftp-port"), "{err}");
+}
