@@ -1,6 +1,6 @@
 //! `piimg serve`: the netboot servers in the foreground until Ctrl-C, one log line per request.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use piimg::netboot::tftp::{Event, Server};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -16,6 +16,9 @@ extern "C" fn on_signal(_: libc::c_int) {
 
 /// Serves `dir` over TFTP on `bind:port` until SIGINT or SIGTERM; exit status 0 then.
 pub fn run(dir: &Path, bind: IpAddr, port: u16, quiet: bool) -> Result<i32> {
+    if !dir.is_dir() {
+        bail!("--dir {}: no such folder", dir.display());
+    }
     let server = Server::bind(dir, SocketAddr::new(bind, port))?;
     // SAFETY: the handler only stores to an atomic.
     unsafe {
