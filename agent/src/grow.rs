@@ -135,6 +135,22 @@ enum GptChange {
     Grown(Grown),
 }
 
+/// A GPT as read from a disk: the primary header sector, parsed, and its entry array.
+struct Gpt {
+    sector: [u8; 512],
+    header: GptHeader,
+    /// Byte offset of the primary entry array.
+    entries_at: u64,
+    entries: Vec<u8>,
+}
+
+/// Where the rewritten table's moving parts go, in sectors.
+struct Placement {
+    backup: u64,
+    backup_entries: u64,
+    last_usable: u64,
+}
+
 /// Rewrites the GPT for a disk of `total` sectors: the backup at the end, and partition `grow`
 /// (when given) extended to the end of the usable area.
 fn rewrite_gpt(
@@ -143,111 +159,165 @@ fn rewrite_gpt(
     total: u64,
     grow: Option<u32>,
 ) -> Result<GptChange, GrowError> {
-    let mut hdr = [0u8; 512];
-    disk.read_exact_at(&mut hdr, SECTOR)?;
-    let h = GptHeader::parse(&hdr)?;
-    let hsize = h.header_size as usize;
-    let old_backup = h.backup_lba;
-    let entries_lba = h.entries_lba;
-    let count = u64::from(h.entry_count);
-    let esize = u64::from(h.entry_size);
-    let array_bytes = h.array_bytes();
-    let array_sectors = array_bytes.div_ceil(SECTOR);
-    let mut entries = vec![0u8; array_bytes as usize];
-    let at = entries_lba
+    let mut gpt = read_gpt(disk)?;
+    let at = place_backup(&gpt.header, total)?;
+    let change = match grow {
+        Some(partno) => match grow_entry(&mut gpt, partno, at.last_usable)? {
+            Some(g) => GptChange::Grown(g),
+            None => return Ok(GptChange::Unchanged),
+        },
+        None if gpt.header.backup_lba == at.backup => return Ok(GptChange::Unchanged),
+        // A disk smaller than the table says: nothing sensible to move.
+        None if at.backup_entries <= gpt.header.last_usable => {
+            return Err(GrowError::BadGpt("disk smaller than the table"))
+        }
+        None => GptChange::Moved,
+    };
+    write_gpt(disk, mbr, &gpt, &at, total)?;
+    Ok(change)
+}
+
+/// The primary header and its entry array, whose CRC must match.
+fn read_gpt(disk: &File) -> Result<Gpt, GrowError> {
+    let mut sector = [0u8; 512];
+    disk.read_exact_at(&mut sector, SECTOR)?;
+    let header = GptHeader::parse(&sector)?;
+    let mut entries = vec![0u8; header.array_bytes() as usize];
+    let entries_at = header
+        .entries_lba
         .checked_mul(SECTOR)
         .ok_or(GrowError::BadGpt("entry array"))?;
-    disk.read_exact_at(&mut entries, at)?;
-    if crc32(&entries) != h.entries_crc {
+    disk.read_exact_at(&mut entries, entries_at)?;
+    if crc32(&entries) != header.entries_crc {
         return Err(GrowError::BadGpt("entries crc"));
     }
+    Ok(Gpt {
+        sector,
+        header,
+        entries_at,
+        entries,
+    })
+}
+
+/// The backup header and entry array at the end of a disk of `total` sectors.
+fn place_backup(h: &GptHeader, total: u64) -> Result<Placement, GrowError> {
+    let array_sectors = h.array_bytes().div_ceil(SECTOR);
     // Every figure from the card is checked: this runs as PID 1 on whatever card it was given.
-    let (new_backup, new_backup_entries) = total
+    let (backup, backup_entries) = total
         .checked_sub(1)
         .and_then(|b| Some((b, b.checked_sub(array_sectors)?)))
         .filter(|&(_, entries)| entries > h.first_usable)
         .ok_or(GrowError::BadGpt("disk smaller than the table"))?;
-    let last_usable = new_backup_entries - 1;
-    let mut change = GptChange::Moved;
-    if let Some(partno) = grow {
-        let idx = partno as u64 - 1;
-        if partno == 0 || idx >= count {
-            return Err(GrowError::NoPartition(partno));
-        }
-        let e = (idx * esize) as usize;
-        if entries[e..e + 16].iter().all(|&b| b == 0) {
-            return Err(GrowError::NoPartition(partno));
-        }
-        let first = le64(&entries, e + ent::FIRST_LBA);
-        let last = le64(&entries, e + ent::LAST_LBA);
-        if last < first {
-            return Err(GrowError::BadGpt("partition ends before it starts"));
-        }
-        for i in 0..count {
-            let o = (i * esize) as usize;
-            if i != idx
-                && entries[o..o + 16].iter().any(|&b| b != 0)
-                && le64(&entries, o + ent::FIRST_LBA) > first
-            {
-                return Err(GrowError::NotLast(partno));
-            }
-        }
-        // End on a 1 MiB boundary (sgdisk's default alignment) inside the usable area.
-        let new_last = match ((last_usable + 1) / SLACK * SLACK).checked_sub(1) {
-            Some(l) if l > last.saturating_add(SLACK) => l,
-            _ => return Ok(GptChange::Unchanged),
-        };
-        put64(&mut entries, e + ent::LAST_LBA, new_last);
-        change = GptChange::Grown(Grown {
-            start: first,
-            old_sectors: last - first + 1,
-            new_sectors: new_last - first + 1,
-        });
-    } else if old_backup == new_backup {
-        return Ok(GptChange::Unchanged);
-    } else if new_backup_entries <= h.last_usable {
-        // A disk smaller than the table says: nothing sensible to move.
-        return Err(GrowError::BadGpt("disk smaller than the table"));
+    Ok(Placement {
+        backup,
+        backup_entries,
+        last_usable: backup_entries - 1,
+    })
+}
+
+/// Extends the entry of partition `partno` (the last one on the disk) to the end of the usable
+/// area; None when it already reaches within 1 MiB of it.
+fn grow_entry(gpt: &mut Gpt, partno: u32, last_usable: u64) -> Result<Option<Grown>, GrowError> {
+    let count = u64::from(gpt.header.entry_count);
+    let esize = u64::from(gpt.header.entry_size);
+    let entries = &mut gpt.entries;
+    let idx = partno as u64 - 1;
+    if partno == 0 || idx >= count {
+        return Err(GrowError::NoPartition(partno));
     }
-    let entries_crc = crc32(&entries);
+    let e = (idx * esize) as usize;
+    if entries[e..e + 16].iter().all(|&b| b == 0) {
+        return Err(GrowError::NoPartition(partno));
+    }
+    let first = le64(entries, e + ent::FIRST_LBA);
+    let last = le64(entries, e + ent::LAST_LBA);
+    if last < first {
+        return Err(GrowError::BadGpt("partition ends before it starts"));
+    }
+    if another_starts_after(entries, count, esize, idx, first) {
+        return Err(GrowError::NotLast(partno));
+    }
+    // End on a 1 MiB boundary (sgdisk's default alignment) inside the usable area.
+    let new_last = match ((last_usable + 1) / SLACK * SLACK).checked_sub(1) {
+        Some(l) if l > last.saturating_add(SLACK) => l,
+        _ => return Ok(None),
+    };
+    put64(entries, e + ent::LAST_LBA, new_last);
+    Ok(Some(Grown {
+        start: first,
+        old_sectors: last - first + 1,
+        new_sectors: new_last - first + 1,
+    }))
+}
 
-    let mut primary = hdr;
-    put64(&mut primary, hd::BACKUP_LBA, new_backup);
-    put64(&mut primary, hd::LAST_USABLE, last_usable);
-    put32(&mut primary, hd::ENTRIES_CRC, entries_crc);
-    put32(&mut primary, hd::CRC, 0);
-    let c = crc32(&primary[..hsize]);
-    put32(&mut primary, hd::CRC, c);
+/// Whether a used entry other than number `idx` (from 0) starts after sector `first`.
+fn another_starts_after(entries: &[u8], count: u64, esize: u64, idx: u64, first: u64) -> bool {
+    (0..count).any(|i| {
+        let o = (i * esize) as usize;
+        i != idx
+            && entries[o..o + 16].iter().any(|&b| b != 0)
+            && le64(entries, o + ent::FIRST_LBA) > first
+    })
+}
 
+/// The primary and backup header sectors for the new placement, each with its CRC.
+fn headers(gpt: &Gpt, at: &Placement) -> ([u8; 512], [u8; 512]) {
+    let hsize = gpt.header.header_size as usize;
+    let mut primary = gpt.sector;
+    put64(&mut primary, hd::BACKUP_LBA, at.backup);
+    put64(&mut primary, hd::LAST_USABLE, at.last_usable);
+    put32(&mut primary, hd::ENTRIES_CRC, crc32(&gpt.entries));
+    seal(&mut primary, hsize);
     let mut backup = primary;
-    put64(&mut backup, hd::CURRENT_LBA, new_backup);
+    put64(&mut backup, hd::CURRENT_LBA, at.backup);
     put64(&mut backup, hd::BACKUP_LBA, 1);
-    put64(&mut backup, hd::ENTRIES_LBA, new_backup_entries);
-    put32(&mut backup, hd::CRC, 0);
-    let c = crc32(&backup[..hsize]);
-    put32(&mut backup, hd::CRC, c);
+    put64(&mut backup, hd::ENTRIES_LBA, at.backup_entries);
+    seal(&mut backup, hsize);
+    (primary, backup)
+}
 
+/// Sets a header's CRC, computed over its first `size` bytes with the CRC field zero.
+fn seal(header: &mut [u8; 512], size: usize) {
+    put32(header, hd::CRC, 0);
+    let c = crc32(&header[..size]);
+    put32(header, hd::CRC, c);
+}
+
+/// Writes the rewritten table: entries, headers, the protective MBR, and the old backup wiped.
+fn write_gpt(
+    disk: &File,
+    mbr: &mut [u8; 512],
+    gpt: &Gpt,
+    at: &Placement,
+    total: u64,
+) -> Result<(), GrowError> {
+    let (primary, backup) = headers(gpt, at);
     // Backup first: if power fails mid-way, the primary still describes a valid (old) disk.
-    disk.write_all_at(&entries, new_backup_entries * SECTOR)?;
-    disk.write_all_at(&backup, new_backup * SECTOR)?;
+    disk.write_all_at(&gpt.entries, at.backup_entries * SECTOR)?;
+    disk.write_all_at(&backup, at.backup * SECTOR)?;
     disk.sync_all()?;
-    disk.write_all_at(&entries, entries_lba * SECTOR)?;
+    disk.write_all_at(&gpt.entries, gpt.entries_at)?;
     disk.write_all_at(&primary, SECTOR)?;
-    // Protective MBR covers the whole disk.
+    cover_whole_disk(mbr, total);
+    disk.write_all_at(mbr, 0)?;
+    // The old backup header now lies inside the partition: wipe its signature.
+    let old_backup = gpt.header.backup_lba;
+    if old_backup != at.backup && old_backup > 1 {
+        if let Some(o) = old_backup.checked_mul(SECTOR) {
+            disk.write_all_at(&[0u8; 512], o)?;
+        }
+    }
+    disk.sync_all()?;
+    Ok(())
+}
+
+/// Makes the protective MBR entry cover a disk of `total` sectors (as far as 32 bits reach).
+fn cover_whole_disk(mbr: &mut [u8; 512], total: u64) {
     let pm = (0..4)
         .map(|i| MBR_ENTRIES + i * MBR_ENTRY_LEN)
         .find(|&o| mbr[o + 4] == PROTECTIVE)
         .unwrap_or(MBR_ENTRIES);
     put32(mbr, pm + 12, (total - 1).min(u32::MAX as u64) as u32);
-    disk.write_all_at(mbr, 0)?;
-    // The old backup header now lies inside the partition: wipe its signature.
-    if old_backup != new_backup && old_backup > 1 {
-        if let Some(at) = old_backup.checked_mul(SECTOR) {
-            disk.write_all_at(&[0u8; 512], at)?;
-        }
-    }
-    disk.sync_all()?;
-    Ok(change)
 }
 
 /// Size of a block device (or regular file) in bytes.
