@@ -91,11 +91,12 @@ pub fn choose(args: &[String], pid: i32, has_node_json: bool, has_stage1_list: b
 
 /// The kernel's modprobe: exit 0 when every module is loaded (or built in).
 pub fn modprobe(names: &[String]) -> i32 {
-    let loader = modules::Loader::for_running_kernel(Path::new("/"));
+    let sys = crate::syscall::LinuxSyscall;
+    let loader = modules::Loader::for_running_kernel(&sys, Path::new("/"));
     let db = modules::ModuleDb::load(&loader.module_dir);
     let mut rc = 0;
     for n in names {
-        if let Err(e) = loader.modprobe(&db, n) {
+        if let Err(e) = loader.modprobe(&sys, &db, n) {
             // The kernel asks for many optional aliases: stay quiet about unknown ones.
             if !matches!(e, modules::ModError::NotFound(_)) {
                 say(&format!("modprobe {n}: {e}"));

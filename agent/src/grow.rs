@@ -12,6 +12,7 @@ use crate::contract::table::{
     gpt_entry as ent, gpt_header as hd, le32, le64, GptHeader, Mbr, TableError,
 };
 use crate::contract::table::{MBR_ENTRIES, MBR_ENTRY_LEN, PROTECTIVE, SECTOR};
+use crate::syscall::Syscall;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GrowError {
@@ -419,7 +420,11 @@ pub fn ext4_bytes(dev: &File) -> io::Result<u64> {
 /// resize): when the ext4 on `part`, mounted at `mountpoint`, is smaller than the partition by
 /// more than a block group's worth of slack, grows it to the partition. Returns the sizes in
 /// bytes (before, after) when it grew.
-pub fn finish_resize(part: &Path, mountpoint: &Path) -> io::Result<Option<(u64, u64)>> {
+pub fn finish_resize(
+    sys: &dyn Syscall,
+    part: &Path,
+    mountpoint: &Path,
+) -> io::Result<Option<(u64, u64)>> {
     let f = File::open(part)?;
     let part_bytes = device_bytes(&f)?;
     let fs_bytes = ext4_bytes(&f)?;
@@ -427,7 +432,7 @@ pub fn finish_resize(part: &Path, mountpoint: &Path) -> io::Result<Option<(u64, 
     if fs_bytes + SLACK * SECTOR >= part_bytes {
         return Ok(None);
     }
-    resize_ext4(mountpoint, part_bytes)?;
+    sys.resize_ext4(mountpoint, part_bytes)?;
     // ext4 may leave out a last block group too small for its metadata: no change means the
     // filesystem already had all it can take.
     let now = ext4_bytes(&f)?;

@@ -3,7 +3,9 @@
 //!
 //! The binary is PID 1 twice: stage 1 in the initramfs ([`stage1`]) and stage 2 in the root
 //! filesystem ([`stage2`]); [`commands`] documents how it decides. Everything that can run on a
-//! host without root takes its paths as parameters and is tested there.
+//! host without root takes its paths as parameters and is tested there; the stages make their
+//! privileged calls through [`syscall::Syscall`] and find their files under [`syscall::Host`]'s
+//! root, so they are tested there too, against a recording fake.
 
 pub mod blockdev;
 pub mod check;
@@ -25,5 +27,6 @@ pub mod stage2;
 pub mod status;
 pub mod supervise;
 pub mod sys;
+pub mod syscall;
 pub mod sysctl;
 pub mod watchdog;

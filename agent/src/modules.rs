@@ -1,6 +1,7 @@
 //! Kernel modules: resolving names and aliases through depmod's text files (modules.dep,
 //! modules.alias, modules.builtin) and loading with finit_module (the kernel decompresses .ko.xz).
 
+use crate::syscall::Syscall;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -208,9 +209,9 @@ pub struct Loader {
 }
 
 impl Loader {
-    pub fn for_running_kernel(root: &Path) -> Loader {
+    pub fn for_running_kernel(sys: &dyn Syscall, root: &Path) -> Loader {
         Loader {
-            module_dir: root.join("lib/modules").join(crate::sys::kernel_release()),
+            module_dir: root.join("lib/modules").join(sys.kernel_release()),
             sys_module: root.join("sys/module"),
         }
     }
@@ -220,7 +221,7 @@ impl Loader {
     }
 
     /// Loads one module file (relative to the module dir); already loaded is success.
-    pub fn load_file(&self, rel: &str) -> Result<bool, ModError> {
+    pub fn load_file(&self, sys: &dyn Syscall, rel: &str) -> Result<bool, ModError> {
         let name = module_name(rel);
         if self.is_loaded(&name) {
             return Ok(false);
@@ -232,7 +233,7 @@ impl Loader {
         };
         let f = fs::File::open(&path).map_err(err)?;
         let compressed = [".xz", ".zst", ".gz"].iter().any(|s| rel.ends_with(s));
-        match crate::sys::finit_module(&f, "", compressed) {
+        match sys.finit_module(&f, "", compressed) {
             Ok(()) => Ok(true),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
             Err(e) => Err(err(e)),
@@ -241,7 +242,12 @@ impl Loader {
 
     /// modprobe: resolves a name or alias and loads it with its dependencies. Returns the files
     /// newly loaded.
-    pub fn modprobe(&self, db: &ModuleDb, request: &str) -> Result<Vec<String>, ModError> {
+    pub fn modprobe(
+        &self,
+        sys: &dyn Syscall,
+        db: &ModuleDb,
+        request: &str,
+    ) -> Result<Vec<String>, ModError> {
         let names = db.lookup(request);
         if names.is_empty() {
             return Err(ModError::NotFound(request.to_string()));
@@ -253,7 +259,7 @@ impl Loader {
             match db.load_order(&name).and_then(|files| {
                 let mut l = Vec::new();
                 for f in files {
-                    if self.load_file(&f)? {
+                    if self.load_file(sys, &f)? {
                         l.push(f);
                     }
                 }
@@ -391,6 +397,40 @@ alias ipt_[a-c]* ip_tables
     }
 
     #[test]
+    fn modprobe_loads_dependencies_first_and_skips_loaded_ones() {
+        let t = tempfile::tempdir().unwrap();
+        let l = Loader {
+            module_dir: t.path().join("lib/modules/6.12.0"),
+            sys_module: t.path().join("sys/module"),
+        };
+        for rel in ["llc/llc", "802/stp", "bridge/bridge", "bridge/br_netfilter"] {
+            let p = l.module_dir.join(format!("kernel/net/{rel}.ko.xz"));
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, b"module").unwrap();
+        }
+        fs::create_dir_all(t.path().join("sys/module/stp")).unwrap();
+        let sys = crate::syscall::fake::RecordingSyscall::new(t.path());
+        let loaded = l.modprobe(&sys, &db(), "br_netfilter").unwrap();
+        assert_eq!(
+            loaded,
+            vec![
+                "kernel/net/llc/llc.ko.xz",
+                "kernel/net/bridge/bridge.ko.xz",
+                "kernel/net/bridge/br_netfilter.ko.xz",
+            ]
+        );
+        let at = "finit_module /lib/modules/6.12.0/kernel/net";
+        assert_eq!(
+            sys.calls(),
+            vec![
+                format!("{at}/llc/llc.ko.xz compressed"),
+                format!("{at}/bridge/bridge.ko.xz compressed"),
+                format!("{at}/bridge/br_netfilter.ko.xz compressed"),
+            ]
+        );
+    }
+
+    #[test]
     fn loader_skips_loaded_and_reports_missing() {
         let t = tempfile::tempdir().unwrap();
         fs::create_dir_all(t.path().join("sys/module/llc")).unwrap();
@@ -398,8 +438,10 @@ alias ipt_[a-c]* ip_tables
             module_dir: t.path().join("lib/modules/6.12.0"),
             sys_module: t.path().join("sys/module"),
         };
-        assert!(!l.load_file("kernel/net/llc/llc.ko.xz").unwrap());
-        let err = l.load_file("kernel/net/802/stp.ko.xz").unwrap_err();
+        let sys = crate::syscall::fake::RecordingSyscall::new(t.path());
+        assert!(!l.load_file(&sys, "kernel/net/llc/llc.ko.xz").unwrap());
+        let err = l.load_file(&sys, "kernel/net/802/stp.ko.xz").unwrap_err();
         assert!(err.to_string().contains("stp.ko.xz"), "{err}");
+        assert!(sys.calls().is_empty(), "{:?}", sys.calls());
     }
 }

@@ -1,6 +1,6 @@
 //! The mount tables of both stages and the switch to the real root.
 
-use crate::sys;
+use crate::syscall::Syscall;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,7 +117,11 @@ fn currently_mounted(root: &Path) -> Vec<String> {
 
 /// Mounts each spec under `root` (creating the directory) unless something is mounted there
 /// already. Returns failures for the caller to log; the rest still gets mounted.
-pub fn mount_all(root: &Path, specs: &[MountSpec]) -> Vec<(String, std::io::Error)> {
+pub fn mount_all(
+    sys: &dyn Syscall,
+    root: &Path,
+    specs: &[MountSpec],
+) -> Vec<(String, std::io::Error)> {
     let mut failed = Vec::new();
     for s in specs {
         let target = root.join(s.target.trim_start_matches('/'));
@@ -126,7 +130,7 @@ pub fn mount_all(root: &Path, specs: &[MountSpec]) -> Vec<(String, std::io::Erro
             continue;
         }
         let _ = std::fs::create_dir_all(&target);
-        if let Err(e) = sys::mount(s.source, &target, Some(s.fstype), s.flags, s.data) {
+        if let Err(e) = sys.mount(s.source, &target, Some(s.fstype), s.flags, s.data) {
             if e.raw_os_error() != Some(libc::EBUSY) {
                 failed.push((s.target.to_string(), e));
             }
@@ -154,26 +158,27 @@ pub const CGROUP_CONTROLLERS: [&str; 6] = ["cpu", "cpuset", "io", "memory", "pid
 
 /// Moves the API mounts into `newroot` and makes it `/` (what switch_root does); the caller then
 /// execs init. Afterwards the process's root and cwd are the new root.
-pub fn switch_root(newroot: &Path) -> std::io::Result<()> {
+pub fn switch_root(sys: &dyn Syscall, newroot: &Path) -> std::io::Result<()> {
     for d in ["/proc", "/sys", "/dev"] {
         let target: PathBuf = newroot.join(d.trim_start_matches('/'));
         let _ = std::fs::create_dir_all(&target);
-        if let Err(e) = sys::mount(d, &target, None, libc::MS_MOVE, None) {
+        if let Err(e) = sys.mount(d, &target, None, libc::MS_MOVE, None) {
             // Not fatal: stage 2 mounts them again.
             crate::console::say(&format!("move {d}: {e}; unmounting instead"));
-            let _ = sys::umount(Path::new(d), libc::MNT_DETACH);
+            let _ = sys.umount(Path::new(d), libc::MNT_DETACH);
         }
     }
-    std::env::set_current_dir(newroot)?;
-    sys::mount(".", Path::new("/"), None, libc::MS_MOVE, None)?;
-    sys::chroot(Path::new("."))?;
-    std::env::set_current_dir("/")?;
+    sys.chdir(newroot)?;
+    sys.mount(".", Path::new("/"), None, libc::MS_MOVE, None)?;
+    sys.chroot(Path::new("."))?;
+    sys.chdir(Path::new("/"))?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::syscall::fake::{put, RecordingSyscall};
 
     #[test]
     fn mountinfo_points() {
@@ -203,6 +208,51 @@ mod tests {
         let pos = |t: &str| targets.iter().position(|x| *x == t).unwrap();
         assert!(pos("/dev") < pos("/dev/pts"));
         assert!(pos("/sys") < pos("/sys/fs/cgroup"));
+    }
+
+    #[test]
+    fn mount_all_skips_mounted_targets_and_tolerates_ebusy() {
+        let t = tempfile::tempdir().unwrap();
+        put(
+            t.path(),
+            "/proc/self/mountinfo",
+            b"20 1 0:4 / /proc rw - proc proc rw\n",
+        );
+        let sys = RecordingSyscall::new(t.path());
+        sys.fail("mount sysfs", libc::EBUSY);
+        sys.fail("mount devtmpfs", libc::ENODEV);
+        let failed = mount_all(&sys, t.path(), &stage1_mounts());
+        assert_eq!(
+            sys.calls(),
+            vec![
+                "mount sysfs /sys -t sysfs -o nosuid,nodev,noexec",
+                "mount devtmpfs /dev -t devtmpfs -o nosuid,mode=0755",
+            ]
+        );
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].0, "/dev");
+        assert!(t.path().join("dev").is_dir());
+    }
+
+    #[test]
+    fn switch_root_detaches_what_it_cannot_move() {
+        let t = tempfile::tempdir().unwrap();
+        let sys = RecordingSyscall::new(t.path());
+        sys.fail("mount /sys ", libc::EINVAL);
+        switch_root(&sys, &t.path().join("newroot")).unwrap();
+        assert_eq!(
+            sys.calls(),
+            vec![
+                "mount /proc /newroot/proc -o move",
+                "mount /sys /newroot/sys -o move",
+                "umount /sys -l",
+                "mount /dev /newroot/dev -o move",
+                "chdir /newroot",
+                "mount . / -o move",
+                "chroot .",
+                "chdir /",
+            ]
+        );
     }
 
     #[test]

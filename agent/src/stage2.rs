@@ -2,9 +2,12 @@
 //! services, status; then the reaper/supervisor loop until a shutdown signal.
 
 use crate::console::say;
-use crate::node::{NodeConfig, NODE_CONFIG_PATH};
-use crate::supervise::{Options, Supervisor};
+use crate::node::{Network, NodeConfig, NODE_CONFIG_PATH};
+use crate::supervise::{Options, ServiceSpec, Supervisor};
+use crate::syscall::Host;
+use crate::watchdog::{self, Watchdog};
 use crate::{blockdev, clock, grow, modules, mounts, net, roles, status, sys, sysctl};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -23,11 +26,31 @@ struct Node {
     sup: Supervisor,
     net_up: Arc<AtomicBool>,
     ready: bool,
-    watchdog: Option<crate::watchdog::Watchdog>,
+    watchdog: Option<Watchdog>,
 }
 
-fn read_config() -> Option<NodeConfig> {
-    match std::fs::read(NODE_CONFIG_PATH) {
+/// A step of stage 2 that failed; the stage says so and goes on with the next one.
+#[derive(Debug, thiserror::Error)]
+enum StepError {
+    #[error("hostname: {0}")]
+    Hostname(io::Error),
+    #[error("mount {} on /var: {source}", dev.display())]
+    MountData { dev: PathBuf, source: io::Error },
+    #[error("grow: cannot find the disk of {0}")]
+    NoDisk(String),
+    /// Not recorded as done: the next boot tries again.
+    #[error("grow {part}: {reason}")]
+    Grow { part: String, reason: String },
+}
+
+fn report(step: Result<(), StepError>) {
+    if let Err(e) = step {
+        say(&e.to_string());
+    }
+}
+
+fn read_config(host: &Host) -> Option<NodeConfig> {
+    match std::fs::read(host.path(NODE_CONFIG_PATH)) {
         Ok(bytes) => match NodeConfig::from_json(&bytes) {
             Ok(c) => {
                 // Reported, not fatal: each step copes with what it gets.
@@ -56,20 +79,22 @@ fn agent_exe() -> String {
         .unwrap_or_else(|_| "/sbin/init".into())
 }
 
-fn mount_api() {
-    for (t, e) in mounts::mount_all(Path::new("/"), &mounts::stage2_mounts()) {
+fn mount_api(host: &Host) {
+    for (t, e) in mounts::mount_all(&*host.sys, &host.root, &mounts::stage2_mounts()) {
         say(&format!("mount {t}: {e}"));
     }
-    let on =
-        mounts::enable_cgroup_controllers(Path::new("/sys/fs/cgroup"), &mounts::CGROUP_CONTROLLERS);
+    let on = mounts::enable_cgroup_controllers(
+        &host.path("/sys/fs/cgroup"),
+        &mounts::CGROUP_CONTROLLERS,
+    );
     say(&format!("cgroup controllers: {}", on.join(" ")));
 }
 
-fn find_with_timeout(partuuid: &str, limit: Duration) -> Option<PathBuf> {
+fn find_with_timeout(host: &Host, partuuid: &str, limit: Duration) -> Option<PathBuf> {
     let end = Instant::now() + limit;
     loop {
         if let Some(p) =
-            blockdev::find_partuuid(Path::new("/sys/class/block"), Path::new("/dev"), partuuid)
+            blockdev::find_partuuid(&host.path("/sys/class/block"), &host.path("/dev"), partuuid)
         {
             return Some(p);
         }
@@ -80,115 +105,142 @@ fn find_with_timeout(partuuid: &str, limit: Duration) -> Option<PathBuf> {
     }
 }
 
-fn mount_data(cfg: &NodeConfig) {
+/// The data partition on /var, grown to the end of the card once.
+fn mount_data(host: &Host, cfg: &NodeConfig) -> Result<(), StepError> {
     let Some(uuid) = cfg.storage.data_partuuid.as_deref() else {
         say("no data partition configured: /var stays on the root filesystem");
-        return;
+        return Ok(());
     };
-    let Some(dev) = find_with_timeout(uuid, Duration::from_secs(15)) else {
+    let Some(dev) = find_with_timeout(host, uuid, Duration::from_secs(15)) else {
         say(&format!(
             "data partition PARTUUID={uuid} not found: /var stays on the root filesystem"
         ));
-        return;
+        return Ok(());
     };
-    let already = std::fs::read_to_string("/proc/self/mountinfo")
+    let already = std::fs::read_to_string(host.path("/proc/self/mountinfo"))
         .map(|t| mounts::mount_points(&t).iter().any(|p| p == "/var"))
         .unwrap_or(false);
     if !already {
-        if let Err(e) = sys::mount(
-            &dev.to_string_lossy(),
-            Path::new("/var"),
-            Some("ext4"),
-            libc::MS_NOATIME,
-            None,
-        ) {
-            say(&format!("mount {} on /var: {e}", dev.display()));
-            return;
-        }
+        host.sys
+            .mount(
+                &dev.to_string_lossy(),
+                &host.path("/var"),
+                Some("ext4"),
+                libc::MS_NOATIME,
+                None,
+            )
+            .map_err(|source| StepError::MountData {
+                dev: dev.clone(),
+                source,
+            })?;
     }
     say(&format!("data {} on /var", dev.display()));
-    if !Path::new(GROWN_MARKER).exists() {
-        grow_data(&dev);
+    if !host.path(GROWN_MARKER).exists() {
+        grow_data(host, &dev)?;
     }
+    Ok(())
 }
 
-fn grow_data(dev: &Path) {
+/// Grows the data partition and its filesystem, and records that it is done.
+fn grow_data(host: &Host, dev: &Path) -> Result<(), StepError> {
     let part = dev
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let Some((disk, partno)) = grow::disk_of(Path::new("/sys/class/block"), &part) else {
-        say(&format!("grow: cannot find the disk of {part}"));
-        return;
+    let Some((disk, partno)) = grow::disk_of(&host.path("/sys/class/block"), &part) else {
+        return Err(StepError::NoDisk(part));
     };
-    let disk_path = Path::new("/dev").join(&disk);
-    let result = (|| -> Result<String, String> {
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&disk_path)
-            .map_err(|e| format!("{}: {e}", disk_path.display()))?;
-        let bytes = grow::device_bytes(&f).map_err(|e| e.to_string())?;
-        let grown = grow::grow_partition(&f, bytes, partno).map_err(|e| e.to_string())?;
-        let Some(g) = grown else {
-            // The table reached the end on an earlier boot; the filesystem may not have.
-            return match grow::finish_resize(dev, Path::new("/var")) {
-                Ok(None) => Ok("already at the end of the disk".into()),
-                Ok(Some((from, to))) => Ok(format!(
-                    "resumed an interrupted growth: filesystem {from} -> {to} bytes"
-                )),
-                Err(e) => Err(format!("EXT4_IOC_RESIZE_FS: {e}")),
-            };
-        };
-        grow::kernel_resize_partition(&f, partno, &g).map_err(|e| format!("BLKPG: {e}"))?;
-        let blocks = grow::resize_ext4(Path::new("/var"), g.new_sectors * 512)
-            .map_err(|e| format!("EXT4_IOC_RESIZE_FS: {e}"))?;
-        Ok(format!(
-            "{} sectors -> {} sectors ({blocks} blocks)",
-            g.old_sectors, g.new_sectors
-        ))
-    })();
-    match result {
-        Ok(what) => {
-            say(&format!("grow {part}: {what}"));
-            let _ = std::fs::create_dir_all("/var/lib/piimg");
-            if let Err(e) = crate::sys::write_atomic(Path::new(GROWN_MARKER), b"grown\n", 0o644) {
-                say(&format!("{GROWN_MARKER}: {e}"));
-            }
-        }
-        // Not recorded: the next boot tries again.
-        Err(e) => say(&format!("grow {part}: {e}")),
+    let disk_path = host.path("/dev").join(&disk);
+    let what = grow_to_end(host, dev, &disk_path, partno).map_err(|reason| StepError::Grow {
+        part: part.clone(),
+        reason,
+    })?;
+    say(&format!("grow {part}: {what}"));
+    let _ = std::fs::create_dir_all(host.path("/var/lib/piimg"));
+    if let Err(e) = sys::write_atomic(&host.path(GROWN_MARKER), b"grown\n", 0o644) {
+        say(&format!("{GROWN_MARKER}: {e}"));
     }
+    Ok(())
 }
 
-fn setup_kernel() {
-    let loader = modules::Loader::for_running_kernel(Path::new("/"));
+/// The partition table, then the kernel's view of the partition, then the filesystem on /var.
+/// Returns what changed.
+fn grow_to_end(host: &Host, dev: &Path, disk_path: &Path, partno: u32) -> Result<String, String> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(disk_path)
+        .map_err(|e| format!("{}: {e}", disk_path.display()))?;
+    let bytes = grow::device_bytes(&f).map_err(|e| e.to_string())?;
+    let grown = grow::grow_partition(&f, bytes, partno).map_err(|e| e.to_string())?;
+    let Some(g) = grown else {
+        // The table reached the end on an earlier boot; the filesystem may not have.
+        return match grow::finish_resize(&*host.sys, dev, &host.path("/var")) {
+            Ok(None) => Ok("already at the end of the disk".into()),
+            Ok(Some((from, to))) => Ok(format!(
+                "resumed an interrupted growth: filesystem {from} -> {to} bytes"
+            )),
+            Err(e) => Err(format!("EXT4_IOC_RESIZE_FS: {e}")),
+        };
+    };
+    host.sys
+        .resize_partition(&f, partno, &g)
+        .map_err(|e| format!("BLKPG: {e}"))?;
+    let blocks = host
+        .sys
+        .resize_ext4(&host.path("/var"), g.new_sectors * 512)
+        .map_err(|e| format!("EXT4_IOC_RESIZE_FS: {e}"))?;
+    Ok(format!(
+        "{} sectors -> {} sectors ({blocks} blocks)",
+        g.old_sectors, g.new_sectors
+    ))
+}
+
+/// Modules, sysctls, and the kernel's modprobe helper.
+fn setup_kernel(host: &Host) {
+    load_modules(host);
+    apply_sysctls(host);
+    install_modprobe_helper(host);
+}
+
+fn load_modules(host: &Host) {
+    let loader = modules::Loader::for_running_kernel(&*host.sys, &host.root);
     let db = modules::ModuleDb::load(&loader.module_dir);
-    let list = std::fs::read_to_string(MODULES_LOAD).unwrap_or_default();
+    let list = std::fs::read_to_string(host.path(MODULES_LOAD)).unwrap_or_default();
     for name in modules::parse_list(&list) {
         if db.is_builtin(&name) || loader.is_loaded(&name.replace('-', "_")) {
             continue;
         }
-        if let Err(e) = loader.modprobe(&db, &name) {
+        if let Err(e) = loader.modprobe(&*host.sys, &db, &name) {
             say(&format!("modprobe {name}: {e}"));
         }
     }
+}
+
+fn apply_sysctls(host: &Host) {
     // bridge-nf-call-* exist only with br_netfilter (Kubernetes nodes); a failed load of it is
     // already reported above, so their absence is not news.
-    let bridge = Path::new("/proc/sys/net/bridge").exists();
+    let bridge = host.path("/proc/sys/net/bridge").exists();
     let wanted: Vec<(&str, &str)> = sysctl::DEFAULTS
         .iter()
         .copied()
         .filter(|(k, _)| bridge || !k.starts_with("net.bridge."))
         .collect();
-    for (k, e) in sysctl::apply(Path::new("/proc/sys"), &wanted) {
+    for (k, e) in sysctl::apply(&host.path("/proc/sys"), &wanted) {
         say(&format!("sysctl {k}: {e}"));
     }
-    let _ = std::fs::create_dir_all("/run/piimg");
-    let _ = std::fs::remove_file(MODPROBE_LINK);
-    match std::os::unix::fs::symlink(agent_exe(), MODPROBE_LINK)
-        .and_then(|_| std::fs::write("/proc/sys/kernel/modprobe", format!("{MODPROBE_LINK}\n")))
-    {
+}
+
+fn install_modprobe_helper(host: &Host) {
+    let link = host.path(MODPROBE_LINK);
+    let _ = std::fs::create_dir_all(host.path("/run/piimg"));
+    let _ = std::fs::remove_file(&link);
+    match std::os::unix::fs::symlink(agent_exe(), &link).and_then(|_| {
+        std::fs::write(
+            host.path("/proc/sys/kernel/modprobe"),
+            format!("{MODPROBE_LINK}\n"),
+        )
+    }) {
         Ok(()) => {}
         Err(e) => say(&format!("kernel modprobe helper: {e}")),
     }
@@ -196,147 +248,146 @@ fn setup_kernel() {
 
 /// Before anything reads the clock: no earlier than the build time or the last known time
 /// (after /var is mounted, where that is saved).
-fn set_clock(cfg: &NodeConfig) {
-    let saved = std::fs::read_to_string(clock::SAVED_TIME).ok();
+fn set_clock(host: &Host, cfg: &NodeConfig) {
+    let saved = std::fs::read_to_string(host.path(clock::SAVED_TIME)).ok();
     let floor = clock::floor(cfg.build_epoch, saved.as_deref());
-    if let Some(t) = clock::clamp_target(sys::realtime_secs(), floor) {
+    if let Some(t) = clock::clamp_target(host.sys.realtime_secs(), floor) {
         let from = if floor > cfg.build_epoch {
             "the last known time"
         } else {
             "build time"
         };
-        match sys::set_realtime(t, 0) {
+        match host.sys.set_realtime(t, 0) {
             Ok(()) => say(&format!("clock set to {from} {t}")),
             Err(e) => say(&format!("clock: {e}")),
         }
     }
 }
 
-fn save_time() {
-    let now = sys::realtime_secs();
+fn save_time(host: &Host) {
+    let now = host.sys.realtime_secs();
     let _ = sys::write_atomic(
-        Path::new(clock::SAVED_TIME),
+        &host.path(clock::SAVED_TIME),
         format!("{now}\n").as_bytes(),
         0o644,
     );
 }
 
-fn spawn_ntp(servers: Vec<String>, build_epoch: i64) {
+fn spawn_ntp(host: &Host, servers: Vec<String>, build_epoch: i64) {
     if servers.is_empty() {
         return;
     }
+    let host = host.clone();
     let _ = std::thread::Builder::new()
         .name("ntp".into())
         .spawn(move || {
             let mut announced = false;
             loop {
-                let mut synced = false;
-                for s in &servers {
-                    let Ok((secs, nanos)) = clock::query(s, Duration::from_secs(3)) else {
-                        continue;
-                    };
-                    // A server claiming a time before the build is wrong: ignore it.
-                    if secs >= build_epoch && sys::set_realtime(secs, nanos as i64).is_ok() {
-                        synced = true;
-                        if !announced {
-                            say(&format!("clock synced from {s}: {secs}"));
-                            let marker = Path::new(clock::SYNCED_MARKER);
-                            if let Err(e) = sys::write_atomic(marker, b"synced\n", 0o644) {
-                                say(&format!("{}: {e}", marker.display()));
-                            }
-                            announced = true;
-                        }
-                        break;
-                    }
-                }
-                save_time();
+                let synced = sync_clock(&host, &servers, build_epoch, &mut announced);
+                save_time(&host);
                 // Quick retries until the first success, then hourly.
                 std::thread::sleep(Duration::from_secs(if synced { 3600 } else { 15 }));
             }
         });
 }
 
-fn spawn_network(cfg: &NodeConfig, up: Arc<AtomicBool>) {
-    match net::Netlink::open().and_then(|mut nl| net::loopback_up(&mut nl)) {
+/// Sets the clock from the first server that answers; says so (and marks it) the first time.
+fn sync_clock(host: &Host, servers: &[String], build_epoch: i64, announced: &mut bool) -> bool {
+    for s in servers {
+        let Ok((secs, nanos)) = clock::query(s, Duration::from_secs(3)) else {
+            continue;
+        };
+        // A server claiming a time before the build is wrong: ignore it.
+        if secs >= build_epoch && host.sys.set_realtime(secs, nanos as i64).is_ok() {
+            if !*announced {
+                say(&format!("clock synced from {s}: {secs}"));
+                let marker = host.path(clock::SYNCED_MARKER);
+                if let Err(e) = sys::write_atomic(&marker, b"synced\n", 0o644) {
+                    say(&format!("{}: {e}", clock::SYNCED_MARKER));
+                }
+                *announced = true;
+            }
+            return true;
+        }
+    }
+    false
+}
+
+/// Loopback and resolv.conf now; the node's interface from a thread, because a USB NIC may
+/// appear only seconds later.
+fn spawn_network(host: &Host, cfg: &NodeConfig, up: Arc<AtomicBool>) {
+    match host.sys.loopback_up() {
         Ok(()) => {}
         Err(e) => say(&format!("loopback: {e}")),
     }
-    if let Err(e) = std::fs::write(RESOLV_CONF, net::resolv_conf(&cfg.network)) {
+    if let Err(e) = std::fs::write(host.path(RESOLV_CONF), net::resolv_conf(&cfg.network)) {
         say(&format!("{RESOLV_CONF}: {e}"));
     }
+    let host = host.clone();
     let network = cfg.network.clone();
     let r = std::thread::Builder::new()
         .name("net".into())
-        .spawn(move || {
-            let started = Instant::now();
-            let mut complained = false;
-            loop {
-                let res = net::Netlink::open().and_then(|mut nl| net::configure(&mut nl, &network));
-                let carrier = net::has_carrier(Path::new("/sys/class/net"), &network.interface);
-                match res {
-                    Ok(()) if carrier => {
-                        say(&format!(
-                            "network up {} {}",
-                            network.interface, network.address
-                        ));
-                        up.store(true, Ordering::SeqCst);
-                        // A USB NIC that re-enumerates comes back without its address.
-                        net::keep_applied(&network, Duration::from_secs(30), &|| false);
-                        return;
-                    }
-                    Ok(()) if !complained && started.elapsed() > Duration::from_secs(30) => {
-                        say(&format!(
-                            "network: no carrier on {} yet; still waiting",
-                            network.interface
-                        ));
-                        complained = true;
-                    }
-                    Err(e) if !complained && started.elapsed() > Duration::from_secs(30) => {
-                        say(&format!("network: {e}; retrying in the background"));
-                        complained = true;
-                    }
-                    _ => {}
-                }
-                // The USB NIC usually appears within seconds of boot: look often at first so
-                // `ready` follows it closely, then settle to once a second.
-                let pause = if started.elapsed() < Duration::from_secs(20) {
-                    100
-                } else {
-                    1000
-                };
-                std::thread::sleep(Duration::from_millis(pause));
-            }
-        });
+        .spawn(move || bring_up_network(&host, &network, &up));
     if let Err(e) = r {
         say(&format!("network thread: {e}"));
     }
 }
 
-fn setup() -> Node {
-    mount_api();
-    say("stage2 start");
-    sys::set_child_subreaper();
-    let cfg = read_config();
-    let mut specs = Vec::new();
-    let net_up = Arc::new(AtomicBool::new(false));
-    if let Some(cfg) = &cfg {
-        set_clock(cfg);
-        if let Err(e) = sys::sethostname(&cfg.hostname) {
-            say(&format!("hostname: {e}"));
+/// Applies the network until its interface has carrier, sets `up`, then keeps it applied.
+fn bring_up_network(host: &Host, network: &Network, up: &AtomicBool) {
+    let started = Instant::now();
+    let mut complained = false;
+    loop {
+        let res = host.sys.configure_network(network);
+        let carrier = net::has_carrier(&host.path("/sys/class/net"), &network.interface);
+        match res {
+            Ok(()) if carrier => {
+                say(&format!(
+                    "network up {} {}",
+                    network.interface, network.address
+                ));
+                up.store(true, Ordering::SeqCst);
+                // A USB NIC that re-enumerates comes back without its address.
+                host.sys.keep_network(network, Duration::from_secs(30));
+                return;
+            }
+            Ok(()) if !complained && started.elapsed() > Duration::from_secs(30) => {
+                say(&format!(
+                    "network: no carrier on {} yet; still waiting",
+                    network.interface
+                ));
+                complained = true;
+            }
+            Err(e) if !complained && started.elapsed() > Duration::from_secs(30) => {
+                say(&format!("network: {e}; retrying in the background"));
+                complained = true;
+            }
+            _ => {}
         }
-        mount_data(cfg);
-        // Again with the time saved on /var, now that it is mounted.
-        set_clock(cfg);
-        for d in ["/var/log", "/var/lib/piimg", "/var/lib/kubelet"] {
-            let _ = std::fs::create_dir_all(d);
-        }
-        setup_kernel();
-        spawn_network(cfg, net_up.clone());
-        spawn_ntp(cfg.network.ntp.clone(), cfg.build_epoch);
-        specs = roles::services(cfg, &agent_exe());
-    } else {
-        setup_kernel();
+        // The USB NIC usually appears within seconds of boot: look often at first so
+        // `ready` follows it closely, then settle to once a second.
+        let pause = if started.elapsed() < Duration::from_secs(20) {
+            100
+        } else {
+            1000
+        };
+        std::thread::sleep(Duration::from_millis(pause));
     }
+}
+
+fn setup(host: &Host) -> Node {
+    mount_api(host);
+    say("stage2 start");
+    host.sys.set_child_subreaper();
+    let cfg = read_config(host);
+    let net_up = Arc::new(AtomicBool::new(false));
+    let specs = match &cfg {
+        Some(cfg) => prepare(host, cfg, &net_up),
+        None => {
+            setup_kernel(host);
+            Vec::new()
+        }
+    };
     let opts = Options {
         redact: cfg
             .as_ref()
@@ -346,57 +397,86 @@ fn setup() -> Node {
     };
     let sup = Supervisor::new(specs, opts);
     if let Some(cfg) = &cfg {
-        if cfg.agent.status_port != 0 {
-            let src = status::Source {
-                hostname: cfg.hostname.clone(),
-                role: cfg.role.to_string(),
-                addresses: vec![cfg.network.address.to_string()],
-                services: sup.status_handle(),
-                started: Instant::now(),
-            };
-            let ip = cfg
-                .agent
-                .status_bind
-                .unwrap_or_else(|| cfg.network.address.addr());
-            let addr = std::net::SocketAddr::new(ip, cfg.agent.status_port);
-            if let Err(e) = status::spawn_when_bindable(addr, src, say) {
-                say(&format!("status endpoint: {e}"));
-            }
-        }
+        serve_status(cfg, &sup);
     }
-    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let watchdog = match &cfg {
-        Some(c) if c.agent.watchdog && crate::cmdline::turned_off(&cmdline, "piimg.watchdog") => {
-            say("watchdog: off (piimg.watchdog=0 on the kernel command line)");
-            None
-        }
-        Some(c) if c.agent.watchdog => {
-            match crate::watchdog::Watchdog::open(Path::new(crate::watchdog::DEVICE)) {
-                Ok(w) => {
-                    say(&format!(
-                        "watchdog: {} armed (timeout {} s)",
-                        crate::watchdog::DEVICE,
-                        w.timeout_hint().as_secs()
-                    ));
-                    Some(w)
-                }
-                Err(e) => {
-                    say(&format!(
-                        "watchdog: {}: {e}; running without",
-                        crate::watchdog::DEVICE
-                    ));
-                    None
-                }
-            }
-        }
-        _ => None,
-    };
+    let watchdog = arm_watchdog(host, cfg.as_ref());
     Node {
         cfg,
         sup,
         net_up,
         ready: false,
         watchdog,
+    }
+}
+
+/// The steps that need the node config, in boot order. Returns the services to supervise.
+fn prepare(host: &Host, cfg: &NodeConfig, net_up: &Arc<AtomicBool>) -> Vec<ServiceSpec> {
+    set_clock(host, cfg);
+    report(
+        host.sys
+            .sethostname(&cfg.hostname)
+            .map_err(StepError::Hostname),
+    );
+    report(mount_data(host, cfg));
+    // Again with the time saved on /var, now that it is mounted.
+    set_clock(host, cfg);
+    for d in ["/var/log", "/var/lib/piimg", "/var/lib/kubelet"] {
+        let _ = std::fs::create_dir_all(host.path(d));
+    }
+    setup_kernel(host);
+    spawn_network(host, cfg, net_up.clone());
+    spawn_ntp(host, cfg.network.ntp.clone(), cfg.build_epoch);
+    roles::services(cfg, &agent_exe())
+}
+
+/// The read-only status endpoint, when the profile asks for one.
+fn serve_status(cfg: &NodeConfig, sup: &Supervisor) {
+    if cfg.agent.status_port == 0 {
+        return;
+    }
+    let src = status::Source {
+        hostname: cfg.hostname.clone(),
+        role: cfg.role.to_string(),
+        addresses: vec![cfg.network.address.to_string()],
+        services: sup.status_handle(),
+        started: Instant::now(),
+    };
+    let ip = cfg
+        .agent
+        .status_bind
+        .unwrap_or_else(|| cfg.network.address.addr());
+    let addr = std::net::SocketAddr::new(ip, cfg.agent.status_port);
+    if let Err(e) = status::spawn_when_bindable(addr, src, say) {
+        say(&format!("status endpoint: {e}"));
+    }
+}
+
+/// The hardware watchdog, unless the profile or the kernel command line turns it off.
+fn arm_watchdog(host: &Host, cfg: Option<&NodeConfig>) -> Option<Watchdog> {
+    let cmdline = std::fs::read_to_string(host.path("/proc/cmdline")).unwrap_or_default();
+    match cfg {
+        Some(c) if c.agent.watchdog && crate::cmdline::turned_off(&cmdline, "piimg.watchdog") => {
+            say("watchdog: off (piimg.watchdog=0 on the kernel command line)");
+            None
+        }
+        Some(c) if c.agent.watchdog => match Watchdog::open(&host.path(watchdog::DEVICE)) {
+            Ok(w) => {
+                say(&format!(
+                    "watchdog: {} armed (timeout {} s)",
+                    watchdog::DEVICE,
+                    w.timeout_hint().as_secs()
+                ));
+                Some(w)
+            }
+            Err(e) => {
+                say(&format!(
+                    "watchdog: {}: {e}; running without",
+                    watchdog::DEVICE
+                ));
+                None
+            }
+        },
+        _ => None,
     }
 }
 
@@ -443,56 +523,69 @@ fn main_loop(node: &mut Node) -> Halt {
     }
 }
 
-fn shutdown(node: &mut Node, how: Halt) -> ! {
+fn shutdown(host: &Host, node: &mut Node, how: Halt) -> ! {
     say(&format!("shutdown: {how:?}"));
-    // Stopping services may take longer than the watchdog's timeout, and a reset half-way
-    // through unmounting is worse than the hang it would cure.
-    if let Some(w) = node.watchdog.take() {
-        let _ = w.disarm();
-    }
-    node.sup.stop_all();
-    let _ = sys::kill(-1, libc::SIGTERM);
-    let end = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < end {
-        node.sup.reap(Instant::now());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = sys::kill(-1, libc::SIGKILL);
-    std::thread::sleep(Duration::from_millis(200));
-    node.sup.reap(Instant::now());
-    sys::sync();
-    for m in ["/var", "/tmp", "/sys/fs/bpf"] {
-        if sys::umount(Path::new(m), 0).is_err() {
-            let _ = sys::umount(Path::new(m), libc::MNT_DETACH);
-        }
-    }
-    let _ = sys::mount(
-        "",
-        Path::new("/"),
-        None,
-        libc::MS_REMOUNT | libc::MS_RDONLY,
-        None,
-    );
-    sys::sync();
-    let cmd = match how {
-        Halt::Reboot => libc::RB_AUTOBOOT,
-        Halt::PowerOff => libc::RB_POWER_OFF,
-    };
-    crate::console::flush(Duration::from_secs(3));
-    let e = sys::reboot(cmd);
+    stop_processes(host, node);
+    let e = halt(host, how);
     loop {
         say(&format!("reboot: {e}; halted"));
         std::thread::sleep(Duration::from_secs(3600));
     }
 }
 
+/// The services, then every other process: SIGTERM, three seconds, SIGKILL.
+fn stop_processes(host: &Host, node: &mut Node) {
+    // Stopping services may take longer than the watchdog's timeout, and a reset half-way
+    // through unmounting is worse than the hang it would cure.
+    if let Some(w) = node.watchdog.take() {
+        let _ = w.disarm();
+    }
+    node.sup.stop_all();
+    let _ = host.sys.kill(-1, libc::SIGTERM);
+    let end = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < end {
+        node.sup.reap(Instant::now());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = host.sys.kill(-1, libc::SIGKILL);
+    std::thread::sleep(Duration::from_millis(200));
+    node.sup.reap(Instant::now());
+}
+
+/// Unmounts what it can, leaves `/` read-only, and reboots or powers off; returns only why
+/// that failed.
+fn halt(host: &Host, how: Halt) -> io::Error {
+    host.sys.sync();
+    for m in ["/var", "/tmp", "/sys/fs/bpf"] {
+        let target = host.path(m);
+        if host.sys.umount(&target, 0).is_err() {
+            let _ = host.sys.umount(&target, libc::MNT_DETACH);
+        }
+    }
+    let _ = host.sys.mount(
+        "",
+        &host.path("/"),
+        None,
+        libc::MS_REMOUNT | libc::MS_RDONLY,
+        None,
+    );
+    host.sys.sync();
+    let cmd = match how {
+        Halt::Reboot => libc::RB_AUTOBOOT,
+        Halt::PowerOff => libc::RB_POWER_OFF,
+    };
+    crate::console::flush(Duration::from_secs(3));
+    host.sys.reboot(cmd)
+}
+
 pub fn run() -> ! {
+    let host = Host::real();
     // Before any thread exists, so every thread inherits the mask and sigtimedwait sees them.
     sys::block_signals(&sys::HANDLED_SIGNALS);
-    sys::disable_cad();
+    host.sys.disable_cad();
     // After the mask, so the writer thread inherits it like every other thread.
     crate::console::start_async(Box::new(std::io::stderr()));
-    let mut node = match std::panic::catch_unwind(setup) {
+    let mut node = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| setup(&host))) {
         Ok(n) => n,
         Err(_) => {
             say("setup panicked; running the reaper only");
@@ -507,7 +600,7 @@ pub fn run() -> ! {
     };
     loop {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| main_loop(&mut node))) {
-            Ok(how) => shutdown(&mut node, how),
+            Ok(how) => shutdown(&host, &mut node, how),
             Err(_) => {
                 say("main loop panicked; continuing");
                 std::thread::sleep(Duration::from_secs(1));
@@ -519,6 +612,275 @@ pub fn run() -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::contract::table::Mbr;
+    use crate::node::{AgentSettings, Board, Role, Storage, SCHEMA_VERSION};
+    use crate::syscall::fake::{put, put_partition, RecordingSyscall, RELEASE};
+
+    const MIB: u64 = 1 << 20;
+
+    fn load_balancer() -> NodeConfig {
+        NodeConfig {
+            schema: SCHEMA_VERSION,
+            hostname: "lb1".into(),
+            role: Role::LoadBalancer,
+            board: Board::Rpi4b,
+            network: Network {
+                interface: "eth0".into(),
+                address: "10.0.2.15/24".parse().unwrap(),
+                gateway: None,
+                dns: vec!["10.0.2.3".parse().unwrap()],
+                routes: vec![],
+                ntp: vec![],
+            },
+            kubernetes: None,
+            load_balancer: None,
+            agent: AgentSettings {
+                debug_shell: false,
+                status_port: 0,
+                status_bind: None,
+                watchdog: true,
+            },
+            storage: Storage {
+                root_partuuid: Some("0badc0de-02".into()),
+                data_partuuid: Some("0badc0de-03".into()),
+            },
+            build_epoch: 1_700_000_000,
+        }
+    }
+
+    /// A 64 MiB card whose MBR holds a boot partition and a 4 MiB data partition 3.
+    fn card(root: &Path) {
+        let mut mbr = [0u8; 512];
+        mbr[440..444].copy_from_slice(&0x0bad_c0de_u32.to_le_bytes());
+        for (slot, kind, first) in [(0, 0x0c_u8, 2048_u32), (2, 0x83, 10240)] {
+            let o = 446 + slot * 16;
+            mbr[o + 4] = kind;
+            mbr[o + 8..o + 12].copy_from_slice(&first.to_le_bytes());
+            mbr[o + 12..o + 16].copy_from_slice(&8192_u32.to_le_bytes());
+        }
+        mbr[510] = 0x55;
+        mbr[511] = 0xaa;
+        put(root, "/dev/mmcblk0", &mbr);
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(root.join("dev/mmcblk0"))
+            .unwrap();
+        f.set_len(64 * MIB).unwrap();
+        put_partition(root, "mmcblk0", 1, "0badc0de-01");
+        put_partition(root, "mmcblk0", 3, "0badc0de-03");
+    }
+
+    /// A root filesystem as the builder writes it for `cfg`, on a card whose NIC has carrier.
+    fn rootfs(cfg: &NodeConfig) -> (tempfile::TempDir, Host, Arc<RecordingSyscall>) {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        put(root, NODE_CONFIG_PATH, &cfg.to_json());
+        put(root, MODULES_LOAD, b"# netfilter\nbridge\n");
+        let dep =
+            "kernel/net/bridge/bridge.ko.xz: kernel/net/802/stp.ko.xz kernel/net/llc/llc.ko.xz\n\
+                   kernel/net/802/stp.ko.xz: kernel/net/llc/llc.ko.xz\nkernel/net/llc/llc.ko.xz:\n";
+        put(
+            root,
+            &format!("/lib/modules/{RELEASE}/modules.dep"),
+            dep.as_bytes(),
+        );
+        for m in ["bridge/bridge", "802/stp", "llc/llc"] {
+            put(
+                root,
+                &format!("/lib/modules/{RELEASE}/kernel/net/{m}.ko.xz"),
+                b"module",
+            );
+        }
+        std::fs::create_dir_all(root.join("proc/sys/net/ipv4")).unwrap();
+        std::fs::create_dir_all(root.join("proc/sys/kernel")).unwrap();
+        put(root, "/sys/class/net/eth0/carrier", b"1\n");
+        put(root, watchdog::DEVICE, b"");
+        card(root);
+        let (host, fake) = RecordingSyscall::host(root);
+        (t, host, fake)
+    }
+
+    fn wait_for(what: &str, done: impl Fn() -> bool) {
+        let end = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < end, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    const API_MOUNTS: [&str; 9] = [
+        "mount proc /proc -t proc -o nosuid,nodev,noexec",
+        "mount sysfs /sys -t sysfs -o nosuid,nodev,noexec",
+        "mount devtmpfs /dev -t devtmpfs -o nosuid,mode=0755",
+        "mount devpts /dev/pts -t devpts -o nosuid,noexec,gid=5,mode=620,ptmxmode=666",
+        "mount shm /dev/shm -t tmpfs -o nosuid,nodev,mode=1777",
+        "mount run /run -t tmpfs -o nosuid,nodev,mode=0755",
+        "mount tmp /tmp -t tmpfs -o nosuid,nodev,mode=1777",
+        "mount cgroup2 /sys/fs/cgroup -t cgroup2 -o nosuid,nodev,noexec,nsdelegate",
+        "mount bpf /sys/fs/bpf -t bpf -o nosuid,nodev,noexec,mode=0700",
+    ];
+
+    fn with_api_mounts(rest: &[&str]) -> Vec<String> {
+        API_MOUNTS
+            .iter()
+            .chain(rest)
+            .map(|s| s.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn boot_mounts_and_grows_var_loads_modules_brings_up_network_and_supervises() {
+        let cfg = load_balancer();
+        let (_t, host, fake) = rootfs(&cfg);
+        // The last time this node knew, on /var.
+        put(&host.root, clock::SAVED_TIME, b"1900000000\n");
+        let node = setup(&host);
+        wait_for("the network thread", || {
+            fake.calls().iter().any(|c| c.starts_with("keep_network"))
+        });
+        let grown = 64 * MIB / 512 - 10240;
+        assert_eq!(
+            fake.calls(),
+            with_api_mounts(&[
+                "set_child_subreaper",
+                "clock_settime 1900000000",
+                "sethostname lb1",
+                "mount /dev/mmcblk0p3 /var -t ext4 -o noatime",
+                &format!("blkpg_resize /dev/mmcblk0 3 start=10240 sectors={grown}"),
+                &format!("resize_ext4 /var {}", grown * 512),
+                &format!("finit_module /lib/modules/{RELEASE}/kernel/net/llc/llc.ko.xz compressed"),
+                &format!("finit_module /lib/modules/{RELEASE}/kernel/net/802/stp.ko.xz compressed"),
+                &format!(
+                    "finit_module /lib/modules/{RELEASE}/kernel/net/bridge/bridge.ko.xz compressed"
+                ),
+                "loopback_up",
+                "configure_network eth0 10.0.2.15/24",
+                "keep_network eth0 every 30s",
+            ])
+        );
+        assert!(node.net_up.load(Ordering::SeqCst));
+        let services: Vec<String> = node
+            .sup
+            .status_handle()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        assert_eq!(services, vec!["haproxy"]);
+        assert!(node.watchdog.is_some());
+        let read = |p: &str| std::fs::read_to_string(host.path(p)).unwrap();
+        assert_eq!(read(GROWN_MARKER), "grown\n");
+        let mbr = Mbr::parse(&std::fs::read(host.path("/dev/mmcblk0")).unwrap()[..512]).unwrap();
+        assert_eq!(u64::from(mbr.entries[2].sectors), grown);
+        assert_eq!(read("/proc/sys/net/ipv4/ip_forward"), "1\n");
+        assert_eq!(
+            read("/proc/sys/kernel/modprobe"),
+            format!("{MODPROBE_LINK}\n")
+        );
+        assert_eq!(read(RESOLV_CONF), net::resolv_conf(&cfg.network));
+    }
+
+    #[test]
+    fn without_a_node_config_only_the_kernel_is_set_up() {
+        let (_t, host, fake) = rootfs(&load_balancer());
+        std::fs::remove_file(host.path(NODE_CONFIG_PATH)).unwrap();
+        let node = setup(&host);
+        assert_eq!(
+            fake.calls(),
+            with_api_mounts(&[
+                "set_child_subreaper",
+                &format!("finit_module /lib/modules/{RELEASE}/kernel/net/llc/llc.ko.xz compressed"),
+                &format!("finit_module /lib/modules/{RELEASE}/kernel/net/802/stp.ko.xz compressed"),
+                &format!(
+                    "finit_module /lib/modules/{RELEASE}/kernel/net/bridge/bridge.ko.xz compressed"
+                ),
+            ])
+        );
+        assert!(node.cfg.is_none() && node.watchdog.is_none());
+        assert!(node.sup.all_started(), "no services to start");
+    }
+
+    #[test]
+    fn a_failed_var_mount_is_the_steps_error_and_nothing_grows() {
+        let (_t, host, fake) = rootfs(&load_balancer());
+        fake.fail("mount /dev/mmcblk0p3 /var", libc::ENODEV);
+        let e = mount_data(&host, &load_balancer()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "mount {} on /var: No such device (os error 19)",
+                host.path("/dev/mmcblk0p3").display()
+            )
+        );
+        assert_eq!(
+            fake.calls(),
+            vec!["mount /dev/mmcblk0p3 /var -t ext4 -o noatime"]
+        );
+        assert!(!host.path(GROWN_MARKER).exists());
+    }
+
+    #[test]
+    fn a_refused_partition_resize_is_the_grow_error_and_is_tried_next_boot() {
+        let (_t, host, fake) = rootfs(&load_balancer());
+        fake.fail("blkpg_resize", libc::EBUSY);
+        let e = mount_data(&host, &load_balancer()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "grow mmcblk0p3: BLKPG: Device or resource busy (os error 16)"
+        );
+        let calls = fake.calls();
+        assert!(
+            calls.last().unwrap().starts_with("blkpg_resize"),
+            "{calls:?}"
+        );
+        assert!(!host.path(GROWN_MARKER).exists());
+    }
+
+    #[test]
+    fn a_grown_var_is_only_mounted() {
+        let (_t, host, fake) = rootfs(&load_balancer());
+        put(&host.root, GROWN_MARKER, b"grown\n");
+        put(
+            &host.root,
+            "/proc/self/mountinfo",
+            b"22 1 179:2 / / ro shared:1 - ext4 /dev/mmcblk0p2 ro\n",
+        );
+        mount_data(&host, &load_balancer()).unwrap();
+        assert_eq!(
+            fake.calls(),
+            vec!["mount /dev/mmcblk0p3 /var -t ext4 -o noatime"]
+        );
+        // Mounted already (a restarted stage): nothing at all.
+        put(
+            &host.root,
+            "/proc/self/mountinfo",
+            b"30 22 179:3 / /var rw,noatime - ext4 /dev/mmcblk0p3 rw\n",
+        );
+        mount_data(&host, &load_balancer()).unwrap();
+        assert_eq!(fake.calls().len(), 1);
+    }
+
+    #[test]
+    fn halting_unmounts_remounts_root_read_only_and_powers_off() {
+        let (_t, host, fake) = rootfs(&load_balancer());
+        fake.fail("umount /tmp", libc::EBUSY);
+        let e = halt(&host, Halt::PowerOff);
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSYS));
+        assert_eq!(
+            fake.calls(),
+            vec![
+                "sync",
+                "umount /var",
+                "umount /tmp",
+                "umount /tmp -l",
+                "umount /sys/fs/bpf",
+                "mount '' / -o remount,ro",
+                "sync",
+                "reboot power-off",
+            ]
+        );
+    }
 
     #[test]
     fn signals_documented() {
