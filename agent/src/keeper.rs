@@ -10,7 +10,7 @@
 //!
 //! It runs `kubectl` and `kubeadm` (the node's own binaries) and exits 0 when done.
 
-use crate::node::NodeConfig;
+use crate::node::{Kubernetes, NodeConfig};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -99,74 +99,12 @@ pub fn run_keeper(cfg: &NodeConfig, tools: &Tools) -> i32 {
     // Mismatches are said once, not every round.
     let mut warned: Vec<String> = Vec::new();
     loop {
-        let listed = run(
-            &tools.kubectl,
-            &[
-                kc.clone(),
-                "get".into(),
-                "nodes".into(),
-                "-o".into(),
-                "jsonpath={range .items[*]}{.metadata.name}{\" \"}{.spec.podCIDR}{\"\\n\"}{end}"
-                    .into(),
-            ],
-        );
-        let nodes = match listed {
-            Ok(t) => parse_nodes(&t),
-            Err(e) => {
-                println!("keeper: {e}");
-                Vec::new()
-            }
-        };
-        for m in &k.cluster_nodes {
-            let Some(want) = m.pod_cidr else {
-                continue;
-            };
-            let Some((_, have)) = nodes.iter().find(|(n, _)| *n == m.name) else {
-                continue;
-            };
-            if have.is_empty() {
-                let patch =
-                    format!("{{\"spec\":{{\"podCIDR\":\"{want}\",\"podCIDRs\":[\"{want}\"]}}}}");
-                let args = [
-                    kc.clone(),
-                    "patch".into(),
-                    "node".into(),
-                    m.name.clone(),
-                    "--type=merge".into(),
-                    "-p".into(),
-                    patch,
-                ];
-                match run(&tools.kubectl, &args) {
-                    Ok(_) => println!("keeper: node {} podCIDR {want}", m.name),
-                    Err(e) => println!("keeper: {e}"),
-                }
-            } else if *have != want.to_string() && !warned.contains(&m.name) {
-                println!(
-                    "keeper: node {} has podCIDR {have}, its profile says {want}: the routes of the other nodes point at {want}",
-                    m.name
-                );
-                warned.push(m.name.clone());
-            }
-        }
-        let missing: Vec<&str> = k
-            .cluster_nodes
-            .iter()
-            .filter(|m| !nodes.iter().any(|(n, c)| *n == m.name && !c.is_empty()))
-            .map(|m| m.name.as_str())
-            .collect();
+        let nodes = list_nodes(tools, &kc);
+        set_pod_cidrs(k, &nodes, tools, &kc, &mut warned);
+        let missing = unregistered(k, &nodes);
         if missing.is_empty() {
-            let id = k.token.split('.').next().unwrap_or_default().to_string();
-            match run(
-                &tools.kubeadm,
-                &[kc.clone(), "token".into(), "delete".into(), id.clone()],
-            ) {
-                Ok(_) => {
-                    println!(
-                        "keeper: every preseeded node has registered: bootstrap token {id} deleted"
-                    );
-                    return 0;
-                }
-                Err(e) => println!("keeper: {e}"),
+            if delete_token(k, tools, &kc) {
+                return 0;
             }
         } else if started.elapsed() >= ttl {
             println!(
@@ -177,6 +115,96 @@ pub fn run_keeper(cfg: &NodeConfig, tools: &Tools) -> i32 {
             return 0;
         }
         std::thread::sleep(tools.every);
+    }
+}
+
+/// The registered Nodes and their podCIDRs (none when kubectl fails, which is said).
+fn list_nodes(tools: &Tools, kc: &str) -> Vec<(String, String)> {
+    let listed = run(
+        &tools.kubectl,
+        &[
+            kc.to_string(),
+            "get".into(),
+            "nodes".into(),
+            "-o".into(),
+            "jsonpath={range .items[*]}{.metadata.name}{\" \"}{.spec.podCIDR}{\"\\n\"}{end}".into(),
+        ],
+    );
+    match listed {
+        Ok(t) => parse_nodes(&t),
+        Err(e) => {
+            println!("keeper: {e}");
+            Vec::new()
+        }
+    }
+}
+
+/// Gives each registered preseeded node without a podCIDR the one from its profile; says once
+/// about a node whose podCIDR differs from its profile's.
+fn set_pod_cidrs(
+    k: &Kubernetes,
+    nodes: &[(String, String)],
+    tools: &Tools,
+    kc: &str,
+    warned: &mut Vec<String>,
+) {
+    for m in &k.cluster_nodes {
+        let Some(want) = m.pod_cidr else {
+            continue;
+        };
+        let Some((_, have)) = nodes.iter().find(|(n, _)| *n == m.name) else {
+            continue;
+        };
+        if have.is_empty() {
+            let patch =
+                format!("{{\"spec\":{{\"podCIDR\":\"{want}\",\"podCIDRs\":[\"{want}\"]}}}}");
+            let args = [
+                kc.to_string(),
+                "patch".into(),
+                "node".into(),
+                m.name.clone(),
+                "--type=merge".into(),
+                "-p".into(),
+                patch,
+            ];
+            match run(&tools.kubectl, &args) {
+                Ok(_) => println!("keeper: node {} podCIDR {want}", m.name),
+                Err(e) => println!("keeper: {e}"),
+            }
+        } else if *have != want.to_string() && !warned.contains(&m.name) {
+            println!(
+                "keeper: node {} has podCIDR {have}, its profile says {want}: the routes of the other nodes point at {want}",
+                m.name
+            );
+            warned.push(m.name.clone());
+        }
+    }
+}
+
+/// The preseeded nodes not yet registered with a podCIDR.
+fn unregistered<'a>(k: &'a Kubernetes, nodes: &[(String, String)]) -> Vec<&'a str> {
+    k.cluster_nodes
+        .iter()
+        .filter(|m| !nodes.iter().any(|(n, c)| *n == m.name && !c.is_empty()))
+        .map(|m| m.name.as_str())
+        .collect()
+}
+
+/// Deletes the bootstrap token; whether that worked.
+fn delete_token(k: &Kubernetes, tools: &Tools, kc: &str) -> bool {
+    let id = k.token.split('.').next().unwrap_or_default().to_string();
+    match run(
+        &tools.kubeadm,
+        &[kc.to_string(), "token".into(), "delete".into(), id.clone()],
+    ) {
+        Ok(_) => {
+            println!("keeper: every preseeded node has registered: bootstrap token {id} deleted");
+            true
+        }
+        Err(e) => {
+            println!("keeper: {e}");
+            false
+        }
     }
 }
 
