@@ -145,79 +145,89 @@ fn with_env(mut s: ServiceSpec) -> ServiceSpec {
 pub fn services(cfg: &NodeConfig, agent_exe: &str) -> Vec<ServiceSpec> {
     let mut v = Vec::new();
     if cfg.role.is_kubernetes() {
-        v.push(with_env(ServiceSpec {
-            name: "containerd".into(),
-            argv: containerd_command(),
-            env: Vec::new(),
-            kind: Kind::Daemon,
-            wait_for: Vec::new(),
-            console: false,
-        }));
-        let mut images = ServiceSpec::oneshot(
-            "image-import",
-            vec![agent_exe.to_string(), "import-images".into()],
-            Some(IMAGES_DONE.into()),
-        );
-        images.wait_for = vec![CONTAINERD_SOCK.into()];
-        v.push(with_env(images));
-        if let Some(argv) = pod_egress_command(cfg) {
-            let mut nat = ServiceSpec::oneshot("pod-egress", argv, Some(POD_EGRESS_DONE.into()));
-            nat.wait_for = vec![CONTAINERD_SOCK.into()];
-            v.push(with_env(nat));
-        }
-        if kubeadm_command(cfg).is_some() {
-            // The agent runs kubeadm (crate::kubeadm): reset and PKI restore between attempts.
-            let argv = vec![agent_exe.to_string(), "kubeadm".into()];
-            let mut k = ServiceSpec::oneshot("kubeadm", argv, Some(KUBEADM_DONE.into()));
-            // Certificates are checked against the clock: wait for NTP.
-            k.wait_for = vec![
-                CONTAINERD_SOCK.into(),
-                IMAGES_DONE.into(),
-                crate::clock::SYNCED_MARKER.into(),
-            ];
-            v.push(with_env(k));
-        }
-        if cfg.kubernetes.as_ref().is_some_and(|k| k.init) && cfg.role == Role::ControlPlane {
-            // Pod subnets into the Node objects, then the bootstrap token away (keeper.rs).
-            let mut k = ServiceSpec::oneshot(
-                "cluster-keeper",
-                vec![agent_exe.to_string(), "cluster-keeper".into()],
-                Some(KEEPER_DONE.into()),
-            );
-            k.wait_for = vec![KUBEADM_DONE.into(), crate::keeper::ADMIN_CONF.into()];
-            v.push(with_env(k));
-        }
-        // kubeadm writes the kubelet config; starting earlier would only crash-loop.
-        v.push(with_env(ServiceSpec {
-            name: "kubelet".into(),
-            argv: kubelet_command(),
-            env: Vec::new(),
-            kind: Kind::Daemon,
-            wait_for: vec![
-                CONTAINERD_SOCK.into(),
-                KUBELET_CONFIG.into(),
-                crate::clock::SYNCED_MARKER.into(),
-            ],
-            console: false,
-        }));
+        v.extend(kubernetes_services(cfg, agent_exe));
     }
     if cfg.role == Role::LoadBalancer {
-        v.push(with_env(ServiceSpec {
-            name: "haproxy".into(),
-            argv: haproxy_command(),
-            env: Vec::new(),
-            kind: Kind::Daemon,
-            wait_for: Vec::new(),
-            console: false,
-        }));
+        v.push(with_env(daemon("haproxy", haproxy_command(), Vec::new())));
     }
     if cfg.agent.debug_shell {
-        let mut sh = ServiceSpec::daemon("shell", &["/bin/sh"]);
-        sh.console = true;
-        sh.env.push(("TERM".into(), "linux".into()));
-        v.push(with_env(sh));
+        v.push(with_env(debug_shell()));
     }
     v
+}
+
+/// containerd, the image import, pod egress NAT, kubeadm, the cluster keeper and kubelet, as
+/// far as this node has them.
+fn kubernetes_services(cfg: &NodeConfig, agent_exe: &str) -> Vec<ServiceSpec> {
+    let mut v = vec![daemon("containerd", containerd_command(), Vec::new())];
+    let mut images = ServiceSpec::oneshot(
+        "image-import",
+        vec![agent_exe.to_string(), "import-images".into()],
+        Some(IMAGES_DONE.into()),
+    );
+    images.wait_for = vec![CONTAINERD_SOCK.into()];
+    v.push(images);
+    if let Some(argv) = pod_egress_command(cfg) {
+        let mut nat = ServiceSpec::oneshot("pod-egress", argv, Some(POD_EGRESS_DONE.into()));
+        nat.wait_for = vec![CONTAINERD_SOCK.into()];
+        v.push(nat);
+    }
+    if kubeadm_command(cfg).is_some() {
+        v.push(kubeadm_service(agent_exe));
+    }
+    if cfg.kubernetes.as_ref().is_some_and(|k| k.init) && cfg.role == Role::ControlPlane {
+        v.push(cluster_keeper_service(agent_exe));
+    }
+    // kubeadm writes the kubelet config; starting earlier would only crash-loop.
+    let kubelet_waits = vec![
+        CONTAINERD_SOCK.into(),
+        KUBELET_CONFIG.into(),
+        crate::clock::SYNCED_MARKER.into(),
+    ];
+    v.push(daemon("kubelet", kubelet_command(), kubelet_waits));
+    v.into_iter().map(with_env).collect()
+}
+
+fn daemon(name: &str, argv: Vec<String>, wait_for: Vec<PathBuf>) -> ServiceSpec {
+    ServiceSpec {
+        name: name.into(),
+        argv,
+        env: Vec::new(),
+        kind: Kind::Daemon,
+        wait_for,
+        console: false,
+    }
+}
+
+/// The agent runs kubeadm (crate::kubeadm): reset and PKI restore between attempts.
+fn kubeadm_service(agent_exe: &str) -> ServiceSpec {
+    let argv = vec![agent_exe.to_string(), "kubeadm".into()];
+    let mut k = ServiceSpec::oneshot("kubeadm", argv, Some(KUBEADM_DONE.into()));
+    // Certificates are checked against the clock: wait for NTP.
+    k.wait_for = vec![
+        CONTAINERD_SOCK.into(),
+        IMAGES_DONE.into(),
+        crate::clock::SYNCED_MARKER.into(),
+    ];
+    k
+}
+
+/// Pod subnets into the Node objects, then the bootstrap token away (keeper.rs).
+fn cluster_keeper_service(agent_exe: &str) -> ServiceSpec {
+    let mut k = ServiceSpec::oneshot(
+        "cluster-keeper",
+        vec![agent_exe.to_string(), "cluster-keeper".into()],
+        Some(KEEPER_DONE.into()),
+    );
+    k.wait_for = vec![KUBEADM_DONE.into(), crate::keeper::ADMIN_CONF.into()];
+    k
+}
+
+fn debug_shell() -> ServiceSpec {
+    let mut sh = ServiceSpec::daemon("shell", &["/bin/sh"]);
+    sh.console = true;
+    sh.env.push(("TERM".into(), "linux".into()));
+    sh
 }
 
 #[cfg(test)]
