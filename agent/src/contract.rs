@@ -338,27 +338,42 @@ pub mod table {
         dev.seek(SeekFrom::Start(0))?;
         dev.read_exact(&mut sector)?;
         let mbr = Mbr::parse(&sector).ok_or(TableError::NoTable)?;
-        if !mbr.is_protective() {
-            let mut out = Vec::new();
-            for (i, e) in mbr.entries.iter().enumerate() {
-                let number = i as u32 + 1;
-                if e.is_empty() {
-                    continue;
-                }
-                let (lba, sectors) = (u64::from(e.first_lba), u64::from(e.sectors));
-                if (lba + sectors) * SECTOR > disk_len {
-                    return Err(TableError::MbrPastEnd(number).into());
-                }
-                out.push(Partition {
-                    number,
-                    start: lba * SECTOR,
-                    size: sectors * SECTOR,
-                    kind: PartType::Mbr(e.kind),
-                    partuuid: super::mbr_partuuid(mbr.signature, number),
-                });
-            }
-            return Ok(out);
+        if mbr.is_protective() {
+            gpt_partitions(dev, disk_len)
+        } else {
+            mbr_partitions(&mbr, disk_len)
         }
+    }
+
+    /// The used primary entries of an MBR.
+    fn mbr_partitions(mbr: &Mbr, disk_len: u64) -> Result<Vec<Partition>, ReadError> {
+        let mut out = Vec::new();
+        for (i, e) in mbr.entries.iter().enumerate() {
+            let number = i as u32 + 1;
+            if e.is_empty() {
+                continue;
+            }
+            let (lba, sectors) = (u64::from(e.first_lba), u64::from(e.sectors));
+            if (lba + sectors) * SECTOR > disk_len {
+                return Err(TableError::MbrPastEnd(number).into());
+            }
+            out.push(Partition {
+                number,
+                start: lba * SECTOR,
+                size: sectors * SECTOR,
+                kind: PartType::Mbr(e.kind),
+                partuuid: super::mbr_partuuid(mbr.signature, number),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The used entries of the GPT whose primary header is at LBA 1.
+    fn gpt_partitions<R: Read + Seek>(
+        dev: &mut R,
+        disk_len: u64,
+    ) -> Result<Vec<Partition>, ReadError> {
+        let mut sector = [0u8; 512];
         dev.seek(SeekFrom::Start(SECTOR))?;
         dev.read_exact(&mut sector)?;
         let hdr = GptHeader::parse(&sector)?;
