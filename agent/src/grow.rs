@@ -222,10 +222,10 @@ fn grow_entry(gpt: &mut Gpt, partno: u32, last_usable: u64) -> Result<Option<Gro
     let count = u64::from(gpt.header.entry_count);
     let esize = u64::from(gpt.header.entry_size);
     let entries = &mut gpt.entries;
-    let idx = partno as u64 - 1;
-    if partno == 0 || idx >= count {
-        return Err(GrowError::NoPartition(partno));
-    }
+    let idx = match u64::from(partno).checked_sub(1) {
+        Some(i) if i < count => i,
+        _ => return Err(GrowError::NoPartition(partno)),
+    };
     let e = (idx * esize) as usize;
     if entries[e..e + 16].iter().all(|&b| b == 0) {
         return Err(GrowError::NoPartition(partno));
