@@ -336,13 +336,16 @@ impl ModuleSet {
     }
 
     /// Module paths of `names` in an order that loads (stage 1's list): every module after the
-    /// modules it depends on.
+    /// modules it depends on and after its `pre:` soft dependencies, as modprobe would load them.
     pub fn load_order(&self, names: &[String]) -> Vec<String> {
         fn visit(set: &ModuleSet, n: &str, seen: &mut BTreeSet<String>, out: &mut Vec<String>) {
             if !seen.insert(n.to_string()) {
                 return;
             }
             if let Some(m) = set.modules.get(n) {
+                for p in set.pre_softdeps(m) {
+                    visit(set, &p, seen, out);
+                }
                 let mut deps = m.depends.clone();
                 deps.sort();
                 for d in deps {
@@ -357,6 +360,36 @@ impl ModuleSet {
             visit(self, n, &mut seen, &mut out);
         }
         out
+    }
+
+    /// The modules of this set that `m`'s `pre:` soft dependencies name, directly or by alias
+    /// (`pre: crc32c` -> crc32c_generic), sorted.
+    fn pre_softdeps(&self, m: &ModInfo) -> Vec<String> {
+        let mut out = BTreeSet::new();
+        for spec in &m.softdeps {
+            let mut pre = false;
+            for w in spec.split_whitespace() {
+                match w {
+                    "pre:" => pre = true,
+                    "post:" => pre = false,
+                    name if pre => {
+                        let name = canonical(name);
+                        if self.modules.contains_key(&name) {
+                            out.insert(name);
+                        } else {
+                            out.extend(
+                                self.modules
+                                    .values()
+                                    .filter(|o| o.aliases.contains(&name))
+                                    .map(|o| o.name.clone()),
+                            );
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        out.into_iter().collect()
     }
 
     fn selected<'a>(&'a self, names: &'a [String]) -> impl Iterator<Item = &'a ModInfo> + 'a {
@@ -444,6 +477,36 @@ mod tests {
         sh(1, shstr_off, shstr.len());
         sh(11, mi_off, modinfo.len());
         f
+    }
+
+    #[test]
+    fn load_order_puts_pre_softdeps_first_even_by_alias() {
+        let module = |name: &str, depends: &[&str], aliases: &[&str], softdeps: &[&str]| ModInfo {
+            name: name.into(),
+            path: format!("{name}.ko"),
+            depends: depends.iter().map(|s| s.to_string()).collect(),
+            aliases: aliases.iter().map(|s| s.to_string()).collect(),
+            softdeps: softdeps.iter().map(|s| s.to_string()).collect(),
+            vermagic: String::new(),
+        };
+        let set = ModuleSet {
+            release: "r".into(),
+            dir: "lib/modules/r".into(),
+            modules: [
+                module("ext4", &["jbd2"], &[], &["pre: zcrc post: zpost"]),
+                module("jbd2", &[], &[], &[]),
+                // Named only by alias, and sorting after ext4: the old order loaded it later.
+                module("zz_crc_generic", &[], &["zcrc"], &[]),
+                module("zpost", &[], &[], &[]),
+            ]
+            .into_iter()
+            .map(|m| (m.name.clone(), m))
+            .collect(),
+        };
+        assert_eq!(
+            set.load_order(&["ext4".into(), "zpost".into()]),
+            ["zz_crc_generic.ko", "jbd2.ko", "ext4.ko", "zpost.ko"]
+        );
     }
 
     #[test]
