@@ -326,10 +326,11 @@ impl NodeConfig {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn sample() -> NodeConfig {
+    /// A worker's config: the fixture other modules' tests start from.
+    pub(crate) fn sample() -> NodeConfig {
         NodeConfig {
             schema: SCHEMA_VERSION,
             hostname: "w1".into(),

@@ -613,39 +613,20 @@ pub fn run() -> ! {
 mod tests {
     use super::*;
     use crate::contract::table::Mbr;
-    use crate::node::{AgentSettings, Board, Role, Storage, SCHEMA_VERSION};
+    use crate::node::Role;
     use crate::syscall::fake::{put, put_partition, RecordingSyscall, RELEASE};
 
     const MIB: u64 = 1 << 20;
 
     fn load_balancer() -> NodeConfig {
-        NodeConfig {
-            schema: SCHEMA_VERSION,
-            hostname: "lb1".into(),
-            role: Role::LoadBalancer,
-            board: Board::Rpi4b,
-            network: Network {
-                interface: "eth0".into(),
-                address: "10.0.2.15/24".parse().unwrap(),
-                gateway: None,
-                dns: vec!["10.0.2.3".parse().unwrap()],
-                routes: vec![],
-                ntp: vec![],
-            },
-            kubernetes: None,
-            load_balancer: None,
-            agent: AgentSettings {
-                debug_shell: false,
-                status_port: 0,
-                status_bind: None,
-                watchdog: true,
-            },
-            storage: Storage {
-                root_partuuid: Some("0badc0de-02".into()),
-                data_partuuid: Some("0badc0de-03".into()),
-            },
-            build_epoch: 1_700_000_000,
-        }
+        let mut c = crate::node::tests::sample();
+        c.hostname = "lb1".into();
+        c.role = Role::LoadBalancer;
+        c.network.gateway = None;
+        c.kubernetes = None;
+        c.load_balancer = None;
+        c.agent.status_port = 0;
+        c
     }
 
     /// A 64 MiB card whose MBR holds a boot partition and a 4 MiB data partition 3.
