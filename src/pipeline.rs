@@ -588,7 +588,8 @@ pub fn build(
         });
     }
     let mut comps = node_components(&lock, node, cache, opts)?;
-    let needed = needed_components(&lock, node, &mut comps, reporter)?;
+    let depends = lock_depends(&lock, suite);
+    let needed = needed_components(&lock, &depends, node, &mut comps, reporter)?;
     components::fetch_locked(
         &needed,
         cache,
@@ -603,7 +604,6 @@ pub fn build(
     let mut config = node.config.clone();
     config.storage.root_partuuid = Some(layout.parts[1].partuuid.clone());
     config.storage.data_partuuid = Some(layout.parts[2].partuuid.clone());
-    let depends = lock_depends(&lock, suite);
     let overlays = asm::overlays_dir(&profiles.dir);
     let inputs = Inputs {
         node,
@@ -683,17 +683,14 @@ fn node_components(
 /// are neither pinned nor supplied are dropped from `comps`, with a note.
 fn needed_components(
     lock: &Lock,
+    depends: &BTreeMap<String, Vec<String>>,
     node: &NodeProfile,
     comps: &mut BTreeMap<String, LockEntry>,
     reporter: &dyn Reporter,
 ) -> Result<Lock, PipelineError> {
     let role = node.config.role;
     let mut needed: BTreeSet<String> = BTreeSet::new();
-    let pkgs = asm::packages_for(
-        &asm::root_packages(role),
-        &lock_depends(lock, &node.image.sources.suite),
-        comps,
-    )?;
+    let pkgs = asm::packages_for(&asm::root_packages(role), depends, comps)?;
     needed.extend(pkgs);
     needed.insert(asm::FIRMWARE_PACKAGE.to_string());
     if let Some(k) = comps
