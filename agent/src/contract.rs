@@ -26,6 +26,26 @@ pub mod paths {
     pub const KEEPER_DONE: &str = "/var/lib/piimg/keeper.done";
     pub const GROWN: &str = "/var/lib/piimg/grown";
 
+    /// Netboot: in the initramfs, where the node's root image is and how to reach it
+    /// (crate::node::NetRoot as JSON). The kernel command line's `piimg.root=` names the URL.
+    pub const NETROOT: &str = "/etc/piimg/netroot.json";
+    /// Netboot: on a local card's data filesystem (mounted on /var), files holding secrets, each
+    /// at its root-filesystem path below this folder; stage 2 copies them into the root.
+    pub const CARD_SECRETS: &str = "/var/lib/piimg/secrets";
+
+    /// Folders of the data filesystem mounted on /var (path relative to /var, mode): written by
+    /// the builder into the data partition, and made by the agent when /var is a tmpfs.
+    pub const DATA_SKELETON: &[(&str, u32)] = &[
+        ("lib/piimg", 0o755),
+        ("lib/containerd", 0o755),
+        ("lib/kubelet", 0o755),
+        ("log", 0o755),
+        ("cache", 0o755),
+        ("lib/haproxy", 0o755),
+        ("lib/etcd", 0o700),
+        ("tmp", 0o1777),
+    ];
+
     /// The same path relative to the root of a filesystem tree (`etc/piimg/node.json`).
     pub fn in_tree(path: &str) -> &str {
         path.trim_start_matches('/')

@@ -243,6 +243,28 @@ pub struct Storage {
     /// The data partition (ext4, label "piimg-data") mounted on /var and grown on first boot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_partuuid: Option<String>,
+    /// Netboot (no data_partuuid): the ext4 label of a local card's data filesystem to mount on
+    /// /var when one is present; else /var is a tmpfs, and the agent says so on the console.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_label: Option<String>,
+}
+
+/// Netboot: what stage 1 needs to fetch the node's root image (written into the node's
+/// initramfs; the URL comes from the kernel command line's `piimg.root=`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetRoot {
+    /// sha256 of the root image, lowercase hex: stage 1 mounts nothing else.
+    pub sha256: String,
+    /// Its length in bytes.
+    pub size: u64,
+    /// Filesystem type of the image (`squashfs`), mounted read-only under a tmpfs overlay.
+    pub fstype: String,
+    /// The interface stage 1 brings up, with the node's static address and gateway.
+    pub interface: String,
+    pub address: IpNet,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -369,6 +391,7 @@ pub(crate) mod tests {
             storage: Storage {
                 root_partuuid: Some("0badc0de-02".into()),
                 data_partuuid: Some("0badc0de-03".into()),
+                data_label: None,
             },
             build_epoch: 1_700_000_000,
         }

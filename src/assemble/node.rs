@@ -908,18 +908,9 @@ impl Assembly<'_> {
     /// The data filesystem mounted on /var: state of containerd, kubelet, etcd, logs.
     fn data_skeleton(&self) -> Result<Tree, AssembleError> {
         let mut data = self.new_tree();
-        for d in [
-            "lib/piimg",
-            "lib/containerd",
-            "lib/kubelet",
-            "log",
-            "cache",
-            "lib/haproxy",
-        ] {
-            data.mkdir_p(d, self.meta(0o755))?;
+        for (dir, mode) in agent_paths::DATA_SKELETON {
+            data.mkdir_p(dir, self.meta(*mode as u16))?;
         }
-        data.mkdir_p("lib/etcd", self.meta(0o700))?;
-        data.mkdir_p("tmp", self.meta(0o1777))?;
         Ok(data)
     }
 }
