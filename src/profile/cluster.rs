@@ -18,6 +18,7 @@ pub(super) fn check(members: &[&Draft], diags: &mut Diagnostics) {
     check_init(&cps, diags);
     check_endpoints(members, &cps, &lbs, diags);
     check_lb_backends(&cps, &lbs, diags);
+    check_netboot(members, diags);
 }
 
 fn with_role<'a>(members: &[&'a Draft], role: Role) -> Vec<&'a Draft> {
@@ -87,6 +88,37 @@ fn warn_unrouted(d: &Draft, o: &Draft, diags: &mut Diagnostics) {
 }
 
 /// Two nodes with one hostname or one address cannot both join.
+/// Nodes share one netboot tree: each needs its own folder, and one server serves them all.
+fn check_netboot(members: &[&Draft], diags: &mut Diagnostics) {
+    let mut seen_key: BTreeMap<&str, &Draft> = BTreeMap::new();
+    let mut server: Option<(&Draft, std::net::SocketAddr)> = None;
+    for d in members {
+        if let Some(k) = &d.netboot.key {
+            if let Some(o) = seen_key.insert(k.dir(), d) {
+                let msg = format!(
+                    "`{}` is also the netboot folder of {}",
+                    k.dir(),
+                    o.path.display()
+                );
+                err(diags, d, k.field(), msg);
+            }
+        }
+        match (server, d.netboot.server) {
+            (Some((o, s)), Some(mine)) if s != mine => err(
+                diags,
+                d,
+                "netboot.server",
+                format!(
+                    "http://{mine} differs from http://{s} of {}: a cluster's nodes boot from one server",
+                    o.path.display()
+                ),
+            ),
+            (None, Some(mine)) => server = Some((d, mine)),
+            _ => {}
+        }
+    }
+}
+
 fn check_unique(members: &[&Draft], diags: &mut Diagnostics) {
     let mut seen_host: BTreeMap<&str, &Draft> = BTreeMap::new();
     let mut seen_addr: BTreeMap<IpAddr, &Draft> = BTreeMap::new();
@@ -252,6 +284,50 @@ mod tests {
         let f = cluster(&k8s_node("w1", "worker", "192.168.50.21/24", ""));
         let diags = check_all(&f, &["lb1", "cp1", "cp2", "w1"]);
         assert!(diags.0.is_empty(), "{diags}");
+    }
+
+    #[test]
+    fn netboot_folders_are_unique_and_the_server_is_one() {
+        let f = cluster(&k8s_node(
+            "w1",
+            "worker",
+            "192.168.50.21/24",
+            "[netboot]\nserial = \"9FFEFDEF\"\nserver = \"http://192.168.50.2:8081\"",
+        ));
+        let diags = check_all(&f, &["lb1", "cp1", "cp2", "w1"]);
+        assert!(diags.0.is_empty(), "{diags}");
+        let f = folder(&[
+            (
+                "w1",
+                &k8s_node(
+                    "w1",
+                    "worker",
+                    "192.168.50.21/24",
+                    "[netboot]\nserial = \"9FFEFDEF\"\nserver = \"http://192.168.50.2:8080\"",
+                ),
+            ),
+            (
+                "w2",
+                &k8s_node(
+                    "w2",
+                    "worker",
+                    "192.168.50.22/24",
+                    "[netboot]\nserial = \"9ffefdef\"\nserver = \"http://192.168.50.3:8080\"",
+                ),
+            ),
+        ]);
+        let e = errors(&check_all(&f, &["w1", "w2"]));
+        assert!(
+            e.iter()
+                .any(|e| e.starts_with("netboot.serial: `9ffefdef` is also the netboot folder of")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter().any(|e| e.starts_with(
+                "netboot.server: http://192.168.50.3:8080 differs from http://192.168.50.2:8080"
+            )),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -53,6 +53,7 @@ pub(super) fn node_profile(
         image: d.image.clone(),
         components: d.components.clone(),
         secrets: sec,
+        netboot: d.netboot.clone(),
         secrets_path: d.secrets_path.clone(),
     })
 }

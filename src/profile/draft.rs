@@ -5,7 +5,10 @@ use super::diag::{Diagnostic, Diagnostics, Location};
 use super::fields::Ctx;
 use super::schema::ProfileSpec;
 use super::source::{Merged, Origins};
-use super::{image, kubernetes, load_balancer, network, node, ImageSettings, DEFAULT_CLUSTER};
+use super::{
+    image, kubernetes, load_balancer, netboot, network, node, ImageSettings, NetbootSettings,
+    DEFAULT_CLUSTER,
+};
 use ipnet::IpNet;
 use piimg_agent::node::{Backend, Board, Network, Role};
 use std::collections::BTreeMap;
@@ -29,6 +32,7 @@ pub(super) struct Draft {
     pub image: ImageSettings,
     pub components: BTreeMap<String, PathBuf>,
     pub secrets_path: Option<PathBuf>,
+    pub netboot: NetbootSettings,
 }
 
 impl Draft {
@@ -79,6 +83,7 @@ pub(super) fn draft(m: &Merged, diags: &mut Diagnostics) -> Option<Draft> {
     let k8s = kubernetes::check(&mut ctx, &spec, role, address);
     let lb = load_balancer::check(&mut ctx, spec.load_balancer.as_ref(), role);
     let image = image::check(&mut ctx, &spec.image);
+    let netboot = netboot::check(&mut ctx, &spec.netboot, board);
     let components = components(&ctx, &spec);
     let secrets_path = secrets_path(&mut ctx, &spec, role);
     check_agent(&mut ctx, &spec);
@@ -101,6 +106,7 @@ pub(super) fn draft(m: &Merged, diags: &mut Diagnostics) -> Option<Draft> {
         image,
         components,
         secrets_path,
+        netboot,
     })
 }
 

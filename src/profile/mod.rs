@@ -16,6 +16,7 @@ mod fields;
 mod image;
 mod kubernetes;
 mod load_balancer;
+mod netboot;
 mod network;
 mod node;
 pub mod schema;
@@ -28,6 +29,7 @@ use crate::components::apt::SuiteSources;
 use diag::{Diagnostic, Diagnostics, Location, ProfileError};
 use draft::Draft;
 pub use kubernetes::node_subnet;
+pub use netboot::{NetbootKey, NetbootSettings, SecretsPolicy};
 use piimg_agent::node::{NodeConfig, Role};
 use secrets::ClusterSecrets;
 use serde::Serialize;
@@ -71,6 +73,8 @@ pub struct NodeProfile {
     /// Present for Kubernetes nodes.
     pub secrets: Option<Arc<ClusterSecrets>>,
     pub secrets_path: Option<PathBuf>,
+    /// `[netboot]`: used by `piimg build --netboot` only.
+    pub netboot: NetbootSettings,
 }
 
 /// How failure-tolerant one cluster's control plane is.

@@ -32,6 +32,8 @@ pub struct ProfileSpec {
     pub image: ImageSpec,
     #[serde(default)]
     pub agent: AgentSpec,
+    #[serde(default)]
+    pub netboot: NetbootSpec,
     /// Local files that replace a component (name -> path, relative to the profile).
     #[serde(default)]
     pub components: std::collections::BTreeMap<String, String>,
@@ -128,4 +130,18 @@ pub struct AgentSpec {
     pub status_bind: Option<std::net::IpAddr>,
     /// PID 1 pets the hardware watchdog (default on).
     pub watchdog: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetbootSpec {
+    /// Board serial, 8 hex digits: the folder the Pi 3 ROM and (by default) the Pi 4 read.
+    pub serial: Option<String>,
+    /// MAC address: the folder a Pi 4 reads with TFTP_PREFIX=2.
+    pub mac: Option<String>,
+    /// `http://ADDRESS:PORT` of `piimg serve`: the initramfs fetches the root image from here.
+    pub server: Option<String>,
+    /// `card` (default): secrets stay off the netboot tree, on a local card; `serve`: in the
+    /// root image, readable by anyone on the LAN.
+    pub secrets: Option<super::netboot::SecretsPolicy>,
 }
