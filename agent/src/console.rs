@@ -11,13 +11,32 @@ type Capture = Arc<Mutex<Vec<String>>>;
 
 static CAPTURE: Mutex<Option<Capture>> = Mutex::new(None);
 
-/// Routes console lines into a buffer as well (for tests); returns the buffer.
+thread_local! {
+    static THREAD_CAPTURE: std::cell::RefCell<Option<Capture>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Routes console lines, from every thread, into a buffer as well (for tests); returns it.
 pub fn capture() -> Capture {
     let buf: Capture = Arc::new(Mutex::new(Vec::new()));
     if let Ok(mut g) = CAPTURE.lock() {
         *g = Some(buf.clone());
     }
     buf
+}
+
+/// Routes the lines this thread says into a buffer as well: for unit tests, which run in
+/// parallel threads and each want their own lines.
+pub fn capture_thread() -> Capture {
+    let buf: Capture = Arc::new(Mutex::new(Vec::new()));
+    THREAD_CAPTURE.with(|c| *c.borrow_mut() = Some(buf.clone()));
+    buf
+}
+
+fn push(buf: &Capture, text: &str) {
+    if let Ok(mut v) = buf.lock() {
+        v.push(text.to_string());
+    }
 }
 
 /// Lines waiting for a slow console (115200 baud is ~11 KB/s), in two queues: the agent's own
@@ -113,12 +132,15 @@ fn direct(buf: &[u8]) {
 
 fn emit(text: &str, from_agent: bool) {
     if let Ok(g) = CAPTURE.lock() {
-        if let Some(c) = g.as_ref() {
-            if let Ok(mut v) = c.lock() {
-                v.push(text.to_string());
-            }
+        if let Some(buf) = g.as_ref() {
+            push(buf, text);
         }
     }
+    THREAD_CAPTURE.with(|c| {
+        if let Some(buf) = c.borrow().as_ref() {
+            push(buf, text);
+        }
+    });
     let mut buf = Vec::with_capacity(text.len() + 1);
     buf.extend_from_slice(text.as_bytes());
     buf.push(b'\n');

@@ -20,6 +20,7 @@ pub mod kubeadm;
 pub mod modules;
 pub mod mounts;
 pub mod net;
+pub mod netroot;
 pub mod node;
 pub mod roles;
 pub mod stage1;

@@ -95,6 +95,17 @@ pub fn stage2_mounts() -> Vec<MountSpec> {
     v
 }
 
+/// The filesystem type of what is mounted on `/` (the last of a stack wins), from
+/// /proc/self/mountinfo.
+pub fn root_fstype(mountinfo: &str) -> Option<String> {
+    mountinfo
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some("/"))
+        .filter_map(|l| l.split_once(" - ")?.1.split(' ').next())
+        .next_back()
+        .map(str::to_string)
+}
+
 /// Mount points listed in /proc/self/mountinfo (field 5), unescaped.
 pub fn mount_points(mountinfo: &str) -> Vec<String> {
     mountinfo
@@ -156,10 +167,13 @@ pub fn enable_cgroup_controllers(cgroup_root: &Path, wanted: &[&str]) -> Vec<Str
 
 pub const CGROUP_CONTROLLERS: [&str; 6] = ["cpu", "cpuset", "io", "memory", "pids", "hugetlb"];
 
-/// Moves the API mounts into `newroot` and makes it `/` (what switch_root does); the caller then
-/// execs init. Afterwards the process's root and cwd are the new root.
-pub fn switch_root(sys: &dyn Syscall, newroot: &Path) -> std::io::Result<()> {
-    for d in ["/proc", "/sys", "/dev"] {
+/// The mounts stage 1 hands to stage 2 (which then finds them mounted).
+pub const CARRIED: [&str; 3] = ["/proc", "/sys", "/dev"];
+
+/// Moves the `carried` mounts into `newroot` and makes it `/` (what switch_root does); the caller
+/// then execs init. Afterwards the process's root and cwd are the new root.
+pub fn switch_root(sys: &dyn Syscall, newroot: &Path, carried: &[&str]) -> std::io::Result<()> {
+    for &d in carried {
         let target: PathBuf = newroot.join(d.trim_start_matches('/'));
         let _ = std::fs::create_dir_all(&target);
         if let Err(e) = sys.mount(d, &target, None, libc::MS_MOVE, None) {
@@ -186,6 +200,11 @@ mod tests {
                  23 22 0:5 / /dev rw,nosuid shared:2 - devtmpfs devtmpfs rw\n\
                  40 22 0:30 / /mnt/a\\040b rw - tmpfs tmpfs rw\n";
         assert_eq!(mount_points(t), vec!["/", "/dev", "/mnt/a b"]);
+        assert_eq!(root_fstype(t).as_deref(), Some("ext4"));
+        let netboot = "1 1 0:2 / / rw - rootfs rootfs rw\n\
+                       30 1 0:40 / / rw,relatime - overlay overlay rw,lowerdir=/run/l\n";
+        assert_eq!(root_fstype(netboot).as_deref(), Some("overlay"));
+        assert_eq!(root_fstype(""), None);
     }
 
     #[test]
@@ -239,7 +258,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let sys = RecordingSyscall::new(t.path());
         sys.fail("mount /sys ", libc::EINVAL);
-        switch_root(&sys, &t.path().join("newroot")).unwrap();
+        switch_root(&sys, &t.path().join("newroot"), &CARRIED).unwrap();
         assert_eq!(
             sys.calls(),
             vec![

@@ -309,3 +309,122 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> 
     std::fs::rename(&tmp, path)?;
     std::fs::File::open(dir)?.sync_all()
 }
+
+/// The loop driver's interface (linux/loop.h); libc does not declare it.
+mod loop_dev {
+    pub const CTL_GET_FREE: libc::c_ulong = 0x4C82;
+    pub const SET_FD: libc::c_ulong = 0x4C00;
+    pub const CLR_FD: libc::c_ulong = 0x4C01;
+    pub const SET_STATUS64: libc::c_ulong = 0x4C04;
+    /// Linux 5.8 and later: fd, flags and status in one call.
+    pub const CONFIGURE: libc::c_ulong = 0x4C0A;
+    pub const FLAGS_READ_ONLY: u32 = 1;
+    pub const FLAGS_AUTOCLEAR: u32 = 4;
+
+    #[repr(C)]
+    pub struct Info64 {
+        pub device: u64,
+        pub inode: u64,
+        pub rdevice: u64,
+        pub offset: u64,
+        pub sizelimit: u64,
+        pub number: u32,
+        pub encrypt_type: u32,
+        pub encrypt_key_size: u32,
+        pub flags: u32,
+        pub file_name: [u8; 64],
+        pub crypt_name: [u8; 64],
+        pub encrypt_key: [u8; 32],
+        pub init: [u64; 2],
+    }
+
+    #[repr(C)]
+    pub struct Config {
+        pub fd: u32,
+        pub block_size: u32,
+        pub info: Info64,
+        pub reserved: [u64; 8],
+    }
+
+    // The kernel's sizes of struct loop_info64 and struct loop_config.
+    const _: () = assert!(std::mem::size_of::<Info64>() == 232);
+    const _: () = assert!(std::mem::size_of::<Config>() == 304);
+}
+
+/// Attaches `image` to a free loop device, read-only and cleared by the kernel when its last
+/// user (the mounted filesystem) lets go. Returns the device node (`/dev/loop0`) and the device
+/// open: its last close before a mount would clear it.
+pub fn loop_attach(image: &Path) -> io::Result<(std::path::PathBuf, std::fs::File)> {
+    let backing = std::fs::File::open(image)?;
+    let control = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/loop-control")?;
+    // Another process may take the free device between the two calls: ask again.
+    let mut last = io::Error::from_raw_os_error(libc::EBUSY);
+    for _ in 0..8 {
+        // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number.
+        let n = unsafe { libc::ioctl(control.as_raw_fd(), loop_dev::CTL_GET_FREE as _) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let node = std::path::PathBuf::from(format!("/dev/loop{n}"));
+        let dev = std::fs::File::open(&node)?;
+        match loop_configure(&dev, &backing, image) {
+            Ok(()) => return Ok((node, dev)),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
+/// LOOP_CONFIGURE, or on kernels before 5.8 LOOP_SET_FD then LOOP_SET_STATUS64 (there the
+/// read-only backing file makes the device read-only).
+fn loop_configure(dev: &std::fs::File, backing: &std::fs::File, image: &Path) -> io::Result<()> {
+    // SAFETY: both structures are plain integers and byte arrays; zero is their empty value.
+    let mut info: loop_dev::Info64 = unsafe { std::mem::zeroed() };
+    info.flags = loop_dev::FLAGS_READ_ONLY | loop_dev::FLAGS_AUTOCLEAR;
+    let name = image.as_os_str().as_bytes();
+    let len = name.len().min(info.file_name.len() - 1);
+    info.file_name[..len].copy_from_slice(&name[..len]);
+    let mut cfg = loop_dev::Config {
+        fd: backing.as_raw_fd() as u32,
+        block_size: 0,
+        info,
+        reserved: [0; 8],
+    };
+    // SAFETY: LOOP_CONFIGURE reads a struct loop_config, which Config mirrors.
+    let configured = unsafe {
+        ioctl_ptr(
+            dev,
+            loop_dev::CONFIGURE,
+            &mut cfg as *mut loop_dev::Config as *mut libc::c_void,
+        )
+    };
+    match configured {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOTTY)) => {}
+        other => return other,
+    }
+    // SAFETY: LOOP_SET_FD takes the backing file's descriptor as its argument.
+    check(unsafe {
+        libc::ioctl(
+            dev.as_raw_fd(),
+            loop_dev::SET_FD as _,
+            backing.as_raw_fd() as libc::c_ulong,
+        )
+    })?;
+    // SAFETY: LOOP_SET_STATUS64 reads a struct loop_info64, which Info64 mirrors.
+    let status = unsafe {
+        ioctl_ptr(
+            dev,
+            loop_dev::SET_STATUS64,
+            &mut cfg.info as *mut loop_dev::Info64 as *mut libc::c_void,
+        )
+    };
+    if status.is_err() {
+        // SAFETY: LOOP_CLR_FD takes no argument.
+        unsafe { libc::ioctl(dev.as_raw_fd(), loop_dev::CLR_FD as _, 0) };
+    }
+    status
+}

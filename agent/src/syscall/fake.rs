@@ -2,13 +2,13 @@
 //! shown as the node would see them (the test's root stripped), so a test asserts the exact
 //! sequence a stage makes; chosen calls fail with an errno.
 
-use super::{Host, Syscall};
+use super::{Host, LoopDevice, Syscall};
 use crate::grow::Grown;
 use crate::node::Network;
 use std::fs::File;
 use std::io;
 use std::os::unix::io::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,7 +22,8 @@ pub struct RecordingSyscall {
     /// The test's root as given and as the kernel resolves it (/proc/self/fd links).
     roots: Vec<String>,
     calls: Mutex<Vec<String>>,
-    failures: Mutex<Vec<(String, i32)>>,
+    /// Prefix, errno, and how many more times (None: always).
+    failures: Mutex<Vec<(String, i32, Option<u32>)>>,
     clock: AtomicI64,
 }
 
@@ -88,7 +89,15 @@ impl RecordingSyscall {
         self.failures
             .lock()
             .unwrap()
-            .push((prefix.to_string(), errno));
+            .push((prefix.to_string(), errno, None));
+    }
+
+    /// Like [`RecordingSyscall::fail`], for the first matching call only.
+    pub fn fail_once(&self, prefix: &str, errno: i32) {
+        self.failures
+            .lock()
+            .unwrap()
+            .push((prefix.to_string(), errno, Some(1)));
     }
 
     /// The calls so far, in order.
@@ -111,6 +120,13 @@ impl RecordingSyscall {
         p.to_string()
     }
 
+    /// Mount data names paths too (an overlay's layers): the test's root taken out of each.
+    fn strip_roots(&self, data: &str) -> String {
+        self.roots
+            .iter()
+            .fold(data.to_string(), |d, r| d.replace(&format!("{r}/"), "/"))
+    }
+
     fn path(&self, p: &Path) -> String {
         self.rel(&p.display().to_string())
     }
@@ -124,13 +140,18 @@ impl RecordingSyscall {
     }
 
     fn record(&self, line: String) -> io::Result<()> {
-        let failure = self
-            .failures
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|(prefix, _)| line.starts_with(prefix.as_str()))
-            .map(|(_, errno)| *errno);
+        let failure = {
+            let mut failures = self.failures.lock().unwrap();
+            failures
+                .iter_mut()
+                .find(|(prefix, _, left)| line.starts_with(prefix.as_str()) && *left != Some(0))
+                .map(|(_, errno, left)| {
+                    if let Some(n) = left {
+                        *n -= 1;
+                    }
+                    *errno
+                })
+        };
         self.calls.lock().unwrap().push(line);
         match failure {
             Some(errno) => Err(io::Error::from_raw_os_error(errno)),
@@ -164,7 +185,8 @@ impl Syscall for RecordingSyscall {
         if let Some(t) = fstype {
             line.push_str(&format!(" -t {t}"));
         }
-        let opts = mount_options(flags, data);
+        let data = data.map(|d| self.strip_roots(d));
+        let opts = mount_options(flags, data.as_deref());
         if !opts.is_empty() {
             line.push_str(&format!(" -o {}", opts.join(",")));
         }
@@ -242,6 +264,14 @@ impl Syscall for RecordingSyscall {
     fn resize_ext4(&self, mountpoint: &Path, bytes: u64) -> io::Result<u64> {
         self.record(format!("resize_ext4 {} {bytes}", self.path(mountpoint)))?;
         Ok(bytes / 4096)
+    }
+
+    fn loop_attach(&self, image: &Path) -> io::Result<LoopDevice> {
+        self.record(format!("loop_attach {} ro,autoclear", self.path(image)))?;
+        Ok(LoopDevice {
+            node: PathBuf::from("/dev/loop0"),
+            hold: None,
+        })
     }
 
     fn loopback_up(&self) -> io::Result<()> {

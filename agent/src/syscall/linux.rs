@@ -1,7 +1,7 @@
 //! [`Syscall`] on the running kernel: each call is the agent's own wrapper of it (crate::sys,
 //! crate::net, crate::grow).
 
-use super::Syscall;
+use super::{LoopDevice, Syscall};
 use crate::grow::{self, Grown};
 use crate::node::Network;
 use crate::{net, sys};
@@ -73,6 +73,13 @@ impl Syscall for LinuxSyscall {
 
     fn resize_ext4(&self, mountpoint: &Path, bytes: u64) -> io::Result<u64> {
         grow::resize_ext4(mountpoint, bytes)
+    }
+
+    fn loop_attach(&self, image: &Path) -> io::Result<LoopDevice> {
+        sys::loop_attach(image).map(|(node, hold)| LoopDevice {
+            node,
+            hold: Some(hold),
+        })
     }
 
     fn loopback_up(&self) -> io::Result<()> {

@@ -50,6 +50,9 @@ pub trait Syscall: Send + Sync {
     fn resize_partition(&self, disk: &File, partno: u32, grown: &Grown) -> io::Result<()>;
     /// EXT4_IOC_RESIZE_FS on the ext4 mounted at `mountpoint`; returns its size in blocks.
     fn resize_ext4(&self, mountpoint: &Path, bytes: u64) -> io::Result<u64>;
+    /// Attaches a filesystem image to a free loop device, read-only, released by the kernel
+    /// when unmounted; returns the device node.
+    fn loop_attach(&self, image: &Path) -> io::Result<LoopDevice>;
     /// rtnetlink: loopback up.
     fn loopback_up(&self) -> io::Result<()>;
     /// rtnetlink: the node's interface up, with its address and routes.
@@ -63,6 +66,13 @@ pub trait Syscall: Send + Sync {
     fn reboot(&self, cmd: libc::c_int) -> io::Error;
     /// Ctrl-alt-del sends SIGINT to PID 1 instead of rebooting at once.
     fn disable_cad(&self);
+}
+
+/// A configured loop device. The kernel clears an autoclear device at its last close, so this
+/// holds it open until the filesystem on it is mounted (then the mount holds it); drop it after.
+pub struct LoopDevice {
+    pub node: PathBuf,
+    pub hold: Option<File>,
 }
 
 /// Where a stage runs: the system calls it makes, and the root its absolute paths are under
