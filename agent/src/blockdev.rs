@@ -1,5 +1,6 @@
-//! Finding a partition by PARTUUID without udev: first the kernel's uevent files in
-//! /sys/class/block (they carry `PARTUUID=`), then the partition tables of whole disks.
+//! Finding a partition without udev: by PARTUUID, first the kernel's uevent files in
+//! /sys/class/block (they carry `PARTUUID=`), then the partition tables of whole disks; and by
+//! the label in an ext4 superblock (netboot's data card).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -115,8 +116,53 @@ pub fn find_partuuid(sys_block: &Path, dev: &Path, want: &str) -> Option<PathBuf
     None
 }
 
+/// Where the ext4 superblock and its fields are (ext4 disk layout, "The Super Block").
+pub mod ext4_sb {
+    /// Byte offset of the superblock on the device.
+    pub const OFFSET: usize = 1024;
+    /// s_magic, le16.
+    pub const MAGIC: usize = 0x38;
+    pub const MAGIC_VALUE: u16 = 0xEF53;
+    /// s_volume_name, 16 bytes, NUL-padded.
+    pub const VOLUME_NAME: usize = 0x78;
+    pub const VOLUME_NAME_LEN: usize = 16;
+    /// Bytes to read from the start of a device to see both.
+    pub const HEAD: usize = OFFSET + VOLUME_NAME + VOLUME_NAME_LEN;
+}
+
+/// The label of the ext2/3/4 filesystem whose first bytes are `head`; None when it is not one.
+pub fn ext4_label(head: &[u8]) -> Option<String> {
+    use ext4_sb::*;
+    let sb = head.get(OFFSET..HEAD)?;
+    if u16::from_le_bytes([sb[MAGIC], sb[MAGIC + 1]]) != MAGIC_VALUE {
+        return None;
+    }
+    let name = &sb[VOLUME_NAME..VOLUME_NAME + VOLUME_NAME_LEN];
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    Some(String::from_utf8_lossy(&name[..end]).into_owned())
+}
+
+/// Finds a disk or partition (loop and RAM devices left out: the netboot root is on a loop
+/// device) holding an ext4 filesystem labelled `label`; the first by name.
+pub fn find_ext4_label(sys_block: &Path, dev: &Path, label: &str) -> Option<PathBuf> {
+    let mut names: Vec<String> = fs::read_dir(sys_block)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !["loop", "ram", "zram"].iter().any(|p| n.starts_with(p)))
+        .collect();
+    names.sort();
+    names.into_iter().map(|n| dev.join(n)).find(|p| {
+        let mut head = vec![0u8; ext4_sb::HEAD];
+        fs::File::open(p)
+            .and_then(|mut f| f.read_exact(&mut head))
+            .is_ok()
+            && ext4_label(&head).as_deref() == Some(label)
+    })
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const PART: &str = "MAJOR=179\nMINOR=2\nDEVNAME=mmcblk0p2\nDEVTYPE=partition\nDISKSEQ=1\nPARTN=2\nPARTUUID=0badc0de-02\n";
@@ -154,5 +200,54 @@ mod tests {
             Some(PathBuf::from("/dev/mmcblk0p2"))
         );
         assert_eq!(find_partuuid(&sys, Path::new("/dev"), "0badc0de-09"), None);
+    }
+
+    /// An ext4 image made by mke2fs, labelled `label`.
+    pub(crate) fn mkfs_ext4(path: &Path, label: &str) {
+        let out = std::process::Command::new("mke2fs")
+            .args(["-q", "-F", "-t", "ext4", "-L", label])
+            .arg(path)
+            .arg("2M")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+
+    #[test]
+    fn label_of_a_filesystem_mke2fs_made() {
+        let t = tempfile::tempdir().unwrap();
+        let img = t.path().join("img");
+        mkfs_ext4(&img, "piimg-data");
+        let head = fs::read(&img).unwrap();
+        assert_eq!(ext4_label(&head).as_deref(), Some("piimg-data"));
+        mkfs_ext4(&img, "a-label-of-16-ch");
+        assert_eq!(
+            ext4_label(&fs::read(&img).unwrap()).as_deref(),
+            Some("a-label-of-16-ch")
+        );
+        assert_eq!(ext4_label(&[0u8; 4096]), None);
+        assert_eq!(ext4_label(&head[..1100]), None);
+    }
+
+    #[test]
+    fn find_by_label_skips_loop_devices_and_other_labels() {
+        let t = tempfile::tempdir().unwrap();
+        let (sys, dev) = (t.path().join("sys"), t.path().join("dev"));
+        fs::create_dir_all(&dev).unwrap();
+        for (name, label) in [
+            ("loop0", "piimg-data"),
+            ("sda1", "other"),
+            ("sdb1", "piimg-data"),
+        ] {
+            fs::create_dir_all(sys.join(name)).unwrap();
+            mkfs_ext4(&dev.join(name), label);
+        }
+        fs::create_dir_all(sys.join("sdb")).unwrap();
+        fs::write(dev.join("sdb"), [0u8; 512]).unwrap();
+        assert_eq!(
+            find_ext4_label(&sys, &dev, "piimg-data"),
+            Some(dev.join("sdb1"))
+        );
+        assert_eq!(find_ext4_label(&sys, &dev, "nothing"), None);
     }
 }

@@ -545,4 +545,55 @@ mod tests {
             "# written by piimg-agent\nnameserver 10.0.2.3\nnameserver 1.1.1.1\n"
         );
     }
+
+    fn ip(args: &[&str]) -> String {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Stage 1 configures the netboot interface, then stage 2 applies the same network again:
+    /// in a network namespace of this test's own (we are root), iproute2 sees one address and
+    /// one default route after both.
+    #[test]
+    fn configuring_an_interface_twice_is_fine_and_changes_nothing() {
+        std::thread::spawn(|| {
+            // SAFETY: plain unshare; it moves this thread alone into a new network namespace.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+            ip(&[
+                "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+            ]);
+            ip(&["link", "set", "eth1", "up"]);
+            let net = Network {
+                interface: "eth0".into(),
+                address: "10.0.2.15/24".parse().unwrap(),
+                gateway: Some("10.0.2.2".parse().unwrap()),
+                dns: vec![],
+                routes: vec![],
+                ntp: vec![],
+            };
+            assert!(!has_address(&net));
+            for _ in 0..2 {
+                configure(&mut Netlink::open().unwrap(), &net).unwrap();
+            }
+            assert!(has_address(&net));
+            let addrs = ip(&["-4", "-o", "addr", "show", "dev", "eth0"]);
+            assert_eq!(addrs.lines().count(), 1, "{addrs}");
+            assert!(
+                addrs.contains("inet 10.0.2.15/24 brd 10.0.2.255"),
+                "{addrs}"
+            );
+            let routes = ip(&["-4", "route", "show", "default"]);
+            assert_eq!(
+                routes.trim(),
+                "default via 10.0.2.2 dev eth0 proto static",
+                "{routes}"
+            );
+        })
+        .join()
+        .unwrap();
+    }
 }

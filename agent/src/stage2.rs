@@ -105,6 +105,171 @@ fn find_with_timeout(host: &Host, partuuid: &str, limit: Duration) -> Option<Pat
     }
 }
 
+fn var_mounted(host: &Host) -> bool {
+    std::fs::read_to_string(host.path("/proc/self/mountinfo"))
+        .map(|t| mounts::mount_points(&t).iter().any(|p| p == "/var"))
+        .unwrap_or(false)
+}
+
+/// How long netboot's stage 2 gives the card reader to be probed before /var becomes a tmpfs.
+const DATA_CARD_WAIT: Duration = Duration::from_secs(10);
+
+/// Netboot's storage: /var from the local card, the card's secrets into the root, and the node
+/// config read again when it was one of them.
+fn netboot_storage(host: &Host, cfg: &mut NodeConfig, label: &str, wait: Duration) {
+    mount_var_by_label(host, label, wait);
+    if copy_card_secrets(host)
+        .iter()
+        .any(|p| p == NODE_CONFIG_PATH)
+    {
+        match read_config(host) {
+            Some(c) => *cfg = c,
+            None => say("keeping the node config from the image"),
+        }
+    }
+}
+
+/// /var on the ext4 filesystem labelled `label` of a local card, else on a tmpfs; with the
+/// data skeleton's folders either way.
+fn mount_var_by_label(host: &Host, label: &str, wait: Duration) {
+    if !var_mounted(host) {
+        let end = Instant::now() + wait;
+        let found = loop {
+            let found = blockdev::find_ext4_label(
+                &host.path("/sys/class/block"),
+                &host.path("/dev"),
+                label,
+            );
+            if found.is_some() || Instant::now() >= end {
+                break found;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let on_card = match &found {
+            Some(dev) => match host.sys.mount(
+                &dev.to_string_lossy(),
+                &host.path("/var"),
+                Some("ext4"),
+                libc::MS_NOATIME,
+                None,
+            ) {
+                Ok(()) => {
+                    say(&format!("data LABEL={label} {} on /var", dev.display()));
+                    true
+                }
+                Err(source) => {
+                    say(&StepError::MountData {
+                        dev: dev.clone(),
+                        source,
+                    }
+                    .to_string());
+                    false
+                }
+            },
+            None => {
+                say(&format!("no card with an ext4 filesystem labelled {label}"));
+                false
+            }
+        };
+        if !on_card {
+            match host.sys.mount(
+                "var",
+                &host.path("/var"),
+                Some("tmpfs"),
+                0,
+                Some("mode=0755"),
+            ) {
+                Ok(()) => say(
+                    "WARNING: /var is a tmpfs: this node's state (kubelet, containerd, etcd, \
+                     logs) will not survive a reboot",
+                ),
+                Err(e) => say(&format!(
+                    "mount tmpfs on /var: {e}; /var stays in the root overlay (RAM as well)"
+                )),
+            }
+        }
+    }
+    make_data_skeleton(host);
+}
+
+/// The folders a data filesystem is made with, where missing (a tmpfs, an older card).
+fn make_data_skeleton(host: &Host) {
+    use std::os::unix::fs::PermissionsExt;
+    for (rel, mode) in crate::contract::paths::DATA_SKELETON {
+        let dir = host.path("/var").join(rel);
+        if dir.exists() {
+            continue;
+        }
+        let made = std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(*mode)));
+        if let Err(e) = made {
+            say(&format!("/var/{rel}: {e}"));
+        }
+    }
+}
+
+/// Copies each file below the card's secrets folder to the same path in the root (mode 0600,
+/// owned by this process: root); says how many, never what. Returns their root paths.
+fn copy_card_secrets(host: &Host) -> Vec<String> {
+    let base = host.path(crate::contract::paths::CARD_SECRETS);
+    if !base.is_dir() {
+        return Vec::new();
+    }
+    let mut found = Vec::new();
+    secret_files(&base, &base, &mut found);
+    let mut copied = Vec::new();
+    for rel in found {
+        let abs = format!("/{rel}");
+        match install_secret(&base.join(&rel), &host.path(&abs)) {
+            Ok(()) => copied.push(abs),
+            Err(e) => say(&format!("card secret {abs}: {e}")),
+        }
+    }
+    say(&format!(
+        "card secrets: {} files copied from {} into the root",
+        copied.len(),
+        crate::contract::paths::CARD_SECRETS
+    ));
+    copied
+}
+
+/// Regular files below `dir`, relative to `base`, in name order (symlinks are not followed).
+fn secret_files(base: &Path, dir: &Path, out: &mut Vec<String>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<_> = rd.filter_map(|e| e.ok()).collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let p = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => secret_files(base, &p, out),
+            Ok(t) if t.is_file() => {
+                if let Ok(rel) = p.strip_prefix(base) {
+                    out.push(rel.display().to_string());
+                }
+            }
+            _ => say(&format!(
+                "card secret {}: not a regular file; skipped",
+                p.display()
+            )),
+        }
+    }
+}
+
+fn install_secret(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let data = std::fs::read(from)?;
+    if let Some(parent) = to.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)?;
+    }
+    sys::write_atomic(to, &data, 0o600)?;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o600))
+}
+
 /// The data partition on /var, grown to the end of the card once.
 fn mount_data(host: &Host, cfg: &NodeConfig) -> Result<(), StepError> {
     let Some(uuid) = cfg.storage.data_partuuid.as_deref() else {
@@ -117,10 +282,7 @@ fn mount_data(host: &Host, cfg: &NodeConfig) -> Result<(), StepError> {
         ));
         return Ok(());
     };
-    let already = std::fs::read_to_string(host.path("/proc/self/mountinfo"))
-        .map(|t| mounts::mount_points(&t).iter().any(|p| p == "/var"))
-        .unwrap_or(false);
-    if !already {
+    if !var_mounted(host) {
         host.sys
             .mount(
                 &dev.to_string_lossy(),
@@ -379,9 +541,9 @@ fn setup(host: &Host) -> Node {
     mount_api(host);
     say("stage2 start");
     host.sys.set_child_subreaper();
-    let cfg = read_config(host);
+    let mut cfg = read_config(host);
     let net_up = Arc::new(AtomicBool::new(false));
-    let specs = match &cfg {
+    let specs = match &mut cfg {
         Some(cfg) => prepare(host, cfg, &net_up),
         None => {
             setup_kernel(host);
@@ -410,14 +572,28 @@ fn setup(host: &Host) -> Node {
 }
 
 /// The steps that need the node config, in boot order. Returns the services to supervise.
-fn prepare(host: &Host, cfg: &NodeConfig, net_up: &Arc<AtomicBool>) -> Vec<ServiceSpec> {
+/// `cfg` may change: a netbooted node can take its config from its card.
+fn prepare(host: &Host, cfg: &mut NodeConfig, net_up: &Arc<AtomicBool>) -> Vec<ServiceSpec> {
     set_clock(host, cfg);
     report(
         host.sys
             .sethostname(&cfg.hostname)
             .map_err(StepError::Hostname),
     );
-    report(mount_data(host, cfg));
+    match (&cfg.storage.data_partuuid, cfg.storage.data_label.clone()) {
+        (None, Some(label)) => {
+            let hostname = cfg.hostname.clone();
+            netboot_storage(host, cfg, &label, DATA_CARD_WAIT);
+            if cfg.hostname != hostname {
+                report(
+                    host.sys
+                        .sethostname(&cfg.hostname)
+                        .map_err(StepError::Hostname),
+                );
+            }
+        }
+        _ => report(mount_data(host, cfg)),
+    }
     // Again with the time saved on /var, now that it is mounted.
     set_clock(host, cfg);
     for d in ["/var/log", "/var/lib/piimg", "/var/lib/kubelet"] {
@@ -562,13 +738,18 @@ fn halt(host: &Host, how: Halt) -> io::Error {
             let _ = host.sys.umount(&target, libc::MNT_DETACH);
         }
     }
-    let _ = host.sys.mount(
-        "",
-        &host.path("/"),
-        None,
-        libc::MS_REMOUNT | libc::MS_RDONLY,
-        None,
-    );
+    // A netbooted root is an overlay on RAM: nothing to protect, and remounting it read-only
+    // would only fail on what is still open.
+    let mountinfo = std::fs::read_to_string(host.path("/proc/self/mountinfo")).unwrap_or_default();
+    if mounts::root_fstype(&mountinfo).as_deref() != Some("overlay") {
+        let _ = host.sys.mount(
+            "",
+            &host.path("/"),
+            None,
+            libc::MS_REMOUNT | libc::MS_RDONLY,
+            None,
+        );
+    }
     host.sys.sync();
     let cmd = match how {
         Halt::Reboot => libc::RB_AUTOBOOT,
@@ -870,5 +1051,163 @@ mod tests {
         assert_eq!(signal_action(libc::SIGPWR), Some(Halt::PowerOff));
         assert_eq!(signal_action(libc::SIGUSR2), Some(Halt::PowerOff));
         assert_eq!(signal_action(libc::SIGHUP), None);
+    }
+
+    /// A netbooted node's config: /var by label, no data partition.
+    fn netbooted() -> NodeConfig {
+        let mut c = load_balancer();
+        c.storage = crate::node::Storage {
+            root_partuuid: None,
+            data_partuuid: None,
+            data_label: Some("piimg-data".into()),
+        };
+        c
+    }
+
+    fn mode(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    fn assert_skeleton(host: &Host) {
+        for (rel, m) in crate::contract::paths::DATA_SKELETON {
+            assert_eq!(mode(&host.path("/var").join(rel)), *m, "/var/{rel}");
+        }
+    }
+
+    #[test]
+    fn netboot_mounts_the_card_whose_ext4_label_matches_on_var() {
+        let cfg = netbooted();
+        let (_t, host, fake) = rootfs(&cfg);
+        put_partition(&host.root, "sda", 1, "12345678-01");
+        crate::blockdev::tests::mkfs_ext4(&host.path("/dev/sda1"), "piimg-data");
+        let lines = crate::console::capture_thread();
+        let mut got = cfg.clone();
+        netboot_storage(&host, &mut got, "piimg-data", Duration::ZERO);
+        assert_eq!(
+            fake.calls(),
+            vec!["mount /dev/sda1 /var -t ext4 -o noatime"]
+        );
+        assert_eq!(got, cfg);
+        assert_skeleton(&host);
+        let lines = lines.lock().unwrap().clone();
+        assert_eq!(
+            lines,
+            vec![format!(
+                "piimg-agent: data LABEL=piimg-data {} on /var",
+                host.path("/dev/sda1").display()
+            )]
+        );
+        // Already mounted (a restarted stage): only the skeleton is looked at.
+        put(
+            &host.root,
+            "/proc/self/mountinfo",
+            b"30 22 8:1 / /var rw,noatime - ext4 /dev/sda1 rw\n",
+        );
+        mount_var_by_label(&host, "piimg-data", Duration::ZERO);
+        assert_eq!(fake.calls().len(), 1);
+    }
+
+    #[test]
+    fn netboot_without_a_card_puts_var_on_a_tmpfs_and_warns() {
+        let cfg = netbooted();
+        let (_t, host, fake) = rootfs(&cfg);
+        put_partition(&host.root, "sda", 1, "12345678-01");
+        crate::blockdev::tests::mkfs_ext4(&host.path("/dev/sda1"), "someone-else");
+        let lines = crate::console::capture_thread();
+        let started = Instant::now();
+        mount_var_by_label(&host, "piimg-data", Duration::from_millis(500));
+        assert!(
+            started.elapsed() >= Duration::from_millis(500),
+            "did not wait"
+        );
+        assert_eq!(fake.calls(), vec!["mount var /var -t tmpfs -o mode=0755"]);
+        assert_skeleton(&host);
+        let lines = lines.lock().unwrap().clone();
+        assert_eq!(
+            lines,
+            vec![
+                "piimg-agent: no card with an ext4 filesystem labelled piimg-data",
+                "piimg-agent: WARNING: /var is a tmpfs: this node's state (kubelet, containerd, \
+                 etcd, logs) will not survive a reboot",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_card_that_will_not_mount_leaves_var_on_a_tmpfs() {
+        let (_t, host, fake) = rootfs(&netbooted());
+        put_partition(&host.root, "sda", 1, "12345678-01");
+        crate::blockdev::tests::mkfs_ext4(&host.path("/dev/sda1"), "piimg-data");
+        fake.fail("mount /dev/sda1", libc::EIO);
+        mount_var_by_label(&host, "piimg-data", Duration::ZERO);
+        assert_eq!(
+            fake.calls(),
+            vec![
+                "mount /dev/sda1 /var -t ext4 -o noatime",
+                "mount var /var -t tmpfs -o mode=0755",
+            ]
+        );
+    }
+
+    #[test]
+    fn card_secrets_are_copied_into_the_root_mode_0600_and_the_config_read_again() {
+        use std::os::unix::fs::MetadataExt;
+        let cfg = netbooted();
+        let (_t, host, _fake) = rootfs(&cfg);
+        let mut on_card = cfg.clone();
+        on_card.hostname = "w7".into();
+        let secrets = crate::contract::paths::CARD_SECRETS;
+        put(
+            &host.root,
+            &format!("{secrets}{NODE_CONFIG_PATH}"),
+            &on_card.to_json(),
+        );
+        put(
+            &host.root,
+            &format!("{secrets}/etc/kubernetes/pki/ca.key"),
+            b"-----BEGIN PRIVATE KEY----- secret",
+        );
+        std::os::unix::fs::symlink("/etc/shadow", host.path(secrets).join("link")).unwrap();
+        let lines = crate::console::capture_thread();
+        let mut got = cfg.clone();
+        netboot_storage(&host, &mut got, "piimg-data", Duration::ZERO);
+        assert_eq!(got, on_card);
+        for (path, content) in [
+            (NODE_CONFIG_PATH, on_card.to_json()),
+            (
+                "/etc/kubernetes/pki/ca.key",
+                b"-----BEGIN PRIVATE KEY----- secret".to_vec(),
+            ),
+        ] {
+            let p = host.path(path);
+            assert_eq!(std::fs::read(&p).unwrap(), content, "{path}");
+            assert_eq!(mode(&p), 0o600, "{path}");
+            assert_eq!(std::fs::metadata(&p).unwrap().uid(), 0, "{path}");
+        }
+        assert_eq!(mode(&host.path("/etc/kubernetes/pki")), 0o755);
+        assert!(!host.path("/link").exists());
+        let lines = lines.lock().unwrap().clone();
+        assert!(
+            lines.contains(&"piimg-agent: card secrets: 2 files copied from /var/lib/piimg/secrets into the root".to_string()),
+            "{lines:#?}"
+        );
+        assert!(!lines.iter().any(|l| l.contains("PRIVATE")), "{lines:#?}");
+    }
+
+    #[test]
+    fn halting_leaves_an_overlay_root_alone() {
+        let (_t, host, fake) = rootfs(&netbooted());
+        put(
+            &host.root,
+            "/proc/self/mountinfo",
+            b"30 1 0:40 / / rw - overlay overlay rw,lowerdir=/run/piimg/netroot/lower\n",
+        );
+        halt(&host, Halt::Reboot);
+        assert!(
+            !fake.calls().iter().any(|c| c.contains("remount")),
+            "{:?}",
+            fake.calls()
+        );
     }
 }
