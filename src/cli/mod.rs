@@ -238,6 +238,10 @@ pub enum Command {
         /// UDP port of the TFTP server
         #[arg(long, default_value_t = 69, value_name = "N")]
         tftp_port: u16,
+        /// Also answer Raspberry Pi boot ROMs on this interface with proxyDHCP (the TFTP
+        /// server's address and "Raspberry Pi Boot"; the router's DHCP still assigns addresses)
+        #[arg(long, value_name = "IFACE")]
+        proxy_dhcp: Option<String>,
     },
 }
 
@@ -365,7 +369,8 @@ pub fn run(cli: Cli) -> Result<i32> {
             ref dir,
             bind,
             tftp_port,
-        } => serve::run(dir, bind, tftp_port, cli.quiet),
+            ref proxy_dhcp,
+        } => serve::run(dir, bind, tftp_port, proxy_dhcp.as_deref(), cli.quiet),
     }
 }
 

@@ -1,8 +1,9 @@
 //! `piimg serve`: the netboot servers in the foreground until Ctrl-C, one log line per request.
 
 use anyhow::{bail, Result};
+use piimg::netboot::dhcp::{self, ProxyDhcp};
 use piimg::netboot::tftp::{Event, Server};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -14,12 +15,23 @@ extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
-/// Serves `dir` over TFTP on `bind:port` until SIGINT or SIGTERM; exit status 0 then.
-pub fn run(dir: &Path, bind: IpAddr, port: u16, quiet: bool) -> Result<i32> {
+/// Serves `dir` over TFTP on `bind:port` (and proxyDHCP on `proxy_dhcp`) until SIGINT or
+/// SIGTERM; exit status 0 then.
+pub fn run(
+    dir: &Path,
+    bind: IpAddr,
+    port: u16,
+    proxy_dhcp: Option<&str>,
+    quiet: bool,
+) -> Result<i32> {
     if !dir.is_dir() {
         bail!("--dir {}: no such folder", dir.display());
     }
     let server = Server::bind(dir, SocketAddr::new(bind, port))?;
+    let dhcp = match proxy_dhcp {
+        Some(iface) => Some(ProxyDhcp::bind(iface, tftp_address(bind)?)?),
+        None => None,
+    };
     // SAFETY: the handler only stores to an atomic.
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
@@ -33,7 +45,28 @@ pub fn run(dir: &Path, bind: IpAddr, port: u16, quiet: bool) -> Result<i32> {
             server.local_addr()?
         );
     }
-    server.serve(&STOP, &|e| log(&e, quiet))?;
+    if let Some(dhcp) = &dhcp {
+        announce_proxy_dhcp(dhcp, port, quiet);
+    }
+    std::thread::scope(|scope| -> Result<()> {
+        // Whichever server stops first, on an error, stops the other.
+        let proxy = dhcp.as_ref().map(|d| {
+            scope.spawn(|| {
+                let r = d.serve(&STOP, &|e| log_dhcp(&e, quiet));
+                STOP.store(true, Ordering::SeqCst);
+                r
+            })
+        });
+        let tftp = server.serve(&STOP, &|e| log(&e, quiet));
+        STOP.store(true, Ordering::SeqCst);
+        if let Some(proxy) = proxy {
+            match proxy.join() {
+                Ok(r) => r?,
+                Err(_) => bail!("the proxyDHCP thread panicked"),
+            }
+        }
+        Ok(tftp?)
+    })?;
     if !quiet {
         eprintln!("stopped");
     }
@@ -73,6 +106,54 @@ fn log(e: &Event, quiet: bool) {
         ),
         Event::Refused { peer, file, reason } => {
             eprintln!("tftp {peer} {}: refused: {reason}", file.escape_debug())
+        }
+    }
+}
+
+/// The TFTP server the proxyDHCP names: --bind when it is one IPv4 address, else None (the
+/// interface's own address). The Pi boot ROM speaks IPv4 only.
+fn tftp_address(bind: IpAddr) -> Result<Option<Ipv4Addr>> {
+    match bind {
+        IpAddr::V4(a) if !a.is_unspecified() => Ok(Some(a)),
+        IpAddr::V6(a) if !a.is_unspecified() => {
+            bail!("--proxy-dhcp needs an IPv4 --bind (or none): Raspberry Pi boot ROMs speak IPv4 only")
+        }
+        _ => Ok(None),
+    }
+}
+
+fn announce_proxy_dhcp(dhcp: &ProxyDhcp, port: u16, quiet: bool) {
+    if quiet {
+        return;
+    }
+    eprintln!(
+        "answering Raspberry Pi boot ROMs on {} with proxyDHCP (TFTP server {})",
+        dhcp.interface(),
+        dhcp.server()
+    );
+    // Not an error: tests, and setups that forward port 69, serve elsewhere on purpose.
+    if port != 69 {
+        eprintln!("warning: Raspberry Pis fetch over TFTP from port 69, not --tftp-port {port}");
+    }
+}
+
+/// One stderr line per PXE request; the DHCP traffic of other devices is not logged.
+fn log_dhcp(e: &dhcp::Event, quiet: bool) {
+    match e {
+        dhcp::Event::Answered {
+            mac,
+            xid,
+            reply,
+            tftp,
+        } if !quiet => eprintln!("dhcp {mac} xid {xid:#010x}: sent {reply}, TFTP server {tftp}"),
+        dhcp::Event::Answered { .. } => {}
+        dhcp::Event::Ignored {
+            mac: Some(mac),
+            reason,
+        } if reason.from_pxe_client() && !quiet => eprintln!("dhcp {mac}: ignored: {reason}"),
+        dhcp::Event::Ignored { .. } => {}
+        dhcp::Event::Unsent { mac, reply, error } => {
+            eprintln!("dhcp {mac}: sending {reply} failed: {error}")
         }
     }
 }
