@@ -6,4 +6,5 @@ pub mod ext4;
 pub mod fat32;
 pub mod ids;
 pub mod sparse;
+pub mod squashfs;
 pub mod standalone;
