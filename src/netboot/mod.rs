@@ -2,4 +2,5 @@
 //! the network instead of an SD card.
 
 pub mod dhcp;
+pub mod files;
 pub mod tftp;

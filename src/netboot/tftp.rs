@@ -12,18 +12,18 @@
 //! boots tens of Pis at once, and [`MAX_TRANSFERS`] bounds the rest; a pool would only add
 //! queueing.
 //!
-//! Names are taken relative to the served folder: a leading `/` is dropped (the Pi ROM sends
-//! `bootcode.bin` or `SERIAL/start4.elf`; clients that send `/name` mean the same file, as with
-//! tftp-hpa's `-s`). `..` is refused, and so is any name whose real path (symlinks resolved)
-//! lies outside the folder. Nothing here prints: every transfer ends in one [`Event`].
+//! Which names are served is [`super::files`]'s rule, the same as for HTTP. Nothing here
+//! prints: every transfer ends in one [`Event`].
 
 use std::fs::File;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use super::files::{self, Refused};
 
 /// The largest blksize RFC 2348 allows (a 65535-byte IPv4 datagram less its headers).
 pub const MAX_BLKSIZE: usize = 65464;
@@ -239,7 +239,7 @@ impl Server {
                 )
             }
         };
-        let source = match resolve(&self.root, &req.file).and_then(|f| Source::open(f, netascii)) {
+        let source = match Source::open(&self.root, &req.file, netascii) {
             Ok(s) => s,
             Err((code, reason)) => return refused(code, reason),
         };
@@ -433,35 +433,12 @@ pub fn negotiate(requested: &[(String, String)], size: Option<u64>) -> Options {
 
 type Refusal = (ErrorCode, String);
 
-/// The real path of a requested name, or the TFTP error that refuses it (its text goes to the
-/// client too, so it names no server path).
-pub fn resolve(root: &Path, name: &str) -> Result<PathBuf, Refusal> {
-    let relative = Path::new(name.trim_start_matches('/'));
-    for part in relative.components() {
-        match part {
-            Component::Normal(_) | Component::CurDir => {}
-            _ => {
-                return Err((
-                    ErrorCode::AccessViolation,
-                    "`..` leaves the served folder".into(),
-                ))
-            }
-        }
+/// The TFTP error that says why a name is not served.
+fn refusal(r: Refused) -> Refusal {
+    match r {
+        Refused::NotFound => (ErrorCode::FileNotFound, r.to_string()),
+        Refused::Denied(why) => (ErrorCode::AccessViolation, why),
     }
-    let real = root
-        .join(relative)
-        .canonicalize()
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::PermissionDenied => (ErrorCode::AccessViolation, e.to_string()),
-            _ => (ErrorCode::FileNotFound, "no such file".into()),
-        })?;
-    if !real.starts_with(root) {
-        return Err((
-            ErrorCode::AccessViolation,
-            "it leads outside the served folder".into(),
-        ));
-    }
-    Ok(real)
 }
 
 /// The bytes a transfer sends: the file read in place, or its netascii form in memory.
@@ -471,24 +448,15 @@ enum Source {
 }
 
 impl Source {
-    /// Opens a resolved path: no symlink may have been swapped in since, and only a regular
-    /// file (a FIFO or device would block or never end).
-    fn open(real: PathBuf, netascii: bool) -> Result<Source, Refusal> {
-        let denied = |e: io::Error| (ErrorCode::AccessViolation, e.to_string());
-        let file = File::options()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(&real)
-            .map_err(denied)?;
-        let meta = file.metadata().map_err(denied)?;
-        if !meta.is_file() {
-            return Err((ErrorCode::AccessViolation, "not a regular file".into()));
-        }
+    /// Opens a requested name inside `root`.
+    fn open(root: &Path, name: &str, netascii: bool) -> Result<Source, Refusal> {
+        let (file, len) = files::open(root, name).map_err(refusal)?;
         if !netascii {
-            return Ok(Source::File(file, meta.len()));
+            return Ok(Source::File(file, len));
         }
         let mut raw = Vec::new();
-        io::Read::read_to_end(&mut &file, &mut raw).map_err(denied)?;
+        io::Read::read_to_end(&mut &file, &mut raw)
+            .map_err(|e| (ErrorCode::AccessViolation, e.to_string()))?;
         Ok(Source::Bytes(to_netascii(&raw)))
     }
 
@@ -747,28 +715,6 @@ mod tests {
     #[test]
     fn netascii_ends_lines_in_cr_lf_and_escapes_a_bare_cr() {
         assert_eq!(to_netascii(b"a\nb\rc"), b"a\r\nb\r\0c");
-    }
-
-    #[test]
-    fn names_stay_inside_the_served_folder() {
-        let t = tempfile::tempdir().unwrap();
-        let root = t.path().join("root");
-        std::fs::create_dir_all(root.join("sub")).unwrap();
-        std::fs::write(root.join("sub/f"), b"x").unwrap();
-        std::fs::write(t.path().join("secret"), b"s").unwrap();
-        std::os::unix::fs::symlink("../secret", root.join("out")).unwrap();
-        std::os::unix::fs::symlink("sub/f", root.join("in")).unwrap();
-        let root = root.canonicalize().unwrap();
-        assert_eq!(resolve(&root, "sub/f").unwrap(), root.join("sub/f"));
-        assert_eq!(resolve(&root, "/sub/f").unwrap(), root.join("sub/f"));
-        assert_eq!(resolve(&root, "in").unwrap(), root.join("sub/f"));
-        let code = |name| resolve(&root, name).unwrap_err().0;
-        assert_eq!(code("../secret"), ErrorCode::AccessViolation);
-        assert_eq!(code("sub/../../secret"), ErrorCode::AccessViolation);
-        assert_eq!(code("out"), ErrorCode::AccessViolation);
-        assert_eq!(code("missing"), ErrorCode::FileNotFound);
-        let abs = t.path().join("secret").display().to_string();
-        assert_eq!(code(&abs), ErrorCode::FileNotFound);
     }
 
     /// A minimal client: fetches `file` with `opts`, dropping the first DATA packet it sees
