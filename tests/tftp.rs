@@ -22,7 +22,8 @@ impl Serving {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("root")).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_piimg"))
-            .args(["serve", "--bind", "127.0.0.1", "--tftp-port", "0", "--dir"])
+            .args(["serve", "--bind", "127.0.0.1", "--tftp-port", "0"])
+            .args(["--http-port", "0", "--dir"])
             .arg(dir.path().join("root"))
             .stderr(Stdio::piped())
             .spawn()
@@ -36,7 +37,11 @@ impl Serving {
         let log = Arc::new(Mutex::new(String::new()));
         let sink = log.clone();
         std::thread::spawn(move || {
+            // The other servers' startup lines are not TFTP's log.
             for line in lines.map_while(Result::ok) {
+                if line.starts_with("serving ") {
+                    continue;
+                }
                 let mut log = sink.lock().unwrap();
                 log.push_str(&line);
                 log.push('\n');

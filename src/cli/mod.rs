@@ -223,10 +223,10 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         keep: Option<PathBuf>,
     },
-    /// Serve netboot files to Raspberry Pis over TFTP until Ctrl-C (read-only; one log line per
-    /// transfer on stderr)
+    /// Serve netboot files to Raspberry Pis over TFTP and HTTP until Ctrl-C (read-only; one log
+    /// line per transfer on stderr)
     #[command(
-        after_help = "Examples:\n  piimg serve                         # out/netboot on UDP port 69 (needs root)\n  piimg serve --dir out/netboot --bind 10.0.7.1 --tftp-port 6969\n\nNames are relative to --dir (a leading / is dropped); `..` and symlinks that lead outside it\nare refused. Options: blksize, tsize, timeout, windowsize; block numbers roll over after\n65535. --tftp-port 0 picks a free port, printed on stderr."
+        after_help = "Examples:\n  piimg serve                         # out/netboot on UDP port 69 (needs root) and TCP 8080\n  piimg serve --dir out/netboot --bind 10.0.7.1 --tftp-port 6969 --http-port 8080\n\nBoth servers hand out the same files: names are relative to --dir (a leading / is dropped);\n`..`, symlinks that lead outside it and folders are refused.\nTFTP options: blksize, tsize, timeout, windowsize; block numbers roll over after 65535.\nHTTP: GET and HEAD, single byte ranges (resumed downloads), one request per connection.\nPort 0 picks a free port; the ports in use are printed on stderr."
     )]
     Serve {
         /// Folder whose files are served
@@ -242,6 +242,9 @@ pub enum Command {
         /// server's address and "Raspberry Pi Boot"; the router's DHCP still assigns addresses)
         #[arg(long, value_name = "IFACE")]
         proxy_dhcp: Option<String>,
+        /// TCP port of the HTTP server (root images)
+        #[arg(long, default_value_t = 8080, value_name = "N")]
+        http_port: u16,
     },
 }
 
@@ -370,7 +373,15 @@ pub fn run(cli: Cli) -> Result<i32> {
             bind,
             tftp_port,
             ref proxy_dhcp,
-        } => serve::run(dir, bind, tftp_port, proxy_dhcp.as_deref(), cli.quiet),
+            http_port,
+        } => serve::run(
+            dir,
+            bind,
+            tftp_port,
+            http_port,
+            proxy_dhcp.as_deref(),
+            cli.quiet,
+        ),
     }
 }
 

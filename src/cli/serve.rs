@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Result};
 use piimg::netboot::dhcp::{self, ProxyDhcp};
+use piimg::netboot::http;
 use piimg::netboot::tftp::{Event, Server};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -15,19 +16,21 @@ extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
-/// Serves `dir` over TFTP on `bind:port` (and proxyDHCP on `proxy_dhcp`) until SIGINT or
-/// SIGTERM; exit status 0 then.
+/// Serves `dir` over TFTP on `bind:tftp_port` and HTTP on `bind:http_port` (and proxyDHCP on
+/// `proxy_dhcp`) until SIGINT or SIGTERM; exit status 0 then.
 pub fn run(
     dir: &Path,
     bind: IpAddr,
-    port: u16,
+    tftp_port: u16,
+    http_port: u16,
     proxy_dhcp: Option<&str>,
     quiet: bool,
 ) -> Result<i32> {
     if !dir.is_dir() {
         bail!("--dir {}: no such folder", dir.display());
     }
-    let server = Server::bind(dir, SocketAddr::new(bind, port))?;
+    let server = Server::bind(dir, SocketAddr::new(bind, tftp_port))?;
+    let web = http::Server::bind(dir, SocketAddr::new(bind, http_port))?;
     let dhcp = match proxy_dhcp {
         Some(iface) => Some(ProxyDhcp::bind(iface, tftp_address(bind)?)?),
         None => None,
@@ -44,12 +47,17 @@ pub fn run(
             dir.display(),
             server.local_addr()?
         );
+        eprintln!(
+            "serving {} over HTTP on http://{}/",
+            dir.display(),
+            web.local_addr()?
+        );
     }
     if let Some(dhcp) = &dhcp {
-        announce_proxy_dhcp(dhcp, port, quiet);
+        announce_proxy_dhcp(dhcp, tftp_port, quiet);
     }
     std::thread::scope(|scope| -> Result<()> {
-        // Whichever server stops first, on an error, stops the other.
+        // Whichever server stops first, on an error, stops the others.
         let proxy = dhcp.as_ref().map(|d| {
             scope.spawn(|| {
                 let r = d.serve(&STOP, &|e| log_dhcp(&e, quiet));
@@ -57,6 +65,7 @@ pub fn run(
                 r
             })
         });
+        let web = scope.spawn(|| web.serve(&STOP, &|e| log_http(&e, quiet)));
         let tftp = server.serve(&STOP, &|e| log(&e, quiet));
         STOP.store(true, Ordering::SeqCst);
         if let Some(proxy) = proxy {
@@ -64,6 +73,9 @@ pub fn run(
                 Ok(r) => r?,
                 Err(_) => bail!("the proxyDHCP thread panicked"),
             }
+        }
+        if web.join().is_err() {
+            bail!("the HTTP thread panicked");
         }
         Ok(tftp?)
     })?;
@@ -156,4 +168,26 @@ fn log_dhcp(e: &dhcp::Event, quiet: bool) {
             eprintln!("dhcp {mac}: sending {reply} failed: {error}")
         }
     }
+}
+
+/// One stderr line per HTTP request; with -q only the ones refused or cut short.
+fn log_http(e: &http::Event, quiet: bool) {
+    if quiet && e.status < 400 && e.problem.is_none() {
+        return;
+    }
+    let request = match e.method.as_str() {
+        "" => String::new(),
+        m => format!(" {} {}", m.escape_debug(), e.target.escape_debug()),
+    };
+    let problem = match &e.problem {
+        Some(p) => format!(": {}", p.escape_debug()),
+        None => String::new(),
+    };
+    eprintln!(
+        "http {}{request}: {}, {} bytes in {}{problem}",
+        e.peer,
+        e.status,
+        e.bytes,
+        secs(e.elapsed)
+    );
 }

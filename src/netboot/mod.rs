@@ -3,4 +3,5 @@
 
 pub mod dhcp;
 pub mod files;
+pub mod http;
 pub mod tftp;
