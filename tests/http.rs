@@ -458,6 +458,28 @@ fn garbage_and_idle_connections_leave_the_server_serving() {
 }
 
 #[test]
+fn past_256_connections_the_next_is_told_busy_and_the_server_recovers() {
+    let s = Serving::start();
+    let data = s.file("fixup4.dat", 7_000);
+    let addr = ("127.0.0.1", s.port());
+    let held: Vec<TcpStream> = (0..256)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
+    let mut extra = TcpStream::connect(addr).unwrap();
+    let line = status_line(&reply(&mut extra, Duration::from_secs(5)));
+    assert!(line.starts_with("HTTP/1.1 503 "), "{line:?}");
+    drop(held);
+    // The held connections' threads see them closed within a poll interval.
+    let got = s.local("got");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status(&[], &s.url("/fixup4.dat"), &got) != "200" {
+        assert!(Instant::now() < deadline, "still busy");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_same(&got, &data, "after the crowd left");
+}
+
+#[test]
 fn a_request_trickled_byte_by_byte_is_cut_off_after_ten_seconds() {
     let s = Serving::start();
     s.file("start4.elf", 1000);
