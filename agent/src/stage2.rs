@@ -690,6 +690,13 @@ fn main_loop(node: &mut Node) -> Halt {
         let net_ok = node.cfg.is_none() || node.net_up.load(Ordering::SeqCst);
         if !node.ready && net_ok && node.sup.all_started() {
             node.ready = true;
+            // What is left for pods; a netbooted node's root image and overlay live in RAM.
+            if let Some(m) = std::fs::read_to_string("/proc/meminfo")
+                .ok()
+                .and_then(|t| memory_line(&t))
+            {
+                say(&m);
+            }
             // The guest's own clock since power-on: what `piimg qemu` and the tests report.
             match sys::uptime() {
                 Some(up) => say(&format!("ready (uptime {up:.2} s)")),
@@ -757,6 +764,25 @@ fn halt(host: &Host, how: Halt) -> io::Error {
     };
     crate::console::flush(Duration::from_secs(3));
     host.sys.reboot(cmd)
+}
+
+/// `memory: N MiB available of M MiB` from /proc/meminfo's MemAvailable and MemTotal.
+fn memory_line(meminfo: &str) -> Option<String> {
+    let kib = |key: &str| -> Option<u64> {
+        meminfo.lines().find_map(|l| {
+            l.strip_prefix(key)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+    };
+    Some(format!(
+        "memory: {} MiB available of {} MiB",
+        kib("MemAvailable:")? / 1024,
+        kib("MemTotal:")? / 1024
+    ))
 }
 
 pub fn run() -> ! {
@@ -1042,6 +1068,16 @@ mod tests {
                 "reboot power-off",
             ]
         );
+    }
+
+    #[test]
+    fn memory_is_reported_from_meminfo() {
+        let m = "MemTotal:         949392 kB\nMemFree:          800000 kB\nMemAvailable:     831488 kB\n";
+        assert_eq!(
+            memory_line(m).as_deref(),
+            Some("memory: 812 MiB available of 927 MiB")
+        );
+        assert_eq!(memory_line("MemTotal: 1 kB\n"), None);
     }
 
     #[test]
