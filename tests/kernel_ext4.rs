@@ -462,6 +462,7 @@ fn boot(kernel: &Path, dtb: &Path, initrd: &Path, sd: &Path) -> String {
             initramfs: Some(initrd.to_path_buf()),
             cmdline: "console=ttyAMA0,115200 rdinit=/init".into(),
         }),
+        card: None,
     };
     let mut console = Vec::new();
     let o = qemu::run(&opts, &mut console)

@@ -5,6 +5,7 @@ mod fetch;
 mod flash;
 pub mod fs;
 mod init;
+mod netboot;
 mod profiles;
 mod progress;
 mod qemu;
@@ -94,6 +95,12 @@ pub enum Command {
         /// (multi-threaded; the same bytes on every run); repeatable
         #[arg(long, value_enum, value_name = "CODEC")]
         compress: Vec<piimg::compress::Codec>,
+        /// Write each node into OUT/netboot instead of an SD image: its boot files in the folder
+        /// its bootloader reads (profile netboot.serial or netboot.mac), its root as a squashfs
+        /// image fetched over HTTP from netboot.server, and its secrets on a local card image
+        /// OUT/NAME.secrets.img (unless netboot.secrets = "serve")
+        #[arg(long, conflicts_with = "compress")]
+        netboot: bool,
     },
     /// Resolve components into piimg.lock and download them into the cache
     #[command(
@@ -181,8 +188,12 @@ pub enum Command {
         after_help = "Examples:\n  piimg qemu out/qemu.img\n  piimg qemu out/qemu.img --until 'piimg-agent: ready' --timeout 300 --forward 6443:6443 --forward 7780:7780\n  cp --sparse=always out/qemu.img card.img && piimg qemu --writable card.img   (a card that keeps what the node wrote, across boots)\n\nExit status: 0 when --until matched (or QEMU ended / --timeout passed without --until), 1 on a timeout or QEMU failure, 2 on a kernel panic.\nQuit an interactive session with Ctrl-A X."
     )]
     Qemu {
-        /// The image (out/NAME.img)
+        /// The image (out/NAME.img), or a node's netboot folder (out/netboot/SERIAL: booted
+        /// with no SD card; its root comes from `piimg serve` over HTTP)
         image: PathBuf,
+        /// With a netboot folder: attach this image as the SD card (e.g. out/NAME.secrets.img)
+        #[arg(long, value_name = "IMAGE")]
+        card: Option<PathBuf>,
         /// Stop after this many seconds
         #[arg(long, value_name = "SECS")]
         timeout: Option<u64>,
@@ -246,6 +257,34 @@ pub enum Command {
         #[arg(long, default_value_t = 8080, value_name = "N")]
         http_port: u16,
     },
+    /// Netboot trees written by `piimg build --netboot`
+    Netboot {
+        #[command(subcommand)]
+        command: NetbootCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NetbootCommand {
+    /// Walk a netboot tree in the order a Pi's boot ROM, bootloader and firmware fetch files,
+    /// and name the first one it would not find (exit 1), or say the tree is complete
+    #[command(
+        after_help = "Examples:\n  piimg netboot check                      # every node of out/netboot\n  piimg netboot check out/netboot --serial 9ffefdef\n  piimg netboot check /srv/tftp --mac dc:a6:32:01:36:c2 --board rpi4b\n\nThe board comes from the tree's record of the node (.piimg/NODE.json) unless --board names it.\nThe root image is followed from cmdline.txt's piimg.root= (HTTP serves the same folder).\nWarns when a root image holds secrets (profile netboot.secrets = \"serve\")."
+    )]
+    Check {
+        /// The tree
+        #[arg(default_value = "out/netboot", value_name = "DIR")]
+        dir: PathBuf,
+        /// Only the node whose folder is this board serial (8 hex digits)
+        #[arg(long, value_name = "SERIAL", conflicts_with = "mac")]
+        serial: Option<String>,
+        /// Only the node whose folder is this MAC address (Pi 4 with TFTP_PREFIX=2)
+        #[arg(long, value_name = "MAC")]
+        mac: Option<String>,
+        /// The board that boots from it: rpi3b, rpi3bplus, rpi4b or cm4
+        #[arg(long, value_name = "BOARD", value_parser = netboot::parse_board)]
+        board: Option<piimg_agent::node::Board>,
+    },
 }
 
 /// SOURCE_DATE_EPOCH from the environment, or the fixed default.
@@ -273,6 +312,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             ref components,
             offline,
             ref compress,
+            netboot,
         } => {
             let how = build::BuildArgs {
                 out,
@@ -282,6 +322,14 @@ pub fn run(cli: Cli) -> Result<i32> {
                 quiet: cli.quiet,
                 verbose: cli.verbose,
             };
+            if netboot {
+                let scope = match (profile, all) {
+                    (Some(name), _) => build::Scope::Node(name),
+                    (None, true) => build::Scope::All,
+                    (None, false) => build::Scope::Cluster(cluster.as_deref()),
+                };
+                return build::build_netboot(&cli.profiles, scope, &how);
+            }
             match profile {
                 Some(name) => build::build(&cli.profiles, name, &how),
                 None => build::build_many(
@@ -347,21 +395,23 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         Command::Qemu {
             ref image,
+            ref card,
             timeout,
             ref until,
             ref forwards,
             ref memory,
             writable,
             json,
-        } => qemu::run_qemu(
+        } => qemu::run_qemu(&qemu::QemuArgs {
             image,
+            card: card.as_deref(),
             timeout,
-            until.as_deref(),
+            until: until.as_deref(),
             forwards,
             memory,
             writable,
             json,
-        ),
+        }),
         Command::Verify {
             ref profile,
             ref components,
@@ -382,6 +432,15 @@ pub fn run(cli: Cli) -> Result<i32> {
             proxy_dhcp.as_deref(),
             cli.quiet,
         ),
+        Command::Netboot {
+            command:
+                NetbootCommand::Check {
+                    ref dir,
+                    ref serial,
+                    ref mac,
+                    board,
+                },
+        } => netboot::check(dir, serial.as_deref(), mac.as_deref(), board, cli.quiet),
     }
 }
 

@@ -14,15 +14,35 @@ fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
 }
 
-pub fn run_qemu(
-    image: &Path,
-    timeout: Option<u64>,
-    until: Option<&str>,
-    forwards: &[String],
-    memory: &str,
-    writable: bool,
-    json: bool,
-) -> Result<i32> {
+/// `piimg qemu`'s arguments.
+pub struct QemuArgs<'a> {
+    pub image: &'a Path,
+    pub card: Option<&'a Path>,
+    pub timeout: Option<u64>,
+    pub until: Option<&'a str>,
+    pub forwards: &'a [String],
+    pub memory: &'a str,
+    pub writable: bool,
+    pub json: bool,
+}
+
+pub fn run_qemu(args: &QemuArgs) -> Result<i32> {
+    let QemuArgs {
+        image,
+        card,
+        timeout,
+        until,
+        forwards,
+        memory,
+        writable,
+        json,
+    } = *args;
+    if card.is_some() && !image.is_dir() {
+        anyhow::bail!(
+            "--card attaches an SD card to a netboot folder; {} is an image (it is the card)",
+            image.display()
+        );
+    }
     // A built image keeps matching its checksum and manifest: the guest writes to a copy.
     let sum = piimg::image::sidecar(image, ".sha256");
     if writable && sum.exists() {
@@ -49,6 +69,7 @@ pub fn run_qemu(
         qemu: None,
         writable,
         direct: None,
+        card: card.map(Path::to_path_buf),
     };
     // SIGINT/SIGTERM stop QEMU and clean up instead of killing us mid-run.
     // SAFETY: the handler only stores to an atomic.

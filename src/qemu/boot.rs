@@ -4,6 +4,7 @@
 
 use super::{io, QemuError};
 use crate::fs::fat32::read::{FatReadError, FatVolume};
+use piimg_agent::node::Board;
 use std::fs::File;
 use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
@@ -41,11 +42,29 @@ pub struct BootConfig {
     pub overlays: Vec<String>,
 }
 
-/// Parses config.txt as the firmware of a Pi 3 Model B would: `[all]` and `[pi3]` sections
-/// apply; other model filters (`[pi4]`, `[pi02]`, `[pi3+]`, ...) and every other kind of filter
-/// (`[gpio...]`, `[EDID=...]`, `[none]`, ...) do not. Model filters replace each other; `[all]`
-/// resets everything.
+/// Parses config.txt as the firmware of a Pi 3 Model B would (QEMU's raspi3b).
 pub fn parse_config_txt(text: &str) -> BootConfig {
+    parse_config_txt_for(text, Board::Rpi3b)
+}
+
+/// Whether a model filter (`pi3`, `pi3+`, `pi02`, `pi4`, `cm4`, lowercase) selects `board`, as
+/// the Raspberry Pi documentation's conditional-filters table has it.
+fn model_filter_selects(filter: &str, board: Board) -> bool {
+    match filter {
+        "pi3" => matches!(board, Board::Rpi3b | Board::Rpi3bplus),
+        "pi3+" => board == Board::Rpi3bplus,
+        "pi02" => board == Board::Zero2w,
+        "pi4" => matches!(board, Board::Rpi4b | Board::Cm4),
+        "cm4" => board == Board::Cm4,
+        _ => false,
+    }
+}
+
+/// Parses config.txt as `board`'s firmware would: `[all]` and the model filters that select
+/// the board apply; other model filters and every other kind of filter (`[gpio...]`,
+/// `[EDID=...]`, `[none]`, ...) do not. Model filters replace each other; `[all]` resets
+/// everything. Missing settings take a Pi 3's defaults.
+pub fn parse_config_txt_for(text: &str, board: Board) -> BootConfig {
     let mut kernel = None;
     let mut initramfs = None;
     let mut device_tree = None;
@@ -62,8 +81,9 @@ pub fn parse_config_txt(text: &str) -> BootConfig {
             let f = f.trim().to_ascii_lowercase();
             match f.as_str() {
                 "all" => (model_ok, other_ok) = (true, true),
-                "pi3" => model_ok = true,
-                m if m.starts_with("pi") || m.starts_with("cm") => model_ok = false,
+                m if m.starts_with("pi") || m.starts_with("cm") => {
+                    model_ok = model_filter_selects(m, board)
+                }
                 _ => other_ok = false,
             }
             continue;
@@ -314,6 +334,52 @@ pub fn extract_boot(image: &Path, dest: &Path) -> Result<BootFiles, QemuError> {
     })
 }
 
+/// The boot files of a netboot folder (`piimg build --netboot`): what the firmware would have
+/// fetched over TFTP, read in place; only the device tree is copied into `dest` to drop the
+/// Bluetooth node as [`extract_boot`] does.
+pub fn folder_boot(dir: &Path, dest: &Path) -> Result<KernelFiles, QemuError> {
+    let name = dir.display().to_string();
+    let config = match std::fs::read(dir.join("config.txt")) {
+        Ok(b) => parse_config_txt(&String::from_utf8_lossy(&b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => parse_config_txt(""),
+        Err(e) => return Err(io(&dir.join("config.txt"))(e)),
+    };
+    let cmdline = std::fs::read(dir.join(&config.cmdline_file))
+        .map(|b| {
+            let text = String::from_utf8_lossy(&b).into_owned();
+            text.lines().next().unwrap_or("").trim().to_string()
+        })
+        .unwrap_or_default();
+    let present = |file: &str, by: &str| -> Result<PathBuf, QemuError> {
+        let p = dir.join(file);
+        if p.is_file() {
+            Ok(p)
+        } else {
+            Err(QemuError::MissingBootFile {
+                image: name.clone(),
+                file: file.to_string(),
+                by: by.to_string(),
+            })
+        }
+    };
+    let kernel = present(&config.kernel, "kernel= in config.txt")?;
+    let source_dtb = present(&config.device_tree, "device_tree= in config.txt")?;
+    let mut bytes = std::fs::read(&source_dtb).map_err(io(&source_dtb))?;
+    apply_disable_bt(&mut bytes);
+    let dtb = dest.join("dtb");
+    std::fs::write(&dtb, &bytes).map_err(io(&dtb))?;
+    let initramfs = match &config.initramfs {
+        Some(i) => Some(present(i, "initramfs in config.txt")?),
+        None => None,
+    };
+    Ok(KernelFiles {
+        kernel,
+        dtb,
+        initramfs,
+        cmdline,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,6 +461,14 @@ mod tests {
         assert_eq!(c.device_tree, "a.dtb");
         assert_eq!(c.cmdline_file, "c.txt");
         assert_eq!(c.overlays, ["disable-bt"]);
+        let t = "kernel=k.img\n[pi4]\nkernel=k4.img\n[pi3]\ndevice_tree=b3.dtb\n[all]\ninitramfs initrd followkernel\n";
+        let c = parse_config_txt_for(t, Board::Rpi3bplus);
+        assert_eq!(
+            (c.kernel.as_str(), c.device_tree.as_str()),
+            ("k.img", "b3.dtb")
+        );
+        assert_eq!(c.initramfs.as_deref(), Some("initrd"));
+        assert_eq!(parse_config_txt_for(t, Board::Cm4).kernel, "k4.img");
         let d = parse_config_txt("arm_64bit=1\n");
         assert_eq!(d.kernel, "kernel8.img");
         assert_eq!(d.initramfs, None);

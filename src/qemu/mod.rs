@@ -17,8 +17,8 @@ mod boot;
 mod watch;
 
 pub use boot::{
-    apply_disable_bt, extract_boot, parse_config_txt, read_partitions, BootConfig, BootFiles,
-    KernelFiles, PartType, Partition,
+    apply_disable_bt, extract_boot, folder_boot, parse_config_txt, parse_config_txt_for,
+    read_partitions, BootConfig, BootFiles, KernelFiles, PartType, Partition,
 };
 pub use watch::{guest_timestamp, kernel_timestamp};
 
@@ -135,6 +135,8 @@ pub struct RunOptions {
     /// Boot these files instead of those the image's boot partition names (the image is then
     /// only the SD card): tests that boot a kernel against a bare filesystem image.
     pub direct: Option<KernelFiles>,
+    /// With a netboot folder as `image`: an SD card to attach (e.g. `NAME.secrets.img`).
+    pub card: Option<PathBuf>,
 }
 
 /// Why the run ended.
@@ -182,6 +184,15 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// The SD card QEMU gets: the image, or with a netboot folder the `card` if one is given.
+fn sd_card(opts: &RunOptions) -> Option<&Path> {
+    if opts.image.is_dir() {
+        opts.card.as_deref()
+    } else {
+        Some(&opts.image)
+    }
+}
+
 /// The QEMU arguments for an image whose boot files are in `boot`.
 pub fn qemu_args(opts: &RunOptions, boot: &KernelFiles) -> Vec<String> {
     let mut a: Vec<String> = [
@@ -207,11 +218,13 @@ pub fn qemu_args(opts: &RunOptions, boot: &KernelFiles) -> Vec<String> {
         a.extend(["-initrd".to_string(), i.display().to_string()]);
     }
     // snapshot=on: writes go to a temporary overlay; the image file stays as it was.
-    let drive = format!(
-        "file={},if=sd,format=raw{}",
-        opts.image.display().to_string().replace(',', ",,"),
-        if opts.writable { "" } else { ",snapshot=on" }
-    );
+    let drive = sd_card(opts).map(|sd| {
+        format!(
+            "file={},if=sd,format=raw{}",
+            sd.display().to_string().replace(',', ",,"),
+            if opts.writable { "" } else { ",snapshot=on" }
+        )
+    });
     let mut netdev = "user,id=n0".to_string();
     for f in &opts.forwards {
         netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", f.host, f.guest));
@@ -219,12 +232,12 @@ pub fn qemu_args(opts: &RunOptions, boot: &KernelFiles) -> Vec<String> {
     // QEMU's raspi power-management model resets the machine the moment a watchdog is armed
     // (it has no countdown), so the agent is told to leave the watchdog alone.
     let cmdline = format!("{} piimg.watchdog=0", boot.cmdline);
+    a.extend(["-append".to_string(), cmdline]);
+    if let Some(drive) = drive {
+        a.extend(["-drive".to_string(), drive]);
+    }
     a.extend(
         [
-            "-append",
-            &cmdline,
-            "-drive",
-            &drive,
             "-nographic",
             "-serial",
             "mon:stdio",
@@ -275,13 +288,17 @@ pub fn run(opts: &RunOptions, console: &mut dyn Write) -> Result<Outcome, QemuEr
         None => find_in_path(QEMU_BINARY).ok_or(QemuError::QemuMissing)?,
     };
     check_memory(&opts.memory)?;
-    check_image_size(&opts.image)?;
+    let netboot = opts.image.is_dir();
+    if let Some(sd) = sd_card(opts) {
+        check_image_size(sd)?;
+    }
     let tmp = tempfile::Builder::new()
         .prefix("piimg-qemu-")
         .tempdir()
         .map_err(io(Path::new("temporary folder")))?;
     let (files, ignored_overlays) = match &opts.direct {
         Some(k) => (k.clone(), Vec::new()),
+        None if netboot => (folder_boot(&opts.image, tmp.path())?, Vec::new()),
         None => {
             let b = extract_boot(&opts.image, tmp.path())?;
             (b.kernel_files(), b.ignored_overlays)
