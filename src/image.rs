@@ -168,6 +168,65 @@ pub struct Written {
 /// Writes the node image into a temp file beside `dest`; the caller commits it with the files that
 /// belong to it (see [`stage_artifacts`]). The initramfs is packed into the boot tree here so that
 /// its name matches config.txt.
+/// The initramfs as the firmware loads it: a zstd-compressed newc archive (smaller than gzip
+/// for the same time; Debian's kernel decompresses both).
+pub fn initramfs_cpio(tree: &Tree) -> Result<Vec<u8>, ImageError> {
+    let mut initrd = Vec::new();
+    cpio::write(
+        tree,
+        &CpioOptions {
+            compression: Compression::Zstd { level: 19 },
+        },
+        &mut initrd,
+    )?;
+    Ok(initrd)
+}
+
+/// A netbooted node's local card: one ext4 partition labelled like a node image's data partition
+/// (stage 2 mounts it on /var by that label) holding `tree`. Staged at `dest`, not committed.
+pub fn write_card(
+    tree: &Tree,
+    size: u64,
+    seed: &[u8],
+    epoch: i64,
+    dest: &Path,
+) -> Result<AtomicOutput, ImageError> {
+    let layout = disk::plan(
+        Table::Mbr,
+        size,
+        &[PartSpec {
+            name: "data".into(),
+            kind: PartKind::Linux,
+            size: 0,
+        }],
+        seed,
+    )?;
+    let io = |e| ImageError::Io(dest.display().to_string(), e);
+    let out = AtomicOutput::create(dest).map_err(io)?;
+    let mut sink = out.sink(size).map_err(io)?;
+    disk::write_table(&layout, &mut sink)?;
+    let part = &layout.parts[0];
+    let (uuid, hash_seed) = ids::ext4(seed, DATA_LABEL);
+    ext4::write(
+        tree,
+        &Ext4Options {
+            size: part.size,
+            label: DATA_LABEL.into(),
+            uuid,
+            hash_seed,
+            timestamp: epoch,
+        },
+        &mut sink,
+        part.start,
+    )
+    .map_err(|source| ImageError::Ext4 {
+        what: "card data filesystem",
+        source,
+    })?;
+    drop(sink);
+    Ok(out)
+}
+
 pub fn write_image(
     asm: &mut Assembled,
     layout: &Layout,
@@ -180,15 +239,7 @@ pub fn write_image(
         let what = what.to_string();
         move |e| ImageError::Io(what.clone(), e)
     };
-    // zstd: smaller than gzip for the same time; Debian's kernel decompresses both.
-    let mut initrd = Vec::new();
-    cpio::write(
-        &asm.initramfs,
-        &CpioOptions {
-            compression: Compression::Zstd { level: 19 },
-        },
-        &mut initrd,
-    )?;
+    let initrd = initramfs_cpio(&asm.initramfs)?;
     let initramfs_bytes = initrd.len() as u64;
     asm.boot.add_file(
         INITRAMFS_FILE,

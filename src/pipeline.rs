@@ -44,6 +44,18 @@ pub enum PipelineError {
     Commit(PathBuf, #[source] std::io::Error),
     #[error("--component {0}: expected NAME=PATH")]
     BadOverride(String),
+    #[error("{profile} ({path}): {what} (needed by --netboot)")]
+    NetbootUnset {
+        profile: String,
+        path: PathBuf,
+        what: &'static str,
+    },
+    #[error(transparent)]
+    NetbootTree(#[from] crate::netboot::tree::TreeError),
+    #[error(transparent)]
+    NetbootNode(#[from] crate::netboot::node::NetbootNodeError),
+    #[error("root image (squashfs): {0}")]
+    Squashfs(#[from] crate::fs::squashfs::SquashError),
     #[error("profiles {a} and {b} both use Debian {suite} but from different sources ([image] mirror, archives, snapshot or keyring): one lock holds one resolution per suite")]
     SourcesDisagree { suite: String, a: String, b: String },
 }
@@ -571,32 +583,18 @@ pub fn build(
     opts: &BuildOptions,
     reporter: &dyn Reporter,
 ) -> Result<BuildOutput, PipelineError> {
-    // One build of a node into a folder at a time; it then owns that node's temp files there,
-    // and clears those a killed build left behind.
-    std::fs::create_dir_all(&opts.out_dir)
-        .map_err(|e| PipelineError::Commit(opts.out_dir.clone(), e))?;
-    let _building = cache.lock(&build_guard_name(&opts.out_dir, &node.name))?;
-    remove_leftovers(&opts.out_dir, &node.name);
-    let lock = Lock::load_or_new(lock_file)?;
-    let recorded = build_inputs(profiles, node, lock_file, opts)?;
-    let suite = &node.image.sources.suite;
-    if lock.suite_entries(suite).is_empty() {
-        return Err(PipelineError::SuiteNotLocked {
-            lock: lock_file.to_path_buf(),
-            suite: suite.clone(),
-            profile: node.name.clone(),
-        });
-    }
-    let mut comps = node_components(&lock, node, cache, opts)?;
-    let depends = lock_depends(&lock, suite);
-    let needed = needed_components(&lock, &depends, node, &mut comps, reporter)?;
-    components::fetch_locked(
-        &needed,
+    let Prepared {
+        _building,
+        comps,
+        depends,
+        recorded,
+    } = prepare(
+        profiles,
+        node,
         cache,
-        &FetchOptions {
-            offline: opts.offline,
-            sources: node.image.sources.clone(),
-        },
+        lock_file,
+        opts,
+        &opts.out_dir,
         reporter,
     )?;
     let seed = id_seed(node);
@@ -606,6 +604,7 @@ pub fn build(
     config.storage.data_partuuid = Some(layout.parts[2].partuuid.clone());
     let overlays = asm::overlays_dir(&profiles.dir);
     let inputs = Inputs {
+        netboot_root: None,
         node,
         components: &comps,
         depends: &depends,
@@ -650,6 +649,216 @@ pub fn build(
 }
 
 /// The components this node may use: its suite's packages, URL pins, then local overrides.
+/// What every build of a node does before assembling: hold the node's build guard for `out_dir`,
+/// clear a killed build's leftovers, and have its components locked, fetched and opened.
+struct Prepared {
+    _building: components::cache::CacheLock,
+    comps: BTreeMap<String, LockEntry>,
+    depends: BTreeMap<String, Vec<String>>,
+    recorded: BuildInputs,
+}
+
+fn prepare(
+    profiles: &Profiles,
+    node: &NodeProfile,
+    cache: &Cache,
+    lock_file: &Path,
+    opts: &BuildOptions,
+    out_dir: &Path,
+    reporter: &dyn Reporter,
+) -> Result<Prepared, PipelineError> {
+    // One build of a node into a folder at a time; it then owns that node's temp files there,
+    // and clears those a killed build left behind.
+    std::fs::create_dir_all(out_dir)
+        .map_err(|e| PipelineError::Commit(out_dir.to_path_buf(), e))?;
+    let building = cache.lock(&build_guard_name(out_dir, &node.name))?;
+    remove_leftovers(out_dir, &node.name);
+    let lock = Lock::load_or_new(lock_file)?;
+    let recorded = build_inputs(profiles, node, lock_file, opts)?;
+    let suite = &node.image.sources.suite;
+    if lock.suite_entries(suite).is_empty() {
+        return Err(PipelineError::SuiteNotLocked {
+            lock: lock_file.to_path_buf(),
+            suite: suite.clone(),
+            profile: node.name.clone(),
+        });
+    }
+    let mut comps = node_components(&lock, node, cache, opts)?;
+    let depends = lock_depends(&lock, suite);
+    let needed = needed_components(&lock, &depends, node, &mut comps, reporter)?;
+    components::fetch_locked(
+        &needed,
+        cache,
+        &FetchOptions {
+            offline: opts.offline,
+            sources: node.image.sources.clone(),
+        },
+        reporter,
+    )?;
+    Ok(Prepared {
+        _building: building,
+        comps,
+        depends,
+        recorded,
+    })
+}
+
+/// What `build --netboot` wrote for one node.
+#[derive(Debug, Clone)]
+pub struct NetbootOutput {
+    pub record: crate::netboot::tree::NodeRecord,
+    /// The node's folder in the tree.
+    pub folder: PathBuf,
+    pub root_url: String,
+    pub root_bytes: u64,
+    /// The node's local card (`NAME.secrets.img`), when its secrets stay off the tree.
+    pub card: Option<PathBuf>,
+}
+
+/// Builds `node` into the netboot tree `tree_dir`: its boot files in the folder its bootloader
+/// reads, its root as a squashfs image beside them, and (unless the profile serves them) its
+/// secrets on a local card image in `opts.out_dir`.
+pub fn build_netboot(
+    profiles: &Profiles,
+    node: &NodeProfile,
+    cache: &Cache,
+    lock_file: &Path,
+    opts: &BuildOptions,
+    tree_dir: &Path,
+    reporter: &dyn Reporter,
+) -> Result<NetbootOutput, PipelineError> {
+    use crate::netboot::{node as nb, tree};
+    let unset = |what| PipelineError::NetbootUnset {
+        profile: node.name.clone(),
+        path: node.path.clone(),
+        what,
+    };
+    let key = node.netboot.key.clone().ok_or_else(|| {
+        unset("no netboot.serial or netboot.mac: the folder its bootloader reads")
+    })?;
+    let server = node
+        .netboot
+        .server
+        .ok_or_else(|| unset("no netboot.server: where `piimg serve` answers HTTP"))?;
+    let folder = key.dir().to_string();
+    let url = nb::root_url(server, &folder);
+    let Prepared {
+        _building,
+        comps,
+        depends,
+        ..
+    } = prepare(profiles, node, cache, lock_file, opts, tree_dir, reporter)?;
+    let config = nb::netboot_config(&node.config);
+    let overlays = asm::overlays_dir(&profiles.dir);
+    let inputs = Inputs {
+        netboot_root: Some(&url),
+        node,
+        components: &comps,
+        depends: &depends,
+        cache,
+        agent: opts.agent,
+        overlays: overlays.as_deref(),
+        epoch: opts.epoch,
+        config: &config,
+        cluster: &node.cluster,
+    };
+    let mut assembled = asm::assemble(&inputs, reporter)?;
+    let serve_secrets = node.netboot.secrets == crate::profile::SecretsPolicy::Serve;
+    let has_secrets = !assembled.secret_paths.is_empty();
+    let card = if has_secrets && !serve_secrets {
+        Some(nb::secrets_to_card(&mut assembled, &config, opts.epoch)?)
+    } else {
+        None
+    };
+
+    reporter.begin("writing the root image (squashfs)", None);
+    let staged = tempfile::Builder::new()
+        .prefix(&format!(".{}.", node.name))
+        .suffix(".partial")
+        .tempfile_in(tree_dir)
+        .map_err(|e| PipelineError::Commit(tree_dir.to_path_buf(), e))?;
+    let report = crate::fs::squashfs::write(
+        &assembled.root,
+        staged.as_file(),
+        &crate::fs::squashfs::SquashOptions::pi(opts.epoch),
+    )?;
+    let root_sha = sha256_path(staged.path())?;
+    reporter.end();
+    nb::add_netroot(
+        &mut assembled.initramfs,
+        &config,
+        &root_sha,
+        report.bytes,
+        opts.epoch,
+    )?;
+    let initrd = image::initramfs_cpio(&assembled.initramfs)?;
+    let placed = |name: &str, data, private| tree::Placed {
+        name: name.to_string(),
+        data,
+        private,
+    };
+    let mut files: Vec<tree::Placed> = nb::boot_files(&assembled.boot)
+        .into_iter()
+        .map(|(n, d)| placed(&n, d, false))
+        .collect();
+    files.push(placed(
+        asm::INITRAMFS_FILE,
+        crate::tree::FileData::from_bytes(initrd),
+        false,
+    ));
+    files.push(placed(
+        nb::ROOT_IMAGE,
+        crate::tree::FileData::Host {
+            path: staged.path().to_path_buf(),
+            len: report.bytes,
+        },
+        has_secrets && serve_secrets,
+    ));
+    // The Pi 3 boot ROM fetches bootcode.bin from the top of the tree, before any folder.
+    let top: Vec<tree::Placed> = files
+        .iter()
+        .filter(|p| p.name == "bootcode.bin")
+        .map(|p| placed(&p.name, p.data.clone(), false))
+        .collect();
+    reporter.begin("merging into the netboot tree", None);
+    let record = tree::merge(
+        tree_dir,
+        tree::NodeFiles {
+            node: node.name.clone(),
+            board: config.board,
+            folder: folder.clone(),
+            root: nb::ROOT_IMAGE.to_string(),
+            secrets_served: has_secrets && serve_secrets,
+            files,
+            top,
+        },
+    )?;
+    reporter.end();
+    drop(staged);
+    let card_path = match card {
+        Some(t) => {
+            reporter.begin("writing the secrets card", None);
+            let dest = opts.out_dir.join(format!("{}.secrets.img", node.name));
+            let size = (node.image.data_size + (2 << 20)).next_power_of_two();
+            let seed = format!("{}:card", id_seed(node));
+            let staged = image::write_card(&t, size, seed.as_bytes(), opts.epoch, &dest)?;
+            let mut set = crate::fs::sparse::OutputSet::new();
+            set.push(staged);
+            commit_outputs(set, &opts.out_dir, true)?;
+            reporter.end();
+            Some(dest)
+        }
+        None => None,
+    };
+    Ok(NetbootOutput {
+        folder: tree_dir.join(&folder),
+        record,
+        root_url: url,
+        root_bytes: report.bytes,
+        card: card_path,
+    })
+}
+
 fn node_components(
     lock: &Lock,
     node: &NodeProfile,

@@ -54,6 +54,25 @@ pub fn cmdline_txt(template: &str, root_partuuid: &str, root_mode: &str) -> Stri
     )
 }
 
+/// cmdline.txt of a netbooted node: no root device; `piimg.root=` names the image stage 1 fetches
+/// (the overlay it mounts is writable, so neither `ro` nor `rw`).
+pub fn netboot_cmdline_txt(template: &str, url: &str) -> String {
+    let line = cmdline_txt(template, "", "");
+    let words: Vec<String> = line
+        .split_whitespace()
+        .filter_map(|w| {
+            if w.starts_with("root=") {
+                Some(format!("piimg.root={url}"))
+            } else if w.starts_with("rootfstype=") || w == "rootwait" {
+                None
+            } else {
+                Some(w.to_string())
+            }
+        })
+        .collect();
+    format!("{}\n", words.join(" "))
+}
+
 fn yaml_str(s: &str) -> String {
     // JSON strings are valid YAML double-quoted scalars.
     serde_json::Value::String(s.to_string()).to_string()
@@ -232,6 +251,17 @@ mod tests {
         assert_eq!(
             cmdline_txt(t, "0badc0de-02", "ro"),
             "console=ttyAMA0,115200 root=PARTUUID=0badc0de-02 rootwait ro\n"
+        );
+    }
+
+    #[test]
+    fn a_netbooted_cmdline_names_the_root_url_instead_of_a_device() {
+        let t = include_str!("../../firmware/cmdline.txt");
+        let line = netboot_cmdline_txt(t, "http://10.0.2.2:8080/9ffefdef/root.squashfs");
+        assert_eq!(
+            line,
+            "console=tty1 console=ttyS1,115200 console=ttyAMA0,115200 \
+             piimg.root=http://10.0.2.2:8080/9ffefdef/root.squashfs panic=10 loglevel=4\n"
         );
     }
 }

@@ -72,6 +72,10 @@ pub const STAGE1_MODULES: &[&str] = &[
     "genet",
 ];
 
+/// What stage 1 of a netbooted node adds to mount its root: the image is a squashfs file in RAM
+/// on a loop device, under an overlay whose upper layer is a tmpfs.
+pub const NETBOOT_MODULES: &[&str] = &["squashfs", "loop", "overlay"];
+
 /// Modules every node loads at stage 2 after the stage-1 list (listed again there; loading a
 /// loaded module is a no-op): the FAT boot partition and the watchdog.
 pub const BASE_MODULES: &[&str] = &["vfat", "nls_cp437", "nls_iso8859_1", "bcm2835_wdt"];
@@ -147,6 +151,9 @@ pub struct Inputs<'a> {
     /// The node config with partition ids filled in.
     pub config: &'a NodeConfig,
     pub cluster: &'a str,
+    /// Netboot: the root image's URL for the kernel command line (`piimg.root=`); the initramfs
+    /// then also carries what fetching and mounting it needs.
+    pub netboot_root: Option<&'a str>,
 }
 
 fn meta(perm: u16, epoch: i64) -> Meta {
@@ -351,7 +358,7 @@ pub fn assemble(inp: &Inputs, reporter: &dyn Reporter) -> Result<Assembled, Asse
     let kernel = a.read_kernel(reporter)?;
     let firmware = a.read_firmware()?;
     let boot = a.boot_partition(&kernel, &firmware)?;
-    let modules = Modules::select(&kernel.set, a.cfg.role)?;
+    let modules = Modules::select(&kernel.set, a.cfg.role, inp.netboot_root.is_some())?;
     let initramfs = a.initramfs(&kernel, &modules)?;
 
     let mut root = a.root_skeleton()?;
@@ -421,7 +428,7 @@ struct Modules {
 }
 
 impl Modules {
-    fn select(set: &ModuleSet, role: Role) -> Result<Modules, AssembleError> {
+    fn select(set: &ModuleSet, role: Role, netboot: bool) -> Result<Modules, AssembleError> {
         let present = |names: &[&str]| -> (Vec<String>, Vec<String>) {
             let (a, b): (Vec<&str>, Vec<&str>) = names.iter().partition(|n| {
                 set.modules
@@ -434,10 +441,14 @@ impl Modules {
                 b.iter().map(|n| n.to_string()).collect(),
             )
         };
-        let (stage1_req, _) = present(STAGE1_MODULES);
+        let mut stage1_names = STAGE1_MODULES.to_vec();
+        if netboot {
+            stage1_names.extend(NETBOOT_MODULES);
+        }
+        let (stage1_req, _) = present(&stage1_names);
         let stage1_refs: Vec<&str> = stage1_req.iter().map(String::as_str).collect();
         let stage1 = set.closure(&stage1_refs, true)?;
-        let mut wanted: Vec<&str> = STAGE1_MODULES.to_vec();
+        let mut wanted: Vec<&str> = stage1_names;
         wanted.extend(BASE_MODULES);
         if role.is_kubernetes() {
             wanted.extend(KUBERNETES_MODULES);
@@ -533,11 +544,6 @@ impl Assembly<'_> {
                 "device tree",
             )?,
         )?;
-        let root_partuuid = cfg
-            .storage
-            .root_partuuid
-            .clone()
-            .ok_or_else(|| AssembleError::Missing("root partition id".into()))?;
         boot.add_file(
             "config.txt",
             self.meta(0o644),
@@ -548,17 +554,29 @@ impl Assembly<'_> {
                 INITRAMFS_FILE,
             )),
         )?;
-        boot.add_file(
-            "cmdline.txt",
-            self.meta(0o644),
-            bytes(config::cmdline_txt(
-                include_str!("../../firmware/cmdline.txt"),
-                &root_partuuid,
-                // kubeadm writes under /etc; a load balancer needs nothing written to its rootfs.
-                if cfg.role.is_kubernetes() { "rw" } else { "ro" },
-            )),
-        )?;
+        boot.add_file("cmdline.txt", self.meta(0o644), bytes(self.cmdline()?))?;
         Ok(boot)
+    }
+
+    /// The kernel command line: where stage 1 finds the root.
+    fn cmdline(&self) -> Result<String, AssembleError> {
+        let template = include_str!("../../firmware/cmdline.txt");
+        if let Some(url) = self.inp.netboot_root {
+            return Ok(config::netboot_cmdline_txt(template, url));
+        }
+        let root_partuuid = self
+            .cfg
+            .storage
+            .root_partuuid
+            .as_deref()
+            .ok_or_else(|| AssembleError::Missing("root partition id".into()))?;
+        // kubeadm writes under /etc; a load balancer needs nothing written to its rootfs.
+        let mode = if self.cfg.role.is_kubernetes() {
+            "rw"
+        } else {
+            "ro"
+        };
+        Ok(config::cmdline_txt(template, root_partuuid, mode))
     }
 
     /// The agent as /init, the stage-1 modules and their load order.

@@ -131,3 +131,77 @@ pub fn build_many(
         Ok(1)
     }
 }
+
+/// Which nodes `piimg build --netboot` writes into the tree.
+pub enum Scope<'a> {
+    Node(&'a str),
+    Cluster(Option<&'a str>),
+    All,
+}
+
+/// `piimg build --netboot`: each node merged into OUT/netboot, one after the other (they share
+/// the tree's lock and the cache's components).
+pub fn build_netboot(dir: &Path, scope: Scope, how: &BuildArgs) -> Result<i32> {
+    let opts = how.options()?;
+    let name = match scope {
+        Scope::Node(n) => Some(n),
+        _ => None,
+    };
+    let Some(p) = load(dir, name, false, how.quiet)? else {
+        return Ok(1);
+    };
+    let nodes: Vec<&piimg::profile::NodeProfile> = match scope {
+        Scope::Node(n) => vec![p.node(n).ok_or_else(|| unknown_profile(dir, n))?],
+        Scope::Cluster(c) => p
+            .nodes
+            .iter()
+            .filter(|n| c.is_none_or(|c| n.cluster == c))
+            .collect(),
+        Scope::All => p.nodes.iter().collect(),
+    };
+    if nodes.is_empty() {
+        anyhow::bail!("{}: no node profiles to build", dir.display());
+    }
+    let tree = how.out.join("netboot");
+    let lock = piimg::pipeline::lock_path(dir);
+    let cache = cache()?;
+    let mut failed = Vec::new();
+    for node in nodes {
+        let progress = super::progress::Progress::new(how.quiet);
+        match piimg::pipeline::build_netboot(&p, node, &cache, &lock, &opts, &tree, &progress) {
+            Ok(r) => {
+                println!(
+                    "{}/ ({} for {}; root {} at {})",
+                    r.folder.display(),
+                    node.name,
+                    r.record.board,
+                    piimg::units::human(r.root_bytes),
+                    r.root_url
+                );
+                if let Some(card) = &r.card {
+                    println!(
+                        "{} (its secrets: flash it to the node's local card)",
+                        card.display()
+                    );
+                }
+                if r.record.secrets_served {
+                    eprintln!(
+                        "warning: {}: the root image holds {}'s secrets and is served to the whole LAN (netboot.secrets = \"serve\")",
+                        r.folder.display(),
+                        node.name
+                    );
+                }
+            }
+            Err(e) => {
+                eprintln!("piimg: {}: {}", node.name, super::error_chain(&e.into()));
+                failed.push(node.name.as_str());
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(0)
+    } else {
+        eprintln!("piimg: failed: {}", failed.join(", "));
+        Ok(1)
+    }
+}
