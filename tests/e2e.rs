@@ -502,6 +502,155 @@ fn load_balancer_forwards_restarts_and_reports_status() {
     assert!(sidecar.starts_with(&before));
 }
 
+/// `piimg serve` of `dir` on 127.0.0.1 (TFTP on a free port, HTTP on `http`); its stderr log is
+/// collected. Stopped on drop.
+struct Serving {
+    child: Child,
+    tftp: u16,
+    log: Arc<Mutex<String>>,
+}
+
+impl Serving {
+    fn start(dir: &Path, http: u16) -> Serving {
+        let mut child = Piimg::new()
+            .args(["serve", "--bind", "127.0.0.1", "--tftp-port", "0"])
+            .args(["--http-port", &http.to_string(), "--dir"])
+            .arg(dir)
+            .command()
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        let tftp = first
+            .rsplit_once("127.0.0.1:")
+            .and_then(|(_, p)| p.split(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no TFTP port in {first:?}"));
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        Serving { child, tftp, log }
+    }
+
+    /// `path` over TFTP, with curl (blksize 1468, as the Pi 4 bootloader asks), into `dest`.
+    fn fetch(&self, path: &str, dest: &Path) {
+        run(Command::new("curl")
+            .args(["-sSf", "--tftp-blksize", "1468", "-o"])
+            .arg(dest)
+            .arg(format!("tftp://127.0.0.1:{}/{path}", self.tftp)));
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// A Pi 3 load balancer with no SD card: the test fetches what its boot ROM and firmware would,
+/// in their order, over TFTP from `piimg serve`; QEMU boots those files (raspi3b cannot netboot
+/// by itself); the initramfs fetches the root image over HTTP from the same server, through
+/// QEMU's user network, checks its sha256 and boots it under an overlay; HAProxy then forwards.
+#[test]
+fn a_netbooted_load_balancer_fetches_its_root_over_http_and_forwards() {
+    let _serial = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let proj = e2e_project(&["qemu"]);
+    let (backend, _) = apiserver_like_backend(Arc::new(AtomicBool::new(true)));
+    proj.replace(
+        "qemu",
+        "\"10.0.2.2:6443\"",
+        &format!("\"10.0.2.2:{backend}\""),
+    );
+    let http = free_port();
+    proj.replace(
+        "qemu",
+        "\"http://10.0.2.2:8080\"",
+        &format!("\"http://10.0.2.2:{http}\""),
+    );
+    let t = Instant::now();
+    proj.piimg_cached()
+        .args(["--quiet", "build", "--profile", "qemu", "--netboot"])
+        .run()
+        .assert_ok();
+    eprintln!("built qemu --netboot in {:.1} s", t.elapsed().as_secs_f64());
+    let tree = proj.root().join("out/netboot");
+    let serial = "00000007";
+    let serving = Serving::start(&tree, http);
+
+    // The Pi 3 ROM: bootcode.bin from the top, then the serial folder's firmware; the firmware
+    // then reads config.txt and what it names, and cmdline.txt.
+    let fetched = tempfile::tempdir().unwrap();
+    let got = |name: &str| fetched.path().join(name);
+    serving.fetch("bootcode.bin", &got("bootcode.bin"));
+    for f in ["start.elf", "fixup.dat", "config.txt"] {
+        serving.fetch(&format!("{serial}/{f}"), &got(f));
+    }
+    let config =
+        piimg::qemu::parse_config_txt(&std::fs::read_to_string(got("config.txt")).unwrap());
+    let mut names = vec![
+        config.device_tree.clone(),
+        config.cmdline_file.clone(),
+        config.kernel.clone(),
+    ];
+    names.extend(config.initramfs.clone());
+    for f in &names {
+        serving.fetch(&format!("{serial}/{f}"), &got(f));
+    }
+    for f in names
+        .iter()
+        .chain(&["start.elf".to_string(), "config.txt".to_string()])
+    {
+        assert_eq!(
+            sha256_file(&got(f)),
+            sha256_file(&tree.join(serial).join(f)),
+            "{f} changed over TFTP"
+        );
+    }
+
+    let (front, status) = (free_port(), free_port());
+    let mut g = Guest::start(
+        fetched.path(),
+        &[(front, 6443), (status, 7780)],
+        &[],
+        "netboot",
+    );
+    let fetched_line = g.wait(
+        r"piimg-agent: root image fetched: .* sha256 ok",
+        BOOT_TIMEOUT,
+    );
+    g.report_ready("netbooted load balancer");
+    let memory = g
+        .seen
+        .iter()
+        .rev()
+        .find(|l| l.contains("piimg-agent: memory: "))
+        .cloned()
+        .expect("the agent reports memory at ready");
+    let _ = writeln!(
+        std::io::stderr(),
+        "NETBOOT root: {fetched_line}\nNETBOOT {memory}"
+    );
+    assert!(
+        g.seen.iter().any(|l| l.contains("/var is a tmpfs")),
+        "no warning about a tmpfs /var without a card"
+    );
+    round_trip(front, b"piimg-e2e netbooted\n", STEP_TIMEOUT);
+    check_status(status, "qemu-lb", "10.0.2.15", "haproxy");
+    drop(g);
+    let log = serving.log.lock().unwrap().clone();
+    assert!(
+        log.contains(&format!("GET /{serial}/root.squashfs: 200")),
+        "serve did not log the root image's transfer:\n{log}"
+    );
+}
+
 /// /usr/bin/busybox from the locked busybox-static .deb in the cache (read with dpkg-deb).
 fn busybox_from_cache(p: &Project) -> Vec<u8> {
     // Makes sure the LB's packages (busybox-static among them) are in the cache.
