@@ -191,7 +191,7 @@ fn dtb() -> Vec<u8> {
         be(st, 1);
         st.extend_from_slice(name);
         st.push(0);
-        while st.len() % 4 != 0 {
+        while !st.len().is_multiple_of(4) {
             st.push(0);
         }
     };
@@ -200,7 +200,7 @@ fn dtb() -> Vec<u8> {
         be(st, val.len() as u32);
         be(st, off);
         st.extend_from_slice(val);
-        while st.len() % 4 != 0 {
+        while !st.len().is_multiple_of(4) {
             st.push(0);
         }
     };

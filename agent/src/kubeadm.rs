@@ -154,7 +154,7 @@ pub fn wait_for_predecessors(openssl: &Path, after: &[std::net::SocketAddr], eve
     for addr in after {
         let mut waited = Duration::ZERO;
         while !api_ready(openssl, *addr, Duration::from_secs(10)) {
-            if waited.as_secs() % 60 == 0 {
+            if waited.as_secs().is_multiple_of(60) {
                 println!(
                     "kubeadm-run: waiting for the API server at {addr} to be ready before joining"
                 );

@@ -99,9 +99,6 @@ pub fn lock_file(path: &Path) -> Result<CacheLock, CacheError> {
         .write(true)
         .open(path)
         .map_err(io_err(path))?;
-    // File::lock is stable since Rust 1.89; the toolchain pinned for this project is newer than
-    // the workspace's declared MSRV.
-    #[allow(clippy::incompatible_msrv)]
     file.lock().map_err(io_err(path))?;
     Ok(CacheLock { _file: file })
 }

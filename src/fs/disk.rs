@@ -87,7 +87,7 @@ pub fn mbr_signature(seed: &[u8]) -> u32 {
 }
 
 fn check_sectors(what: &str, value: u64) -> Result<(), DiskError> {
-    if value % SECTOR != 0 {
+    if !value.is_multiple_of(SECTOR) {
         return Err(DiskError::NotSectors {
             what: what.to_string(),
             value,

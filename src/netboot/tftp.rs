@@ -321,7 +321,7 @@ pub fn parse(buf: &[u8]) -> Option<Packet> {
         OP_RRQ | OP_WRQ => {
             // Strings are NUL-terminated; a trailing NUL leaves one empty piece after the split.
             let mut parts: Vec<&[u8]> = rest.split(|&b| b == 0).collect();
-            if parts.pop() != Some(&[][..]) || parts.len() < 2 || parts.len() % 2 != 0 {
+            if parts.pop() != Some(&[][..]) || parts.len() < 2 || !parts.len().is_multiple_of(2) {
                 return None;
             }
             let text = |b: &[u8]| String::from_utf8(b.to_vec()).ok();

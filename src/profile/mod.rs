@@ -136,7 +136,7 @@ fn assess<'a>(cluster: &str, nodes: impl Iterator<Item = &'a NodeProfile>) -> Ha
 pub fn assess_counts(cluster: &str, n: usize, lbs: usize) -> HaAssessment {
     let tolerated = n.saturating_sub(1) / 2;
     let mut warnings = Vec::new();
-    if n > 0 && n % 2 == 0 {
+    if n > 0 && n.is_multiple_of(2) {
         warnings.push(format!(
             "{n} control-plane members: an even count adds no failure tolerance over {}",
             n - 1

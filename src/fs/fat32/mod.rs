@@ -76,7 +76,7 @@ impl Geometry {
     /// 8 GiB, 8 KiB up to 16 GiB, 16 KiB up to 32 GiB, 32 KiB above; halved while the volume would
     /// have too few clusters for FAT32.
     pub fn for_size(size: u64) -> Result<Geometry, FatError> {
-        if size % SECTOR != 0 {
+        if !size.is_multiple_of(SECTOR) {
             return Err(FatError::Invalid(format!(
                 "FAT size {size} is not a whole number of 512-byte sectors"
             )));
