@@ -155,6 +155,11 @@ fn mount_var_by_label(host: &Host, label: &str, wait: Duration) {
             ) {
                 Ok(()) => {
                     say(&format!("data LABEL={label} {} on /var", dev.display()));
+                    // The card was written at the image's data size: give /var the whole card,
+                    // once, as a node image's data partition gets.
+                    if !host.path(GROWN_MARKER).exists() {
+                        report(grow_data(host, dev));
+                    }
                     true
                 }
                 Err(source) => {
@@ -1117,6 +1122,8 @@ mod tests {
         let (_t, host, fake) = rootfs(&cfg);
         put_partition(&host.root, "sda", 1, "12345678-01");
         crate::blockdev::tests::mkfs_ext4(&host.path("/dev/sda1"), "piimg-data");
+        // Grown on an earlier boot (growing is mount_data's, tested there).
+        put(&host.root, GROWN_MARKER, b"grown\n");
         let lines = crate::console::capture_thread();
         let mut got = cfg.clone();
         netboot_storage(&host, &mut got, "piimg-data", Duration::ZERO);
