@@ -539,6 +539,9 @@ fn flash_profile_builds_when_the_image_is_missing_or_stale() {
         "{text}"
     );
     run(Command::new("sfdisk").arg("--verify").arg(&card));
+    // A file --file creates may receive a node's secrets: owner-only.
+    let card_mode = std::fs::metadata(&card).unwrap().permissions().mode();
+    assert_eq!(card_mode & 0o777, 0o600, "{card_mode:o}");
     let (ok, text) = go();
     assert!(
         ok && text.contains("is current") && !text.contains("building"),

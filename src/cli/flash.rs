@@ -140,7 +140,13 @@ fn check_target(path: &Path, image_size: u64, a: &FlashArgs) -> Result<bool> {
     };
     match device::classify(path).with_context(|| format!("inspecting {}", path.display()))? {
         Kind::Missing if a.file => {
-            std::fs::File::create_new(path)
+            // A card's copy may hold a node's secrets: owner-only, as the image is.
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
                 .and_then(|f| f.set_len(image_size))
                 .with_context(|| format!("creating {}", path.display()))?;
             Ok(false)
