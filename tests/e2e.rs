@@ -646,8 +646,12 @@ fn a_netbooted_load_balancer_fetches_its_root_over_http_and_forwards() {
     drop(g);
     let log = serving.log.lock().unwrap().clone();
     assert!(
-        log.contains(&format!("GET /{serial}/root.squashfs: 200")),
+        log.contains(&format!("GET /{serial}/root.squashfs (node qemu): 200")),
         "serve did not log the root image's transfer:\n{log}"
+    );
+    assert!(
+        log.contains(&format!(" {serial}/kernel8.img (node qemu): ")),
+        "serve did not log the kernel's TFTP transfer with its node:\n{log}"
     );
 }
 

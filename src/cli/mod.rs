@@ -99,7 +99,7 @@ pub enum Command {
         /// its bootloader reads (profile netboot.serial or netboot.mac), its root as a squashfs
         /// image fetched over HTTP from netboot.server, and its secrets on a local card image
         /// OUT/NAME.secrets.img (unless netboot.secrets = "serve")
-        #[arg(long, conflicts_with = "compress")]
+        #[arg(long, conflicts_with_all = ["compress", "jobs"])]
         netboot: bool,
     },
     /// Resolve components into piimg.lock and download them into the cache

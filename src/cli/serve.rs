@@ -65,8 +65,8 @@ pub fn run(
                 r
             })
         });
-        let web = scope.spawn(|| web.serve(&STOP, &|e| log_http(&e, quiet)));
-        let tftp = server.serve(&STOP, &|e| log(&e, quiet));
+        let web = scope.spawn(|| web.serve(&STOP, &|e| log_http(&e, dir, quiet)));
+        let tftp = server.serve(&STOP, &|e| log(&e, dir, quiet));
         STOP.store(true, Ordering::SeqCst);
         if let Some(proxy) = proxy {
             match proxy.join() {
@@ -85,13 +85,23 @@ pub fn run(
     Ok(0)
 }
 
+/// ` (node NAME)` when `file` lies in a node's folder of a tree `piimg build --netboot` wrote;
+/// the records are read again each time, since builds merge nodes in while serving.
+fn node_of(dir: &Path, file: &str) -> String {
+    let folder = file.trim_start_matches('/').split('/').next().unwrap_or("");
+    piimg::netboot::tree::read_records(dir)
+        .ok()
+        .and_then(|r| r.into_values().find(|r| r.folder == folder))
+        .map_or(String::new(), |r| format!(" (node {})", r.node))
+}
+
 fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
 
 /// One stderr line per request; with -q only the ones that went wrong. Names come from the
 /// network: escaped, so none can forge a line of the log.
-fn log(e: &Event, quiet: bool) {
+fn log(e: &Event, dir: &Path, quiet: bool) {
     match e {
         Event::Sent {
             peer,
@@ -101,8 +111,9 @@ fn log(e: &Event, quiet: bool) {
             blksize,
             window,
         } if !quiet => eprintln!(
-            "tftp {peer} {}: {bytes} bytes in {} (blksize {blksize}, windowsize {window})",
+            "tftp {peer} {}{}: {bytes} bytes in {} (blksize {blksize}, windowsize {window})",
             file.escape_debug(),
+            node_of(dir, file),
             secs(*elapsed)
         ),
         Event::Sent { .. } => {}
@@ -112,8 +123,9 @@ fn log(e: &Event, quiet: bool) {
             reason,
             elapsed,
         } => eprintln!(
-            "tftp {peer} {}: failed after {}: {reason}",
+            "tftp {peer} {}{}: failed after {}: {reason}",
             file.escape_debug(),
+            node_of(dir, file),
             secs(*elapsed)
         ),
         Event::Refused { peer, file, reason } => {
@@ -171,13 +183,18 @@ fn log_dhcp(e: &dhcp::Event, quiet: bool) {
 }
 
 /// One stderr line per HTTP request; with -q only the ones refused or cut short.
-fn log_http(e: &http::Event, quiet: bool) {
+fn log_http(e: &http::Event, dir: &Path, quiet: bool) {
     if quiet && e.status < 400 && e.problem.is_none() {
         return;
     }
     let request = match e.method.as_str() {
         "" => String::new(),
-        m => format!(" {} {}", m.escape_debug(), e.target.escape_debug()),
+        m => format!(
+            " {} {}{}",
+            m.escape_debug(),
+            e.target.escape_debug(),
+            node_of(dir, &e.target)
+        ),
     };
     let problem = match &e.problem {
         Some(p) => format!(": {}", p.escape_debug()),
