@@ -19,7 +19,9 @@ struct Serving {
 
 impl Serving {
     fn start() -> Serving {
-        let dir = tempfile::tempdir().unwrap();
+        // No hidden component in its path: an absolute name must be refused as not found (taken
+        // relative), not for being hidden.
+        let dir = tempfile::Builder::new().prefix("tftp-").tempdir().unwrap();
         std::fs::create_dir(dir.path().join("root")).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_piimg"))
             .args(["serve", "--bind", "127.0.0.1", "--tftp-port", "0"])
@@ -170,6 +172,23 @@ fn tftp_hpa_fetches_octet_and_netascii_files_unchanged() {
     let o = tftp_hpa(&s, "netascii", "get config.txt got.txt");
     assert!(o.status.success(), "{}", text(&o));
     assert_same(&s.dir.path().join("got.txt"), &lines, "netascii");
+}
+
+/// A netascii copy is held in memory for the transfer: a root image asked for in netascii
+/// (hundreds of forged requests would exhaust the server) is refused, in octet it is served.
+#[test]
+fn netascii_is_refused_for_a_file_over_a_mebibyte() {
+    let s = Serving::start();
+    let data = s.file("root.squashfs", (1 << 20) + 1);
+    let o = tftp_hpa(&s, "netascii", "get root.squashfs got.txt");
+    assert!(
+        text(&o).contains("too large for netascii"),
+        "tftp-hpa got no refusal: {}",
+        text(&o)
+    );
+    let o = tftp_hpa(&s, "binary", "get root.squashfs got");
+    assert!(o.status.success(), "{}", text(&o));
+    assert_same(&s.dir.path().join("got"), &data, "octet");
 }
 
 #[test]

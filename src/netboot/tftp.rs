@@ -441,6 +441,10 @@ fn refusal(r: Refused) -> Refusal {
     }
 }
 
+/// The largest file served in netascii mode (text: configs, cmdline.txt). With
+/// [`MAX_TRANSFERS`] at once this bounds the memory netascii copies can take.
+const NETASCII_MAX: u64 = 1 << 20;
+
 /// The bytes a transfer sends: the file read in place, or its netascii form in memory.
 enum Source {
     File(File, u64),
@@ -453,6 +457,14 @@ impl Source {
         let (file, len) = files::open(root, name).map_err(refusal)?;
         if !netascii {
             return Ok(Source::File(file, len));
+        }
+        // A netascii copy lives in memory for the whole transfer: bounded, so that forged
+        // requests for root images cannot exhaust the server's memory.
+        if len > NETASCII_MAX {
+            return Err((
+                ErrorCode::AccessViolation,
+                format!("{len} bytes is too large for netascii (at most {NETASCII_MAX}); ask in octet mode"),
+            ));
         }
         let mut raw = Vec::new();
         io::Read::read_to_end(&mut &file, &mut raw)
