@@ -237,7 +237,7 @@ pub enum Command {
     /// Serve netboot files to Raspberry Pis over TFTP and HTTP until Ctrl-C (read-only; one log
     /// line per transfer on stderr)
     #[command(
-        after_help = "Examples:\n  piimg serve                         # out/netboot on UDP port 69 (needs root) and TCP 8080\n  piimg serve --dir out/netboot --bind 10.0.7.1 --tftp-port 6969 --http-port 8080\n\nBoth servers hand out the same files: names are relative to --dir (a leading / is dropped);\n`..`, symlinks that lead outside it and folders are refused.\nTFTP options: blksize, tsize, timeout, windowsize; block numbers roll over after 65535.\nHTTP: GET and HEAD, single byte ranges (resumed downloads), one request per connection.\nPort 0 picks a free port; the ports in use are printed on stderr."
+        after_help = "Examples:\n  piimg serve                         # out/netboot on UDP port 69 (needs root) and TCP 8080\n  piimg serve --dir out/netboot --bind 10.0.7.1 --tftp-port 6969 --http-port 8080\n\nBoth servers hand out the same files: names are relative to --dir (a leading / is dropped);\n`..`, symlinks that lead outside it, folders and hidden names (.store, .piimg) are refused.\nTFTP options: blksize, tsize, timeout, windowsize; block numbers roll over after 65535.\nHTTP: GET and HEAD, single byte ranges (resumed downloads), one request per connection.\nPort 0 picks a free port; the ports in use are printed on stderr (with -q too when one is 0)."
     )]
     Serve {
         /// Folder whose files are served

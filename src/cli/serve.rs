@@ -40,8 +40,8 @@ pub fn run(
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
-    // Printed even for port 0, so whoever started us learns the port that was chosen.
-    if !quiet {
+    // With a port 0 printed even with -q: whoever started us must learn the port chosen.
+    if !quiet || tftp_port == 0 || http_port == 0 {
         eprintln!(
             "serving {} over TFTP on {} (Ctrl-C stops)",
             dir.display(),

@@ -5,7 +5,8 @@
 //! `bootcode.bin` or `SERIAL/start4.elf`; clients that send `/name` mean the same file, as with
 //! tftp-hpa's `-s`). `..` is refused, and so is any name whose real path (symlinks resolved)
 //! lies outside the folder, and anything but a regular file (a folder, a FIFO or a device would
-//! list, block or never end).
+//! list, block or never end). Hidden names (a component starting with `.`) are refused: a netboot
+//! tree keeps its store, records and staged files there.
 
 use std::fs::File;
 use std::io;
@@ -26,6 +27,11 @@ pub fn resolve(root: &Path, name: &str) -> Result<PathBuf, Refused> {
     let relative = Path::new(name.trim_start_matches('/'));
     for part in relative.components() {
         match part {
+            // piimg's own bookkeeping (.store, .piimg, .tmp-*, staged .partial files) and
+            // anything else hidden is not for clients.
+            Component::Normal(p) if p.as_encoded_bytes().starts_with(b".") => {
+                return Err(Refused::Denied("hidden names are not served".into()))
+            }
             Component::Normal(_) | Component::CurDir => {}
             _ => return Err(Refused::Denied("`..` leaves the served folder".into())),
         }
@@ -66,7 +72,9 @@ mod tests {
 
     #[test]
     fn names_stay_inside_the_served_folder() {
-        let t = tempfile::tempdir().unwrap();
+        // No hidden component in the folder's own path: the absolute name below must be refused
+        // for being taken relative (not found), not for being hidden.
+        let t = tempfile::Builder::new().prefix("files-").tempdir().unwrap();
         let root = t.path().join("root");
         std::fs::create_dir_all(root.join("sub")).unwrap();
         std::fs::write(root.join("sub/f"), b"x").unwrap();
@@ -77,6 +85,14 @@ mod tests {
         assert_eq!(resolve(&root, "sub/f").unwrap(), root.join("sub/f"));
         assert_eq!(resolve(&root, "/sub/f").unwrap(), root.join("sub/f"));
         assert_eq!(resolve(&root, "in").unwrap(), root.join("sub/f"));
+        std::fs::create_dir_all(root.join(".store")).unwrap();
+        std::fs::write(root.join(".store/x"), b"x").unwrap();
+        for hidden in [".store/x", "/.store/x", "sub/.f"] {
+            assert!(
+                matches!(resolve(&root, hidden), Err(Refused::Denied(_))),
+                "{hidden}"
+            );
+        }
         let denied = |name| matches!(resolve(&root, name), Err(Refused::Denied(_)));
         assert!(denied("../secret"));
         assert!(denied("sub/../../secret"));
