@@ -165,9 +165,6 @@ pub struct Written {
     pub initramfs_bytes: u64,
 }
 
-/// Writes the node image into a temp file beside `dest`; the caller commits it with the files that
-/// belong to it (see [`stage_artifacts`]). The initramfs is packed into the boot tree here so that
-/// its name matches config.txt.
 /// The initramfs as the firmware loads it: a zstd-compressed newc archive (smaller than gzip
 /// for the same time; Debian's kernel decompresses both).
 pub fn initramfs_cpio(tree: &Tree) -> Result<Vec<u8>, ImageError> {
@@ -227,6 +224,9 @@ pub fn write_card(
     Ok(out)
 }
 
+/// Writes the node image into a temp file beside `dest`; the caller commits it with the files that
+/// belong to it (see [`stage_artifacts`]). The initramfs is packed into the boot tree here so that
+/// its name matches config.txt.
 pub fn write_image(
     asm: &mut Assembled,
     layout: &Layout,

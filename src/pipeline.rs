@@ -648,7 +648,6 @@ pub fn build(
     })
 }
 
-/// The components this node may use: its suite's packages, URL pins, then local overrides.
 /// What every build of a node does before assembling: hold the node's build guard for `out_dir`,
 /// clear a killed build's leftovers, and have its components locked, fetched and opened.
 struct Prepared {
@@ -742,6 +741,12 @@ pub fn build_netboot(
         .ok_or_else(|| unset("no netboot.server: where `piimg serve` answers HTTP"))?;
     let folder = key.dir().to_string();
     let url = nb::root_url(server, &folder);
+    // The card goes to the output folder: the node's guard there keeps an SD build of the same
+    // node from clearing its staged file.
+    std::fs::create_dir_all(&opts.out_dir)
+        .map_err(|e| PipelineError::Commit(opts.out_dir.clone(), e))?;
+    let _card_guard = cache.lock(&build_guard_name(&opts.out_dir, &node.name))?;
+    remove_leftovers(&opts.out_dir, &node.name);
     let Prepared {
         _building,
         comps,
@@ -765,8 +770,17 @@ pub fn build_netboot(
     let mut assembled = asm::assemble(&inputs, reporter)?;
     let serve_secrets = node.netboot.secrets == crate::profile::SecretsPolicy::Serve;
     let has_secrets = !assembled.secret_paths.is_empty();
+    // The card is staged before the tree changes and committed right after: a served root
+    // without secrets never lacks the card that holds them.
     let card = if has_secrets && !serve_secrets {
-        Some(nb::secrets_to_card(&mut assembled, &config, opts.epoch)?)
+        let t = nb::secrets_to_card(&mut assembled, &config, opts.epoch)?;
+        reporter.begin("writing the secrets card", None);
+        let dest = opts.out_dir.join(format!("{}.secrets.img", node.name));
+        let size = (node.image.data_size + (2 << 20)).next_power_of_two();
+        let seed = format!("{}:card", id_seed(node));
+        let staged = image::write_card(&t, size, seed.as_bytes(), opts.epoch, &dest)?;
+        reporter.end();
+        Some((dest, staged))
     } else {
         None
     };
@@ -826,6 +840,7 @@ pub fn build_netboot(
         tree::NodeFiles {
             node: node.name.clone(),
             board: config.board,
+            role: config.role,
             folder: folder.clone(),
             root: nb::ROOT_IMAGE.to_string(),
             secrets_served: has_secrets && serve_secrets,
@@ -836,16 +851,10 @@ pub fn build_netboot(
     reporter.end();
     drop(staged);
     let card_path = match card {
-        Some(t) => {
-            reporter.begin("writing the secrets card", None);
-            let dest = opts.out_dir.join(format!("{}.secrets.img", node.name));
-            let size = (node.image.data_size + (2 << 20)).next_power_of_two();
-            let seed = format!("{}:card", id_seed(node));
-            let staged = image::write_card(&t, size, seed.as_bytes(), opts.epoch, &dest)?;
+        Some((dest, staged)) => {
             let mut set = crate::fs::sparse::OutputSet::new();
             set.push(staged);
             commit_outputs(set, &opts.out_dir, true)?;
-            reporter.end();
             Some(dest)
         }
         None => None,
@@ -859,6 +868,7 @@ pub fn build_netboot(
     })
 }
 
+/// The components this node may use: its suite's packages, URL pins, then local overrides.
 fn node_components(
     lock: &Lock,
     node: &NodeProfile,

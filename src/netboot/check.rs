@@ -4,7 +4,7 @@
 //! first file the Pi would not find: what a tcpdump of a failing boot would have shown.
 
 use super::tree::{read_records, NodeRecord, TreeError};
-use piimg_agent::node::Board;
+use piimg_agent::node::{Board, Role};
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +91,14 @@ fn walk(
         fetches: Vec::new(),
         warnings: Vec::new(),
     };
+    if let Some(r) = rec.filter(|r| r.secrets_served) {
+        w.warnings.push(format!(
+            "{folder}/{} holds node {}'s secrets (join token, certificate key{}): anyone on the LAN can fetch them over TFTP or HTTP (profile: netboot.secrets = \"serve\")",
+            r.root,
+            r.node,
+            if r.role == Role::ControlPlane { ", cluster CA keys" } else { "" },
+        ));
+    }
     let exists = |p: &str| dir.join(p).is_file();
     let ask = |w: &mut Walk, path: String, optional: bool, by: &'static str| -> bool {
         let found = exists(&path);
@@ -131,8 +139,19 @@ fn walk(
             "no {firmware} in {folder}/: the {rom} falls back to the top of the tree"
         ));
     }
-    for (name, by) in [(firmware, rom), (fixup, rom), ("config.txt", "firmware")] {
-        if !ask(&mut w, format!("{prefix}{name}"), false, by) {
+    // Then, as tcpdumps of both boards show: config.txt, the recovery probes, the firmware.
+    if !ask(&mut w, format!("{prefix}config.txt"), false, rom) {
+        return Ok(w);
+    }
+    let recovery: &[&str] = match board {
+        Board::Rpi4b | Board::Cm4 => &["recover4.elf", "recovery.elf"],
+        _ => &["recovery.elf"],
+    };
+    for r in recovery {
+        ask(&mut w, format!("{prefix}{r}"), true, rom);
+    }
+    for name in [firmware, fixup] {
+        if !ask(&mut w, format!("{prefix}{name}"), false, rom) {
             return Ok(w);
         }
     }
@@ -159,15 +178,31 @@ fn walk(
             named.cmdline_file
         )),
     }
-    if rec.is_some_and(|r| r.secrets_served) {
-        w.warnings.push(format!(
-            "{folder}/{} holds node {}'s secrets (join token, certificate key{}): anyone on the LAN can fetch them over TFTP or HTTP (profile: netboot.secrets = \"serve\")",
-            rec.map_or("", |r| r.root.as_str()),
-            rec.map_or("", |r| r.node.as_str()),
-            if rec.is_some_and(|r| r.board == board) { ", CA keys on a control plane" } else { "" },
-        ));
-    }
+    stale_files(dir, rec, &mut w);
     Ok(w)
+}
+
+/// Files that are not the bytes the node was built with: each is a hard link to the store
+/// object named by its sha256, so a different inode means another build replaced it (e.g. a
+/// Pi 3 built from other firmware took over the shared bootcode.bin).
+fn stale_files(dir: &Path, rec: Option<&NodeRecord>, w: &mut Walk) {
+    use std::os::unix::fs::MetadataExt;
+    let Some(r) = rec else { return };
+    let ino = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let recorded = r
+        .files
+        .iter()
+        .map(|(n, sha)| (format!("{}/{n}", r.folder), sha))
+        .chain(r.top.iter().map(|(n, sha)| (n.clone(), sha)));
+    for (path, sha) in recorded {
+        let here = ino(&dir.join(&path));
+        if here.is_some() && here != ino(&dir.join(super::tree::STORE).join(sha)) {
+            w.warnings.push(format!(
+                "{path} is not the file node {} was built with (replaced by another build?): rebuild {}",
+                r.node, r.node
+            ));
+        }
+    }
 }
 
 fn read(dir: &Path, rel: &str) -> Result<String, CheckError> {
@@ -210,9 +245,9 @@ mod tests {
         let f = d.path().join("9ffefdef");
         std::fs::create_dir(&f).unwrap();
         let files = [
+            "config.txt",
             "start4.elf",
             "fixup4.dat",
-            "config.txt",
             "b.dtb",
             "cmdline.txt",
             "kernel8.img",
@@ -234,8 +269,11 @@ mod tests {
         .unwrap();
         let w = &check(d.path(), Some("9ffefdef"), Some(Board::Rpi4b)).unwrap()[0];
         assert_eq!(w.missing(), None, "{w:?}");
-        assert_eq!(w.fetches.len(), files.len());
-        for n in files.iter().skip(3) {
+        // Every file, and the two recovery probes the bootloader makes after config.txt.
+        assert_eq!(w.fetches.len(), files.len() + 2);
+        assert!(w.fetches[1].path.ends_with("recover4.elf") && w.fetches[1].optional);
+        // start4.elf decides the folder; its absence is the case below.
+        for n in files.iter().filter(|n| **n != "start4.elf") {
             let saved = std::fs::read(f.join(n)).unwrap();
             std::fs::remove_file(f.join(n)).unwrap();
             let w = &check(d.path(), Some("9ffefdef"), Some(Board::Rpi4b)).unwrap()[0];
@@ -248,6 +286,6 @@ mod tests {
         // Without start4.elf in the folder the bootloader reads the top, where nothing is.
         std::fs::remove_file(f.join("start4.elf")).unwrap();
         let w = &check(d.path(), Some("9ffefdef"), Some(Board::Rpi4b)).unwrap()[0];
-        assert_eq!(w.missing().map(|m| m.path.as_str()), Some("start4.elf"));
+        assert_eq!(w.missing().map(|m| m.path.as_str()), Some("config.txt"));
     }
 }

@@ -23,6 +23,8 @@ pub enum NetbootNodeError {
     Tree(#[from] crate::tree::TreeError),
     #[error("{0}: {1}")]
     Read(String, #[source] std::io::Error),
+    #[error("netroot.json: {0}")]
+    Json(#[from] serde_json::Error),
 }
 
 /// The URL the node's initramfs fetches its root from.
@@ -100,7 +102,7 @@ pub fn add_netroot(
         address: cfg.network.address,
         gateway: cfg.network.gateway,
     };
-    let mut json = serde_json::to_vec_pretty(&n).unwrap_or_default();
+    let mut json = serde_json::to_vec_pretty(&n)?;
     json.push(b'\n');
     let path = in_tree(paths::NETROOT);
     if let Some((dir, _)) = path.rsplit_once('/') {

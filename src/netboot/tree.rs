@@ -7,7 +7,7 @@
 //! meanwhile sees the old set or the new one, never a mix.
 
 use crate::tree::FileData;
-use piimg_agent::node::Board;
+use piimg_agent::node::{Board, Role};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -50,6 +50,7 @@ fn io_at(p: &Path) -> impl FnOnce(io::Error) -> TreeError + '_ {
 pub struct NodeRecord {
     pub node: String,
     pub board: Board,
+    pub role: Role,
     /// The folder, relative to the tree (`9ffefdef` or `dc-a6-32-01-36-c2`).
     pub folder: String,
     /// Every file of the folder by name, with its sha256.
@@ -73,6 +74,7 @@ pub struct Placed {
 pub struct NodeFiles {
     pub node: String,
     pub board: Board,
+    pub role: Role,
     pub folder: String,
     pub root: String,
     pub secrets_served: bool,
@@ -105,17 +107,16 @@ pub fn merge(dir: &Path, node: NodeFiles) -> Result<NodeRecord, TreeError> {
     let store = dir.join(STORE);
     std::fs::create_dir_all(&store).map_err(io_at(&store))?;
     let mut files = BTreeMap::new();
-    let tmp = dir.join(format!(".tmp-{}", node.folder));
-    remove_dir_if_present(&tmp)?;
-    std::fs::create_dir(&tmp).map_err(io_at(&tmp))?;
+    let tmp = TempFolder::create(dir.join(format!(".tmp-{}", node.folder)))?;
     for p in &node.files {
         let (sha, object) = store_object(&store, p)?;
-        let at = tmp.join(&p.name);
+        let at = tmp.0.join(&p.name);
         std::fs::hard_link(&object, &at).map_err(io_at(&at))?;
         files.insert(p.name.clone(), sha);
     }
-    sync_dir(&tmp)?;
-    install_folder(dir, &tmp, &node.folder)?;
+    sync_dir(&store)?;
+    sync_dir(&tmp.0)?;
+    install_folder(dir, &tmp.0, &node.folder)?;
     let mut top = BTreeMap::new();
     for p in &node.top {
         let (sha, object) = store_object(&store, p)?;
@@ -125,6 +126,7 @@ pub fn merge(dir: &Path, node: NodeFiles) -> Result<NodeRecord, TreeError> {
     let record = NodeRecord {
         node: node.node,
         board: node.board,
+        role: node.role,
         folder: node.folder,
         files,
         top,
@@ -141,6 +143,23 @@ pub fn merge(dir: &Path, node: NodeFiles) -> Result<NodeRecord, TreeError> {
     prune_store(&store)?;
     sync_dir(dir)?;
     Ok(record)
+}
+
+/// A folder being filled; removed with whatever it holds unless it was installed (renamed away).
+struct TempFolder(PathBuf);
+
+impl TempFolder {
+    fn create(path: PathBuf) -> Result<TempFolder, TreeError> {
+        remove_dir_if_present(&path)?;
+        std::fs::create_dir(&path).map_err(io_at(&path))?;
+        Ok(TempFolder(path))
+    }
+}
+
+impl Drop for TempFolder {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Every node record in the tree, by node name.
@@ -321,6 +340,7 @@ mod tests {
         NodeFiles {
             node: name.into(),
             board: Board::Rpi3b,
+            role: Role::Worker,
             folder: folder.into(),
             root: "root.squashfs".into(),
             secrets_served: false,

@@ -87,7 +87,6 @@ fn warn_unrouted(d: &Draft, o: &Draft, diags: &mut Diagnostics) {
     }
 }
 
-/// Two nodes with one hostname or one address cannot both join.
 /// Nodes share one netboot tree: each needs its own folder, and one server serves them all.
 fn check_netboot(members: &[&Draft], diags: &mut Diagnostics) {
     let mut seen_key: BTreeMap<&str, &Draft> = BTreeMap::new();
@@ -119,6 +118,7 @@ fn check_netboot(members: &[&Draft], diags: &mut Diagnostics) {
     }
 }
 
+/// Two nodes with one hostname or one address cannot both join.
 fn check_unique(members: &[&Draft], diags: &mut Diagnostics) {
     let mut seen_host: BTreeMap<&str, &Draft> = BTreeMap::new();
     let mut seen_addr: BTreeMap<IpAddr, &Draft> = BTreeMap::new();

@@ -60,10 +60,21 @@ fn model_filter_selects(filter: &str, board: Board) -> bool {
     }
 }
 
+/// The device tree the Pi firmware loads when config.txt names none (its own, downstream names).
+fn firmware_default_dtb(board: Board) -> &'static str {
+    match board {
+        Board::Rpi3b => "bcm2710-rpi-3-b.dtb",
+        Board::Rpi3bplus => "bcm2710-rpi-3-b-plus.dtb",
+        Board::Zero2w => "bcm2710-rpi-zero-2-w.dtb",
+        Board::Rpi4b => "bcm2711-rpi-4-b.dtb",
+        Board::Cm4 => "bcm2711-rpi-cm4.dtb",
+    }
+}
+
 /// Parses config.txt as `board`'s firmware would: `[all]` and the model filters that select
 /// the board apply; other model filters and every other kind of filter (`[gpio...]`,
 /// `[EDID=...]`, `[none]`, ...) do not. Model filters replace each other; `[all]` resets
-/// everything. Missing settings take a Pi 3's defaults.
+/// everything. Missing settings take the firmware's defaults for the board.
 pub fn parse_config_txt_for(text: &str, board: Board) -> BootConfig {
     let mut kernel = None;
     let mut initramfs = None;
@@ -112,10 +123,10 @@ pub fn parse_config_txt_for(text: &str, board: Board) -> BootConfig {
         }
     }
     BootConfig {
-        // The firmware's defaults for a Pi 3.
+        // The firmware's defaults.
         kernel: kernel.unwrap_or_else(|| if arm64 { "kernel8.img" } else { "kernel7.img" }.into()),
         initramfs,
-        device_tree: device_tree.unwrap_or_else(|| "bcm2710-rpi-3-b.dtb".into()),
+        device_tree: device_tree.unwrap_or_else(|| firmware_default_dtb(board).into()),
         cmdline_file: cmdline.unwrap_or_else(|| "cmdline.txt".into()),
         overlays,
     }
