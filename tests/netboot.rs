@@ -1,4 +1,4 @@
-//! `piimg build --netboot` end to end, without QEMU: lb1 (a Pi 3) and w1 (a Pi 4 worker) of the
+//! `piimg build --netboot` end to end, without QEMU: lb1 (a Pi 3) and cp1 (a Pi 4 control plane) of the
 //! example cluster merged into one tree, checked with tools piimg did not write (unsquashfs,
 //! zstd + cpio, e2fsck, debugfs, curl over TFTP and HTTP against `piimg serve`) and with
 //! `piimg netboot check`. The QEMU boot of a netbooted node is in tests/e2e.rs.
@@ -7,7 +7,7 @@ mod common;
 use common::checkers::{debugfs, e2fsck, extract, partitions, pipe, run, stdout_of, text_of};
 use common::piimg::{Piimg, Run};
 use common::project::{project, Project};
-use common::{sha256_file, sha256_hex, KUBE_STANDINS};
+use common::{read_toml, sha256_file, sha256_hex, KUBE_STANDINS};
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -16,13 +16,16 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 const EPOCH: &str = "1767225600";
-/// The profiles' placeholder serials (profiles/lb1.toml, profiles/w1.toml).
+/// The profiles' placeholder serials (profiles/lb1.toml, profiles/cp1.toml).
 const LB1: &str = "00000001";
-const W1: &str = "00000005";
+const CP1: &str = "00000002";
 
 struct Built {
     project: Project,
     tree: PathBuf,
+    /// What must never be readable in the tree: the join token, the certificate key and a line
+    /// of each private key of the cluster secrets file.
+    secrets: Vec<(String, String)>,
     token: String,
     lb1_first: (String, String),
 }
@@ -40,7 +43,7 @@ fn build(p: &Project, profile: &str) -> Run {
     r
 }
 
-/// lb1 and w1 built into one tree once per run of this binary; lb1 twice, to compare bytes.
+/// lb1 and cp1 built into one tree once per run of this binary; lb1 twice, to compare bytes.
 fn shared() -> &'static Built {
     static B: OnceLock<Built> = OnceLock::new();
     B.get_or_init(|| {
@@ -51,19 +54,29 @@ fn shared() -> &'static Built {
             sha256_file(&tree.join(LB1).join("root.squashfs")),
             sha256_file(&tree.join(LB1).join("initramfs8")),
         );
-        build(&project, "w1");
+        build(&project, "cp1");
         build(&project, "lb1");
-        let secrets = std::fs::read_to_string(project.secrets("home")).unwrap();
-        let token = secrets
-            .lines()
-            .find_map(|l| l.strip_prefix("token = \""))
-            .and_then(|t| t.strip_suffix('"'))
-            .expect("a token in the secrets file")
-            .to_string();
+        let file = read_toml(&project.secrets("home"));
+        let field = |k: &str| {
+            file[k]
+                .as_str()
+                .unwrap_or_else(|| panic!("{k} in secrets"))
+                .to_string()
+        };
+        let mut secrets = vec![
+            ("token".to_string(), field("token")),
+            ("certificate_key".to_string(), field("certificate_key")),
+        ];
+        for k in ["ca_key", "front_proxy_ca_key", "etcd_ca_key", "sa_key"] {
+            // The first line of base64 after the PEM header: unique to that key.
+            let line = field(k).lines().nth(1).expect("a PEM body").to_string();
+            secrets.push((k.to_string(), line));
+        }
         Built {
             project,
             tree,
-            token,
+            token: field("token"),
+            secrets,
             lb1_first,
         }
     })
@@ -96,7 +109,7 @@ fn initramfs_members(initramfs: &Path) -> (Vec<String>, PathBuf) {
 #[test]
 fn both_nodes_have_their_folders_and_common_bytes_are_stored_once() {
     let b = shared();
-    let (lb, w) = (b.tree.join(LB1), b.tree.join(W1));
+    let (lb, w) = (b.tree.join(LB1), b.tree.join(CP1));
     // The same Debian kernel boots the Pi 3 and the Pi 4: one copy on disk.
     assert_eq!(ino(&lb.join("kernel8.img")), ino(&w.join("kernel8.img")));
     // The Pi 3 ROM reads bootcode.bin from the top of the tree.
@@ -114,7 +127,7 @@ fn both_nodes_have_their_folders_and_common_bytes_are_stored_once() {
         assert!(lb.join(f).is_file(), "lb1 lacks {f}");
     }
     for f in ["start4.elf", "fixup4.dat", "bcm2711-rpi-4-b.dtb"] {
-        assert!(w.join(f).is_file(), "w1 lacks {f}");
+        assert!(w.join(f).is_file(), "cp1 lacks {f}");
     }
     assert_ne!(
         ino(&lb.join("root.squashfs")),
@@ -136,9 +149,9 @@ fn both_nodes_have_their_folders_and_common_bytes_are_stored_once() {
 #[test]
 fn the_cmdline_names_the_root_on_the_server_and_the_initramfs_pins_its_hash() {
     let b = shared();
-    let w = b.tree.join(W1);
+    let w = b.tree.join(CP1);
     let cmdline = std::fs::read_to_string(w.join("cmdline.txt")).unwrap();
-    let url = format!("piimg.root=http://192.168.50.2:8080/{W1}/root.squashfs");
+    let url = format!("piimg.root=http://192.168.50.2:8080/{CP1}/root.squashfs");
     assert!(cmdline.split_whitespace().any(|x| x == url), "{cmdline}");
     assert!(!cmdline.contains("root=PARTUUID"), "{cmdline}");
     let (names, dir) = initramfs_members(&w.join("initramfs8"));
@@ -164,14 +177,34 @@ fn the_cmdline_names_the_root_on_the_server_and_the_initramfs_pins_its_hash() {
     assert_eq!(netroot["sha256"], sha256_file(&root));
     assert_eq!(netroot["size"], std::fs::metadata(&root).unwrap().len());
     assert_eq!(netroot["fstype"], "squashfs");
-    assert_eq!(netroot["address"], "192.168.50.21/24");
+    assert_eq!(netroot["address"], "192.168.50.11/24");
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Every file of the tree with the root images and initramfs unpacked: what anyone on the LAN
+/// can read.
+fn readable_on_the_lan(tree: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let mut files = walk(tree);
+    let mut unpacked = Vec::new();
+    for folder in [LB1, CP1] {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let root = dir.join("root");
+        run(Command::new("unsquashfs")
+            .args(["-q", "-no-xattrs", "-d"])
+            .arg(&root)
+            .arg(tree.join(folder).join("root.squashfs")));
+        let (_, initramfs) = initramfs_members(&tree.join(folder).join("initramfs8"));
+        files.extend(walk(&root));
+        files.extend(walk(&initramfs));
+        unpacked.extend([dir, initramfs]);
+    }
+    (files, unpacked)
 }
 
 #[test]
 fn no_secret_enters_the_tree_and_the_card_holds_them_owner_only() {
     let b = shared();
-    let root = b.tree.join(W1).join("root.squashfs");
+    let root = b.tree.join(CP1).join("root.squashfs");
     let listing = text_of(
         Command::new("unsquashfs")
             .args(["-lln", "-d", "/"])
@@ -179,30 +212,25 @@ fn no_secret_enters_the_tree_and_the_card_holds_them_owner_only() {
     );
     assert!(listing.contains("/etc/piimg/node.json"), "{listing}");
     assert!(!listing.contains("/etc/piimg/kubeadm.yaml"), "{listing}");
-    // Every file of the tree, squashfs included, searched for the join token's bytes.
+    assert!(!listing.contains("/etc/kubernetes/pki/ca.key"), "{listing}");
+    assert!(listing.contains("/etc/kubernetes/pki/ca.crt"), "{listing}");
+    let (files, unpacked) = readable_on_the_lan(&b.tree);
+    assert!(files.len() > 1000, "only {} files unpacked", files.len());
     let mut leaked = Vec::new();
-    for e in walk(&b.tree) {
-        let bytes = std::fs::read(&e).unwrap();
-        if bytes
-            .windows(b.token.len())
-            .any(|w| w == b.token.as_bytes())
-        {
-            leaked.push(e);
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        for (what, needle) in &b.secrets {
+            if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                leaked.push(format!("{what} in {}", f.display()));
+            }
         }
     }
-    let node_json = stdout_of(
-        Command::new("unsquashfs")
-            .args(["-cat"])
-            .arg(&root)
-            .arg("etc/piimg/node.json"),
-    );
-    assert!(!String::from_utf8_lossy(&node_json).contains(&b.token));
-    assert!(
-        leaked.is_empty(),
-        "the join token is readable in {leaked:?}"
-    );
+    for d in unpacked {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+    assert!(leaked.is_empty(), "secrets readable on the LAN: {leaked:?}");
 
-    let card = b.project.root().join("out/w1.secrets.img");
+    let card = b.project.root().join("out/cp1.secrets.img");
     assert_eq!(
         std::fs::metadata(&card).unwrap().permissions().mode() & 0o777,
         0o600
@@ -214,13 +242,25 @@ fn no_secret_enters_the_tree_and_the_card_holds_them_owner_only() {
     e2fsck(&fs);
     let label = run(Command::new("e2label").arg(&fs));
     assert_eq!(label.trim(), "piimg-data");
-    let ls = debugfs(&fs, "ls -l /lib/piimg/secrets/etc/piimg");
-    for f in ["kubeadm.yaml", "node.json"] {
-        let line = ls
-            .lines()
-            .find(|l| l.ends_with(f))
-            .unwrap_or_else(|| panic!("{f} not on the card: {ls}"));
-        assert!(line.contains("100600"), "{line}");
+    for (dir, names) in [
+        (
+            "/lib/piimg/secrets/etc/piimg",
+            &["kubeadm.yaml", "node.json"][..],
+        ),
+        (
+            "/lib/piimg/secrets/etc/kubernetes/pki",
+            &["ca.key", "sa.key"][..],
+        ),
+        ("/lib/piimg/secrets/etc/piimg/pki", &["ca.key"][..]),
+    ] {
+        let ls = debugfs(&fs, &format!("ls -l {dir}"));
+        for f in names {
+            let line = ls
+                .lines()
+                .find(|l| l.ends_with(&format!(" {f}")))
+                .unwrap_or_else(|| panic!("{dir}/{f} not on the card: {ls}"));
+            assert!(line.contains("100600"), "{line}");
+        }
     }
     let full = debugfs(&fs, "cat /lib/piimg/secrets/etc/piimg/kubeadm.yaml");
     assert!(
@@ -340,6 +380,13 @@ fn serve_hands_out_the_tree_over_tftp_and_http() {
     let url = format!("http://127.0.0.1:{http}/{LB1}/root.squashfs");
     let whole = stdout_of(Command::new("curl").args(["-sf", &url]));
     assert_eq!(sha256_hex(&whole), sha256_hex(&root));
+    // The tree's bookkeeping is not served.
+    let hidden = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://127.0.0.1:{http}/.piimg/lb1.json"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&hidden.stdout), "403");
     let _ = child.kill();
     let _ = child.wait();
 }
