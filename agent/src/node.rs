@@ -334,6 +334,18 @@ impl NodeConfig {
         v
     }
 
+    /// A copy without the secret fields (those of [`NodeConfig::secret_strings`]) at all, as a
+    /// netbooted node's root image holds it when its secrets are on its card: a card's config
+    /// is this node's when both compare equal this way.
+    pub fn public(&self) -> NodeConfig {
+        let mut c = self.clone();
+        if let Some(k) = c.kubernetes.as_mut() {
+            k.token = String::new();
+            k.certificate_key = None;
+        }
+        c
+    }
+
     /// A copy safe to print or put in a manifest: join token and certificate key replaced.
     pub fn redacted(&self) -> NodeConfig {
         let mut c = self.clone();
@@ -410,6 +422,23 @@ pub(crate) mod tests {
         let text = String::from_utf8(c.to_json()).unwrap();
         assert!(!text.contains("abcdef.0123456789abcdef"));
         assert!(text.contains(REDACTED));
+    }
+
+    #[test]
+    fn the_public_part_leaves_out_exactly_the_secret_strings() {
+        let mut c = sample();
+        c.kubernetes.as_mut().unwrap().certificate_key = Some("c0ffee".repeat(8));
+        let public = c.public();
+        assert!(public.secret_strings().is_empty());
+        let text = String::from_utf8(public.to_json()).unwrap();
+        for s in c.secret_strings() {
+            assert!(!text.contains(&s), "{s} in {text}");
+        }
+        let mut other = c.clone();
+        other.kubernetes.as_mut().unwrap().token = "zyxwvu.0123456789abcdef".into();
+        assert_eq!(other.public(), public);
+        other.hostname = "w2".into();
+        assert_ne!(other.public(), public);
     }
 
     #[test]

@@ -114,19 +114,43 @@ fn var_mounted(host: &Host) -> bool {
 /// How long netboot's stage 2 gives the card reader to be probed before /var becomes a tmpfs.
 const DATA_CARD_WAIT: Duration = Duration::from_secs(10);
 
-/// Netboot's storage: /var from the local card, the card's secrets into the root, and the node
-/// config read again when it was one of them.
+/// Netboot's storage: /var from the local card, then the card's secrets into the root when the
+/// card is this node's; `cfg` then holds them.
 fn netboot_storage(host: &Host, cfg: &mut NodeConfig, label: &str, wait: Duration) {
     mount_var_by_label(host, label, wait);
-    if copy_card_secrets(host)
-        .iter()
-        .any(|p| p == NODE_CONFIG_PATH)
-    {
-        match read_config(host) {
-            Some(c) => *cfg = c,
-            None => say("keeping the node config from the image"),
-        }
+    let base = host.path(crate::contract::paths::CARD_SECRETS);
+    if !base.is_dir() {
+        return;
     }
+    match card_config(&base) {
+        // The card's config is the image's with the secrets filled in.
+        Ok(card) if card.public() == cfg.public() => {
+            if copy_card_secrets(&base, host)
+                .iter()
+                .any(|p| p == NODE_CONFIG_PATH)
+            {
+                *cfg = card;
+            }
+        }
+        // Another node's secrets would make this node that one: its name, address and role.
+        Ok(card) if card.hostname != cfg.hostname => say(&format!(
+            "the card belongs to another node: {}; none of its secrets copied, {} keeps its own config",
+            card.hostname, cfg.hostname
+        )),
+        Ok(_) => say(&format!(
+            "the card's node config differs from this image's (a card from another build of {}?); \
+             none of its secrets copied",
+            cfg.hostname
+        )),
+        Err(why) => say(&format!("card secrets: {why}; none copied")),
+    }
+}
+
+/// The node config among the card's secrets: which node the card belongs to.
+fn card_config(base: &Path) -> Result<NodeConfig, String> {
+    let path = base.join(NODE_CONFIG_PATH.trim_start_matches('/'));
+    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    NodeConfig::from_json(&bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// /var on the ext4 filesystem labelled `label` of a local card, else on a tmpfs; with the
@@ -213,15 +237,11 @@ fn make_data_skeleton(host: &Host) {
     }
 }
 
-/// Copies each file below the card's secrets folder to the same path in the root (mode 0600,
-/// owned by this process: root); says how many, never what. Returns their root paths.
-fn copy_card_secrets(host: &Host) -> Vec<String> {
-    let base = host.path(crate::contract::paths::CARD_SECRETS);
-    if !base.is_dir() {
-        return Vec::new();
-    }
+/// Copies each file below the card's secrets folder `base` to the same path in the root (mode
+/// 0600, owned by this process: root); says how many, never what. Returns their root paths.
+fn copy_card_secrets(base: &Path, host: &Host) -> Vec<String> {
     let mut found = Vec::new();
-    secret_files(&base, &base, &mut found);
+    secret_files(base, base, &mut found);
     let mut copied = Vec::new();
     for rel in found {
         let abs = format!("/{rel}");
@@ -586,17 +606,7 @@ fn prepare(host: &Host, cfg: &mut NodeConfig, net_up: &Arc<AtomicBool>) -> Vec<S
             .map_err(StepError::Hostname),
     );
     match (&cfg.storage.data_partuuid, cfg.storage.data_label.clone()) {
-        (None, Some(label)) => {
-            let hostname = cfg.hostname.clone();
-            netboot_storage(host, cfg, &label, DATA_CARD_WAIT);
-            if cfg.hostname != hostname {
-                report(
-                    host.sys
-                        .sethostname(&cfg.hostname)
-                        .map_err(StepError::Hostname),
-                );
-            }
-        }
+        (None, Some(label)) => netboot_storage(host, cfg, &label, DATA_CARD_WAIT),
         _ => report(mount_data(host, cfg)),
     }
     // Again with the time saved on /var, now that it is mounted.
@@ -1193,35 +1203,54 @@ mod tests {
         );
     }
 
-    #[test]
-    fn card_secrets_are_copied_into_the_root_mode_0600_and_the_config_read_again() {
-        use std::os::unix::fs::MetadataExt;
-        let cfg = netbooted();
-        let (_t, host, _fake) = rootfs(&cfg);
-        let mut on_card = cfg.clone();
-        on_card.hostname = "w7".into();
+    /// A netbooted worker's whole config, as its card holds it; its root image holds
+    /// `.public()`.
+    fn netbooted_worker() -> NodeConfig {
+        let mut c = crate::node::tests::sample();
+        c.storage = netbooted().storage;
+        c.agent.status_port = 0;
+        c
+    }
+
+    const CA_KEY: &[u8] = b"-----BEGIN PRIVATE KEY----- secret";
+
+    /// A card labelled piimg-data, mounted on /var (the fake mounts nothing: its files are put
+    /// there), whose secrets are `cfg` and a CA key.
+    fn secrets_card(host: &Host, cfg: Option<&NodeConfig>) {
+        put_partition(&host.root, "sda", 1, "12345678-01");
+        crate::blockdev::tests::mkfs_ext4(&host.path("/dev/sda1"), "piimg-data");
+        put(&host.root, GROWN_MARKER, b"grown\n");
         let secrets = crate::contract::paths::CARD_SECRETS;
-        put(
-            &host.root,
-            &format!("{secrets}{NODE_CONFIG_PATH}"),
-            &on_card.to_json(),
-        );
+        if let Some(cfg) = cfg {
+            put(
+                &host.root,
+                &format!("{secrets}{NODE_CONFIG_PATH}"),
+                &cfg.to_json(),
+            );
+        }
         put(
             &host.root,
             &format!("{secrets}/etc/kubernetes/pki/ca.key"),
-            b"-----BEGIN PRIVATE KEY----- secret",
+            CA_KEY,
         );
+    }
+
+    #[test]
+    fn the_nodes_own_card_secrets_are_copied_into_the_root_mode_0600_and_become_its_config() {
+        use std::os::unix::fs::MetadataExt;
+        let whole = netbooted_worker();
+        let cfg = whole.public();
+        let (_t, host, _fake) = rootfs(&cfg);
+        secrets_card(&host, Some(&whole));
+        let secrets = crate::contract::paths::CARD_SECRETS;
         std::os::unix::fs::symlink("/etc/shadow", host.path(secrets).join("link")).unwrap();
         let lines = crate::console::capture_thread();
         let mut got = cfg.clone();
         netboot_storage(&host, &mut got, "piimg-data", Duration::ZERO);
-        assert_eq!(got, on_card);
+        assert_eq!(got, whole);
         for (path, content) in [
-            (NODE_CONFIG_PATH, on_card.to_json()),
-            (
-                "/etc/kubernetes/pki/ca.key",
-                b"-----BEGIN PRIVATE KEY----- secret".to_vec(),
-            ),
+            (NODE_CONFIG_PATH, whole.to_json()),
+            ("/etc/kubernetes/pki/ca.key", CA_KEY.to_vec()),
         ] {
             let p = host.path(path);
             assert_eq!(std::fs::read(&p).unwrap(), content, "{path}");
@@ -1236,6 +1265,66 @@ mod tests {
             "{lines:#?}"
         );
         assert!(!lines.iter().any(|l| l.contains("PRIVATE")), "{lines:#?}");
+    }
+
+    #[test]
+    fn another_nodes_card_gives_none_of_its_secrets_and_the_image_keeps_its_config() {
+        let cfg = netbooted_worker().public();
+        let (_t, host, _fake) = rootfs(&cfg);
+        let mut other = netbooted_worker();
+        other.hostname = "w7".into();
+        other.network.address = "10.0.2.17/24".parse().unwrap();
+        secrets_card(&host, Some(&other));
+        let lines = crate::console::capture_thread();
+        let mut got = cfg.clone();
+        netboot_storage(&host, &mut got, "piimg-data", Duration::ZERO);
+        assert_eq!(got, cfg);
+        assert_eq!(
+            std::fs::read(host.path(NODE_CONFIG_PATH)).unwrap(),
+            cfg.to_json()
+        );
+        assert!(!host.path("/etc/kubernetes").exists());
+        let lines = lines.lock().unwrap().clone();
+        assert_eq!(
+            lines[1..],
+            [
+                "piimg-agent: the card belongs to another node: w7; none of its secrets copied, \
+              w1 keeps its own config"
+            ],
+            "{lines:#?}"
+        );
+    }
+
+    #[test]
+    fn a_card_of_this_hostname_with_another_config_or_none_gives_no_secrets() {
+        let cfg = netbooted_worker().public();
+        let mut stale = netbooted_worker();
+        stale.network.dns.clear();
+        for (card, line) in [
+            (
+                Some(&stale),
+                "piimg-agent: the card's node config differs from this image's (a card from \
+                 another build of w1?); none of its secrets copied"
+                    .to_string(),
+            ),
+            (
+                None,
+                "piimg-agent: card secrets: {root}/var/lib/piimg/secrets/etc/piimg/node.json: \
+                 No such file or directory (os error 2); none copied"
+                    .to_string(),
+            ),
+        ] {
+            let (_t, host, _fake) = rootfs(&cfg);
+            secrets_card(&host, card);
+            let lines = crate::console::capture_thread();
+            let mut got = cfg.clone();
+            netboot_storage(&host, &mut got, "piimg-data", Duration::ZERO);
+            assert_eq!(got, cfg);
+            assert!(!host.path("/etc/kubernetes").exists());
+            let lines = lines.lock().unwrap().clone();
+            let line = line.replace("{root}", &host.root.display().to_string());
+            assert_eq!(lines[1..], [line], "{lines:#?}");
+        }
     }
 
     #[test]
