@@ -156,8 +156,16 @@ pub fn services(cfg: &NodeConfig, agent_exe: &str) -> Vec<ServiceSpec> {
     v
 }
 
+/// A netbooted Kubernetes node whose secrets stayed on a card that was not adopted (missing, or
+/// another node's): its root has no join token and no kubeadm.yaml, so kubeadm could only fail.
+pub fn lacks_card_secrets(cfg: &NodeConfig) -> bool {
+    cfg.storage.data_label.is_some()
+        && cfg.role.is_kubernetes()
+        && cfg.kubernetes.as_ref().is_some_and(|k| k.token.is_empty())
+}
+
 /// containerd, the image import, pod egress NAT, kubeadm, the cluster keeper and kubelet, as
-/// far as this node has them.
+/// far as this node has them (none of the last three without its secrets).
 fn kubernetes_services(cfg: &NodeConfig, agent_exe: &str) -> Vec<ServiceSpec> {
     let mut v = vec![daemon("containerd", containerd_command(), Vec::new())];
     let mut images = ServiceSpec::oneshot(
@@ -171,6 +179,9 @@ fn kubernetes_services(cfg: &NodeConfig, agent_exe: &str) -> Vec<ServiceSpec> {
         let mut nat = ServiceSpec::oneshot("pod-egress", argv, Some(POD_EGRESS_DONE.into()));
         nat.wait_for = vec![CONTAINERD_SOCK.into()];
         v.push(nat);
+    }
+    if lacks_card_secrets(cfg) {
+        return v.into_iter().map(with_env).collect();
     }
     if kubeadm_command(cfg).is_some() {
         v.push(kubeadm_service(agent_exe));
@@ -359,6 +370,41 @@ mod tests {
         assert!(
             matches!(&w[2].kind, Kind::Oneshot { done_file: Some(p) } if p == Path::new(KUBEADM_DONE))
         );
+    }
+
+    #[test]
+    fn a_netbooted_kubernetes_node_without_its_card_secrets_runs_no_kubeadm_or_kubelet() {
+        let names = |c: &NodeConfig| {
+            services(c, "/sbin/init")
+                .into_iter()
+                .map(|s| s.name)
+                .collect::<Vec<_>>()
+        };
+        let mut c = cfg(Role::ControlPlane, true);
+        c.storage.data_label = Some("piimg-data".into());
+        c.agent.debug_shell = true;
+        assert!(!lacks_card_secrets(&c));
+        assert_eq!(
+            names(&c),
+            vec![
+                "containerd",
+                "image-import",
+                "kubeadm",
+                "cluster-keeper",
+                "kubelet",
+                "shell"
+            ]
+        );
+        let public = c.public();
+        assert!(lacks_card_secrets(&public));
+        assert_eq!(names(&public), vec!["containerd", "image-import", "shell"]);
+        // Booted from its own card (no data_label) or with its secrets served: as always.
+        let mut own_card = public.clone();
+        own_card.storage.data_label = None;
+        assert!(!lacks_card_secrets(&own_card));
+        let mut lb = cfg(Role::LoadBalancer, false);
+        lb.storage.data_label = Some("piimg-data".into());
+        assert!(!lacks_card_secrets(&lb));
     }
 
     #[test]

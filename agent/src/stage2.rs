@@ -609,6 +609,14 @@ fn prepare(host: &Host, cfg: &mut NodeConfig, net_up: &Arc<AtomicBool>) -> Vec<S
         (None, Some(label)) => netboot_storage(host, cfg, &label, DATA_CARD_WAIT),
         _ => report(mount_data(host, cfg)),
     }
+    if roles::lacks_card_secrets(cfg) {
+        say(&format!(
+            "this node's secrets card is missing: flash out/{}.secrets.img — piimg build \
+             --netboot writes it — to a card in the node's slot; kubeadm and kubelet do not \
+             start without it",
+            cfg.hostname
+        ));
+    }
     // Again with the time saved on /var, now that it is mounted.
     set_clock(host, cfg);
     for d in ["/var/log", "/var/lib/piimg", "/var/lib/kubelet"] {
@@ -1248,6 +1256,7 @@ mod tests {
         let mut got = cfg.clone();
         netboot_storage(&host, &mut got, "piimg-data", Duration::ZERO);
         assert_eq!(got, whole);
+        assert!(!roles::lacks_card_secrets(&got));
         for (path, content) in [
             (NODE_CONFIG_PATH, whole.to_json()),
             ("/etc/kubernetes/pki/ca.key", CA_KEY.to_vec()),
@@ -1325,6 +1334,61 @@ mod tests {
             let line = line.replace("{root}", &host.root.display().to_string());
             assert_eq!(lines[1..], [line], "{lines:#?}");
         }
+    }
+
+    #[test]
+    fn a_kubernetes_node_netbooted_without_its_card_says_so_and_starts_no_kubeadm_or_kubelet() {
+        let cfg = netbooted_worker().public();
+        let (_t, host, fake) = rootfs(&cfg);
+        put_partition(&host.root, "sda", 1, "12345678-01");
+        crate::blockdev::tests::mkfs_ext4(&host.path("/dev/sda1"), "piimg-data");
+        put(&host.root, GROWN_MARKER, b"grown\n");
+        let lines = crate::console::capture_thread();
+        let node = setup(&host);
+        let services: Vec<String> = node
+            .sup
+            .status_handle()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        assert_eq!(services, vec!["containerd", "image-import"]);
+        let lines = lines.lock().unwrap().clone();
+        let said: Vec<&String> = lines.iter().filter(|l| l.contains("card")).collect();
+        assert_eq!(
+            said,
+            [
+                "piimg-agent: this node's secrets card is missing: flash out/w1.secrets.img — \
+              piimg build --netboot writes it — to a card in the node's slot; kubeadm and \
+              kubelet do not start without it"
+            ],
+            "{lines:#?}"
+        );
+        // The rest of the node comes up as always.
+        assert!(fake.calls().contains(&"sethostname w1".to_string()));
+        wait_for("the network thread", || {
+            fake.calls().iter().any(|c| c.starts_with("keep_network"))
+        });
+        // With its card in the slot: kubeadm and kubelet as always, and nothing said.
+        let (_t, host, _fake) = rootfs(&cfg);
+        secrets_card(&host, Some(&netbooted_worker()));
+        let lines = crate::console::capture_thread();
+        let node = setup(&host);
+        let services: Vec<String> = node
+            .sup
+            .status_handle()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        assert_eq!(
+            services,
+            vec!["containerd", "image-import", "kubeadm", "kubelet"]
+        );
+        let lines = lines.lock().unwrap().clone();
+        assert!(!lines.iter().any(|l| l.contains("missing")), "{lines:#?}");
     }
 
     #[test]
