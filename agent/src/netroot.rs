@@ -1,8 +1,8 @@
 //! Netboot's root image: one HTTP/1.1 GET into RAM, checked against the sha256 baked into the
-//! node's initramfs, retried until it is right. The client is hand-written over
-//! std::net::TcpStream because stage 1 needs exactly this much: an address literal (no resolver
-//! at boot), one request, a body of known length; an HTTP crate would add size and C-free
-//! questions for nothing.
+//! node's initramfs, retried until it is right or plainly another build's. The client is
+//! hand-written over std::net::TcpStream because stage 1 needs exactly this much: an address
+//! literal (no resolver at boot), one request, a body of known length; an HTTP crate would add
+//! size and C-free questions for nothing.
 
 use crate::cmdline::HttpUrl;
 use crate::console::say;
@@ -43,7 +43,7 @@ impl Pace {
     };
 }
 
-/// Why one attempt to fetch the root image failed; every one is retried.
+/// Why one attempt to fetch the root image failed; each is retried (see [`MISMATCHES`]).
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     #[error("connect: {0}")]
@@ -71,6 +71,24 @@ pub enum FetchError {
     #[error("sha256 {got} but the initramfs expects {want}; deleted it")]
     Digest { got: String, want: String },
 }
+
+impl FetchError {
+    /// The server has an image, only not the one this initramfs expects: trying again fetches
+    /// the same wrong one.
+    pub fn is_mismatch(&self) -> bool {
+        matches!(self, FetchError::Length { .. } | FetchError::Digest { .. })
+    }
+}
+
+/// Mismatches after which [`fetch`] gives up: a few in case a copy was being replaced, then the
+/// root image is taken to be another build's than the initramfs (a rebuild while the node
+/// booted), which only a fresh set from the firmware mends.
+pub const MISMATCHES: u32 = 5;
+
+/// Why [`fetch`] gave up.
+#[derive(Debug, thiserror::Error)]
+#[error("the root image on the server does not match this initramfs (rebuilt meanwhile?)")]
+pub struct Mismatched;
 
 /// The most header bytes accepted: a root image server sends a few hundred.
 const MAX_HEAD: usize = 64 * 1024;
@@ -292,17 +310,24 @@ pub fn fetch_once(
 }
 
 /// Fetches until the image is there and right, saying why each failed attempt failed and when
-/// the next one comes.
-pub fn fetch(url: &HttpUrl, net: &NetRoot, dest: &Path, pace: &Pace) {
+/// the next one comes; gives up after [`MISMATCHES`] wrong images (other failures, such as a
+/// server that is down, are retried for ever and do not count).
+pub fn fetch(url: &HttpUrl, net: &NetRoot, dest: &Path, pace: &Pace) -> Result<(), Mismatched> {
     let mut pause = pace.retry_first;
+    let mut mismatches = 0;
     loop {
         say(&format!(
             "fetching the root image {url} ({} bytes)",
             net.size
         ));
         match fetch_once(url, net, dest, pace) {
-            Ok(()) => return,
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_mismatch() && mismatches + 1 >= MISMATCHES => {
+                say(&format!("root image {url}: {e}"));
+                return Err(Mismatched);
+            }
             Err(e) => {
+                mismatches += u32::from(e.is_mismatch());
                 say(&format!("root image {url}: {e}; retrying in {:.0?}", pause));
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(pace.retry_max);
@@ -527,7 +552,7 @@ pub(crate) mod tests {
         let dest = t.path().join("root.img");
         let net = netroot_for(&body);
         let lines = crate::console::capture_thread();
-        fetch(&url(addr), &net, &dest, &FAST);
+        fetch(&url(addr), &net, &dest, &FAST).unwrap();
         assert!(std::fs::read(&dest).unwrap() == body, "the image differs");
         server.join().unwrap();
         let all = lines.lock().unwrap().clone();

@@ -1,7 +1,8 @@
 //! Stage 1, in the initramfs: API mounts, storage modules, wait for the root partition, mount it,
 //! switch_root, exec stage 2. Netboot (`piimg.root=`): network modules, the interface up, the
 //! root image fetched into RAM and mounted read-only under a tmpfs overlay instead. Never returns
-//! and never panics the kernel: every failure is logged and retried.
+//! and never panics the kernel: every failure is logged and retried, but a root image that is
+//! not this initramfs's reboots the node for a matching set.
 
 use crate::cmdline::{self, Cmdline, HttpUrl, RootSpec};
 use crate::console::say;
@@ -249,7 +250,13 @@ fn netboot(
     until_ok(pace, || {
         mount_tmpfs(host, "netroot", NETROOT_IMAGE, "mode=0700")
     });
-    netroot::fetch(url, net, &host.path(NETROOT_FILE), pace);
+    while let Err(e) = netroot::fetch(url, net, &host.path(NETROOT_FILE), pace) {
+        // The firmware fetches kernel and initramfs again on the way up: a matching set.
+        say(&format!("{e}: rebooting"));
+        crate::console::flush(Duration::from_secs(3));
+        let e = host.sys.reboot(libc::RB_AUTOBOOT);
+        say(&format!("reboot: {e}; fetching again"));
+    }
     until_ok(pace, || {
         let r = mount_overlay(host, net).and_then(|()| {
             let carried = [&mounts::CARRIED[..], &["/run"]].concat();
@@ -660,6 +667,69 @@ mod tests {
             "{lines:#?}"
         );
         assert!(mismatch[1].ends_with("sha256 ok"), "{lines:#?}");
+    }
+
+    /// `body` with one byte changed: what a rebuild serves under the same name.
+    fn rebuilt(body: &[u8]) -> Vec<u8> {
+        let mut other = body.to_vec();
+        other[0] ^= 0xff;
+        other
+    }
+
+    #[test]
+    fn netboot_reboots_after_five_images_that_do_not_match_the_initramfs() {
+        let body = image();
+        let other = rebuilt(&body);
+        let longer = [&body[..], b"x"].concat();
+        let answers = vec![
+            ok(&other),
+            ok(&longer),
+            crate::netroot::tests::Answer::Bytes(b"HTTP/1.1 503 Busy\r\n\r\n".to_vec()),
+            ok(&other),
+            ok(&other),
+            ok(&other),
+            // After the (failed) reboot: the fetch starts over.
+            ok(&body),
+        ];
+        let (_t, host, fake, server) = netboot_initramfs(&body, answers);
+        let lines = crate::console::capture_thread();
+        assert!(matches!(boot(&host, &FAST), Stopped::Exec { .. }));
+        assert_eq!(server.join().unwrap().len(), 7);
+        let mut want = netboot_calls();
+        let at = want
+            .iter()
+            .position(|c| c.starts_with("loop_attach"))
+            .unwrap();
+        want.insert(at, "reboot autoboot".into());
+        assert_eq!(fake.calls(), want);
+        let lines = lines.lock().unwrap().clone();
+        let said: Vec<&String> = lines.iter().filter(|l| l.contains("reboot")).collect();
+        assert_eq!(
+            said,
+            [
+                "piimg-agent: the root image on the server does not match this initramfs \
+                 (rebuilt meanwhile?): rebooting",
+                "piimg-agent: reboot: Function not implemented (os error 38); fetching again",
+            ],
+            "{lines:#?}"
+        );
+    }
+
+    #[test]
+    fn netboot_failures_other_than_a_wrong_image_do_not_count_towards_a_reboot() {
+        let body = image();
+        let other = rebuilt(&body);
+        let mut answers: Vec<_> = (0..4).map(|_| ok(&other)).collect();
+        answers.push(crate::netroot::tests::Answer::Bytes(
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec(),
+        ));
+        // Closed before the headers ended.
+        answers.push(crate::netroot::tests::Answer::Bytes(Vec::new()));
+        answers.push(ok(&body));
+        let (_t, host, fake, server) = netboot_initramfs(&body, answers);
+        assert!(matches!(boot(&host, &FAST), Stopped::Exec { .. }));
+        assert_eq!(server.join().unwrap().len(), 7);
+        assert_eq!(fake.calls(), netboot_calls());
     }
 
     #[test]
