@@ -142,14 +142,26 @@ pub fn ext4_label(head: &[u8]) -> Option<String> {
     Some(String::from_utf8_lossy(&name[..end]).into_owned())
 }
 
-/// Finds a disk or partition (loop and RAM devices left out: the netboot root is on a loop
-/// device) holding an ext4 filesystem labelled `label`; the first by name.
+/// Block devices no card's data filesystem is on: loop (the netboot root is on one) and RAM
+/// disks; optical drives, raw flash and network block devices, where a read can block for long.
+const NOT_A_CARD: [&str; 6] = ["loop", "ram", "zram", "sr", "mtdblock", "nbd"];
+
+/// Whether sysfs says the device is empty (an unconfigured nbd, a reader without a card);
+/// unknown counts as not empty.
+fn is_empty(sys_block: &Path, name: &str) -> bool {
+    fs::read_to_string(sys_block.join(name).join("size"))
+        .is_ok_and(|s| s.trim().parse::<u64>() == Ok(0))
+}
+
+/// Finds a disk or partition (see [`NOT_A_CARD`] for those left out) holding an ext4
+/// filesystem labelled `label`; the first by name.
 pub fn find_ext4_label(sys_block: &Path, dev: &Path, label: &str) -> Option<PathBuf> {
     let mut names: Vec<String> = fs::read_dir(sys_block)
         .ok()?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !["loop", "ram", "zram"].iter().any(|p| n.starts_with(p)))
+        .filter(|n| !NOT_A_CARD.iter().any(|p| n.starts_with(p)))
+        .filter(|n| !is_empty(sys_block, n))
         .collect();
     names.sort();
     names.into_iter().map(|n| dev.join(n)).find(|p| {
@@ -229,6 +241,12 @@ pub(crate) mod tests {
         assert_eq!(ext4_label(&head[..1100]), None);
     }
 
+    /// A device in a fake /sys/class/block with its size in sectors.
+    fn sys_device(sys: &Path, name: &str, sectors: u64) {
+        fs::create_dir_all(sys.join(name)).unwrap();
+        fs::write(sys.join(name).join("size"), format!("{sectors}\n")).unwrap();
+    }
+
     #[test]
     fn find_by_label_skips_loop_devices_and_other_labels() {
         let t = tempfile::tempdir().unwrap();
@@ -239,15 +257,44 @@ pub(crate) mod tests {
             ("sda1", "other"),
             ("sdb1", "piimg-data"),
         ] {
-            fs::create_dir_all(sys.join(name)).unwrap();
+            sys_device(&sys, name, 4096);
             mkfs_ext4(&dev.join(name), label);
         }
-        fs::create_dir_all(sys.join("sdb")).unwrap();
+        sys_device(&sys, "sdb", 8192);
         fs::write(dev.join("sdb"), [0u8; 512]).unwrap();
         assert_eq!(
             find_ext4_label(&sys, &dev, "piimg-data"),
             Some(dev.join("sdb1"))
         );
         assert_eq!(find_ext4_label(&sys, &dev, "nothing"), None);
+    }
+
+    #[test]
+    fn find_by_label_opens_no_optical_flash_network_or_empty_device() {
+        let t = tempfile::tempdir().unwrap();
+        let (sys, dev) = (t.path().join("sys"), t.path().join("dev"));
+        fs::create_dir_all(&dev).unwrap();
+        // All labelled alike and named before vda1: any of them opened would be the answer.
+        for (name, sectors) in [
+            ("mmcblk0", 0),
+            ("mtdblock0", 4096),
+            ("nbd0", 4096),
+            ("sda", 0),
+            ("sr0", 4096),
+            ("vda1", 4096),
+        ] {
+            sys_device(&sys, name, sectors);
+            mkfs_ext4(&dev.join(name), "piimg-data");
+        }
+        assert_eq!(
+            find_ext4_label(&sys, &dev, "piimg-data"),
+            Some(dev.join("vda1"))
+        );
+        // A size sysfs does not give is no reason to leave a device out.
+        fs::remove_file(sys.join("sda").join("size")).unwrap();
+        assert_eq!(
+            find_ext4_label(&sys, &dev, "piimg-data"),
+            Some(dev.join("sda"))
+        );
     }
 }
