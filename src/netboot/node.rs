@@ -72,11 +72,9 @@ pub fn secrets_to_card(
     }
     let node_json = in_tree(paths::NODE_CONFIG);
     if asm.root.lookup(node_json).is_none() {
-        let mut public = cfg.clone();
-        if let Some(k) = public.kubernetes.as_mut() {
-            k.token = String::new();
-            k.certificate_key = None;
-        }
+        // The agent compares the card's node.json with this one through the same
+        // NodeConfig::public: it adopts only its own node's card.
+        let public = cfg.public();
         asm.root.add_file(
             node_json,
             Meta::root(0o644, epoch),
