@@ -125,7 +125,7 @@ fn json_output_parses_back() {
     let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
     assert_eq!(v["ok"], false);
     assert_eq!(v["diagnostics"][0]["field"], "network.address");
-    assert_eq!(v["diagnostics"][0]["line"], 7);
+    assert_eq!(v["diagnostics"][0]["line"], 8);
 }
 
 #[test]
@@ -180,7 +180,7 @@ fn unknown_field() {
     expect_error(
         &p,
         "cp2",
-        Some(7),
+        Some(8),
         "network.adress",
         "unknown field `adress`",
     );
@@ -200,7 +200,7 @@ fn unknown_board_and_role() {
 fn bad_cidr() {
     let p = home_only();
     p.replace("w1", "192.168.50.21/24", "192.168.50.21");
-    expect_error(&p, "w1", Some(7), "network.address", "is not a CIDR");
+    expect_error(&p, "w1", Some(8), "network.address", "is not a CIDR");
     let p = home_only();
     p.replace("cluster", "10.244.0.0/16", "10.244.0.0/99");
     // The pod CIDR comes from cluster.toml: the error points there, once per node using it.
@@ -220,7 +220,7 @@ fn gateway_outside_subnet() {
     expect_error(
         &p,
         "w1",
-        Some(9),
+        Some(10),
         "network.gateway",
         "10.1.1.1 is outside the node's subnet 192.168.50.0/24",
     );
@@ -233,7 +233,7 @@ fn duplicate_hostname_and_address() {
     expect_error(&p, "w2", Some(2), "hostname", "also the hostname of");
     let p = home_only();
     p.replace("w2", "192.168.50.22/24", "192.168.50.21/24");
-    expect_error(&p, "w2", Some(7), "network.address", "also the address of");
+    expect_error(&p, "w2", Some(8), "network.address", "also the address of");
 }
 
 #[test]
@@ -246,7 +246,7 @@ fn endpoint_must_be_the_load_balancer() {
     expect_error(
         &p,
         "w1",
-        Some(10),
+        Some(11),
         "kubernetes.control_plane_endpoint",
         "is not the load balancer's address (192.168.50.10)",
     );
@@ -279,7 +279,7 @@ fn init_exactly_once() {
     expect_error(
         &p,
         "cp3",
-        Some(10),
+        Some(11),
         "kubernetes.init",
         "several control-plane nodes initialise",
     );
@@ -288,7 +288,7 @@ fn init_exactly_once() {
     expect_error(
         &p,
         "w1",
-        Some(10),
+        Some(11),
         "kubernetes.init",
         "only a control-plane node",
     );
@@ -357,7 +357,7 @@ fn token_hash_and_key_formats() {
 
     let p = home_only();
     p.append("w1", "[kubernetes]\ndiscovery_ca_hash = \"sha256:xyz\"");
-    expect_error(&p, "w1", Some(10), "kubernetes.discovery_ca_hash", "64 hex");
+    expect_error(&p, "w1", Some(11), "kubernetes.discovery_ca_hash", "64 hex");
 }
 
 #[test]
@@ -464,10 +464,10 @@ fn show_unknown_profile_and_build_validates() {
 fn token_ttl_is_a_finite_duration() {
     let p = home_only();
     p.append("w1", "[kubernetes]\ntoken_ttl = \"0s\"");
-    expect_error(&p, "w1", Some(10), "kubernetes.token_ttl", "never expire");
+    expect_error(&p, "w1", Some(11), "kubernetes.token_ttl", "never expire");
     let p = home_only();
     p.append("w1", "[kubernetes]\ntoken_ttl = \"1 day\"");
-    expect_error(&p, "w1", Some(10), "kubernetes.token_ttl", "not a duration");
+    expect_error(&p, "w1", Some(11), "kubernetes.token_ttl", "not a duration");
     // The default lands in the kubeadm configuration the init node uses.
     let p = home_only();
     p.replace("cp1", "init = true", "init = true\ntoken_ttl = \"1h30m\"");
@@ -567,7 +567,7 @@ fn pod_subnets_come_from_the_profiles_and_are_routed_between_nodes() {
     // Two nodes claiming one subnet, and a node whose host number does not fit.
     let p = home_only();
     p.append("w2", "[kubernetes]\nnode_pod_cidr = \"10.244.21.0/24\"");
-    expect_error(&p, "w2", Some(10), "kubernetes.node_pod_cidr", "collides");
+    expect_error(&p, "w2", Some(11), "kubernetes.node_pod_cidr", "collides");
     let p = home_only();
     p.replace(
         "cluster",
