@@ -101,6 +101,8 @@ impl Net {
                 "serve",
                 "--tftp-port",
                 "0",
+                "--http-port",
+                "0",
                 "--proxy-dhcp",
                 SERVER_IF,
                 "--dir",
@@ -418,7 +420,8 @@ fn a_taken_port_a_missing_interface_and_one_without_ipv4_are_clear_errors() {
         let out = run(net
             .exec(ns)
             .arg(env!("CARGO_BIN_EXE_piimg"))
-            .args(["serve", "--tftp-port", "0", "--proxy-dhcp", iface, "--dir"])
+            .args(["serve", "--tftp-port", "0", "--http-port", "0"])
+            .args(["--proxy-dhcp", iface, "--dir"])
             .arg(&dir));
         assert!(!out.status.success(), "serve --proxy-dhcp {iface} started");
         String::from_utf8_lossy(&out.stderr).into_owned()
