@@ -390,10 +390,14 @@ pub(crate) mod tests {
                     req.extend_from_slice(&b[..n]);
                 }
                 heads.push(String::from_utf8(req).unwrap());
+                // A client may hang up before it has read everything (a wrong Content-Length
+                // ends the attempt at the headers): a failed write is its choice, not an error.
                 match answer {
-                    Answer::Bytes(r) => s.write_all(&r).unwrap(),
+                    Answer::Bytes(r) => {
+                        let _ = s.write_all(&r);
+                    }
                     Answer::Stall(r) => {
-                        s.write_all(&r).unwrap();
+                        let _ = s.write_all(&r);
                         // Until the client hangs up.
                         let _ = s.read(&mut b);
                     }
