@@ -107,7 +107,12 @@ fn wait_for_root(host: &Host, spec: &RootSpec, loader: &modules::Loader) -> Path
 }
 
 fn list_block_devices(host: &Host) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(host.path("/sys/class/block"))
+    sorted_names(&host.path("/sys/class/block"))
+}
+
+/// The entries of a sysfs class folder, sorted, for a console line (none when unreadable).
+fn sorted_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -290,15 +295,7 @@ fn until_ok(pace: &Pace, mut step: impl FnMut() -> Result<(), Stage1Error>) {
 }
 
 fn list_interfaces(host: &Host) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(host.path("/sys/class/net"))
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
+    sorted_names(&host.path("/sys/class/net"))
 }
 
 /// Until the NIC's driver has made the interface (a USB NIC enumerates seconds after its
