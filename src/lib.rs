@@ -8,6 +8,7 @@ pub mod assemble;
 pub mod bmap;
 pub mod components;
 pub mod compress;
+pub mod dtb;
 pub mod flash;
 pub mod fs;
 pub mod image;
