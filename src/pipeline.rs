@@ -515,6 +515,8 @@ pub struct Manifest {
     pub components: Vec<LockEntry>,
     pub modules: Vec<String>,
     pub modules_not_in_kernel: Vec<String>,
+    /// The board's drivers and why each is there (device tree paths, suppliers, by hand).
+    pub drivers: BTreeMap<String, Vec<String>>,
     pub files: Vec<image::FileEntry>,
 }
 
@@ -1022,6 +1024,11 @@ impl Manifest {
             components: assembled.components.clone(),
             modules: assembled.modules_requested.clone(),
             modules_not_in_kernel: assembled.modules_missing.clone(),
+            drivers: assembled
+                .drivers
+                .iter()
+                .map(|c| (c.module.clone(), c.why.clone()))
+                .collect(),
             files,
         })
     }

@@ -2,6 +2,7 @@
 //! laid out per role, the initramfs, and the generated configuration files.
 
 pub mod config;
+pub mod drivers;
 pub mod node;
 
 /// The init agent, cross-compiled for aarch64 musl by build.rs and embedded in piimg.

@@ -2,6 +2,7 @@
 //! empty data filesystem, from the locked components in the cache and the node config.
 
 use super::config::{self, paths};
+use super::drivers;
 use super::AssembleError;
 use crate::components::cache::Cache;
 use crate::components::deb::{self, DebOptions};
@@ -53,24 +54,12 @@ pub fn all_packages() -> Vec<&'static str> {
     v.into_iter().collect()
 }
 
-/// Kernel modules the initramfs loads to reach the root filesystem (SD host drivers, ext4).
-/// Stage 1 loads what reaches the root filesystem — SD hosts, ext4 and the crc32c hash that
-/// metadata_csum needs (ext4 names it only as a soft dependency) — and the network drivers, so the
-/// USB bus enumerates (Pi 3 ethernet, QEMU's usb-net) while the root is being mounted.
-/// phy_generic is the USB PHY the device tree gives dwc2: without it dwc2's probe is deferred until
-/// the kernel's 10 s deferred-probe timeout (measured in QEMU: eth0 at 16.4 s instead of ~5 s).
-pub const STAGE1_MODULES: &[&str] = &[
-    "bcm2835",
-    "sdhci_iproc",
-    "ext4",
-    "crc32c_generic",
-    "phy_generic",
-    "dwc2",
-    "cdc_ether",
-    "smsc95xx",
-    "lan78xx",
-    "genet",
-];
+/// What stage 1 loads besides the board's drivers ([`drivers::for_board`]: storage, network,
+/// USB, chosen from its device tree) to mount the root: ext4 and the crc32c hash that
+/// metadata_csum needs (ext4 names it only as a soft dependency). The network drivers are
+/// loaded in stage 1 too, so the USB bus enumerates (Pi 3 Ethernet, QEMU's usb-net) while the
+/// root is being mounted.
+pub const STAGE1_FS_MODULES: &[&str] = &["ext4", "crc32c_generic"];
 
 /// What stage 1 of a netbooted node adds to mount its root: the image is a squashfs file in RAM
 /// on a loop device, under an overlay whose upper layer is a tmpfs.
@@ -131,6 +120,8 @@ pub struct Assembled {
     /// Modules loaded at stage 2 (requested names) and present in the image (with deps).
     pub modules_requested: Vec<String>,
     pub modules_missing: Vec<String>,
+    /// The board's drivers, chosen from its device tree ([`drivers::for_board`]).
+    pub drivers: Vec<drivers::Choice>,
     /// Components that went into this image, with their lock entries.
     pub components: Vec<LockEntry>,
     /// Paths (in the root tree) of files holding secrets: mode 0600, hashes left out of manifests.
@@ -358,7 +349,13 @@ pub fn assemble(inp: &Inputs, reporter: &dyn Reporter) -> Result<Assembled, Asse
     let kernel = a.read_kernel(reporter)?;
     let firmware = a.read_firmware()?;
     let boot = a.boot_partition(&kernel, &firmware)?;
-    let modules = Modules::select(&kernel.set, a.cfg.role, inp.netboot_root.is_some())?;
+    let board_drivers = a.board_drivers(&kernel)?;
+    let modules = Modules::select(
+        &kernel.set,
+        &board_drivers,
+        a.cfg.role,
+        inp.netboot_root.is_some(),
+    )?;
     let initramfs = a.initramfs(&kernel, &modules)?;
 
     let mut root = a.root_skeleton()?;
@@ -393,6 +390,7 @@ pub fn assemble(inp: &Inputs, reporter: &dyn Reporter) -> Result<Assembled, Asse
         kernel_release: kernel.release,
         modules_requested: modules.requested,
         modules_missing: modules.missing,
+        drivers: board_drivers,
         components: a.used,
         secret_paths: a.secret_paths,
     })
@@ -428,7 +426,12 @@ struct Modules {
 }
 
 impl Modules {
-    fn select(set: &ModuleSet, role: Role, netboot: bool) -> Result<Modules, AssembleError> {
+    fn select(
+        set: &ModuleSet,
+        board_drivers: &[drivers::Choice],
+        role: Role,
+        netboot: bool,
+    ) -> Result<Modules, AssembleError> {
         let present = |names: &[&str]| -> (Vec<String>, Vec<String>) {
             let (a, b): (Vec<&str>, Vec<&str>) = names.iter().partition(|n| {
                 set.modules
@@ -441,7 +444,8 @@ impl Modules {
                 b.iter().map(|n| n.to_string()).collect(),
             )
         };
-        let mut stage1_names = STAGE1_MODULES.to_vec();
+        let mut stage1_names: Vec<&str> = board_drivers.iter().map(|c| c.module.as_str()).collect();
+        stage1_names.extend(STAGE1_FS_MODULES);
         if netboot {
             stage1_names.extend(NETBOOT_MODULES);
         }
@@ -514,6 +518,21 @@ impl Assembly<'_> {
         read_pkg(&mut fw, self.inp.cache, entry, self.epoch)?;
         self.used.push(entry.clone());
         Ok(fw)
+    }
+
+    /// The board's drivers, from the device tree the image boots with.
+    fn board_drivers(&self, kernel: &Kernel) -> Result<Vec<drivers::Choice>, AssembleError> {
+        let path = format!(
+            "usr/lib/linux-image-{}/broadcom/{}",
+            kernel.release,
+            self.cfg.board.dtb()
+        );
+        let raw = take(&kernel.tree, &path, "device tree")?
+            .read_all()
+            .map_err(|e| AssembleError::Io(path.clone(), e))?;
+        let fdt = crate::dtb::Fdt::parse(&raw)
+            .map_err(|e| AssembleError::Missing(format!("a readable device tree {path}: {e}")))?;
+        Ok(drivers::for_board(self.cfg.board, &fdt, &kernel.set))
     }
 
     /// The FAT partition the Pi firmware reads: no secrets here, ever.

@@ -160,6 +160,7 @@ mod tests {
             kernel_release: String::new(),
             modules_requested: vec![],
             modules_missing: vec![],
+            drivers: vec![],
             components: vec![],
             secret_paths: vec![
                 in_tree(paths::NODE_CONFIG).to_string(),
