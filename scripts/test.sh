@@ -31,6 +31,10 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
 fi
+if [ $fast = 0 ]; then
+  # Pi 4 images boot in QEMU's raspi4b machine (QEMU >= 9; bookworm has it in backports).
+  ./scripts/install-qemu10.sh
+fi
 # rust-toolchain.toml names the target; older rustups only install it on request.
 rustup target add aarch64-unknown-linux-musl >/dev/null 2>&1 || true
 
