@@ -450,7 +450,7 @@ fn boot(kernel: &Path, dtb: &Path, initrd: &Path, sd: &Path) -> String {
     use piimg::qemu::{self, End, KernelFiles, RunOptions};
     let opts = RunOptions {
         image: sd.to_path_buf(),
-        memory: "1G".into(),
+        memory: Some("1G".into()),
         forwards: Vec::new(),
         timeout: Some(TIMEOUT),
         until: Some(regex::Regex::new(DONE).unwrap()),

@@ -181,11 +181,12 @@ pub enum Command {
     /// Write filesystems and disk images from a folder (like mke2fs -d, mkfs.vfat + mcopy)
     #[command(subcommand)]
     Fs(fs::FsCmd),
-    /// Boot an image in QEMU's raspi3b machine (kernel, dtb, initramfs and cmdline read from its
-    /// boot partition); the console is stdin/stdout; the image file is not modified unless
+    /// Boot an image in QEMU: Pi 3 and Zero 2 W images in the raspi3b machine, Pi 4 and CM4
+    /// images in raspi4b (QEMU >= 9). The kernel, dtb, initramfs and cmdline are read from its
+    /// boot partition; the console is stdin/stdout; the image file is not modified unless
     /// --writable is given
     #[command(
-        after_help = "Examples:\n  piimg qemu out/qemu.img\n  piimg qemu out/qemu.img --until 'piimg-agent: ready' --timeout 300 --forward 6443:6443 --forward 7780:7780\n  cp --sparse=always out/qemu.img card.img && piimg qemu --writable card.img   (a card that keeps what the node wrote, across boots)\n\nExit status: 0 when --until matched (or QEMU ended / --timeout passed without --until), 1 on a timeout or QEMU failure, 2 on a kernel panic.\nQuit an interactive session with Ctrl-A X."
+        after_help = "Network: the guest gets QEMU's USB Ethernet adapter (eth0, 10.0.2.15 on QEMU's user network, the host is 10.0.2.2) on the OTG port. raspi4b emulates no GENET Ethernet and no PCIe, so a Pi 4's own NIC is never tested here; its device tree is edited in memory for QEMU (Bluetooth and the Wi-Fi chip removed, the card on the Arasan controller, nodes QEMU does not emulate disabled).\n\nExamples:\n  piimg qemu out/qemu.img\n  piimg qemu out/qemu.img --until 'piimg-agent: ready' --timeout 300 --forward 6443:6443 --forward 7780:7780\n  cp --sparse=always out/qemu.img card.img && piimg qemu --writable card.img   (a card that keeps what the node wrote, across boots)\n\nExit status: 0 when --until matched (or QEMU ended / --timeout passed without --until), 1 on a timeout or QEMU failure, 2 on a kernel panic.\nQuit an interactive session with Ctrl-A X."
     )]
     Qemu {
         /// The image (out/NAME.img), or a node's netboot folder (out/netboot/SERIAL: booted
@@ -203,9 +204,9 @@ pub enum Command {
         /// Forward a TCP port on 127.0.0.1 to the guest (repeatable)
         #[arg(long = "forward", value_name = "HOSTPORT:GUESTPORT")]
         forwards: Vec<String>,
-        /// Guest memory (raspi3b has 1G)
-        #[arg(long, default_value = "1G", value_name = "SIZE")]
-        memory: String,
+        /// Guest memory (default: 1G on raspi3b, its only size; 2G on raspi4b)
+        #[arg(long, value_name = "SIZE")]
+        memory: Option<String>,
         /// Let the guest write to IMAGE itself, as to a real card (default: writes go to a
         /// temporary overlay). Refused for an image with a .sha256 beside it: boot a copy
         #[arg(long)]
@@ -408,7 +409,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             timeout,
             until: until.as_deref(),
             forwards,
-            memory,
+            memory: memory.as_deref(),
             writable,
             json,
         }),

@@ -21,7 +21,7 @@ pub struct QemuArgs<'a> {
     pub timeout: Option<u64>,
     pub until: Option<&'a str>,
     pub forwards: &'a [String],
-    pub memory: &'a str,
+    pub memory: Option<&'a str>,
     pub writable: bool,
     pub json: bool,
 }
@@ -62,7 +62,7 @@ pub fn run_qemu(args: &QemuArgs) -> Result<i32> {
         .collect::<Result<Vec<_>, _>>()?;
     let opts = RunOptions {
         image: image.to_path_buf(),
-        memory: memory.to_string(),
+        memory: memory.map(str::to_string),
         forwards,
         timeout: timeout.map(Duration::from_secs),
         until,
@@ -120,6 +120,7 @@ fn print_json(o: &qemu::Outcome, code: i32) {
         "guest_exact": o.guest_exact,
         "qemu_exit": qemu_exit,
         "exit_status": code,
+        "machine": o.machine.name(),
         "ignored_overlays": o.ignored_overlays,
         "qemu_stderr": o.stderr_tail,
     });
@@ -127,6 +128,9 @@ fn print_json(o: &qemu::Outcome, code: i32) {
 }
 
 fn print_summary(o: &qemu::Outcome, until: Option<&regex::Regex>, code: i32) {
+    if let Some(note) = o.machine.note() {
+        eprintln!("\npiimg qemu: {note}");
+    }
     if !o.ignored_overlays.is_empty() {
         eprintln!(
             "piimg qemu: config.txt overlays not applied under QEMU: {}",

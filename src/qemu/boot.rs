@@ -1,8 +1,9 @@
 //! What the Pi firmware would load, read from the image: the partition table, config.txt and
 //! cmdline.txt on the FAT boot partition, and the kernel, device tree and initramfs they name
-//! (the device tree patched so the PL011 UART is the console).
+//! (the device tree edited for the QEMU machine the board needs, see [`Machine`]).
 
-use super::{io, QemuError};
+use super::{io, Machine, QemuError};
+use crate::dtb::Fdt;
 use crate::fs::fat32::read::{FatReadError, FatVolume};
 use piimg_agent::node::Board;
 use std::fs::File;
@@ -223,9 +224,41 @@ pub fn apply_disable_bt(dtb: &mut [u8]) -> bool {
     }
 }
 
+/// The board whose firmware the boot files are for: a CM4 or Pi 4 if config.txt, read as that
+/// board's firmware reads it, names a device tree of that board (its root `compatible`); else a
+/// Pi 3, QEMU's raspi3b. `read` gives a boot file's bytes, None if it cannot.
+pub fn board_of(config_txt: &str, mut read: impl FnMut(&str) -> Option<Vec<u8>>) -> Board {
+    for (board, compatible) in [
+        (Board::Cm4, "raspberrypi,4-compute-module"),
+        (Board::Rpi4b, "brcm,bcm2711"),
+    ] {
+        let dtb = read(&parse_config_txt_for(config_txt, board).device_tree);
+        let names = |f: Fdt| f.root.strings("compatible").iter().any(|c| c == compatible);
+        if dtb.is_some_and(|b| Fdt::parse(&b).is_ok_and(names)) {
+            return board;
+        }
+    }
+    Board::Rpi3b
+}
+
+/// The board's device tree (the file `dtb`) edited in place for its QEMU machine.
+fn prepare_dtb(board: Board, dtb: &Path, image: &str, file: &str) -> Result<(), QemuError> {
+    let bytes = std::fs::read(dtb).map_err(io(dtb))?;
+    let bytes = Machine::for_board(board)
+        .prepare_dtb(bytes)
+        .map_err(|source| QemuError::DeviceTree {
+            image: image.to_string(),
+            file: file.to_string(),
+            source,
+        })?;
+    std::fs::write(dtb, bytes).map_err(io(dtb))
+}
+
 /// The boot files of an image, extracted into a folder.
 #[derive(Debug, Clone)]
 pub struct BootFiles {
+    /// The board whose firmware would read them ([`board_of`]).
+    pub board: Board,
     pub partition: Partition,
     pub config: BootConfig,
     pub kernel: PathBuf,
@@ -295,7 +328,8 @@ pub fn extract_boot(image: &Path, dest: &Path) -> Result<BootFiles, QemuError> {
         Err(FatReadError::NotFound(_)) => String::new(),
         Err(e) => return Err(fat(e)),
     };
-    let config = parse_config_txt(&config_text);
+    let board = board_of(&config_text, |f| vol.read_file(f).ok());
+    let config = parse_config_txt_for(&config_text, board);
     let cmdline = match vol.read_file(&config.cmdline_file) {
         Ok(b) => String::from_utf8_lossy(&b)
             .lines()
@@ -318,12 +352,9 @@ pub fn extract_boot(image: &Path, dest: &Path) -> Result<BootFiles, QemuError> {
     let kernel = copy(&config.kernel, "kernel= in config.txt", "kernel")?;
     let dtb = copy(&config.device_tree, "device_tree= in config.txt", "dtb")?;
     // QEMU emulates no Bluetooth chip, but the board's device tree puts one on the PL011, which
-    // would take ttyAMA0 (the console) away from the serial port: drop it, as the firmware's
-    // disable-bt overlay would. Other overlays are the firmware's job and are only reported.
-    let mut bytes = std::fs::read(&dtb).map_err(io(&dtb))?;
-    if apply_disable_bt(&mut bytes) {
-        std::fs::write(&dtb, &bytes).map_err(io(&dtb))?;
-    }
+    // would take ttyAMA0 (the console) away from the serial port: it goes, as with the firmware's
+    // disable-bt overlay. Other overlays are the firmware's job and are only reported.
+    prepare_dtb(board, &dtb, &name, &config.device_tree)?;
     let ignored_overlays: Vec<String> = config
         .overlays
         .iter()
@@ -335,6 +366,7 @@ pub fn extract_boot(image: &Path, dest: &Path) -> Result<BootFiles, QemuError> {
         None => None,
     };
     Ok(BootFiles {
+        board,
         partition: part,
         config,
         kernel,
@@ -346,15 +378,17 @@ pub fn extract_boot(image: &Path, dest: &Path) -> Result<BootFiles, QemuError> {
 }
 
 /// The boot files of a netboot folder (`piimg build --netboot`): what the firmware would have
-/// fetched over TFTP, read in place; only the device tree is copied into `dest` to drop the
-/// Bluetooth node as [`extract_boot`] does.
+/// fetched over TFTP, read in place; only the device tree is copied into `dest` to be edited
+/// as [`extract_boot`] does.
 pub fn folder_boot(dir: &Path, dest: &Path) -> Result<KernelFiles, QemuError> {
     let name = dir.display().to_string();
-    let config = match std::fs::read(dir.join("config.txt")) {
-        Ok(b) => parse_config_txt(&String::from_utf8_lossy(&b)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => parse_config_txt(""),
+    let config_text = match std::fs::read(dir.join("config.txt")) {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(io(&dir.join("config.txt"))(e)),
     };
+    let board = board_of(&config_text, |f| std::fs::read(dir.join(f)).ok());
+    let config = parse_config_txt_for(&config_text, board);
     let cmdline = std::fs::read(dir.join(&config.cmdline_file))
         .map(|b| {
             let text = String::from_utf8_lossy(&b).into_owned();
@@ -375,10 +409,9 @@ pub fn folder_boot(dir: &Path, dest: &Path) -> Result<KernelFiles, QemuError> {
     };
     let kernel = present(&config.kernel, "kernel= in config.txt")?;
     let source_dtb = present(&config.device_tree, "device_tree= in config.txt")?;
-    let mut bytes = std::fs::read(&source_dtb).map_err(io(&source_dtb))?;
-    apply_disable_bt(&mut bytes);
     let dtb = dest.join("dtb");
-    std::fs::write(&dtb, &bytes).map_err(io(&dtb))?;
+    std::fs::copy(&source_dtb, &dtb).map_err(io(&source_dtb))?;
+    prepare_dtb(board, &dtb, &name, &config.device_tree)?;
     let initramfs = match &config.initramfs {
         Some(i) => Some(present(i, "initramfs in config.txt")?),
         None => None,

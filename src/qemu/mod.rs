@@ -1,4 +1,5 @@
-//! Boots a node image in QEMU's `raspi3b` machine, the way the Pi firmware would: the partition
+//! Boots a node image in QEMU's `raspi3b` or `raspi4b` machine (the one its device tree needs,
+//! see [`Machine`]), the way the Pi firmware would: the partition
 //! table and the boot partition are read with piimg's own readers, config.txt says which kernel,
 //! initramfs and device tree to load, cmdline.txt gives the kernel command line.
 //!
@@ -10,16 +11,19 @@
 //! The serial console is copied to a caller-supplied writer and watched for a pattern, a kernel
 //! panic or a timeout; QEMU is always stopped before `run` returns.
 //!
-//! [`boot`] reads what the firmware would load, [`watch`] reads the console; this file starts,
-//! watches and stops QEMU.
+//! [`boot`] reads what the firmware would load, [`machine`] and [`pi4`] fit the device tree to
+//! the QEMU machine, [`watch`] reads the console; this file starts, watches and stops QEMU.
 
 mod boot;
+mod machine;
+pub mod pi4;
 mod watch;
 
 pub use boot::{
-    apply_disable_bt, extract_boot, folder_boot, parse_config_txt, parse_config_txt_for,
+    apply_disable_bt, board_of, extract_boot, folder_boot, parse_config_txt, parse_config_txt_for,
     read_partitions, BootConfig, BootFiles, KernelFiles, PartType, Partition,
 };
+pub use machine::Machine;
 pub use watch::{guest_timestamp, kernel_timestamp};
 
 use crate::fs::fat32::read::FatReadError;
@@ -53,6 +57,13 @@ pub enum QemuError {
         image: String,
         #[source]
         source: FatReadError,
+    },
+    #[error("device tree {file} of {image}: {source}")]
+    DeviceTree {
+        image: String,
+        file: String,
+        #[source]
+        source: pi4::Pi4DtbError,
     },
     #[error("boot partition of {image}: {file} (named by {by}) is missing")]
     MissingBootFile {
@@ -121,8 +132,8 @@ pub fn check_memory(m: &str) -> Result<(), QemuError> {
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub image: PathBuf,
-    /// QEMU `-m` (raspi3b accepts only 1G).
-    pub memory: String,
+    /// QEMU `-m` (raspi3b accepts only 1G, raspi4b 1G or 2G); None: the machine's default.
+    pub memory: Option<String>,
     pub forwards: Vec<Forward>,
     /// Stop after this long (None: run until QEMU exits or `until` matches).
     pub timeout: Option<Duration>,
@@ -166,6 +177,8 @@ pub struct Outcome {
     /// bound).
     pub guest_seconds: Option<f64>,
     pub guest_exact: bool,
+    /// The QEMU machine the image's device tree asked for.
+    pub machine: Machine,
     /// The QEMU command line that ran (for the user to repeat by hand).
     pub command: Vec<String>,
     /// The last lines QEMU wrote to its stderr.
@@ -193,8 +206,9 @@ fn sd_card(opts: &RunOptions) -> Option<&Path> {
     }
 }
 
-/// The QEMU arguments for an image whose boot files are in `boot`.
-pub fn qemu_args(opts: &RunOptions, boot: &KernelFiles) -> Vec<String> {
+/// The QEMU arguments for an image whose boot files are in `boot`, on `machine`.
+pub fn qemu_args(opts: &RunOptions, machine: Machine, boot: &KernelFiles) -> Vec<String> {
+    let memory = opts.memory.as_deref().unwrap_or(machine.default_memory());
     let mut a: Vec<String> = [
         // One TCG thread for the four vCPUs. With a thread each (the default), every TLB flush
         // the kernel broadcasts stops all vCPUs, and the boot-time patching of ~50,000 ftrace
@@ -203,9 +217,9 @@ pub fn qemu_args(opts: &RunOptions, boot: &KernelFiles) -> Vec<String> {
         "-accel",
         "tcg,thread=single",
         "-M",
-        "raspi3b",
+        machine.name(),
         "-m",
-        &opts.memory,
+        memory,
         "-kernel",
         &boot.kernel.display().to_string(),
         "-dtb",
@@ -287,7 +301,9 @@ pub fn run(opts: &RunOptions, console: &mut dyn Write) -> Result<Outcome, QemuEr
         Some(q) => q.clone(),
         None => find_in_path(QEMU_BINARY).ok_or(QemuError::QemuMissing)?,
     };
-    check_memory(&opts.memory)?;
+    if let Some(m) = &opts.memory {
+        check_memory(m)?;
+    }
     let netboot = opts.image.is_dir();
     if let Some(sd) = sd_card(opts) {
         check_image_size(sd)?;
@@ -304,7 +320,8 @@ pub fn run(opts: &RunOptions, console: &mut dyn Write) -> Result<Outcome, QemuEr
             (b.kernel_files(), b.ignored_overlays)
         }
     };
-    let args = qemu_args(opts, &files);
+    let machine = Machine::of_dtb(&std::fs::read(&files.dtb).map_err(io(&files.dtb))?);
+    let args = qemu_args(opts, machine, &files);
     let mut command = vec![qemu.display().to_string()];
     command.extend(args.iter().cloned());
 
@@ -349,6 +366,7 @@ pub fn run(opts: &RunOptions, console: &mut dyn Write) -> Result<Outcome, QemuEr
         wall,
         guest_seconds,
         guest_exact,
+        machine,
         command,
         stderr_tail,
         ignored_overlays,
