@@ -19,6 +19,14 @@ pub mod paths {
     pub const KUBE_PKI: &str = "/etc/kubernetes/pki";
     /// Image archives imported into containerd on first boot.
     pub const IMAGES_DIR: &str = "/usr/share/piimg/images";
+    /// Wi-Fi nodes: Debian's wpa_supplicant, its configuration (mode 0600: it holds the
+    /// passphrase), and the folder of its control sockets (`ctrl_interface`), where the socket
+    /// named after the interface appears once it runs.
+    pub const WPA_SUPPLICANT: &str = "/usr/sbin/wpa_supplicant";
+    pub const WPA_SUPPLICANT_CONF: &str = "/etc/wpa_supplicant/wpa_supplicant-wlan0.conf";
+    pub const WPA_CTRL_DIR: &str = "/run/wpa_supplicant";
+    /// The interface brcmfmac names the on-board Wi-Fi.
+    pub const WIFI_INTERFACE: &str = "wlan0";
 
     /// Markers on /var: a oneshot's work is done (written atomically, after a sync).
     pub const KUBEADM_DONE: &str = "/var/lib/piimg/kubeadm.done";

@@ -206,6 +206,9 @@ impl ModuleDb {
 pub struct Loader {
     pub module_dir: PathBuf,
     pub sys_module: PathBuf,
+    /// The kernel command line: its `module.param=value` words are that module's options, as
+    /// kmod's modprobe passes them (the kernel applies them only to built-in code).
+    pub cmdline: String,
 }
 
 impl Loader {
@@ -213,6 +216,7 @@ impl Loader {
         Loader {
             module_dir: root.join("lib/modules").join(sys.kernel_release()),
             sys_module: root.join("sys/module"),
+            cmdline: fs::read_to_string(root.join("proc/cmdline")).unwrap_or_default(),
         }
     }
 
@@ -233,7 +237,8 @@ impl Loader {
         };
         let f = fs::File::open(&path).map_err(err)?;
         let compressed = [".xz", ".zst", ".gz"].iter().any(|s| rel.ends_with(s));
-        match sys.finit_module(&f, "", compressed) {
+        let params = cmdline_options(&self.cmdline, &name);
+        match sys.finit_module(&f, &params, compressed) {
             Ok(()) => Ok(true),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
             Err(e) => Err(err(e)),
@@ -280,6 +285,19 @@ impl Loader {
 }
 
 /// Parses a list file: one entry per line, `#` comments and blank lines ignored.
+/// The options the kernel command line gives module `name` (`cfg80211.ieee80211_regdom=DE` ->
+/// `ieee80211_regdom=DE`), space-separated; '-' and '_' are one in module names.
+pub fn cmdline_options(cmdline: &str, name: &str) -> String {
+    cmdline
+        .split_whitespace()
+        .filter_map(|w| {
+            let (module, option) = w.split_once('.')?;
+            (module.replace('-', "_") == name && option.contains('=')).then_some(option)
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 pub fn parse_list(text: &str) -> Vec<String> {
     text.lines()
         .map(|l| l.split('#').next().unwrap_or("").trim())
@@ -402,6 +420,7 @@ alias ipt_[a-c]* ip_tables
         let l = Loader {
             module_dir: t.path().join("lib/modules/6.12.0"),
             sys_module: t.path().join("sys/module"),
+            cmdline: String::new(),
         };
         for rel in ["llc/llc", "802/stp", "bridge/bridge", "bridge/br_netfilter"] {
             let p = l.module_dir.join(format!("kernel/net/{rel}.ko.xz"));
@@ -431,12 +450,40 @@ alias ipt_[a-c]* ip_tables
     }
 
     #[test]
+    fn options_on_the_kernel_command_line_reach_their_module() {
+        let cmdline = "console=ttyAMA0 cfg80211.ieee80211_regdom=DE brcmfmac.debug=0x100000 \
+                       cfg80211.x brcmfmac_wcc.a=1 root=PARTUUID=1-02\n";
+        assert_eq!(cmdline_options(cmdline, "cfg80211"), "ieee80211_regdom=DE");
+        assert_eq!(cmdline_options(cmdline, "brcmfmac"), "debug=0x100000");
+        assert_eq!(cmdline_options(cmdline, "brcmfmac_wcc"), "a=1");
+        assert_eq!(cmdline_options(cmdline, "llc"), "");
+        let t = tempfile::tempdir().unwrap();
+        let l = Loader {
+            module_dir: t.path().join("lib/modules/6.12.0"),
+            sys_module: t.path().join("sys/module"),
+            cmdline: cmdline.into(),
+        };
+        let p = l.module_dir.join("kernel/net/wireless/cfg80211.ko");
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, b"module").unwrap();
+        let sys = crate::syscall::fake::RecordingSyscall::new(t.path());
+        assert!(l
+            .load_file(&sys, "kernel/net/wireless/cfg80211.ko")
+            .unwrap());
+        assert_eq!(
+            sys.calls(),
+            ["finit_module /lib/modules/6.12.0/kernel/net/wireless/cfg80211.ko ieee80211_regdom=DE"]
+        );
+    }
+
+    #[test]
     fn loader_skips_loaded_and_reports_missing() {
         let t = tempfile::tempdir().unwrap();
         fs::create_dir_all(t.path().join("sys/module/llc")).unwrap();
         let l = Loader {
             module_dir: t.path().join("lib/modules/6.12.0"),
             sys_module: t.path().join("sys/module"),
+            cmdline: String::new(),
         };
         let sys = crate::syscall::fake::RecordingSyscall::new(t.path());
         assert!(!l.load_file(&sys, "kernel/net/llc/llc.ko.xz").unwrap());

@@ -539,6 +539,7 @@ mod tests {
             dns: vec!["10.0.2.3".parse().unwrap(), "1.1.1.1".parse().unwrap()],
             routes: vec![],
             ntp: vec![],
+            wifi: None,
         };
         assert_eq!(
             resolv_conf(&net),
@@ -574,6 +575,7 @@ mod tests {
                 dns: vec![],
                 routes: vec![],
                 ntp: vec![],
+                wifi: None,
             };
             assert!(!has_address(&net));
             for _ in 0..2 {

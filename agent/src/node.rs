@@ -130,6 +130,19 @@ pub struct Network {
     pub routes: Vec<Route>,
     #[serde(default)]
     pub ntp: Vec<String>,
+    /// The interface is a Wi-Fi one: the agent runs wpa_supplicant on it (the passphrase is only
+    /// in [`crate::contract::paths::WPA_SUPPLICANT_CONF`], mode 0600, never here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wifi: Option<Wifi>,
+}
+
+/// The network a Wi-Fi node joins, as far as it is no secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Wifi {
+    pub ssid: String,
+    /// ISO 3166-1 alpha-2: the regulatory domain (channels, power) the radio may use.
+    pub country: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -377,6 +390,7 @@ pub(crate) mod tests {
                 dns: vec!["10.0.2.3".parse().unwrap()],
                 routes: vec![],
                 ntp: vec![],
+                wifi: None,
             },
             kubernetes: Some(Kubernetes {
                 token_ttl: "24h".into(),

@@ -89,6 +89,21 @@ pub fn kubelet_command() -> Vec<String> {
     ])
 }
 
+/// Debian's wpa_supplicant in the foreground (the supervisor restarts it and keeps its output)
+/// on the node's Wi-Fi interface, over nl80211; None on a node without Wi-Fi.
+pub fn wpa_supplicant_command(cfg: &NodeConfig) -> Option<Vec<String>> {
+    cfg.network.wifi.as_ref()?;
+    Some(strings(&[
+        paths::WPA_SUPPLICANT,
+        "-i",
+        &cfg.network.interface,
+        "-D",
+        "nl80211",
+        "-c",
+        paths::WPA_SUPPLICANT_CONF,
+    ]))
+}
+
 pub fn containerd_command() -> Vec<String> {
     strings(&["/usr/bin/containerd"])
 }
@@ -144,6 +159,10 @@ fn with_env(mut s: ServiceSpec) -> ServiceSpec {
 /// (the image import runs as `agent import-images`).
 pub fn services(cfg: &NodeConfig, agent_exe: &str) -> Vec<ServiceSpec> {
     let mut v = Vec::new();
+    // First: the node's only network may be the one it joins.
+    if let Some(argv) = wpa_supplicant_command(cfg) {
+        v.push(daemon("wpa_supplicant", argv, Vec::new()));
+    }
     if cfg.role.is_kubernetes() {
         v.extend(kubernetes_services(cfg, agent_exe));
     }
@@ -259,6 +278,7 @@ mod tests {
                 dns: vec![],
                 routes: vec![],
                 ntp: vec![],
+                wifi: None,
             },
             kubernetes: role.is_kubernetes().then(|| Kubernetes {
                 token_ttl: "24h".into(),
@@ -370,6 +390,46 @@ mod tests {
         assert!(
             matches!(&w[2].kind, Kind::Oneshot { done_file: Some(p) } if p == Path::new(KUBEADM_DONE))
         );
+    }
+
+    #[test]
+    fn a_wifi_node_runs_wpa_supplicant_on_its_interface_before_anything_else() {
+        let mut c = cfg(Role::Worker, false);
+        assert_eq!(wpa_supplicant_command(&c), None);
+        c.network.interface = "wlan0".into();
+        c.network.wifi = Some(Wifi {
+            ssid: "lab".into(),
+            country: "DE".into(),
+        });
+        let s = services(&c, "/sbin/init");
+        let names: Vec<&str> = s.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "wpa_supplicant",
+                "containerd",
+                "image-import",
+                "kubeadm",
+                "kubelet"
+            ]
+        );
+        assert_eq!(
+            s[0].argv,
+            [
+                "/usr/sbin/wpa_supplicant",
+                "-i",
+                "wlan0",
+                "-D",
+                "nl80211",
+                "-c",
+                "/etc/wpa_supplicant/wpa_supplicant-wlan0.conf"
+            ]
+        );
+        assert_eq!(s[0].kind, Kind::Daemon);
+        assert!(s[0].wait_for.is_empty());
+        let mut lb = cfg(Role::LoadBalancer, false);
+        lb.network.wifi = c.network.wifi.clone();
+        assert_eq!(services(&lb, "/sbin/init")[0].name, "wpa_supplicant");
     }
 
     #[test]

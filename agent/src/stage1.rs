@@ -331,6 +331,7 @@ fn bring_up(host: &Host, net: &NetRoot, pace: &Pace) -> Result<(), Stage1Error> 
         dns: Vec::new(),
         routes: Vec::new(),
         ntp: Vec::new(),
+        wifi: None,
     };
     host.sys
         .configure_network(&network)

@@ -521,9 +521,14 @@ fn spawn_network(host: &Host, cfg: &NodeConfig, up: Arc<AtomicBool>) {
 }
 
 /// Applies the network until its interface has carrier, sets `up`, then keeps it applied.
+/// A Wi-Fi interface is configured once wpa_supplicant runs on it: its carrier is the
+/// association the supplicant makes.
 fn bring_up_network(host: &Host, network: &Network, up: &AtomicBool) {
     let started = Instant::now();
     let mut complained = false;
+    if network.wifi.is_some() {
+        wait_for_supplicant(host, &network.interface, started);
+    }
     loop {
         let res = host.sys.configure_network(network);
         let carrier = net::has_carrier(&host.path("/sys/class/net"), &network.interface);
@@ -559,6 +564,25 @@ fn bring_up_network(host: &Host, network: &Network, up: &AtomicBool) {
             1000
         };
         std::thread::sleep(Duration::from_millis(pause));
+    }
+}
+
+/// Until wpa_supplicant's control socket for `interface` exists (the supervisor starts it; it
+/// exits and is restarted while brcmfmac has not yet created the interface).
+fn wait_for_supplicant(host: &Host, interface: &str, started: Instant) {
+    let socket = host.path(&format!(
+        "{}/{interface}",
+        crate::contract::paths::WPA_CTRL_DIR
+    ));
+    let mut complained = false;
+    while !socket.exists() {
+        if !complained && started.elapsed() > Duration::from_secs(30) {
+            say(&format!(
+                "network: wpa_supplicant is not running on {interface} yet; still waiting"
+            ));
+            complained = true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -990,6 +1014,54 @@ mod tests {
             format!("{MODPROBE_LINK}\n")
         );
         assert_eq!(read(RESOLV_CONF), net::resolv_conf(&cfg.network));
+    }
+
+    #[test]
+    fn a_wifi_node_configures_wlan0_only_once_wpa_supplicant_runs_on_it() {
+        let mut cfg = load_balancer();
+        cfg.network.interface = "wlan0".into();
+        cfg.network.wifi = Some(crate::node::Wifi {
+            ssid: "lab".into(),
+            country: "DE".into(),
+        });
+        let (_t, host, fake) = rootfs(&cfg);
+        put(&host.root, "/sys/class/net/wlan0/carrier", b"1\n");
+        let node = setup(&host);
+        let services: Vec<String> = node
+            .sup
+            .status_handle()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        assert_eq!(services, ["wpa_supplicant", "haproxy"]);
+        std::thread::sleep(Duration::from_millis(300));
+        let configured = || {
+            fake.calls()
+                .iter()
+                .any(|c| c.starts_with("configure_network"))
+        };
+        assert!(!configured(), "{:?}", fake.calls());
+        assert!(!node.net_up.load(Ordering::SeqCst));
+        // What wpa_supplicant's ctrl_interface makes when it runs on the interface.
+        put(&host.root, "/run/wpa_supplicant/wlan0", b"");
+        wait_for("the network thread", || {
+            fake.calls().iter().any(|c| c.starts_with("keep_network"))
+        });
+        let calls = fake.calls();
+        let tail: Vec<&str> = calls[calls.len() - 2..]
+            .iter()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            tail,
+            [
+                "configure_network wlan0 10.0.2.15/24",
+                "keep_network wlan0 every 30s"
+            ]
+        );
+        assert!(node.net_up.load(Ordering::SeqCst));
     }
 
     #[test]

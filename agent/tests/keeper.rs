@@ -21,6 +21,7 @@ fn config(ttl: &str) -> NodeConfig {
             dns: vec![],
             routes: vec![],
             ntp: vec!["pool.ntp.org".into()],
+            wifi: None,
         },
         kubernetes: Some(Kubernetes {
             version: "v1.31.4".into(),

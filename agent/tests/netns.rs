@@ -21,6 +21,7 @@ fn config() -> NodeConfig {
                 via: "10.0.2.1".parse().unwrap(),
             }],
             ntp: vec![],
+            wifi: None,
         },
         kubernetes: None,
         load_balancer: None,
