@@ -39,11 +39,12 @@ pub(super) fn load(
     out
 }
 
-/// The files the Kubernetes members name; more than one splits the cluster's CA.
+/// The files the Kubernetes and Wi-Fi members name (a Wi-Fi passphrase lives there too); more
+/// than one splits the cluster's CA.
 fn paths<'a>(members: &[&'a Draft], diags: &mut Diagnostics) -> BTreeSet<&'a PathBuf> {
     let paths: BTreeSet<&PathBuf> = members
         .iter()
-        .filter(|d| d.role.is_kubernetes())
+        .filter(|d| d.role.is_kubernetes() || d.network.wifi.is_some())
         .filter_map(|d| d.secrets_path.as_ref())
         .collect();
     if paths.len() > 1 {

@@ -28,6 +28,7 @@ pub(super) fn node_profile(
         .as_ref()
         .and_then(|p| secrets.get(p))
         .cloned();
+    warn_if_open_wifi(d, sec.as_deref(), diags);
     let kubernetes = match (&d.k8s, d.role.is_kubernetes()) {
         (Some(k), true) => Some(kubernetes(d, k, members, sec.as_deref()?, diags)?),
         _ => None,
@@ -56,6 +57,28 @@ pub(super) fn node_profile(
         netboot: d.netboot.clone(),
         secrets_path: d.secrets_path.clone(),
     })
+}
+
+/// An SSID the secrets file has no passphrase for is joined as an open network: say so, since
+/// a forgotten passphrase looks the same.
+fn warn_if_open_wifi(d: &Draft, sec: Option<&ClusterSecrets>, diags: &mut Diagnostics) {
+    let Some(w) = &d.network.wifi else {
+        return;
+    };
+    if sec.is_some_and(|s| s.wifi.contains_key(&w.ssid)) {
+        return;
+    }
+    let field = "network.wifi.ssid";
+    diags.push(Diagnostic::warning(
+        d.at(field),
+        field,
+        format!(
+            "no passphrase for `{}` in the cluster secrets file ([wifi] \"{}\" = \"...\"{}): the node joins it as an open network",
+            w.ssid,
+            w.ssid,
+            if d.secrets_path.is_none() { ", and this node names no secrets file" } else { "" }
+        ),
+    ));
 }
 
 /// What kubeadm on this node needs: the cluster's peers, the token and, on a control plane, the

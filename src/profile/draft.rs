@@ -79,7 +79,7 @@ pub(super) fn draft(m: &Merged, diags: &mut Diagnostics) -> Option<Draft> {
         .clone()
         .unwrap_or_else(|| DEFAULT_CLUSTER.to_string());
     let (role, board, hostname) = node::check(&mut ctx, &spec)?;
-    let (network, address) = network::check(&mut ctx, &spec.network, role);
+    let (network, address) = network::check(&mut ctx, &spec.network, role, board);
     let k8s = kubernetes::check(&mut ctx, &spec, role, address);
     let lb = load_balancer::check(&mut ctx, spec.load_balancer.as_ref(), role);
     let image = image::check(&mut ctx, &spec.image);

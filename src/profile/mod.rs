@@ -24,6 +24,7 @@ pub mod secrets;
 pub mod source;
 #[cfg(test)]
 mod testing;
+mod wifi;
 
 use crate::components::apt::SuiteSources;
 use diag::{Diagnostic, Diagnostics, Location, ProfileError};

@@ -3,12 +3,18 @@
 use super::fields::{parse_cidr, parse_ip, Ctx};
 use super::schema::{NetworkSpec, RouteSpec};
 use ipnet::IpNet;
-use piimg_agent::node::{Network, Role, Route};
+use piimg_agent::node::{Board, Network, Role, Route};
 use std::net::IpAddr;
 
 /// The node's network, and its address when one parsed (later sections check against it).
-pub(super) fn check(ctx: &mut Ctx, n: &NetworkSpec, role: Role) -> (Network, Option<IpNet>) {
-    let interface = n.interface.clone().unwrap_or_else(|| "eth0".to_string());
+pub(super) fn check(
+    ctx: &mut Ctx,
+    n: &NetworkSpec,
+    role: Role,
+    board: Board,
+) -> (Network, Option<IpNet>) {
+    let interface = super::wifi::interface(n);
+    let wifi = super::wifi::check(ctx, n, board);
     let address = address(ctx, n.address.as_deref());
     let gateway = gateway(ctx, n.gateway.as_deref(), address);
     let dns: Vec<IpAddr> = n
@@ -25,6 +31,7 @@ pub(super) fn check(ctx: &mut Ctx, n: &NetworkSpec, role: Role) -> (Network, Opt
         dns,
         routes,
         ntp: n.ntp.clone(),
+        wifi,
     };
     check_ntp(ctx, &n.ntp, role);
     (network, address)
@@ -110,7 +117,8 @@ mod tests {
             "address = \"192.168.50.21/24\"\ngateway = \"192.168.50.1\"\ndns = [\"192.168.50.1\"]\n\
              ntp = [\"pool.ntp.org\"]\nroutes = [{ to = \"10.8.0.0/16\", via = \"192.168.50.2\" }]",
         );
-        let ((net, address), diags) = check(|ctx| super::check(ctx, &n, Role::Worker));
+        let ((net, address), diags) =
+            check(|ctx| super::check(ctx, &n, Role::Worker, Board::Rpi4b));
         assert!(diags.0.is_empty(), "{diags}");
         assert_eq!(address, "192.168.50.21/24".parse().ok());
         assert_eq!(net.interface, "eth0");

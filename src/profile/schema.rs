@@ -51,6 +51,18 @@ pub struct NetworkSpec {
     pub ntp: Vec<String>,
     #[serde(default)]
     pub routes: Vec<RouteSpec>,
+    /// The node's network is a USB Ethernet adapter (how a Zero 2 W without Wi-Fi says so).
+    pub usb_ethernet: Option<bool>,
+    /// `[network.wifi]`: join this network on wlan0 (the passphrase is in the secrets file).
+    pub wifi: Option<WifiSpec>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WifiSpec {
+    pub ssid: Option<String>,
+    /// ISO 3166-1 alpha-2 code: the regulatory domain.
+    pub country: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

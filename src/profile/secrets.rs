@@ -39,6 +39,10 @@ pub struct ClusterSecrets {
     pub sa_key: String,
     #[serde(default)]
     pub sa_pub: String,
+    /// Wi-Fi passphrases by SSID (`[wifi]` `"SSID" = "passphrase"`): written only into the
+    /// node's 0600 wpa_supplicant configuration. An SSID without one is an open network.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub wifi: std::collections::BTreeMap<String, String>,
 }
 
 /// The files of kubeadm's certificates folder the secrets provide: (path under
@@ -62,6 +66,14 @@ pub fn valid_certificate_key(k: &str) -> bool {
     k.len() == 64
         && k.bytes()
             .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+}
+
+/// What WPA-PSK takes: a passphrase of 8 to 63 printable ASCII characters, or the 256-bit PSK
+/// itself as 64 hex digits.
+pub fn valid_wifi_passphrase(p: &str) -> bool {
+    let printable = (8..=63).contains(&p.len()) && p.bytes().all(|c| (0x20..0x7f).contains(&c));
+    let psk = p.len() == 64 && p.bytes().all(|c| c.is_ascii_hexdigit());
+    printable || psk
 }
 
 pub fn valid_ca_hash(h: &str) -> bool {
@@ -223,6 +235,7 @@ impl ClusterSecrets {
             etcd_ca_key: String::new(),
             sa_key: String::new(),
             sa_pub: String::new(),
+            wifi: Default::default(),
         };
         s.complete(now_unix)?;
         Ok(s)
@@ -340,6 +353,31 @@ impl ClusterSecrets {
                 "expected a PEM certificate",
             ));
         }
+        for ssid in s
+            .wifi
+            .iter()
+            .filter(|(_, p)| !valid_wifi_passphrase(p))
+            .map(|(k, _)| k)
+        {
+            // The SSID names the entry; the passphrase is never echoed.
+            let line = text
+                .lines()
+                .position(|l| {
+                    l.trim_start()
+                        .trim_start_matches('"')
+                        .starts_with(ssid.as_str())
+                })
+                .map(|i| i + 1);
+            errs.push(Diagnostic::error(
+                Location {
+                    file: path.to_path_buf(),
+                    line,
+                    col: line.map(|_| 1),
+                },
+                &format!("wifi.{ssid}"),
+                "a WPA passphrase is 8 to 63 printable ASCII characters (or the PSK as 64 hex digits)",
+            ));
+        }
         if errs.is_empty() {
             Ok(s)
         } else {
@@ -412,6 +450,37 @@ mod tests {
         assert!(valid_certificate_key(&s.certificate_key));
         assert!(valid_ca_hash(&s.ca_cert_hash().unwrap()));
         assert!(!format!("{s:?}").contains(&s.token));
+    }
+
+    #[test]
+    fn wifi_passphrases_are_what_wpa_psk_takes_and_never_echoed() {
+        assert!(valid_wifi_passphrase("correct horse"));
+        assert!(valid_wifi_passphrase(&"ab".repeat(32)));
+        assert!(!valid_wifi_passphrase("short"));
+        assert!(!valid_wifi_passphrase("new\nline passphrase"));
+        assert!(!valid_wifi_passphrase(&"x".repeat(64)));
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.toml");
+        let mut s = ClusterSecrets::generate(1_760_000_000).unwrap();
+        s.wifi.insert("lab net".into(), "tiny".into());
+        s.save_new(&p).unwrap();
+        let errs = ClusterSecrets::load(&p).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].field, "wifi.lab net");
+        let text = std::fs::read_to_string(&p).unwrap();
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("\"lab net\""))
+            .unwrap()
+            + 1;
+        assert_eq!(errs[0].location.line, Some(line));
+        assert!(!errs[0].to_string().contains("tiny"), "{}", errs[0]);
+        s.wifi.insert("lab net".into(), "long enough".into());
+        s.save_replace(&p).unwrap();
+        assert_eq!(
+            ClusterSecrets::load(&p).unwrap().wifi["lab net"],
+            "long enough"
+        );
     }
 
     #[test]
