@@ -4,6 +4,7 @@
 pub mod config;
 pub mod drivers;
 pub mod node;
+pub mod wifi;
 
 /// The init agent, cross-compiled for aarch64 musl by build.rs and embedded in piimg.
 static AGENT: &[u8] = include_bytes!(env!("PIIMG_AGENT_PATH"));

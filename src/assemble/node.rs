@@ -3,6 +3,7 @@
 
 use super::config::{self, paths};
 use super::drivers;
+use super::wifi;
 use super::AssembleError;
 use crate::components::cache::Cache;
 use crate::components::deb::{self, DebOptions};
@@ -51,6 +52,7 @@ pub fn all_packages() -> Vec<&'static str> {
     for r in Role::ALL {
         v.extend(root_packages(r));
     }
+    v.extend(wifi::WIFI_PACKAGES);
     v.into_iter().collect()
 }
 
@@ -355,6 +357,7 @@ pub fn assemble(inp: &Inputs, reporter: &dyn Reporter) -> Result<Assembled, Asse
         &board_drivers,
         a.cfg.role,
         inp.netboot_root.is_some(),
+        a.cfg.network.wifi.is_some(),
     )?;
     let initramfs = a.initramfs(&kernel, &modules)?;
 
@@ -369,6 +372,9 @@ pub fn assemble(inp: &Inputs, reporter: &dyn Reporter) -> Result<Assembled, Asse
     a.install_modules(&mut root, &kernel, &modules)?;
     a.write_system_files(&mut root)?;
     a.write_node_config(&mut root)?;
+    if let Some(w) = &a.cfg.network.wifi {
+        a.configure_wifi(&mut root, &kernel, w, reporter)?;
+    }
     if let Some(k) = &a.cfg.kubernetes {
         a.configure_kubernetes(&mut root, &kernel, k)?;
     }
@@ -431,6 +437,7 @@ impl Modules {
         board_drivers: &[drivers::Choice],
         role: Role,
         netboot: bool,
+        wifi: bool,
     ) -> Result<Modules, AssembleError> {
         let present = |names: &[&str]| -> (Vec<String>, Vec<String>) {
             let (a, b): (Vec<&str>, Vec<&str>) = names.iter().partition(|n| {
@@ -456,6 +463,9 @@ impl Modules {
         wanted.extend(BASE_MODULES);
         if role.is_kubernetes() {
             wanted.extend(KUBERNETES_MODULES);
+        }
+        if wifi {
+            wanted.extend(wifi::WIFI_MODULES);
         }
         let (requested, missing) = present(&wanted);
         let req_refs: Vec<&str> = requested.iter().map(String::as_str).collect();
@@ -520,8 +530,8 @@ impl Assembly<'_> {
         Ok(fw)
     }
 
-    /// The board's drivers, from the device tree the image boots with.
-    fn board_drivers(&self, kernel: &Kernel) -> Result<Vec<drivers::Choice>, AssembleError> {
+    /// The device tree the image boots with, from the kernel package.
+    fn device_tree(&self, kernel: &Kernel) -> Result<crate::dtb::Fdt, AssembleError> {
         let path = format!(
             "usr/lib/linux-image-{}/broadcom/{}",
             kernel.release,
@@ -530,8 +540,13 @@ impl Assembly<'_> {
         let raw = take(&kernel.tree, &path, "device tree")?
             .read_all()
             .map_err(|e| AssembleError::Io(path.clone(), e))?;
-        let fdt = crate::dtb::Fdt::parse(&raw)
-            .map_err(|e| AssembleError::Missing(format!("a readable device tree {path}: {e}")))?;
+        crate::dtb::Fdt::parse(&raw)
+            .map_err(|e| AssembleError::Missing(format!("a readable device tree {path}: {e}")))
+    }
+
+    /// The board's drivers, from the device tree the image boots with.
+    fn board_drivers(&self, kernel: &Kernel) -> Result<Vec<drivers::Choice>, AssembleError> {
+        let fdt = self.device_tree(kernel)?;
         Ok(drivers::for_board(self.cfg.board, &fdt, &kernel.set))
     }
 
@@ -595,7 +610,11 @@ impl Assembly<'_> {
         } else {
             "ro"
         };
-        Ok(config::cmdline_txt(template, root_partuuid, mode))
+        let line = config::cmdline_txt(template, root_partuuid, mode);
+        Ok(match &self.cfg.network.wifi {
+            Some(w) => wifi::with_regdom(&line, &w.country),
+            None => line,
+        })
     }
 
     /// The agent as /init, the stage-1 modules and their load order.
@@ -667,7 +686,10 @@ impl Assembly<'_> {
     ) -> Result<(), AssembleError> {
         reporter.begin("reading packages", None);
         let comps = self.inp.components;
-        let roots = root_packages(self.cfg.role);
+        let mut roots = root_packages(self.cfg.role);
+        if self.cfg.network.wifi.is_some() {
+            roots.extend(wifi::ROOT_PACKAGES);
+        }
         for name in packages_for(&roots, self.inp.depends, comps)? {
             let e = &comps[&name];
             if !matches!(e.source(), Some(Source::Debian { .. })) {
@@ -854,6 +876,83 @@ impl Assembly<'_> {
             let kubeadm_yaml = in_tree(agent_paths::KUBEADM_YAML);
             root.add_file(kubeadm_yaml, self.meta(0o600), bytes(y))?;
             self.secret_paths.push(kubeadm_yaml.to_string());
+        }
+        Ok(())
+    }
+
+    /// The board chip's brcmfmac firmware under the names the driver asks for (the board type
+    /// is the first `compatible` of the device tree the image boots with), the regulatory
+    /// database cfg80211 loads, and wpa_supplicant's configuration (0600; a secret when it
+    /// holds a passphrase, which comes from the cluster secrets file only).
+    fn configure_wifi(
+        &mut self,
+        root: &mut Tree,
+        kernel: &Kernel,
+        w: &piimg_agent::node::Wifi,
+        reporter: &dyn Reporter,
+    ) -> Result<(), AssembleError> {
+        let entry = self
+            .inp
+            .components
+            .get(wifi::FIRMWARE_PACKAGE)
+            .ok_or_else(|| AssembleError::NotLocked(wifi::FIRMWARE_PACKAGE.into()))?;
+        let mut fw = self.new_tree();
+        read_pkg(&mut fw, self.inp.cache, entry, self.epoch)?;
+        self.used.push(entry.clone());
+        let board = self.cfg.board;
+        let board_type = wifi::board_type(&self.device_tree(kernel)?).ok_or_else(|| {
+            AssembleError::Missing(format!("the root `compatible` of {}", board.dtb()))
+        })?;
+        let (files, missing) = wifi::firmware_files(&fw, board, &board_type)?;
+        if !missing.is_empty() {
+            reporter.info(&format!(
+                "{} has no {}: a {board} with that chip gets no Wi-Fi from this image",
+                wifi::FIRMWARE_PACKAGE,
+                missing.join(", ")
+            ));
+        }
+        root.mkdir_p("usr/lib/firmware/brcm", self.meta(0o755))?;
+        for f in files {
+            root.upsert(
+                format!("usr/lib/firmware/brcm/{}", f.name),
+                self.meta(0o644),
+                InodeKind::File(f.data),
+            )?;
+        }
+        if root
+            .lookup("usr/lib/firmware/regulatory.db-debian")
+            .is_none()
+        {
+            return Err(AssembleError::Missing(
+                "/lib/firmware/regulatory.db-debian (package wireless-regdb)".into(),
+            ));
+        }
+        root.mkdir_p("etc/alternatives", self.meta(0o755))?;
+        for (link, target) in wifi::REGDB_LINKS {
+            root.upsert(
+                link,
+                self.meta(0o777),
+                InodeKind::Symlink(target.as_bytes().to_vec()),
+            )?;
+        }
+        let passphrase = self
+            .inp
+            .node
+            .secrets
+            .as_ref()
+            .and_then(|s| s.wifi.get(&w.ssid));
+        let conf = in_tree(agent_paths::WPA_SUPPLICANT_CONF);
+        root.mkdir_p("etc/wpa_supplicant", self.meta(0o755))?;
+        root.upsert(
+            conf,
+            self.meta(0o600),
+            InodeKind::File(bytes(wifi::wpa_supplicant_conf(
+                w,
+                passphrase.map(String::as_str),
+            ))),
+        )?;
+        if passphrase.is_some() {
+            self.secret_paths.push(conf.to_string());
         }
         Ok(())
     }
