@@ -22,7 +22,7 @@ for pair in e2fsck:e2fsprogs fsck.vfat:dosfstools mdir:mtools sfdisk:fdisk sgdis
             gpg:gnupg gpgv:gpgv dpkg-scanpackages:dpkg-dev /usr/lib/apt/apt-helper:apt \
             haproxy:haproxy man:man-db tftp:tftp-hpa atftp:atftp curl:curl \
             busybox:busybox tcpdump:tcpdump ip:iproute2 unsquashfs:squashfs-tools \
-            fdtget:device-tree-compiler; do
+            fdtget:device-tree-compiler wpa_supplicant:wpasupplicant; do
   command -v "${pair%:*}" >/dev/null 2>&1 || need_pkgs+=("${pair##*:}")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

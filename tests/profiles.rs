@@ -600,3 +600,112 @@ fn control_planes_join_one_after_another() {
     assert_eq!(after("cp3"), ["192.168.50.11:6443", "192.168.50.12:6443"]);
     assert!(after("w1").is_empty(), "workers join at any time");
 }
+
+#[test]
+fn a_zero_2_w_declares_wifi_or_usb_ethernet_and_an_inherited_interface_is_neither() {
+    let p = home_only();
+    p.replace("w1", "board = \"rpi4b\"", "board = \"zero2w\"");
+    // A Zero 2 W cannot netboot: its serial line goes (the comment keeps the line numbers).
+    p.replace("w1", "netboot.serial = \"00000005\"", "");
+    // cluster.toml names eth0 for every node: a name, not an adapter.
+    expect_error(
+        &p,
+        "w1",
+        Some(3),
+        "board",
+        "a Zero 2 W has no Ethernet port: add [network.wifi] with ssid and country, or declare a USB Ethernet adapter with network.usb_ethernet = true",
+    );
+    p.append("w1", "usb_ethernet = true");
+    run(&p, &["check"]).assert_ok();
+}
+
+#[test]
+fn wifi_makes_wlan0_the_interface_and_its_country_is_checked() {
+    let p = home_only();
+    p.replace("w1", "board = \"rpi4b\"", "board = \"zero2w\"");
+    // A Zero 2 W cannot netboot: its serial line goes (the comment keeps the line numbers).
+    p.replace("w1", "netboot.serial = \"00000005\"", "");
+    p.append("w1", "[network.wifi]\nssid = \"home\"\ncountry = \"UK\"");
+    expect_error(
+        &p,
+        "w1",
+        Some(12),
+        "network.wifi.country",
+        "`UK` is not an ISO 3166-1 alpha-2 country code",
+    );
+    p.replace("w1", "\"UK\"", "\"GB\"");
+    let o = run(&p, &["check"]);
+    o.assert_ok();
+    let w1 = p.profile("w1").display().to_string();
+    assert!(
+        o.stderr.lines().any(|l| l.starts_with(&format!("{w1}:11:"))
+            && l.contains("warning: network.wifi.ssid: no passphrase for `home`")),
+        "{}",
+        o.text()
+    );
+    let o = run(&p, &["show", "--profile", "w1", "--json"]);
+    o.assert_ok();
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    let net = &v["node"]["network"];
+    assert_eq!(net["interface"], "wlan0", "{}", o.stdout);
+    assert_eq!(net["wifi"]["ssid"], "home");
+    assert_eq!(net["wifi"]["country"], "GB");
+
+    // An interface named beside [network.wifi] contradicts it.
+    p.replace(
+        "w1",
+        "address = \"192.168.50.21/24\"",
+        "address = \"192.168.50.21/24\"\ninterface = \"eth1\"",
+    );
+    expect_error(
+        &p,
+        "w1",
+        Some(9),
+        "network.interface",
+        "`eth1` beside [network.wifi]: a Wi-Fi node's interface is wlan0",
+    );
+}
+
+#[test]
+fn a_wifi_passphrase_lives_in_the_secrets_file_and_is_never_printed() {
+    let p = home_only();
+    p.append("w1", "[network.wifi]\nssid = \"home\"\ncountry = \"GB\"");
+    run(&p, &["check"]).assert_ok();
+    let path = p.secrets("home");
+    let with = |passphrase: &str| {
+        let text = secrets_text(&p, "home");
+        let text = text.split("\n[wifi]\n").next().unwrap().to_string();
+        std::fs::write(
+            &path,
+            format!("{text}\n[wifi]\n\"home\" = \"{passphrase}\"\n"),
+        )
+        .unwrap();
+    };
+    with("2short");
+    let o = run(&p, &["check"]);
+    o.assert_code(1);
+    let line = secrets_text(&p, "home")
+        .lines()
+        .position(|l| l.starts_with("\"home\""))
+        .unwrap()
+        + 1;
+    let at = format!("{}:{line}:", path.display());
+    assert!(
+        o.stderr.lines().any(|l| l.starts_with(&at)
+            && l.contains("error: wifi.home: a WPA passphrase is 8 to 63 printable ASCII")),
+        "{}",
+        o.text()
+    );
+    assert!(!o.combined().contains("2short"), "{}", o.text());
+    with("long enough passphrase");
+    let o = run(&p, &["check"]);
+    o.assert_ok();
+    assert!(!o.stderr.contains("no passphrase"), "{}", o.text());
+    let o = run(&p, &["show", "--profile", "w1", "--json"]);
+    o.assert_ok();
+    assert!(
+        !o.combined().contains("long enough passphrase"),
+        "{}",
+        o.text()
+    );
+}

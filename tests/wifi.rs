@@ -1,0 +1,437 @@
+//! A Zero 2 W with `[network.wifi]` built end to end, and its image read back with tools piimg
+//! did not write: sfdisk, dd, mcopy, fdtget (the board type brcmfmac derives from the device
+//! tree), e2fsck and debugfs (the root), modinfo (brcmfmac's own firmware table), dpkg-deb and
+//! tar (the packages' files) and Debian's wpa_supplicant (the configuration the agent runs it
+//! with).
+//!
+//! What wpa_supplicant can show here: the host kernel has no mac80211_hwsim (no radio to
+//! associate with), so it runs exactly as the agent runs it (`-i wlan0 -D nl80211 -c FILE`) in a
+//! network namespace the test creates, where no wlan0 exists. wpa_supplicant reads and checks the
+//! whole configuration (and derives the PSK from passphrase and SSID) before it opens the driver:
+//! the test asserts it got that far, and that a broken copy of the same file stops at the parse.
+
+mod common;
+use common::checkers::{debugfs, e2fsck, extract, fat_files, partitions, stdout_of, text_of, tool};
+use common::piimg::Run;
+use common::project::{project, Project};
+use common::{cache_home, read_toml};
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const EPOCH: &str = "1767225600";
+const SSID: &str = "piimg lab";
+/// The chip of the Zero 2 W (CYW43438: BCM43430 rev 1) in brcmfmac's SDIO firmware table, and
+/// the one whose firmware Debian's firmware-brcm80211 lacks (CYW43436: 43430 rev 4, "b0").
+const CHIP: &str = "brcm/brcmfmac43430-sdio";
+const CHIP_B0: &str = "brcm/brcmfmac43430b0-sdio";
+
+const PROFILE: &str = r#"cluster = "air"
+secrets = "../secrets/air.toml"
+hostname = "zero"
+board = "zero2w"
+role = "load-balancer"
+
+[network]
+address = "192.168.60.20/24"
+gateway = "192.168.60.1"
+
+[network.wifi]
+ssid = "piimg lab"
+country = "DE"
+
+[load_balancer]
+backends = ["192.168.60.11:6443"]
+
+[image]
+size = "1GiB"
+"#;
+
+fn piimg(p: &Project, args: &[&str]) -> Run {
+    p.piimg_cached()
+        .profiles(&p.profiles())
+        .epoch(EPOCH)
+        .args(args)
+        .run()
+}
+
+/// A passphrase no earlier run left anywhere.
+fn fresh_passphrase() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("wifi-{}-{nanos:x}", std::process::id())
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The target of a symlink in the ext4 image (debugfs stat's "Fast link dest"), None for others.
+fn readlink(fs: &Path, path: &str) -> Option<String> {
+    let st = debugfs(fs, &format!("stat \"{path}\""));
+    let rest = st.split("Fast link dest: \"").nth(1)?;
+    Some(rest.split('"').next()?.to_string())
+}
+
+/// `path` with every final symlink followed (debugfs follows those of the folders on the way).
+fn resolve(fs: &Path, path: &str) -> String {
+    let mut p = path.to_string();
+    for _ in 0..8 {
+        match readlink(fs, &p) {
+            Some(t) if t.starts_with('/') => p = t,
+            Some(t) => p = format!("{}/{t}", p.rsplit_once('/').unwrap().0),
+            None => return p,
+        }
+    }
+    panic!("{path}: symlink loop");
+}
+
+/// A file's bytes from the ext4 image, symlinks followed; None when it is not there.
+fn read_file(fs: &Path, dir: &Path, path: &str) -> Option<Vec<u8>> {
+    let real = resolve(fs, path);
+    let out = dir.join("dumped");
+    let _ = std::fs::remove_file(&out);
+    let said = debugfs(fs, &format!("dump \"{real}\" \"{}\"", out.display()));
+    if said.contains("File not found") {
+        return None;
+    }
+    std::fs::read(&out).ok()
+}
+
+/// debugfs's `st_mode` of `path` (octal), from `ls -l` of its folder.
+fn mode_of(fs: &Path, path: &str) -> u32 {
+    let (dir, name) = path.rsplit_once('/').unwrap();
+    let ls = debugfs(fs, &format!("ls -p \"{dir}\""));
+    let f: Vec<&str> = ls
+        .lines()
+        .map(|l| l.split('/').collect::<Vec<_>>())
+        .find(|f| f.len() > 5 && f[5] == name)
+        .unwrap_or_else(|| panic!("{path} not in:\n{ls}"));
+    u32::from_str_radix(f[2], 8).unwrap()
+}
+
+/// Every path under `dir` in the ext4 image (recursively, debugfs ls -p).
+fn walk(fs: &Path, dir: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_string()];
+    while let Some(d) = todo.pop() {
+        for line in debugfs(fs, &format!("ls -p \"{d}\"")).lines() {
+            let f: Vec<&str> = line.split('/').collect();
+            if f.len() < 8 || f[1] == "0" || f[5].is_empty() || f[5] == "." || f[5] == ".." {
+                continue;
+            }
+            let p = format!("{d}/{}", f[5]);
+            if u32::from_str_radix(f[2], 8).is_ok_and(|m| m >> 12 == 0o04) {
+                todo.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A shell-style pattern with `*` only, as modinfo's firmware entries use.
+fn glob(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    if !name.starts_with(first) || !name[first.len()..].ends_with(last) {
+        return false;
+    }
+    let mut rest = &name[first.len()..name.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// A locked package's .deb in the shared cache.
+fn cached_deb(p: &Project, name: &str) -> PathBuf {
+    let v = read_toml(&p.root().join("piimg.lock"));
+    let sha = v["component"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"].as_str() == Some(name))
+        .and_then(|c| c["sha256"].as_str())
+        .unwrap_or_else(|| panic!("{name} not locked"))
+        .to_string();
+    cache_home().join("piimg/sha256").join(sha)
+}
+
+/// Debian's wpa_supplicant as the agent starts it, in a network namespace of its own (nothing
+/// it does can reach another network; wlan0 does not exist there).
+fn wpa_supplicant(conf: &Path) -> (Option<i32>, String) {
+    let r = tool(
+        Command::new("unshare")
+            .args([
+                "--net",
+                "wpa_supplicant",
+                "-i",
+                "wlan0",
+                "-D",
+                "nl80211",
+                "-dd",
+                "-c",
+            ])
+            .arg(conf),
+    );
+    (r.status.code(), r.text())
+}
+
+#[test]
+fn a_zero_2_w_with_wifi_holds_driver_firmware_regulatory_database_and_a_config_wpa_supplicant_accepts(
+) {
+    let p = project().only(&[]).lock().create_fresh("wifi-test");
+    p.write("zero", PROFILE);
+    let work = p.root().to_path_buf();
+
+    // No passphrase yet: an open network, which check says.
+    let check = piimg(&p, &["check"]);
+    check.assert_ok();
+    assert!(
+        check
+            .stderr
+            .contains("network.wifi.ssid: no passphrase for `piimg lab`"),
+        "{}",
+        check.text()
+    );
+    let passphrase = fresh_passphrase();
+    let secrets = p.secrets("air");
+    let text = std::fs::read_to_string(&secrets).unwrap();
+    std::fs::write(
+        &secrets,
+        format!("{text}\n[wifi]\n\"{SSID}\" = \"{passphrase}\"\n"),
+    )
+    .unwrap();
+    let check = piimg(&p, &["check"]);
+    check.assert_ok();
+    assert!(!check.stderr.contains("no passphrase"), "{}", check.text());
+
+    let out = work.join("out");
+    let build = piimg(
+        &p,
+        &["build", "--profile", "zero", "--out", out.to_str().unwrap()],
+    );
+    build.assert_ok();
+    for run in [&check, &build] {
+        assert!(
+            !run.combined().contains(&passphrase),
+            "the passphrase was printed:\n{}",
+            run.text()
+        );
+    }
+    assert!(
+        build.stderr.contains(&format!("has no {CHIP_B0}.bin")),
+        "the Zero 2 W firmware Debian lacks is named:\n{}",
+        build.text()
+    );
+
+    // The partitions, as sfdisk reads them.
+    let img = out.join("zero.img");
+    let parts = partitions(&img);
+    assert_eq!(parts.len(), 3);
+    let (boot, root) = (work.join("p1"), work.join("p2"));
+    extract(&img, parts[0].0, parts[0].1, &boot);
+    extract(&img, parts[1].0, parts[1].1, &root);
+
+    // The FAT partition: never the passphrase, not in a file, not in a free block.
+    let fat = fat_files(boot.to_str().unwrap(), &work.join("fat"));
+    assert!(!contains(
+        &std::fs::read(&boot).unwrap(),
+        passphrase.as_bytes()
+    ));
+    for (name, data) in &fat {
+        assert!(!contains(data, passphrase.as_bytes()), "{name}");
+    }
+    let cmdline = String::from_utf8_lossy(&fat["cmdline.txt"]).into_owned();
+    assert!(
+        cmdline
+            .trim_end()
+            .ends_with(" cfg80211.ieee80211_regdom=DE")
+            && cmdline.lines().count() == 1,
+        "{cmdline}"
+    );
+    let board_type = text_of(
+        Command::new("fdtget")
+            .arg(work.join("fat/bcm2837-rpi-zero-2-w.dtb"))
+            .args(["/", "compatible"]),
+    )
+    .split_whitespace()
+    .next()
+    .unwrap()
+    .to_string();
+    assert_eq!(board_type, "raspberrypi,model-zero-2-w");
+
+    // The root filesystem.
+    e2fsck(&root);
+    let modules_dir = walk(&root, "/usr/lib/modules");
+    let module = |name: &str| -> String {
+        modules_dir
+            .iter()
+            .find(|p| p.ends_with(&format!("/{name}.ko")))
+            .unwrap_or_else(|| panic!("no {name}.ko in the image"))
+            .clone()
+    };
+    let brcmfmac = module("brcmfmac");
+    for m in ["cfg80211", "brcmutil", "brcmfmac-wcc", "brcmfmac-cyw"] {
+        module(m);
+    }
+    let release = brcmfmac.split('/').nth(4).unwrap().to_string();
+    let dep = String::from_utf8(
+        read_file(
+            &root,
+            &work,
+            &format!("/usr/lib/modules/{release}/modules.dep"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let rel = |p: &str| p.split(&format!("{release}/")).nth(1).unwrap().to_string();
+    let line = dep
+        .lines()
+        .find(|l| l.starts_with(&format!("{}:", rel(&brcmfmac))))
+        .unwrap_or_else(|| panic!("brcmfmac not in modules.dep:\n{dep}"));
+    for m in ["cfg80211", "brcmutil"] {
+        assert!(line.contains(&rel(&module(m))), "{line}");
+    }
+    let load =
+        String::from_utf8(read_file(&root, &work, "/etc/piimg/modules.load").unwrap()).unwrap();
+    for m in ["cfg80211", "brcmfmac", "brcmfmac_wcc"] {
+        assert!(
+            load.lines().any(|l| l == m),
+            "{m} not loaded at stage 2:\n{load}"
+        );
+    }
+
+    // brcmfmac's firmware table (modinfo of the module in the image) and the dtb's board type
+    // name the files: <chip>.bin, <chip>.clm_blob, <chip>.<board type>.txt.
+    let ko = work.join("brcmfmac.ko");
+    std::fs::write(&ko, read_file(&root, &work, &brcmfmac).unwrap()).unwrap();
+    let table = text_of(Command::new("modinfo").args(["-F", "firmware"]).arg(&ko));
+    let wanted = [
+        format!("{CHIP}.bin"),
+        format!("{CHIP}.clm_blob"),
+        format!("{CHIP}.{board_type}.txt"),
+    ];
+    for name in &wanted {
+        assert!(
+            table.lines().any(|pattern| glob(pattern, name)),
+            "{name} matches no firmware= entry of brcmfmac:\n{table}"
+        );
+        let data = read_file(&root, &work, &format!("/lib/firmware/{name}"))
+            .unwrap_or_else(|| panic!("/lib/firmware/{name} missing"));
+        assert!(!data.is_empty(), "{name}");
+    }
+    assert!(
+        table.lines().any(|l| l == format!("{CHIP_B0}.bin")),
+        "{table}"
+    );
+    let nvram = read_file(&root, &work, &format!("/lib/firmware/{}", wanted[2])).unwrap();
+    assert!(
+        String::from_utf8_lossy(&nvram).contains("boardtype="),
+        "not an NVRAM file"
+    );
+    // Only the board chip's files: nothing of the 4345 (3B+, 4B).
+    let firmware = walk(&root, "/usr/lib/firmware/brcm");
+    assert!(
+        firmware.iter().all(|f| f.contains("brcmfmac43430-sdio.")),
+        "{firmware:?}"
+    );
+
+    // The regulatory database, by the names cfg80211 requests (its modinfo firmware=), as the
+    // package's postinst links them: Debian's signed copy.
+    let cfg = work.join("cfg80211.ko");
+    std::fs::write(&cfg, read_file(&root, &work, &module("cfg80211")).unwrap()).unwrap();
+    let requested = text_of(Command::new("modinfo").args(["-F", "firmware"]).arg(&cfg));
+    assert_eq!(
+        requested.lines().collect::<Vec<_>>(),
+        ["regulatory.db", "regulatory.db.p7s"]
+    );
+    let regdb = stdout_of(
+        Command::new("sh")
+            .arg("-c")
+            .arg("dpkg-deb --fsys-tarfile \"$1\" | tar -xOf - ./usr/lib/firmware/regulatory.db-debian")
+            .arg("sh")
+            .arg(cached_deb(&p, "wireless-regdb")),
+    );
+    for name in requested.lines() {
+        let data = read_file(&root, &work, &format!("/lib/firmware/{name}"))
+            .unwrap_or_else(|| panic!("/lib/firmware/{name} missing"));
+        if name == "regulatory.db" {
+            assert_eq!(data, regdb);
+        }
+    }
+
+    // The supplicant's configuration: 0600, the passphrase only there.
+    let conf_path = "/etc/wpa_supplicant/wpa_supplicant-wlan0.conf";
+    assert_eq!(mode_of(&root, conf_path) & 0o7777, 0o600);
+    let conf = work.join("wpa_supplicant-wlan0.conf");
+    std::fs::write(&conf, read_file(&root, &work, conf_path).unwrap()).unwrap();
+    let node_json = read_file(&root, &work, "/etc/piimg/node.json").unwrap();
+    assert!(!contains(&node_json, passphrase.as_bytes()));
+    let v: serde_json::Value = serde_json::from_slice(&node_json).unwrap();
+    assert_eq!(v["network"]["interface"], "wlan0");
+    assert_eq!(v["network"]["wifi"]["country"], "DE");
+    let manifest = std::fs::read(out.join("zero.manifest.json")).unwrap();
+    assert!(!contains(&manifest, passphrase.as_bytes()));
+
+    // Debian's wpa_supplicant reads it whole: country, the network, the PSK it derives from the
+    // passphrase; it stops only where it opens the driver.
+    let (code, said) = wpa_supplicant(&conf);
+    assert_ne!(code, Some(0), "{said}");
+    for expected in [
+        "Reading configuration file",
+        "country='DE'",
+        "PSK (from passphrase) - hexdump(len=32)",
+        "id=0 ssid='piimg lab'",
+    ] {
+        assert!(said.contains(expected), "`{expected}` missing:\n{said}");
+    }
+    assert!(
+        !said.contains("Failed to read or parse configuration"),
+        "{said}"
+    );
+    assert!(
+        !said.contains(&passphrase),
+        "wpa_supplicant printed the passphrase"
+    );
+    // The same file broken: the test can tell a parsed configuration from one that is not.
+    let broken = work.join("broken.conf");
+    let text = std::fs::read_to_string(&conf).unwrap();
+    assert!(text.contains("key_mgmt=WPA-PSK"));
+    std::fs::write(&broken, text.replace("key_mgmt=WPA-PSK", "key_mgmt=BOGUS")).unwrap();
+    let (code, said) = wpa_supplicant(&broken);
+    assert_ne!(code, Some(0));
+    assert!(said.contains("invalid key_mgmt 'BOGUS'"), "{said}");
+    assert!(
+        said.contains("Failed to read or parse configuration"),
+        "{said}"
+    );
+    assert!(!said.contains("Priority group"), "{said}");
+    eprintln!(
+        "wifi: hwsim: {}; ran `unshare --net wpa_supplicant -i wlan0 -D nl80211 -dd -c {}`",
+        hwsim_status(),
+        conf.display()
+    );
+}
+
+/// Whether this kernel offers mac80211_hwsim (said in the test's output: it decides how far the
+/// supplicant can go).
+fn hwsim_status() -> String {
+    let r = tool(Command::new("modprobe").args(["-n", "mac80211_hwsim"]));
+    match r.status.code() {
+        Some(0) => "available (not used: the parse check runs everywhere)".into(),
+        _ => format!(
+            "not offered by this kernel ({})",
+            String::from_utf8_lossy(&r.stderr).trim()
+        ),
+    }
+}
