@@ -911,9 +911,9 @@ fn needed_components(
 ) -> Result<Lock, PipelineError> {
     let role = node.config.role;
     let mut needed: BTreeSet<String> = BTreeSet::new();
-    let pkgs = asm::packages_for(&asm::root_packages(role), depends, comps)?;
-    needed.extend(pkgs);
-    needed.insert(asm::FIRMWARE_PACKAGE.to_string());
+    let (roots, firmware) = asm::node_packages(&node.config);
+    needed.extend(asm::packages_for(&roots, depends, comps)?);
+    needed.extend(firmware.into_iter().map(String::from));
     if let Some(k) = comps
         .keys()
         .find(|k| k.starts_with(asm::KERNEL_PACKAGE_PREFIX) && *k != "linux-image-arm64")

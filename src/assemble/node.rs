@@ -40,6 +40,18 @@ pub fn root_packages(role: Role) -> Vec<&'static str> {
     v
 }
 
+/// The packages a node's root gets (their dependency closure comes along), and the firmware
+/// packages read into trees of their own: what must be in the cache to build it.
+pub fn node_packages(cfg: &NodeConfig) -> (Vec<&'static str>, Vec<&'static str>) {
+    let mut roots = root_packages(cfg.role);
+    let mut firmware = vec![FIRMWARE_PACKAGE];
+    if cfg.network.wifi.is_some() {
+        roots.extend(wifi::ROOT_PACKAGES);
+        firmware.push(wifi::FIRMWARE_PACKAGE);
+    }
+    (roots, firmware)
+}
+
 /// Packages that only provide boot files or kernel modules: read into their own trees.
 pub const KERNEL_PACKAGE_PREFIX: &str = "linux-image-";
 pub const FIRMWARE_PACKAGE: &str = "raspi-firmware";
@@ -686,10 +698,7 @@ impl Assembly<'_> {
     ) -> Result<(), AssembleError> {
         reporter.begin("reading packages", None);
         let comps = self.inp.components;
-        let mut roots = root_packages(self.cfg.role);
-        if self.cfg.network.wifi.is_some() {
-            roots.extend(wifi::ROOT_PACKAGES);
-        }
+        let (roots, _) = node_packages(self.cfg);
         for name in packages_for(&roots, self.inp.depends, comps)? {
             let e = &comps[&name];
             if !matches!(e.source(), Some(Source::Debian { .. })) {
