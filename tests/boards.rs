@@ -13,7 +13,10 @@
 //! Pi 4 EEPROM bootloader: start4.elf, fixup4.dat).
 
 mod common;
-use common::checkers::{deb_member, extract, fat_files, pipe, run, sfdisk_json, spans, tool};
+use common::checkers::{
+    deb_member, ext4_read, ext4_walk, extract, fat_files, firmware_glob, pipe, run, sfdisk_json,
+    spans, text_of, tool,
+};
 use common::piimg::Run;
 use common::project::{project, Project};
 use common::{cache_home, process_dir, read_json};
@@ -39,6 +42,8 @@ struct BoardSpec {
     nic: Option<(&'static str, &'static str)>,
     /// The Ethernet PHY's id (read over MDIO, not in the device tree) and its driver.
     phy: Option<(u32, &'static str)>,
+    /// The Wi-Fi chip's name in brcmfmac's SDIO firmware table.
+    wifi_chip: &'static str,
 }
 
 const PI3_FIRMWARE: &[&str] = &["bootcode.bin", "start.elf", "fixup.dat"];
@@ -57,6 +62,8 @@ const BOARDS: &[BoardSpec] = &[
         nic: Some(("/soc/usb@7e980000/usb1@1/ethernet@1", "smsc95xx")),
         // The LAN9514's PHY is internal and driven by smsc95xx itself.
         phy: None,
+        // BCM43438 (BCM43430 rev 1).
+        wifi_chip: "brcmfmac43430-sdio",
     },
     BoardSpec {
         board: "rpi3bplus",
@@ -71,6 +78,8 @@ const BOARDS: &[BoardSpec] = &[
             "lan78xx",
         )),
         phy: Some((0x0007_c132, "microchip")),
+        // CYW43455.
+        wifi_chip: "brcmfmac43455-sdio",
     },
     BoardSpec {
         board: "zero2w",
@@ -81,6 +90,8 @@ const BOARDS: &[BoardSpec] = &[
         sd_module: "bcm2835",
         nic: None,
         phy: None,
+        // CYW43438 (BCM43430 rev 1), as on the 3B.
+        wifi_chip: "brcmfmac43430-sdio",
     },
     BoardSpec {
         board: "rpi4b",
@@ -92,6 +103,8 @@ const BOARDS: &[BoardSpec] = &[
         sd_module: "sdhci_iproc",
         nic: Some(("/scb/ethernet@7d580000", "genet")),
         phy: Some((0x600d_84a2, "broadcom")),
+        // CYW43455, as on the 3B+.
+        wifi_chip: "brcmfmac43455-sdio",
     },
     BoardSpec {
         board: "cm4",
@@ -102,6 +115,7 @@ const BOARDS: &[BoardSpec] = &[
         sd_module: "sdhci_iproc",
         nic: Some(("/scb/ethernet@7d580000", "genet")),
         phy: Some((0x600d_84a2, "broadcom")),
+        wifi_chip: "brcmfmac43455-sdio",
     },
 ];
 
@@ -133,14 +147,10 @@ fn shared() -> &'static Built {
                 .replace("board = \"rpi3b\"", &format!("board = \"{}\"", b.board))
                 .replace("10.0.2.15/24", &format!("10.0.2.{}/24", 20 + i));
             assert!(text.contains(&format!("board = \"{}\"", b.board)), "{text}");
-            // A board without Ethernet joins by Wi-Fi (check refuses it otherwise).
-            let text = match b.nic {
-                Some(_) => text,
-                None => {
-                    text.replace("interface = \"eth0\"\n", "")
-                        + "\n[network.wifi]\nssid = \"boards\"\ncountry = \"DE\"\n"
-                }
-            };
+            // Every board joins by Wi-Fi, so each image carries its chip's firmware (a Zero 2 W
+            // needs it: check refuses one with neither Wi-Fi nor USB Ethernet).
+            let text = text.replace("interface = \"eth0\"\n", "")
+                + "\n[network.wifi]\nssid = \"boards\"\ncountry = \"DE\"\n";
             project.write(b.board, &text);
         }
         let out = work.join("out");
@@ -164,6 +174,8 @@ fn shared() -> &'static Built {
 /// A board's image taken apart: the FAT's files and the initramfs unpacked (with cpio).
 struct Parts {
     fat: BTreeMap<String, Vec<u8>>,
+    /// The root filesystem (partition 2), for debugfs.
+    root: PathBuf,
     initramfs: PathBuf,
     release: String,
 }
@@ -180,9 +192,12 @@ fn parts(board: &str) -> &'static Parts {
                 let dir = b.work.join(format!("parts-{}", spec.board));
                 let _ = std::fs::remove_dir_all(&dir);
                 std::fs::create_dir_all(&dir).unwrap();
-                let (start, size) = spans(&sfdisk_json(&img))[0];
+                let table = spans(&sfdisk_json(&img));
+                let (start, size) = table[0];
                 let boot = dir.join("boot.fat");
                 extract(&img, start, size, &boot);
+                let root = dir.join("root.ext4");
+                extract(&img, table[1].0, table[1].1, &root);
                 let fat = fat_files(boot.to_str().unwrap(), &dir.join("fat"));
                 let initramfs = dir.join("initramfs");
                 std::fs::create_dir_all(&initramfs).unwrap();
@@ -199,6 +214,7 @@ fn parts(board: &str) -> &'static Parts {
                     spec.board,
                     Parts {
                         fat,
+                        root,
                         initramfs,
                         release,
                     },
@@ -422,6 +438,49 @@ fn piimg_reads_and_writes_every_boards_dtb_as_dtc_does() {
                 .iter()
                 .any(|w| w.as_str() == Some(spec.sd_node)),
             "{}: {sd}",
+            spec.board
+        );
+    }
+}
+
+/// Wi-Fi firmware by the names brcmfmac requests on each board: `<chip>.bin`, `<chip>.clm_blob`
+/// and the NVRAM `<chip>.<board type>.txt`, where the board type is the dtb's first root
+/// `compatible` (brcmfmac's of.c) and the chip comes from the driver's own firmware table
+/// (`modinfo -F firmware` of the brcmfmac.ko in the image). Only that chip's files are there.
+#[test]
+fn wifi_firmware_is_what_brcmfmac_requests_on_each_board() {
+    for spec in BOARDS {
+        let p = parts(spec.board);
+        let board_type = fdtget(&dtb_of(spec), "/", "compatible").remove(0);
+        let work = shared().work.join(format!("parts-{}", spec.board));
+        let ko_path = format!(
+            "/usr/lib/modules/{}/kernel/drivers/net/wireless/broadcom/brcm80211/brcmfmac/brcmfmac.ko",
+            p.release
+        );
+        let ko = work.join("brcmfmac.ko");
+        let bytes = ext4_read(&p.root, &work, &ko_path)
+            .unwrap_or_else(|| panic!("{}: no {ko_path}", spec.board));
+        std::fs::write(&ko, bytes).unwrap();
+        let table = text_of(Command::new("modinfo").args(["-F", "firmware"]).arg(&ko));
+        let chip = spec.wifi_chip;
+        for name in [
+            format!("brcm/{chip}.bin"),
+            format!("brcm/{chip}.clm_blob"),
+            format!("brcm/{chip}.{board_type}.txt"),
+        ] {
+            assert!(
+                table.lines().any(|pattern| firmware_glob(pattern, &name)),
+                "{}: {name} matches no firmware= entry of brcmfmac:\n{table}",
+                spec.board
+            );
+            let data = ext4_read(&p.root, &work, &format!("/lib/firmware/{name}"))
+                .unwrap_or_else(|| panic!("{}: /lib/firmware/{name} missing", spec.board));
+            assert!(!data.is_empty(), "{}: {name} is empty", spec.board);
+        }
+        let files = ext4_walk(&p.root, "/usr/lib/firmware/brcm");
+        assert!(
+            !files.is_empty() && files.iter().all(|f| f.contains(&format!("/{chip}."))),
+            "{}: {files:?}",
             spec.board
         );
     }

@@ -11,7 +11,10 @@
 //! the test asserts it got that far, and that a broken copy of the same file stops at the parse.
 
 mod common;
-use common::checkers::{debugfs, e2fsck, extract, fat_files, partitions, stdout_of, text_of, tool};
+use common::checkers::{
+    debugfs, e2fsck, ext4_read, ext4_walk, extract, fat_files, firmware_glob, partitions,
+    stdout_of, text_of, tool,
+};
 use common::piimg::Run;
 use common::project::{project, Project};
 use common::{cache_home, read_toml};
@@ -68,38 +71,6 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-/// The target of a symlink in the ext4 image (debugfs stat's "Fast link dest"), None for others.
-fn readlink(fs: &Path, path: &str) -> Option<String> {
-    let st = debugfs(fs, &format!("stat \"{path}\""));
-    let rest = st.split("Fast link dest: \"").nth(1)?;
-    Some(rest.split('"').next()?.to_string())
-}
-
-/// `path` with every final symlink followed (debugfs follows those of the folders on the way).
-fn resolve(fs: &Path, path: &str) -> String {
-    let mut p = path.to_string();
-    for _ in 0..8 {
-        match readlink(fs, &p) {
-            Some(t) if t.starts_with('/') => p = t,
-            Some(t) => p = format!("{}/{t}", p.rsplit_once('/').unwrap().0),
-            None => return p,
-        }
-    }
-    panic!("{path}: symlink loop");
-}
-
-/// A file's bytes from the ext4 image, symlinks followed; None when it is not there.
-fn read_file(fs: &Path, dir: &Path, path: &str) -> Option<Vec<u8>> {
-    let real = resolve(fs, path);
-    let out = dir.join("dumped");
-    let _ = std::fs::remove_file(&out);
-    let said = debugfs(fs, &format!("dump \"{real}\" \"{}\"", out.display()));
-    if said.contains("File not found") {
-        return None;
-    }
-    std::fs::read(&out).ok()
-}
-
 /// debugfs's `st_mode` of `path` (octal), from `ls -l` of its folder.
 fn mode_of(fs: &Path, path: &str) -> u32 {
     let (dir, name) = path.rsplit_once('/').unwrap();
@@ -110,46 +81,6 @@ fn mode_of(fs: &Path, path: &str) -> u32 {
         .find(|f| f.len() > 5 && f[5] == name)
         .unwrap_or_else(|| panic!("{path} not in:\n{ls}"));
     u32::from_str_radix(f[2], 8).unwrap()
-}
-
-/// Every path under `dir` in the ext4 image (recursively, debugfs ls -p).
-fn walk(fs: &Path, dir: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_string()];
-    while let Some(d) = todo.pop() {
-        for line in debugfs(fs, &format!("ls -p \"{d}\"")).lines() {
-            let f: Vec<&str> = line.split('/').collect();
-            if f.len() < 8 || f[1] == "0" || f[5].is_empty() || f[5] == "." || f[5] == ".." {
-                continue;
-            }
-            let p = format!("{d}/{}", f[5]);
-            if u32::from_str_radix(f[2], 8).is_ok_and(|m| m >> 12 == 0o04) {
-                todo.push(p.clone());
-            }
-            out.push(p);
-        }
-    }
-    out
-}
-
-/// A shell-style pattern with `*` only, as modinfo's firmware entries use.
-fn glob(pattern: &str, name: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if parts.len() == 1 {
-        return pattern == name;
-    }
-    if !name.starts_with(first) || !name[first.len()..].ends_with(last) {
-        return false;
-    }
-    let mut rest = &name[first.len()..name.len() - last.len()];
-    for mid in &parts[1..parts.len() - 1] {
-        match rest.find(mid) {
-            Some(i) => rest = &rest[i + mid.len()..],
-            None => return false,
-        }
-    }
-    true
 }
 
 /// A locked package's .deb in the shared cache.
@@ -272,7 +203,7 @@ fn a_zero_2_w_with_wifi_holds_driver_firmware_regulatory_database_and_a_config_w
 
     // The root filesystem.
     e2fsck(&root);
-    let modules_dir = walk(&root, "/usr/lib/modules");
+    let modules_dir = ext4_walk(&root, "/usr/lib/modules");
     let module = |name: &str| -> String {
         modules_dir
             .iter()
@@ -286,7 +217,7 @@ fn a_zero_2_w_with_wifi_holds_driver_firmware_regulatory_database_and_a_config_w
     }
     let release = brcmfmac.split('/').nth(4).unwrap().to_string();
     let dep = String::from_utf8(
-        read_file(
+        ext4_read(
             &root,
             &work,
             &format!("/usr/lib/modules/{release}/modules.dep"),
@@ -303,7 +234,7 @@ fn a_zero_2_w_with_wifi_holds_driver_firmware_regulatory_database_and_a_config_w
         assert!(line.contains(&rel(&module(m))), "{line}");
     }
     let load =
-        String::from_utf8(read_file(&root, &work, "/etc/piimg/modules.load").unwrap()).unwrap();
+        String::from_utf8(ext4_read(&root, &work, "/etc/piimg/modules.load").unwrap()).unwrap();
     for m in ["cfg80211", "brcmfmac", "brcmfmac_wcc"] {
         assert!(
             load.lines().any(|l| l == m),
@@ -314,7 +245,7 @@ fn a_zero_2_w_with_wifi_holds_driver_firmware_regulatory_database_and_a_config_w
     // brcmfmac's firmware table (modinfo of the module in the image) and the dtb's board type
     // name the files: <chip>.bin, <chip>.clm_blob, <chip>.<board type>.txt.
     let ko = work.join("brcmfmac.ko");
-    std::fs::write(&ko, read_file(&root, &work, &brcmfmac).unwrap()).unwrap();
+    std::fs::write(&ko, ext4_read(&root, &work, &brcmfmac).unwrap()).unwrap();
     let table = text_of(Command::new("modinfo").args(["-F", "firmware"]).arg(&ko));
     let wanted = [
         format!("{CHIP}.bin"),
@@ -323,10 +254,10 @@ fn a_zero_2_w_with_wifi_holds_driver_firmware_regulatory_database_and_a_config_w
     ];
     for name in &wanted {
         assert!(
-            table.lines().any(|pattern| glob(pattern, name)),
+            table.lines().any(|pattern| firmware_glob(pattern, name)),
             "{name} matches no firmware= entry of brcmfmac:\n{table}"
         );
-        let data = read_file(&root, &work, &format!("/lib/firmware/{name}"))
+        let data = ext4_read(&root, &work, &format!("/lib/firmware/{name}"))
             .unwrap_or_else(|| panic!("/lib/firmware/{name} missing"));
         assert!(!data.is_empty(), "{name}");
     }
@@ -334,13 +265,13 @@ fn a_zero_2_w_with_wifi_holds_driver_firmware_regulatory_database_and_a_config_w
         table.lines().any(|l| l == format!("{CHIP_B0}.bin")),
         "{table}"
     );
-    let nvram = read_file(&root, &work, &format!("/lib/firmware/{}", wanted[2])).unwrap();
+    let nvram = ext4_read(&root, &work, &format!("/lib/firmware/{}", wanted[2])).unwrap();
     assert!(
         String::from_utf8_lossy(&nvram).contains("boardtype="),
         "not an NVRAM file"
     );
     // Only the board chip's files: nothing of the 4345 (3B+, 4B).
-    let firmware = walk(&root, "/usr/lib/firmware/brcm");
+    let firmware = ext4_walk(&root, "/usr/lib/firmware/brcm");
     assert!(
         firmware.iter().all(|f| f.contains("brcmfmac43430-sdio.")),
         "{firmware:?}"
@@ -349,7 +280,7 @@ fn a_zero_2_w_with_wifi_holds_driver_firmware_regulatory_database_and_a_config_w
     // The regulatory database, by the names cfg80211 requests (its modinfo firmware=), as the
     // package's postinst links them: Debian's signed copy.
     let cfg = work.join("cfg80211.ko");
-    std::fs::write(&cfg, read_file(&root, &work, &module("cfg80211")).unwrap()).unwrap();
+    std::fs::write(&cfg, ext4_read(&root, &work, &module("cfg80211")).unwrap()).unwrap();
     let requested = text_of(Command::new("modinfo").args(["-F", "firmware"]).arg(&cfg));
     assert_eq!(
         requested.lines().collect::<Vec<_>>(),
@@ -363,7 +294,7 @@ fn a_zero_2_w_with_wifi_holds_driver_firmware_regulatory_database_and_a_config_w
             .arg(cached_deb(&p, "wireless-regdb")),
     );
     for name in requested.lines() {
-        let data = read_file(&root, &work, &format!("/lib/firmware/{name}"))
+        let data = ext4_read(&root, &work, &format!("/lib/firmware/{name}"))
             .unwrap_or_else(|| panic!("/lib/firmware/{name} missing"));
         if name == "regulatory.db" {
             assert_eq!(data, regdb);
@@ -374,8 +305,8 @@ fn a_zero_2_w_with_wifi_holds_driver_firmware_regulatory_database_and_a_config_w
     let conf_path = "/etc/wpa_supplicant/wpa_supplicant-wlan0.conf";
     assert_eq!(mode_of(&root, conf_path) & 0o7777, 0o600);
     let conf = work.join("wpa_supplicant-wlan0.conf");
-    std::fs::write(&conf, read_file(&root, &work, conf_path).unwrap()).unwrap();
-    let node_json = read_file(&root, &work, "/etc/piimg/node.json").unwrap();
+    std::fs::write(&conf, ext4_read(&root, &work, conf_path).unwrap()).unwrap();
+    let node_json = ext4_read(&root, &work, "/etc/piimg/node.json").unwrap();
     assert!(!contains(&node_json, passphrase.as_bytes()));
     let v: serde_json::Value = serde_json::from_slice(&node_json).unwrap();
     assert_eq!(v["network"]["interface"], "wlan0");

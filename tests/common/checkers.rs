@@ -255,3 +255,75 @@ pub fn deb_unpack(deb: &Path, dir: &Path) {
         &deb_tar(deb),
     );
 }
+
+/// The target of a symlink in the ext4 image (debugfs stat's "Fast link dest"), None for others.
+pub fn ext4_readlink(fs: &Path, path: &str) -> Option<String> {
+    let st = debugfs(fs, &format!("stat \"{path}\""));
+    let rest = st.split("Fast link dest: \"").nth(1)?;
+    Some(rest.split('"').next()?.to_string())
+}
+
+/// `path` with every final symlink followed (debugfs follows those of the folders on the way).
+pub fn ext4_resolve(fs: &Path, path: &str) -> String {
+    let mut p = path.to_string();
+    for _ in 0..8 {
+        match ext4_readlink(fs, &p) {
+            Some(t) if t.starts_with('/') => p = t,
+            Some(t) => p = format!("{}/{t}", p.rsplit_once('/').unwrap().0),
+            None => return p,
+        }
+    }
+    panic!("{path}: symlink loop");
+}
+
+/// A file's bytes from the ext4 image, symlinks followed; None when it is not there.
+pub fn ext4_read(fs: &Path, dir: &Path, path: &str) -> Option<Vec<u8>> {
+    let real = ext4_resolve(fs, path);
+    let out = dir.join("dumped");
+    let _ = std::fs::remove_file(&out);
+    let said = debugfs(fs, &format!("dump \"{real}\" \"{}\"", out.display()));
+    if said.contains("File not found") {
+        return None;
+    }
+    std::fs::read(&out).ok()
+}
+
+/// Every path under `dir` in the ext4 image (recursively, debugfs ls -p).
+pub fn ext4_walk(fs: &Path, dir: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_string()];
+    while let Some(d) = todo.pop() {
+        for line in debugfs(fs, &format!("ls -p \"{d}\"")).lines() {
+            let f: Vec<&str> = line.split('/').collect();
+            if f.len() < 8 || f[1] == "0" || f[5].is_empty() || f[5] == "." || f[5] == ".." {
+                continue;
+            }
+            let p = format!("{d}/{}", f[5]);
+            if u32::from_str_radix(f[2], 8).is_ok_and(|m| m >> 12 == 0o04) {
+                todo.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A shell-style pattern with `*` only, as modinfo's firmware entries use.
+pub fn firmware_glob(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    if !name.starts_with(first) || !name[first.len()..].ends_with(last) {
+        return false;
+    }
+    let mut rest = &name[first.len()..name.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
