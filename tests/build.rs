@@ -1049,7 +1049,13 @@ fn initramfs_holds_the_stage1_modules_it_lists() {
         // phy_generic is dwc2's device-tree PHY: without it dwc2's probe waits for the kernel's
         // 10 s deferred-probe timeout and the USB network comes up that much later. (Order does
         // not matter: a deferred probe is retried whenever another driver binds.)
-        for want in ["ext4", "bcm2835", "sdhci_iproc", "phy_generic", "dwc2"] {
+        // The SD card's controller: sdhost on a Pi 3, emmc2 (sdhci-iproc) on a Pi 4.
+        let sd = match manifest(name)["node"]["board"].as_str() {
+            Some("rpi4b") => "sdhci_iproc",
+            Some("rpi3b") => "bcm2835",
+            other => panic!("{name}: board {other:?}"),
+        };
+        for want in ["ext4", sd, "phy_generic", "dwc2"] {
             assert!(
                 names.iter().any(|n| n == want),
                 "{name}: {want} not in stage 1: {list}"

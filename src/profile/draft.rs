@@ -83,7 +83,7 @@ pub(super) fn draft(m: &Merged, diags: &mut Diagnostics) -> Option<Draft> {
     let k8s = kubernetes::check(&mut ctx, &spec, role, address);
     let lb = load_balancer::check(&mut ctx, spec.load_balancer.as_ref(), role);
     let image = image::check(&mut ctx, &spec.image);
-    let netboot = netboot::check(&mut ctx, &spec.netboot, board);
+    let netboot = netboot::check(&mut ctx, &spec.netboot, board, network.wifi.is_some());
     let components = components(&ctx, &spec);
     let secrets_path = secrets_path(&mut ctx, &spec, role);
     check_agent(&mut ctx, &spec);

@@ -55,7 +55,12 @@ pub struct NetbootSettings {
 }
 
 /// The section as this profile sets it.
-pub(super) fn check(ctx: &mut Ctx, spec: &NetbootSpec, board: Board) -> NetbootSettings {
+pub(super) fn check(
+    ctx: &mut Ctx,
+    spec: &NetbootSpec,
+    board: Board,
+    wifi: bool,
+) -> NetbootSettings {
     let serial = spec.serial.as_deref().and_then(|s| serial(ctx, s));
     let mac = spec.mac.as_deref().and_then(|m| mac(ctx, m));
     let key = match (serial, mac) {
@@ -77,6 +82,15 @@ pub(super) fn check(ctx: &mut Ctx, spec: &NetbootSpec, board: Board) -> NetbootS
                     "netboot.mac"
                 },
                 "a Zero 2 W has no Ethernet port: its boot ROM cannot boot from the network",
+            ),
+            // The boot ROM and stage 1 fetch over Ethernet; the supplicant runs in stage 2.
+            _ if wifi => ctx.err(
+                if spec.serial.is_some() {
+                    "netboot.serial"
+                } else {
+                    "netboot.mac"
+                },
+                "a node on Wi-Fi cannot netboot: the boot ROM and the initramfs fetch over Ethernet, before wpa_supplicant runs",
             ),
             Board::Rpi3b | Board::Rpi3bplus if spec.mac.is_some() => ctx.err(
                 "netboot.mac",
@@ -195,5 +209,19 @@ mod tests {
         let e = netboot("rpi3b", "mac = \"dc:a6:32:01:36:c2\"").unwrap_err();
         assert!(e.contains("serial folder only"), "{e}");
         netboot("rpi3bplus", "serial = \"9ffefdef\"").unwrap();
+    }
+
+    #[test]
+    fn a_wifi_node_cannot_netboot() {
+        let text = "hostname = \"n1\"\nboard = \"rpi4b\"\nrole = \"load-balancer\"\n\
+             [network]\naddress = \"192.168.50.10/24\"\n[network.wifi]\nssid = \"lab\"\n\
+             country = \"DE\"\n[netboot]\nserial = \"9ffefdef\"\n";
+        let (d, diags) = folder(&[("n1", text)]).draft("n1");
+        assert!(d.is_none());
+        let e = errors(&diags).join("\n");
+        assert!(
+            e.starts_with("netboot.serial") && e.contains("Wi-Fi"),
+            "{e}"
+        );
     }
 }
