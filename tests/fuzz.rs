@@ -1,5 +1,5 @@
 //! Every parser of outside data fed generated and mutated inputs (proptest, stable Rust): the
-//! builder's FAT reader, partition-table reader, device-tree patcher, config.txt and bmap
+//! builder's FAT reader, partition-table reader, device-tree reader, config.txt and bmap
 //! parsers and profile loader, and the agent's node.json and kernel command line parsers. An
 //! input may be refused; none may panic or hang. Each target prints its count of inputs, crashes
 //! (a crash fails the test) and its slowest input.
@@ -237,15 +237,15 @@ fn dtb() -> Vec<u8> {
 }
 
 #[test]
-fn device_tree_patcher() {
+fn device_tree_reader() {
     let base = dtb();
     seed("device_tree", &base);
     let n = base.len();
-    fuzz("device-tree patcher", cases(1), mutations(n, 8), |m| {
+    fuzz("device-tree reader", cases(1), mutations(n, 8), |m| {
         t::device_tree(&mutate(&base, &m))
     });
     fuzz(
-        "device-tree patcher (any bytes)",
+        "device-tree reader (any bytes)",
         cases(1),
         proptest::collection::vec(any::<u8>(), 0..512),
         |d| t::device_tree(&d),

@@ -133,94 +133,19 @@ pub fn parse_config_txt_for(text: &str, board: Board) -> BootConfig {
     }
 }
 
-/// What the firmware's `disable-bt` overlay does that matters under QEMU: the Bluetooth node
-/// under the PL011 UART (serial@7e201000) becomes unavailable, so the kernel makes the UART a
-/// tty (ttyAMA0) instead of a serdev bus for Bluetooth, and console input reaches the guest.
-/// Done in place: the node's `compatible` property is renamed to `status` (its value is not
-/// "okay", which makes the node disabled). Returns whether the node was found and changed.
-pub fn apply_disable_bt(dtb: &mut [u8]) -> bool {
-    let be = |d: &[u8], at: usize| -> Option<u32> {
-        d.get(at..at + 4)
-            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    };
-    if be(dtb, 0) != Some(0xd00d_feed) {
-        return false;
-    }
-    let (Some(off_struct), Some(off_strings), Some(size_strings)) =
-        (be(dtb, 8), be(dtb, 12), be(dtb, 32))
-    else {
-        return false;
-    };
-    let (off_struct, off_strings) = (off_struct as usize, off_strings as usize);
-    let Some(strings) = dtb.get(off_strings..off_strings + size_strings as usize) else {
-        return false;
-    };
-    let string_at = |o: u32| -> &[u8] {
-        let rest = strings.get(o as usize..).unwrap_or(&[]);
-        &rest[..rest.iter().position(|&b| b == 0).unwrap_or(rest.len())]
-    };
-    // Offset of "status" in the strings block (any node with a status property put it there).
-    let mut status_off = None;
-    let mut i = 0;
-    while i < strings.len() {
-        let end = strings[i..]
-            .iter()
-            .position(|&b| b == 0)
-            .map_or(strings.len(), |e| i + e);
-        if &strings[i..end] == b"status" {
-            status_off = Some(i as u32);
-            break;
-        }
-        i = end + 1;
-    }
-    let Some(status_off) = status_off else {
-        return false;
-    };
-    let mut path: Vec<Vec<u8>> = Vec::new();
-    let mut p = off_struct;
-    let mut target = None;
-    while let Some(tok) = be(dtb, p) {
-        p += 4;
-        match tok {
-            1 => {
-                let Some(end) = dtb[p..].iter().position(|&b| b == 0) else {
-                    return false;
-                };
-                path.push(dtb[p..p + end].to_vec());
-                p = (p + end + 1 + 3) & !3;
-            }
-            2 => {
-                path.pop();
-            }
-            3 => {
-                let (Some(len), Some(nameoff)) = (be(dtb, p), be(dtb, p + 4)) else {
-                    return false;
-                };
-                let in_bt = path.len() >= 2
-                    && path[path.len() - 1] == b"bluetooth"
-                    && path[path.len() - 2].starts_with(b"serial@7e201000");
-                if in_bt {
-                    let name = string_at(nameoff);
-                    if name == b"status" {
-                        // Already has a status: leave the tree as the firmware would see it.
-                        return false;
-                    }
-                    if name == b"compatible" && target.is_none() {
-                        target = Some(p + 4);
-                    }
-                }
-                p = (p + 8 + len as usize + 3) & !3;
-            }
-            4 => {}
-            _ => break,
-        }
-    }
-    match target {
-        Some(at) => {
-            dtb[at..at + 4].copy_from_slice(&status_off.to_be_bytes());
-            true
-        }
-        None => false,
+/// What the firmware's `disable-bt` overlay does that matters under QEMU: without the
+/// Bluetooth node under the PL011 UART (serial@7e201000), the kernel makes the UART a tty
+/// (ttyAMA0) instead of a serdev bus for Bluetooth, and console input reaches the guest. A tree
+/// without that node is returned as it was.
+pub fn raspi3b_dtb(bytes: &[u8]) -> Result<Vec<u8>, crate::dtb::DtbError> {
+    let mut fdt = crate::dtb::Fdt::parse(bytes)?;
+    let (serial, bt) = super::pi4::BLUETOOTH
+        .rsplit_once('/')
+        .unwrap_or(("", super::pi4::BLUETOOTH));
+    if fdt.node_mut(serial).is_some_and(|n| n.remove_child(bt)) {
+        Ok(fdt.to_bytes())
+    } else {
+        Ok(bytes.to_vec())
     }
 }
 

@@ -63,12 +63,9 @@ impl Machine {
     }
 
     /// The board's device tree as the machine needs it.
-    pub fn prepare_dtb(self, mut bytes: Vec<u8>) -> Result<Vec<u8>, pi4::Pi4DtbError> {
+    pub fn prepare_dtb(self, bytes: Vec<u8>) -> Result<Vec<u8>, pi4::Pi4DtbError> {
         match self {
-            Machine::Raspi3b => {
-                super::apply_disable_bt(&mut bytes);
-                Ok(bytes)
-            }
+            Machine::Raspi3b => Ok(super::raspi3b_dtb(&bytes)?),
             Machine::Raspi4b => Ok(pi4::raspi4b_dtb(&bytes)?.0),
         }
     }

@@ -20,7 +20,7 @@ pub mod pi4;
 mod watch;
 
 pub use boot::{
-    apply_disable_bt, board_of, extract_boot, folder_boot, parse_config_txt, parse_config_txt_for,
+    board_of, extract_boot, folder_boot, parse_config_txt, parse_config_txt_for, raspi3b_dtb,
     read_partitions, BootConfig, BootFiles, KernelFiles, PartType, Partition,
 };
 pub use machine::Machine;

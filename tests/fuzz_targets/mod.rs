@@ -85,9 +85,13 @@ pub fn agent_partition_table(disk: &[u8]) {
     }
 }
 
+/// The device tree reader, and writing back what it read: the same tree again.
 pub fn device_tree(dtb: &[u8]) {
-    let mut d = dtb.to_vec();
-    let _ = piimg::qemu::apply_disable_bt(&mut d);
+    if let Ok(t) = piimg::dtb::Fdt::parse(dtb) {
+        let again = piimg::dtb::Fdt::parse(&t.to_bytes()).expect("piimg's own blob");
+        assert_eq!(again, t);
+    }
+    let _ = piimg::qemu::raspi3b_dtb(dtb);
 }
 
 pub fn config_txt(text: &[u8]) {
