@@ -258,37 +258,30 @@ impl Fdt {
 
     /// Every node with its absolute path, parents before children, in blob order.
     pub fn walk(&self) -> Vec<(String, &Node)> {
-        fn go<'a>(n: &'a Node, path: String, out: &mut Vec<(String, &'a Node)>) {
-            for c in &n.children {
-                let p = if path == "/" {
-                    format!("/{}", c.name)
-                } else {
-                    format!("{path}/{}", c.name)
-                };
-                out.push((p.clone(), c));
-                go(c, p, out);
-            }
-        }
-        let mut out = vec![("/".to_string(), &self.root)];
-        go(&self.root, "/".to_string(), &mut out);
-        out
+        self.walk_where(|_| true)
     }
 
     /// Paths of nodes that are enabled and whose ancestors all are: what the kernel probes.
     pub fn enabled(&self) -> Vec<(String, &Node)> {
-        fn go<'a>(n: &'a Node, path: String, out: &mut Vec<(String, &'a Node)>) {
-            for c in n.children.iter().filter(|c| c.is_enabled()) {
-                let p = if path == "/" {
-                    format!("/{}", c.name)
-                } else {
-                    format!("{path}/{}", c.name)
-                };
+        self.walk_where(Node::is_enabled)
+    }
+
+    /// The root and every node `keep` accepts, below nodes it accepted.
+    fn walk_where(&self, keep: impl Fn(&Node) -> bool) -> Vec<(String, &Node)> {
+        fn go<'a>(
+            n: &'a Node,
+            path: &str,
+            keep: &dyn Fn(&Node) -> bool,
+            out: &mut Vec<(String, &'a Node)>,
+        ) {
+            for c in n.children.iter().filter(|c| keep(c)) {
+                let p = format!("{}/{}", path.trim_end_matches('/'), c.name);
                 out.push((p.clone(), c));
-                go(c, p, out);
+                go(c, &p, keep, out);
             }
         }
         let mut out = vec![("/".to_string(), &self.root)];
-        go(&self.root, "/".to_string(), &mut out);
+        go(&self.root, "/", &keep, &mut out);
         out
     }
 }

@@ -51,14 +51,6 @@ fn build(p: &Project, profile: &str, standins: &[&str]) -> PathBuf {
     p.root().join("out").join(format!("{profile}.img"))
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A running `piimg qemu`: console lines arrive on a channel (and are echoed to the test's
 /// output); the serial port's input is our pipe to its stdin.
 struct Guest {
@@ -445,7 +437,7 @@ fn load_balancer_forwards_restarts_and_reports_status() {
     let image = build(&proj, "qemu", &[]);
     let before = sha256_file(&image);
 
-    let (front, status) = (free_port(), free_port());
+    let (front, status) = (common::free_port(), common::free_port());
     let mut g = Guest::boot(&image, &[(front, 6443), (status, 7780)]);
     g.report_ready("load balancer");
     assert!(
@@ -568,7 +560,7 @@ fn a_netbooted_load_balancer_fetches_its_root_over_http_and_forwards() {
         "\"10.0.2.2:6443\"",
         &format!("\"10.0.2.2:{backend}\""),
     );
-    let http = free_port();
+    let http = common::free_port();
     proj.replace(
         "qemu",
         "\"http://10.0.2.2:8080\"",
@@ -614,7 +606,7 @@ fn a_netbooted_load_balancer_fetches_its_root_over_http_and_forwards() {
         );
     }
 
-    let (front, status) = (free_port(), free_port());
+    let (front, status) = (common::free_port(), common::free_port());
     let mut g = Guest::start(
         fetched.path(),
         &[(front, 6443), (status, 7780)],
@@ -809,7 +801,7 @@ fn worker_runs_containerd_a_preloaded_container_and_the_join_command() {
         .to_string();
     assert!(ca_hash.starts_with("sha256:"));
 
-    let status = free_port();
+    let status = common::free_port();
     let mut g = Guest::boot(&image, &[(status, 7780)]);
     g.wait(r"piimg-agent: service containerd running", BOOT_TIMEOUT);
     g.wait(r"piimg-agent: service image-import done", BOOT_TIMEOUT);

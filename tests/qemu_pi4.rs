@@ -15,7 +15,7 @@ use common::project::{project, Project};
 
 use regex::Regex;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -168,19 +168,11 @@ fn check_dtb_edits(image: &Path, dtb_name: &str, dir: &Path) {
     );
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Boots `image` with `piimg qemu` until the agent's `ready`, asserting the stage milestones on
 /// the way, then reads the agent's status endpoint through a forward on 127.0.0.1 (the USB
 /// Ethernet path, host to guest). Returns the wall time to `ready` and the console.
 fn boot_to_ready(image: &Path, hostname: &str) -> (Duration, Vec<String>) {
-    let status = free_port();
+    let status = common::free_port();
     let mut child = Piimg::new()
         .arg("qemu")
         .arg(image)

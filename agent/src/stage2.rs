@@ -963,6 +963,17 @@ mod tests {
             .collect()
     }
 
+    /// The supervisor's services by name, in start order.
+    fn service_names(node: &Node) -> Vec<String> {
+        node.sup
+            .status_handle()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
     #[test]
     fn boot_mounts_and_grows_var_loads_modules_brings_up_network_and_supervises() {
         let cfg = load_balancer();
@@ -994,14 +1005,7 @@ mod tests {
             ])
         );
         assert!(node.net_up.load(Ordering::SeqCst));
-        let services: Vec<String> = node
-            .sup
-            .status_handle()
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|s| s.name.clone())
-            .collect();
+        let services = service_names(&node);
         assert_eq!(services, vec!["haproxy"]);
         assert!(node.watchdog.is_some());
         let read = |p: &str| std::fs::read_to_string(host.path(p)).unwrap();
@@ -1027,14 +1031,7 @@ mod tests {
         let (_t, host, fake) = rootfs(&cfg);
         put(&host.root, "/sys/class/net/wlan0/carrier", b"1\n");
         let node = setup(&host);
-        let services: Vec<String> = node
-            .sup
-            .status_handle()
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|s| s.name.clone())
-            .collect();
+        let services = service_names(&node);
         assert_eq!(services, ["wpa_supplicant", "haproxy"]);
         std::thread::sleep(Duration::from_millis(300));
         let configured = || {
@@ -1417,14 +1414,7 @@ mod tests {
         put(&host.root, GROWN_MARKER, b"grown\n");
         let lines = crate::console::capture_thread();
         let node = setup(&host);
-        let services: Vec<String> = node
-            .sup
-            .status_handle()
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|s| s.name.clone())
-            .collect();
+        let services = service_names(&node);
         assert_eq!(services, vec!["containerd", "image-import"]);
         let lines = lines.lock().unwrap().clone();
         let said: Vec<&String> = lines.iter().filter(|l| l.contains("card")).collect();
@@ -1447,14 +1437,7 @@ mod tests {
         secrets_card(&host, Some(&netbooted_worker()));
         let lines = crate::console::capture_thread();
         let node = setup(&host);
-        let services: Vec<String> = node
-            .sup
-            .status_handle()
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|s| s.name.clone())
-            .collect();
+        let services = service_names(&node);
         assert_eq!(
             services,
             vec!["containerd", "image-import", "kubeadm", "kubelet"]
