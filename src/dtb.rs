@@ -22,6 +22,8 @@ const PROP: u32 = 3;
 const NOP: u32 = 4;
 const END: u32 = 9;
 const HEADER_LEN: usize = 40;
+/// Deeper nesting is refused: real trees are under 10 levels, and every walk here recurses.
+const MAX_DEPTH: usize = 64;
 
 /// A whole device tree: the root node plus the header fields that are not layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +122,11 @@ impl Fdt {
                     at = align4(next);
                     if root.is_some() {
                         return Err(DtbError::Format("a node after the root".into()));
+                    }
+                    if stack.len() >= MAX_DEPTH {
+                        return Err(DtbError::Format(format!(
+                            "nodes nested deeper than {MAX_DEPTH}"
+                        )));
                     }
                     stack.push(Node {
                         name,
@@ -339,7 +346,7 @@ impl Node {
         }
     }
 
-    /// The device's modalias as the kernel forms it (drivers/of/device.c, of_modalias):
+    /// The device's modalias as the kernel forms it (drivers/of/module.c, of_modalias):
     /// `of:N<name>T<device_type or (null)>` then `C<compatible>` for each entry, spaces in them
     /// turned into underscores. udev loads the modules whose `alias=` patterns match it.
     pub fn modalias(&self) -> Option<String> {
@@ -459,6 +466,33 @@ mod tests {
             "of:NmmcT(null)Cbrcm,bcm2835-mmcCbrcm,bcm2835-sdhci"
         );
         assert_eq!(t.node("/soc").unwrap().modalias(), None);
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_anything_recurses() {
+        let mut n = Node::default();
+        for _ in 1..MAX_DEPTH {
+            n = Node {
+                name: "n".into(),
+                children: vec![n],
+                ..Node::default()
+            };
+        }
+        let t = Fdt {
+            root: n,
+            mem_reserve: vec![],
+            boot_cpuid: 0,
+        };
+        assert!(Fdt::parse(&t.to_bytes()).is_ok());
+        let t = Fdt {
+            root: Node {
+                children: vec![t.root],
+                ..Node::default()
+            },
+            ..t
+        };
+        let e = Fdt::parse(&t.to_bytes()).unwrap_err();
+        assert!(e.to_string().contains("deeper than 64"), "{e}");
     }
 
     #[test]

@@ -235,7 +235,7 @@ fn fdtget(dtb: &Path, node: &str, prop: &str) -> Vec<String> {
     .collect()
 }
 
-/// The modalias the kernel gives a device tree node (drivers/of/device.c, of_modalias).
+/// The modalias the kernel gives a device tree node (drivers/of/module.c, of_modalias).
 fn of_modalias(dtb: &Path, node: &str) -> String {
     let name = node.rsplit('/').next().unwrap().split('@').next().unwrap();
     let compat = fdtget(dtb, node, "compatible");
