@@ -204,7 +204,7 @@ pub enum Command {
         /// Forward a TCP port on 127.0.0.1 to the guest (repeatable)
         #[arg(long = "forward", value_name = "HOSTPORT:GUESTPORT")]
         forwards: Vec<String>,
-        /// Guest memory (default: 1G on raspi3b, its only size; 2G on raspi4b)
+        /// Guest memory: QEMU's raspi3b takes only 1G and raspi4b only 2G (the default)
         #[arg(long, value_name = "SIZE")]
         memory: Option<String>,
         /// Let the guest write to IMAGE itself, as to a real card (default: writes go to a

@@ -44,7 +44,7 @@ impl Machine {
         }
     }
 
-    /// `-m` when none is asked for: raspi3b takes only 1G; raspi4b takes 1G or 2G.
+    /// `-m`: raspi3b takes only 1G, raspi4b only 2G (QEMU 10 refuses other sizes).
     pub fn default_memory(self) -> &'static str {
         match self {
             Machine::Raspi3b => "1G",

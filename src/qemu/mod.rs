@@ -85,6 +85,12 @@ pub enum QemuError {
     BadForward(String),
     #[error("--memory {0}: expected a size such as 1G or 512M")]
     BadMemory(String),
+    #[error("--memory {given}: QEMU's {machine} emulates one board size, {only}")]
+    MachineMemory {
+        given: String,
+        machine: &'static str,
+        only: &'static str,
+    },
     #[error("writing the console: {0}")]
     Console(#[source] std::io::Error),
 }
@@ -117,14 +123,35 @@ impl std::str::FromStr for Forward {
     }
 }
 
-/// Checks a `-m` size: digits with an optional M or G suffix.
-pub fn check_memory(m: &str) -> Result<(), QemuError> {
+/// Checks a `-m` size: digits with an optional M or G suffix. Returns MiB.
+pub fn check_memory(m: &str) -> Result<u64, QemuError> {
     let digits = m.trim_end_matches(['M', 'G', 'm', 'g']);
+    let bad = || QemuError::BadMemory(m.to_string());
     if digits.is_empty()
         || !digits.bytes().all(|b| b.is_ascii_digit())
         || m.len() - digits.len() > 1
     {
-        return Err(QemuError::BadMemory(m.to_string()));
+        return Err(bad());
+    }
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let mib = if m.ends_with(['G', 'g']) {
+        n.checked_mul(1024).ok_or_else(bad)?
+    } else {
+        n
+    };
+    Ok(mib)
+}
+
+/// QEMU's raspi machines each take exactly the RAM of the board they emulate (raspi3b 1 GiB,
+/// raspi4b 2 GiB) and refuse any other `-m`: say so before starting QEMU.
+fn check_machine_memory(m: &str, machine: Machine) -> Result<(), QemuError> {
+    let only = machine.default_memory();
+    if check_memory(m)? != check_memory(only)? {
+        return Err(QemuError::MachineMemory {
+            given: m.to_string(),
+            machine: machine.name(),
+            only,
+        });
     }
     Ok(())
 }
@@ -132,7 +159,7 @@ pub fn check_memory(m: &str) -> Result<(), QemuError> {
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub image: PathBuf,
-    /// QEMU `-m` (raspi3b accepts only 1G, raspi4b 1G or 2G); None: the machine's default.
+    /// QEMU `-m` (raspi3b accepts only 1G, raspi4b only 2G); None: the machine's size.
     pub memory: Option<String>,
     pub forwards: Vec<Forward>,
     /// Stop after this long (None: run until QEMU exits or `until` matches).
@@ -321,6 +348,9 @@ pub fn run(opts: &RunOptions, console: &mut dyn Write) -> Result<Outcome, QemuEr
         }
     };
     let machine = Machine::of_dtb(&std::fs::read(&files.dtb).map_err(io(&files.dtb))?);
+    if let Some(m) = &opts.memory {
+        check_machine_memory(m, machine)?;
+    }
     let args = qemu_args(opts, machine, &files);
     let mut command = vec![qemu.display().to_string()];
     command.extend(args.iter().cloned());
@@ -558,5 +588,13 @@ mod tests {
         assert!(check_memory("1024M").is_ok());
         assert!(check_memory("1GG").is_err());
         assert!(check_memory("G").is_err());
+        assert_eq!(check_memory("2G").unwrap(), 2048);
+        assert!(check_machine_memory("2048M", Machine::Raspi4b).is_ok());
+        let e = check_machine_memory("1G", Machine::Raspi4b).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--memory 1G: QEMU's raspi4b emulates one board size, 2G"
+        );
+        assert!(check_machine_memory("2G", Machine::Raspi3b).is_err());
     }
 }
