@@ -362,7 +362,7 @@ fn config_txt_names_the_boards_device_tree() {
 }
 
 #[test]
-fn storage_nic_and_phy_drivers_are_what_kmod_resolves_and_stage_one_loads() {
+fn storage_nic_phy_and_usb_drivers_are_what_kmod_resolves_and_stage_one_loads() {
     for spec in BOARDS {
         let p = parts(spec.board);
         let dtb = dtb_of(spec);
@@ -379,6 +379,28 @@ fn storage_nic_and_phy_drivers_are_what_kmod_resolves_and_stage_one_loads() {
         }
         if let Some((id, module)) = spec.phy {
             wanted.push((format!("mdio:{id:032b}"), module));
+        }
+        // Pi 4: the USB-A ports' controller, a VIA VL805 xHCI on PCIe (class 0c0330).
+        if spec.board == "rpi4b" {
+            wanted.push((
+                "pci:v00001106d00003483sv00001106sd00003483bc0Csc03i30".into(),
+                "xhci_pci",
+            ));
+        }
+        // USB Ethernet adapters any board may carry: an RTL8153, an AX88179 (by vendor and
+        // product) and a CDC ECM device (by interface class 02/06, as QEMU's usb-net).
+        for (alias, module) in [
+            ("usb:v0BDAp8153d3000dc00dsc00dp00icFFiscFFip00in00", "r8152"),
+            (
+                "usb:v0B95p1790d0100dcFFdscFFdp00icFFiscFFip00in00",
+                "ax88179_178a",
+            ),
+            (
+                "usb:v0525pA4A2d0000dc02dsc00dp00ic02isc06ip00in00",
+                "cdc_ether",
+            ),
+        ] {
+            wanted.push((alias.into(), module));
         }
         for (alias, module) in &wanted {
             let got = kmod_resolves(p, alias);

@@ -8,8 +8,8 @@
 //! Only drivers a headless cluster node uses are kept: storage, network, USB and the hardware RNG
 //! (TLS and kubeadm's keys want entropy early). udev would also load display, sound, Bluetooth,
 //! I2C, LED and PWM drivers; a node has no use for them, and Bluetooth's UART driver would take
-//! the serial port. What the device tree cannot say is listed by hand in [`BY_HAND`] and
-//! [`PHY_IDS`], with the reason.
+//! the serial port. What the device tree cannot say is listed by hand in [`BY_HAND`],
+//! [`NODES_BY_HAND`] and [`PHY_IDS`], with the reason.
 
 use crate::components::modules::ModuleSet;
 use crate::dtb::{Fdt, Node};
@@ -46,13 +46,34 @@ pub const PHY_IDS: &[(Board, u32, &str)] = &[
     (Board::Cm4, 0x600d_84a2, "BCM54213PE on GENET's MDIO bus"),
 ];
 
-/// Modules no device tree node names, for every board.
+/// Modules no device tree node names, for every board: USB Ethernet adapters (the Zero 2 W's
+/// `network.usb_ethernet`, a second NIC) and QEMU's usb-net are not on the board. The agent loads
+/// listed modules only (it has no udev), so the common adapter chips are all here: the CDC class
+/// drivers (QEMU's usb-net, many adapters), and Realtek's and ASIX's, which claim their chips
+/// themselves (cdc_ether leaves an RTL8153 to r8152).
 pub const BY_HAND: &[(&str, &str)] = &[
-    // A USB Ethernet adapter (the Zero 2 W's `network.usb_ethernet`), and QEMU's usb-net, are
-    // not on the board, so no device tree names them; cdc_ether is the class driver most use.
     (
         "cdc_ether",
-        "USB Ethernet adapters and QEMU's usb-net (not on the board)",
+        "USB Ethernet adapters of the CDC ECM class, QEMU's usb-net",
+    ),
+    ("cdc_ncm", "USB Ethernet adapters of the CDC NCM class"),
+    ("r8152", "Realtek RTL8152/RTL8153 USB Ethernet adapters"),
+    (
+        "ax88179_178a",
+        "ASIX AX88179/AX88178A USB 3 Ethernet adapters",
+    ),
+    ("asix", "ASIX AX88772 and older USB 2 Ethernet adapters"),
+];
+
+/// Devices on a discoverable bus that a device tree node stands for, but with nothing the
+/// modules' aliases match (no `compatible`, or a PCI class match): the module by hand, and the
+/// node's suppliers as for any chosen node.
+pub const NODES_BY_HAND: &[(&str, &str, &str)] = &[
+    // xhci-pci resets the VL805 through the firmware (`resets` of this node) before it starts.
+    (
+        "/scb/pcie@7d500000/pci@0,0/usb@0,0",
+        "xhci_pci",
+        "the Pi 4's USB 3 controller (VIA VL805) behind PCIe, matched by PCI class",
     ),
 ];
 
@@ -178,6 +199,15 @@ pub fn for_board(board: Board, fdt: &Fdt, set: &ModuleSet) -> Vec<Choice> {
                     .insert(path.clone());
                 queue.push(path.as_str());
             }
+        }
+    }
+    for &(path, module, why) in NODES_BY_HAND {
+        if by_path.contains_key(path) && set.modules.contains_key(module) {
+            chosen
+                .entry(module.to_string())
+                .or_default()
+                .insert(format!("{path} (by hand: {why})"));
+            queue.push(path);
         }
     }
     let mut seen: BTreeSet<&str> = queue.iter().copied().collect();
@@ -369,6 +399,64 @@ mod tests {
             cdc.why.iter().all(|w| w.starts_with("by hand")),
             "{:?}",
             cdc.why
+        );
+    }
+
+    #[test]
+    fn a_node_by_hand_brings_its_module_and_its_suppliers() {
+        let mut set = set();
+        set.modules.extend([
+            module(
+                "xhci_pci",
+                "kernel/drivers/usb/host/xhci-pci.ko.xz",
+                &["pci:v*d*sv*sd*bc0Csc03i30*"],
+            ),
+            module(
+                "reset_raspberrypi",
+                "kernel/drivers/reset/reset-raspberrypi.ko.xz",
+                &["of:N*T*Craspberrypi,firmware-reset"],
+            ),
+        ]);
+        let ph = 9u32.to_be_bytes();
+        let resets = [9u32.to_be_bytes(), 0u32.to_be_bytes()].concat();
+        let fdt = Fdt {
+            root: node(
+                "",
+                &[],
+                vec![
+                    node(
+                        "reset",
+                        &[
+                            ("compatible", b"raspberrypi,firmware-reset\0"),
+                            ("phandle", &ph),
+                            ("#reset-cells", &1u32.to_be_bytes()),
+                        ],
+                        vec![],
+                    ),
+                    node(
+                        "scb",
+                        &[],
+                        vec![node(
+                            "pcie@7d500000",
+                            &[("compatible", b"brcm,bcm2711-pcie\0")],
+                            vec![node(
+                                "pci@0,0",
+                                &[],
+                                vec![node("usb@0,0", &[("resets", &resets)], vec![])],
+                            )],
+                        )],
+                    ),
+                ],
+            ),
+            mem_reserve: vec![],
+            boot_cpuid: 0,
+        };
+        let got = for_board(Board::Rpi4b, &fdt, &set);
+        let why = |m: &str| got.iter().find(|c| c.module == m).map(|c| c.why.clone());
+        assert!(why("xhci_pci").unwrap()[0].contains("by hand"));
+        assert_eq!(
+            why("reset_raspberrypi").unwrap(),
+            ["supplier /reset of /scb/pcie@7d500000/pci@0,0/usb@0,0"]
         );
     }
 
