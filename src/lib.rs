@@ -6,6 +6,7 @@
 
 pub mod assemble;
 pub mod bmap;
+pub mod cluster;
 pub mod components;
 pub mod compress;
 pub mod dtb;

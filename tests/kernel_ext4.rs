@@ -463,6 +463,7 @@ fn boot(kernel: &Path, dtb: &Path, initrd: &Path, sd: &Path) -> String {
             cmdline: "console=ttyAMA0,115200 rdinit=/init".into(),
         }),
         card: None,
+        lan: None,
     };
     let mut console = Vec::new();
     let o = qemu::run(&opts, &mut console)

@@ -70,6 +70,7 @@ pub fn run_qemu(args: &QemuArgs) -> Result<i32> {
         writable,
         direct: None,
         card: card.map(Path::to_path_buf),
+        lan: None,
     };
     // SIGINT/SIGTERM stop QEMU and clean up instead of killing us mid-run.
     // SAFETY: the handler only stores to an atomic.

@@ -175,6 +175,27 @@ pub struct RunOptions {
     pub direct: Option<KernelFiles>,
     /// With a netboot folder as `image`: an SD card to attach (e.g. `NAME.secrets.img`).
     pub card: Option<PathBuf>,
+    /// A port of a virtual segment instead of QEMU's user-mode network (`forwards` unused).
+    pub lan: Option<LanPort>,
+}
+
+/// The guest's NIC on a virtual segment (`piimg cluster up`): its MAC, and the loopback UDP
+/// ports it receives frames on and sends them to (the switch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LanPort {
+    pub mac: [u8; 6],
+    pub local_port: u16,
+    pub switch_port: u16,
+}
+
+impl LanPort {
+    /// `-netdev dgram` (QEMU >= 7.2): one datagram per frame, on 127.0.0.1 only.
+    fn netdev(&self) -> String {
+        format!(
+            "dgram,id=n0,local.type=inet,local.host=127.0.0.1,local.port={},remote.type=inet,remote.host=127.0.0.1,remote.port={}",
+            self.local_port, self.switch_port
+        )
+    }
 }
 
 /// Why the run ended.
@@ -270,6 +291,16 @@ pub fn qemu_args(opts: &RunOptions, machine: Machine, boot: &KernelFiles) -> Vec
     for f in &opts.forwards {
         netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", f.host, f.guest));
     }
+    // A universally administered address (the Pi's own OUI): with a locally administered one,
+    // cdc_ether names the interface usb0 instead of eth0.
+    let mut nic = "usb-net,netdev=n0,mac=b8:27:eb:00:00:01".to_string();
+    if let Some(lan) = &opts.lan {
+        netdev = lan.netdev();
+        nic = format!(
+            "usb-net,netdev=n0,mac={}",
+            crate::cluster::mac_text(&lan.mac)
+        );
+    }
     // QEMU's raspi power-management model resets the machine the moment a watchdog is armed
     // (it has no countdown), so the agent is told to leave the watchdog alone.
     let cmdline = format!("{} piimg.watchdog=0", boot.cmdline);
@@ -284,9 +315,7 @@ pub fn qemu_args(opts: &RunOptions, machine: Machine, boot: &KernelFiles) -> Vec
             "mon:stdio",
             "-usb",
             "-device",
-            // A universally administered address (the Pi's own OUI): with a locally
-            // administered one, cdc_ether names the interface usb0 instead of eth0.
-            "usb-net,netdev=n0,mac=b8:27:eb:00:00:01",
+            &nic,
             "-netdev",
             &netdev,
         ]
@@ -323,7 +352,17 @@ fn stop(child: &mut Child) -> Option<ExitStatus> {
 /// Extracts the boot files, boots the image and watches the console until `until` matches, the
 /// kernel panics, the timeout passes or QEMU exits. Console bytes go to `console` as they come;
 /// QEMU reads the caller's stdin (the serial port's input). QEMU is stopped before this returns.
-pub fn run(opts: &RunOptions, console: &mut dyn Write) -> Result<Outcome, QemuError> {
+/// What starting QEMU for `opts` takes: the binary, its arguments (boot files extracted into
+/// `tmp`, which must outlive QEMU), the machine and the overlays config.txt asks for in vain.
+pub struct Prepared {
+    pub qemu: PathBuf,
+    pub args: Vec<String>,
+    pub machine: Machine,
+    pub ignored_overlays: Vec<String>,
+}
+
+/// Checks `opts`, reads the boot files as the firmware would and builds QEMU's command line.
+pub fn prepare(opts: &RunOptions, tmp: &Path) -> Result<Prepared, QemuError> {
     let qemu = match &opts.qemu {
         Some(q) => q.clone(),
         None => find_in_path(QEMU_BINARY).ok_or(QemuError::QemuMissing)?,
@@ -335,15 +374,11 @@ pub fn run(opts: &RunOptions, console: &mut dyn Write) -> Result<Outcome, QemuEr
     if let Some(sd) = sd_card(opts) {
         check_image_size(sd)?;
     }
-    let tmp = tempfile::Builder::new()
-        .prefix("piimg-qemu-")
-        .tempdir()
-        .map_err(io(Path::new("temporary folder")))?;
     let (files, ignored_overlays) = match &opts.direct {
         Some(k) => (k.clone(), Vec::new()),
-        None if netboot => (folder_boot(&opts.image, tmp.path())?, Vec::new()),
+        None if netboot => (folder_boot(&opts.image, tmp)?, Vec::new()),
         None => {
-            let b = extract_boot(&opts.image, tmp.path())?;
+            let b = extract_boot(&opts.image, tmp)?;
             (b.kernel_files(), b.ignored_overlays)
         }
     };
@@ -352,6 +387,25 @@ pub fn run(opts: &RunOptions, console: &mut dyn Write) -> Result<Outcome, QemuEr
         check_machine_memory(m, machine)?;
     }
     let args = qemu_args(opts, machine, &files);
+    Ok(Prepared {
+        qemu,
+        args,
+        machine,
+        ignored_overlays,
+    })
+}
+
+pub fn run(opts: &RunOptions, console: &mut dyn Write) -> Result<Outcome, QemuError> {
+    let tmp = tempfile::Builder::new()
+        .prefix("piimg-qemu-")
+        .tempdir()
+        .map_err(io(Path::new("temporary folder")))?;
+    let Prepared {
+        qemu,
+        args,
+        machine,
+        ignored_overlays,
+    } = prepare(opts, tmp.path())?;
     let mut command = vec![qemu.display().to_string()];
     command.extend(args.iter().cloned());
 
@@ -417,11 +471,20 @@ fn check_image_size(image: &Path) -> Result<(), QemuError> {
 
 /// Starts QEMU with piped output; it must not outlive us, whatever kills us.
 fn spawn(qemu: &Path, args: &[String]) -> Result<Child, QemuError> {
+    spawn_with(qemu, args, Stdio::inherit(), Stdio::piped(), Stdio::piped())
+}
+
+/// Starts QEMU with the given standard streams; it gets SIGTERM when the thread that started
+/// it ends, whatever ends it.
+pub fn spawn_with(
+    qemu: &Path,
+    args: &[String],
+    stdin: Stdio,
+    stdout: Stdio,
+    stderr: Stdio,
+) -> Result<Child, QemuError> {
     let mut cmd = Command::new(qemu);
-    cmd.args(args)
-        .stdin(Stdio::inherit())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(args).stdin(stdin).stdout(stdout).stderr(stderr);
     // SAFETY: prctl is async-signal-safe; called between fork and exec.
     unsafe {
         use std::os::unix::process::CommandExt;
