@@ -1,6 +1,7 @@
 //! The command line: clap definitions and thin glue over the library. Only this layer prints.
 
 mod build;
+mod cluster;
 mod fetch;
 mod flash;
 pub mod fs;
@@ -258,6 +259,11 @@ pub enum Command {
         #[arg(long, default_value_t = 8080, value_name = "N")]
         http_port: u16,
     },
+    /// Boot a whole cluster in QEMU on one virtual LAN (`up`), and stop it (`down`)
+    Cluster {
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
+    },
     /// Netboot trees written by `piimg build --netboot`
     Netboot {
         #[command(subcommand)]
@@ -433,6 +439,9 @@ pub fn run(cli: Cli) -> Result<i32> {
             proxy_dhcp.as_deref(),
             cli.quiet,
         ),
+        Command::Cluster { ref command } => {
+            cluster::run(command, &cli.profiles, cli.quiet, cli.verbose)
+        }
         Command::Netboot {
             command:
                 NetbootCommand::Check {

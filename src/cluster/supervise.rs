@@ -62,7 +62,7 @@ fn free_udp_port() -> Result<u16, SuperviseError> {
 
 /// Runs the cluster of `plan` from `dir` (out/cluster/NAME) until `stop` is set; then stops
 /// every QEMU and removes the state file.
-pub fn supervise(plan: &Plan, dir: &Path, stop: &Arc<AtomicBool>) -> Result<(), SuperviseError> {
+pub fn supervise(plan: &Plan, dir: &Path, stop: &AtomicBool) -> Result<(), SuperviseError> {
     let mut forwards = Vec::new();
     for f in &plan.forwards {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, f.host_port)).map_err(|source| {
