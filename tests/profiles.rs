@@ -17,8 +17,16 @@ fn shipped() -> Project {
 /// Only the six-node home cluster (the QEMU profiles removed).
 fn home_only() -> Project {
     let p = shipped();
-    p.remove("qemu");
-    p.remove("qemu-worker");
+    for n in [
+        "qemu",
+        "qemu-worker",
+        "qemu-ha",
+        "qemu-ha-lb1",
+        "qemu-ha-w1",
+        "qemu-ha-w2",
+    ] {
+        p.remove(n);
+    }
     p
 }
 

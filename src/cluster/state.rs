@@ -189,7 +189,7 @@ mod tests {
 
     #[test]
     fn a_stopped_process_is_gone_and_a_reused_pid_is_not_ours() {
-        let child = std::process::Command::new("sleep")
+        let mut child = std::process::Command::new("sleep")
             .arg("60")
             .spawn()
             .unwrap();
@@ -202,6 +202,8 @@ mod tests {
         assert!(!other.alive(), "another start time is another process");
         assert!(p.stop(Duration::from_secs(5)));
         assert!(!p.alive());
+        // Already reaped by `stop`: nothing is left to wait for.
+        assert!(child.try_wait().is_err());
         assert!(start_time(p.pid).is_none());
     }
 

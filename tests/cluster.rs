@@ -1,0 +1,249 @@
+//! `piimg cluster up` end to end: the shipped `qemu-ha` cluster (a load balancer and two
+//! workers) built and booted in three raspi3b QEMUs on one virtual LAN over loopback, checked
+//! from the outside: the agents' status endpoints through `--forward` (the host's station
+//! splicing into the segment), the agents' own word that they set their clocks from the
+//! station's SNTP, HAProxy's health checks from one node to the others, and no QEMU left after
+//! `cluster down`.
+//!
+//! Needs Debian's archive for the first build on a machine (packages are cached in
+//! target/tmp/piimg-test-cache) and qemu-system-aarch64 >= 7.2 (`-netdev dgram`).
+
+mod common;
+use common::project::{project, Project};
+use common::KUBE_STANDINS;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const NODES: [(&str, &str); 3] = [
+    ("qemu-ha-lb1", "10.77.0.10"),
+    ("qemu-ha-w1", "10.77.0.21"),
+    ("qemu-ha-w2", "10.77.0.22"),
+];
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs `cluster down` when dropped, so that a failed assertion leaves no QEMU behind.
+struct Down<'a>(&'a Project);
+
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .piimg()
+            .args(["cluster", "down", "--cluster", "qemu-ha"])
+            .run();
+    }
+}
+
+/// QEMU processes whose command line names a file under `root` (other QEMUs on the machine
+/// are not ours to count).
+fn qemus_under(root: &Path) -> Vec<i32> {
+    let root = root.to_string_lossy().into_owned();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains("qemu-system-aarch64") && cmdline.contains(&root) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: piimg\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// The agent's /status through a forward, parsed.
+fn status(port: u16) -> serde_json::Value {
+    let resp = http_get(port, "/status");
+    let (head, body) = resp.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "status endpoint: {head}");
+    serde_json::from_str(body).unwrap()
+}
+
+fn log(dir: &Path, node: &str) -> String {
+    String::from_utf8_lossy(&std::fs::read(dir.join(format!("{node}.log"))).unwrap()).into_owned()
+}
+
+/// Waits for a console line of `node` containing all of `needles`; returns it.
+fn wait_line(dir: &Path, node: &str, needles: &[&str], within: Duration) -> String {
+    let until = Instant::now() + within;
+    loop {
+        let text = log(dir, node);
+        if let Some(l) = text.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
+            return l.trim_end().to_string();
+        }
+        assert!(
+            Instant::now() < until,
+            "{node}: no console line with {needles:?}; the log ends:\n{}",
+            text.lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn a_cluster_boots_on_one_virtual_lan_gets_its_time_there_and_goes_down_without_a_trace() {
+    let proj = project()
+        .only(&["qemu-ha", "qemu-ha-lb1", "qemu-ha-w1", "qemu-ha-w2"])
+        .lock()
+        .overlays()
+        .create_temp("piimg-cluster-");
+    // The load balancer health-checks w1's status endpoint (a node that answers, though not
+    // with TLS) and an address no node has: HAProxy tells the two apart only if lb1 reaches w1.
+    proj.replace(
+        "qemu-ha-lb1",
+        "backends = [\"10.77.0.11:6443\", \"10.77.0.12:6443\", \"10.77.0.13:6443\"]",
+        "backends = [\"10.77.0.21:7780\", \"10.77.0.99:7780\"]",
+    );
+    let ports: Vec<u16> = NODES.iter().map(|_| free_port()).collect();
+    let mut up = proj.piimg_cached().args([
+        "cluster",
+        "up",
+        "--cluster",
+        "qemu-ha",
+        "--until",
+        "ready",
+        "--timeout",
+        "400",
+    ]);
+    for ((node, _), port) in NODES.iter().zip(&ports) {
+        up = up.arg("--forward").arg(format!("{port}:{node}:7780"));
+    }
+    let _down = Down(&proj);
+    let t = Instant::now();
+    let run = up.standins(&KUBE_STANDINS).run();
+    let wall = t.elapsed();
+    eprintln!("{}", run.combined());
+    run.assert_ok();
+    eprintln!(
+        "cluster up (build and boot) took {:.1} s",
+        wall.as_secs_f64()
+    );
+    let dir: PathBuf = proj.root().join("out/cluster/qemu-ha");
+    assert_eq!(qemus_under(proj.root()).len(), 3, "one QEMU per node");
+
+    let host_now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    for ((node, address), port) in NODES.iter().zip(&ports) {
+        // host -> 127.0.0.1:port -> the host's station -> the segment -> the node's agent.
+        let v = status(*port);
+        assert_eq!(v["hostname"], *node, "{v}");
+        assert_eq!(v["addresses"][0], format!("{address}/24"), "{v}");
+        // Every node set its clock from the station, to the host's time (the image's clock
+        // starts at its build time, months earlier).
+        let line = wait_line(
+            &dir,
+            node,
+            &["piimg-agent: clock synced from 10.77.0.1: "],
+            Duration::from_secs(5),
+        );
+        let synced: i64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(
+            (synced - host_now).abs() < 600,
+            "{node}: synced to {synced}, host {host_now}"
+        );
+    }
+    // The workers' kubeadm ran: it waits for the synced clock.
+    for (node, _) in &NODES[1..] {
+        wait_line(
+            &dir,
+            node,
+            &["[kubeadm] piimg-test-standin kubeadm: argv: join"],
+            Duration::from_secs(5),
+        );
+    }
+    // Node to node: HAProxy on lb1 got a TCP connection to w1 (its TLS check then fails on
+    // the plain-HTTP answer: layer 6), and none to the absent address (layer 4).
+    let w1 = wait_line(
+        &dir,
+        "qemu-ha-lb1",
+        &["Server kube-apiservers/backend1 is DOWN, reason: "],
+        Duration::from_secs(60),
+    );
+    assert!(w1.contains("reason: Layer6"), "{w1}");
+    let absent = wait_line(
+        &dir,
+        "qemu-ha-lb1",
+        &["Server kube-apiservers/backend2 is DOWN, reason: "],
+        Duration::from_secs(60),
+    );
+    assert!(absent.contains("reason: Layer4"), "{absent}");
+
+    let down = proj
+        .piimg()
+        .args(["cluster", "down", "--cluster", "qemu-ha"])
+        .run();
+    down.assert_ok();
+    assert!(
+        down.combined().contains("stopped (3 QEMU processes)"),
+        "{}",
+        down.combined()
+    );
+    assert_eq!(
+        qemus_under(proj.root()),
+        Vec::<i32>::new(),
+        "QEMU left behind"
+    );
+    assert!(!dir.join("state.json").exists());
+    // A second `down` finds nothing to stop.
+    let again = proj
+        .piimg()
+        .args(["cluster", "down", "--cluster", "qemu-ha"])
+        .run();
+    again.assert_ok();
+    assert!(
+        again.combined().contains("is not up"),
+        "{}",
+        again.combined()
+    );
+}
+
+#[test]
+fn a_pi4_node_is_refused_before_anything_is_built() {
+    let proj = project()
+        .only(&["qemu-ha", "qemu-ha-lb1", "qemu-ha-w1"])
+        .create_temp("piimg-cluster-pi4-");
+    proj.replace("qemu-ha-w1", "board = \"rpi3b\"", "board = \"rpi4b\"");
+    let run = proj
+        .piimg()
+        .args(["cluster", "up", "--cluster", "qemu-ha"])
+        .run();
+    run.assert_code(1);
+    assert!(
+        run.combined()
+            .contains("qemu-ha-w1 is a rpi4b: QEMU's raspi4b machine emulates no Ethernet"),
+        "{}",
+        run.combined()
+    );
+    assert!(!proj.root().join("out").exists(), "nothing is built");
+}
