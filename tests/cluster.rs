@@ -205,7 +205,8 @@ fn a_cluster_boots_on_one_virtual_lan_gets_its_time_there_and_goes_down_without_
         .run();
     down.assert_ok();
     assert!(
-        down.combined().contains("stopped (3 QEMU processes)"),
+        down.combined()
+            .contains("stopped (3 QEMU processes were running)"),
         "{}",
         down.combined()
     );

@@ -46,8 +46,10 @@ pub enum ClusterCommand {
     },
     /// Stop every QEMU process `cluster up` started for the cluster
     Down {
+        /// The cluster
         #[arg(long, value_name = "NAME")]
         cluster: String,
+        /// The output folder `cluster up` was given
         #[arg(long, default_value = "out", value_name = "DIR")]
         out: PathBuf,
     },
@@ -105,7 +107,9 @@ pub fn run(cmd: &ClusterCommand, profiles: &Path, quiet: bool, verbose: u8) -> R
             if !quiet {
                 match n {
                     None => eprintln!("piimg: cluster {cluster} is not up"),
-                    Some(n) => eprintln!("piimg: cluster {cluster} stopped ({n} QEMU processes)"),
+                    Some(n) => eprintln!(
+                        "piimg: cluster {cluster} stopped ({n} QEMU processes were running)"
+                    ),
                 }
             }
             Ok(0)
@@ -396,13 +400,14 @@ fn down(dir: &Path) -> Result<Option<usize>> {
 }
 
 /// The supervisor first (it stops its QEMUs), then any QEMU still there (the supervisor was
-/// killed before it could). Returns how many QEMUs there were.
+/// killed before it could). Returns how many QEMUs were running.
 fn stop_state(st: &State) -> usize {
+    let running = st.nodes.iter().filter(|n| n.proc.alive()).count();
     st.supervisor.stop(Duration::from_secs(20));
     for n in &st.nodes {
         n.proc.stop(Duration::from_secs(5));
     }
-    st.nodes.len()
+    running
 }
 
 /// `piimg cluster supervise`: runs until SIGTERM (or SIGINT).
