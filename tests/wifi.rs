@@ -7,8 +7,10 @@
 //! What wpa_supplicant can show here: the host kernel has no mac80211_hwsim (no radio to
 //! associate with), so it runs exactly as the agent runs it (`-i wlan0 -D nl80211 -c FILE`) in a
 //! network namespace the test creates, where no wlan0 exists. wpa_supplicant reads and checks the
-//! whole configuration (and derives the PSK from passphrase and SSID) before it opens the driver:
-//! the test asserts it got that far, and that a broken copy of the same file stops at the parse.
+//! whole configuration (SSID and PSK, which it shows with `-K`) before it opens the driver: the
+//! test asserts it got that far, that the PSK is the one Debian's `wpa_passphrase` derives from
+//! SSID and passphrase, and that a broken copy of the same file stops at the parse. SSID and
+//! passphrase hold the characters wpa_supplicant's quoting cannot carry (`"`, `#`, `\`, non-ASCII).
 
 mod common;
 use common::checkers::{
@@ -23,7 +25,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const EPOCH: &str = "1767225600";
-const SSID: &str = "piimg lab";
+/// A `"` and a non-ASCII letter: written as hex, and the PSK's salt is its UTF-8 bytes.
+const SSID: &str = "piimg \"lab\" café";
 /// The chip of the Zero 2 W (CYW43438: BCM43430 rev 1) in brcmfmac's SDIO firmware table, and
 /// the one whose firmware Debian's firmware-brcm80211 lacks (CYW43436: 43430 rev 4, "b0").
 const CHIP: &str = "brcm/brcmfmac43430-sdio";
@@ -40,7 +43,7 @@ address = "192.168.60.20/24"
 gateway = "192.168.60.1"
 
 [network.wifi]
-ssid = "piimg lab"
+ssid = "piimg \"lab\" café"
 country = "DE"
 
 [load_balancer]
@@ -58,13 +61,28 @@ fn piimg(p: &Project, args: &[&str]) -> Run {
         .run()
 }
 
-/// A passphrase no earlier run left anywhere.
+/// A passphrase no earlier run left anywhere, with what wpa_supplicant's quoted strings cannot
+/// hold (`"`, `#`) and what shells and TOML escape (`\`, `'`, spaces).
 fn fresh_passphrase() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos();
-    format!("wifi-{}-{nanos:x}", std::process::id())
+    format!("wi\"fi #{} \\ it's {nanos:x}", std::process::id())
+}
+
+/// A string as a TOML basic string.
+fn toml_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// The PSK Debian's `wpa_passphrase SSID PASSPHRASE` derives, as 64 hex digits.
+fn wpa_passphrase(ssid: &str, passphrase: &str) -> String {
+    let out = text_of(Command::new("wpa_passphrase").arg(ssid).arg(passphrase));
+    out.lines()
+        .find_map(|l| l.strip_prefix("\tpsk="))
+        .unwrap_or_else(|| panic!("no psk= in:\n{out}"))
+        .to_string()
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -110,6 +128,7 @@ fn wpa_supplicant(conf: &Path) -> (Option<i32>, String) {
                 "-D",
                 "nl80211",
                 "-dd",
+                "-K",
                 "-c",
             ])
             .arg(conf),
@@ -130,16 +149,21 @@ fn a_zero_2_w_with_wifi_holds_driver_firmware_regulatory_database_and_a_config_w
     assert!(
         check
             .stderr
-            .contains("network.wifi.ssid: no passphrase for `piimg lab`"),
+            .contains(&format!("network.wifi.ssid: no passphrase for `{SSID}`")),
         "{}",
         check.text()
     );
     let passphrase = fresh_passphrase();
+    assert!((8..=63).contains(&passphrase.len()), "{passphrase}");
     let secrets = p.secrets("air");
     let text = std::fs::read_to_string(&secrets).unwrap();
     std::fs::write(
         &secrets,
-        format!("{text}\n[wifi]\n\"{SSID}\" = \"{passphrase}\"\n"),
+        format!(
+            "{text}\n[wifi]\n{} = {}\n",
+            toml_string(SSID),
+            toml_string(&passphrase)
+        ),
     )
     .unwrap();
     let check = piimg(&p, &["check"]);
@@ -164,6 +188,15 @@ fn a_zero_2_w_with_wifi_holds_driver_firmware_regulatory_database_and_a_config_w
         "the Zero 2 W firmware Debian lacks is named:\n{}",
         build.text()
     );
+
+    // Never the passphrase in anything the build wrote, the image's free blocks included.
+    let found = tool(
+        Command::new("grep")
+            .args(["-r", "-F", "-a", "-l", "-e"])
+            .arg(&passphrase)
+            .arg(&out),
+    );
+    assert_eq!(found.status.code(), Some(1), "{}", found.text());
 
     // The partitions, as sfdisk reads them.
     let img = out.join("zero.img");
@@ -301,11 +334,21 @@ fn a_zero_2_w_with_wifi_holds_driver_firmware_regulatory_database_and_a_config_w
         }
     }
 
-    // The supplicant's configuration: 0600, the passphrase only there.
+    // The supplicant's configuration: 0600, the PSK Debian's wpa_passphrase derives.
     let conf_path = "/etc/wpa_supplicant/wpa_supplicant-wlan0.conf";
     assert_eq!(mode_of(&root, conf_path) & 0o7777, 0o600);
     let conf = work.join("wpa_supplicant-wlan0.conf");
     std::fs::write(&conf, ext4_read(&root, &work, conf_path).unwrap()).unwrap();
+    let conf_text = std::fs::read_to_string(&conf).unwrap();
+    let psk = wpa_passphrase(SSID, &passphrase);
+    assert!(
+        conf_text.contains(&format!("\tkey_mgmt=WPA-PSK\n\tpsk={psk}\n")),
+        "{conf_text}"
+    );
+    assert!(
+        conf_text.contains(&format!("\tssid={}\n", hex(SSID.as_bytes()))),
+        "{conf_text}"
+    );
     let node_json = ext4_read(&root, &work, "/etc/piimg/node.json").unwrap();
     assert!(!contains(&node_json, passphrase.as_bytes()));
     let v: serde_json::Value = serde_json::from_slice(&node_json).unwrap();
@@ -314,17 +357,18 @@ fn a_zero_2_w_with_wifi_holds_driver_firmware_regulatory_database_and_a_config_w
     let manifest = std::fs::read(out.join("zero.manifest.json")).unwrap();
     assert!(!contains(&manifest, passphrase.as_bytes()));
 
-    // Debian's wpa_supplicant reads it whole: country, the network, the PSK it derives from the
-    // passphrase; it stops only where it opens the driver.
+    // Debian's wpa_supplicant reads it whole: country, the network's SSID (printf-escaped in its
+    // log) and PSK; it stops only where it opens the driver.
     let (code, said) = wpa_supplicant(&conf);
     assert_ne!(code, Some(0), "{said}");
+    let spaced: Vec<String> = (0..32).map(|i| psk[2 * i..2 * i + 2].to_string()).collect();
     for expected in [
-        "Reading configuration file",
-        "country='DE'",
-        "PSK (from passphrase) - hexdump(len=32)",
-        "id=0 ssid='piimg lab'",
+        "Reading configuration file".to_string(),
+        "country='DE'".to_string(),
+        format!("PSK - hexdump(len=32): {}", spaced.join(" ")),
+        r#"id=0 ssid='piimg \"lab\" caf\xc3\xa9'"#.to_string(),
     ] {
-        assert!(said.contains(expected), "`{expected}` missing:\n{said}");
+        assert!(said.contains(&expected), "`{expected}` missing:\n{said}");
     }
     assert!(
         !said.contains("Failed to read or parse configuration"),
@@ -348,10 +392,15 @@ fn a_zero_2_w_with_wifi_holds_driver_firmware_regulatory_database_and_a_config_w
     );
     assert!(!said.contains("Priority group"), "{said}");
     eprintln!(
-        "wifi: hwsim: {}; ran `unshare --net wpa_supplicant -i wlan0 -D nl80211 -dd -c {}`",
+        "wifi: hwsim: {}; ran `unshare --net wpa_supplicant -K -i wlan0 -D nl80211 -dd -c {}`",
         hwsim_status(),
         conf.display()
     );
+}
+
+/// Lowercase hex of `b`.
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Whether this kernel offers mac80211_hwsim (said in the test's output: it decides how far the

@@ -163,11 +163,10 @@ pub const REGDB_LINKS: &[(&str, &str)] = &[
 pub fn wpa_supplicant_conf(wifi: &Wifi, passphrase: Option<&str>) -> String {
     let mut network = format!("\tssid={}\n\tscan_ssid=1\n", ssid_value(&wifi.ssid));
     match passphrase {
-        // 64 hex digits are the PSK itself, which wpa_supplicant takes unquoted.
-        Some(p) if p.len() == 64 && p.bytes().all(|c| c.is_ascii_hexdigit()) => {
-            network.push_str(&format!("\tkey_mgmt=WPA-PSK\n\tpsk={p}\n"))
-        }
-        Some(p) => network.push_str(&format!("\tkey_mgmt=WPA-PSK\n\tpsk=\"{p}\"\n")),
+        Some(p) => network.push_str(&format!(
+            "\tkey_mgmt=WPA-PSK\n\tpsk={}\n",
+            wpa_psk(&wifi.ssid, p)
+        )),
         None => network.push_str("\tkey_mgmt=NONE\n"),
     }
     format!(
@@ -175,6 +174,30 @@ pub fn wpa_supplicant_conf(wifi: &Wifi, passphrase: Option<&str>) -> String {
          ctrl_interface=DIR={WPA_CTRL_DIR}\ncountry={}\nnetwork={{\n{network}}}\n",
         wifi.country
     )
+}
+
+/// The 256-bit PSK as 64 lowercase hex digits, what wpa_supplicant takes unquoted: 64 hex digits
+/// are the PSK already; a passphrase becomes PBKDF2-HMAC-SHA1(passphrase, SSID, 4096, 32 bytes)
+/// (IEEE 802.11i H.4, what `wpa_passphrase` prints). A quoted passphrase would have to survive
+/// wpa_supplicant's quoting, which has no escapes (`"` and `#` in it cut it short), and would
+/// put the passphrase itself on the card.
+pub fn wpa_psk(ssid: &str, passphrase: &str) -> String {
+    if passphrase.len() == 64 && passphrase.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return passphrase.to_ascii_lowercase();
+    }
+    const ROUNDS: std::num::NonZeroU32 = match std::num::NonZeroU32::new(4096) {
+        Some(n) => n,
+        None => unreachable!(),
+    };
+    let mut psk = [0u8; 32];
+    ring::pbkdf2::derive(
+        ring::pbkdf2::PBKDF2_HMAC_SHA1,
+        ROUNDS,
+        ssid.as_bytes(),
+        passphrase.as_bytes(),
+        &mut psk,
+    );
+    hex::encode(psk)
 }
 
 /// A printable SSID quoted as written, any other as the hex of its bytes (which wpa_supplicant
@@ -212,19 +235,35 @@ mod tests {
     fn the_supplicant_config_is_wpa_psk_with_a_passphrase_and_open_without() {
         let psk = wpa_supplicant_conf(&wifi(), Some("correct horse"));
         assert!(psk.contains("ctrl_interface=DIR=/run/wpa_supplicant\ncountry=DE\n"));
-        assert!(psk.contains(
-            "\tssid=\"lab\"\n\tscan_ssid=1\n\tkey_mgmt=WPA-PSK\n\tpsk=\"correct horse\"\n}\n"
-        ));
+        assert!(psk.contains(&format!(
+            "\tssid=\"lab\"\n\tscan_ssid=1\n\tkey_mgmt=WPA-PSK\n\tpsk={}\n}}\n",
+            wpa_psk("lab", "correct horse")
+        )));
+        assert!(!psk.contains("correct horse"));
         let open = wpa_supplicant_conf(&wifi(), None);
         assert!(open.contains("\tkey_mgmt=NONE\n}") && !open.contains("psk"));
-        let raw = "ab".repeat(32);
-        assert!(wpa_supplicant_conf(&wifi(), Some(&raw)).contains(&format!("\tpsk={raw}\n")));
+        let raw = "aB".repeat(32);
+        assert!(wpa_supplicant_conf(&wifi(), Some(&raw))
+            .contains(&format!("\tpsk={}\n", "ab".repeat(32))));
         let odd = Wifi {
             ssid: "caf\u{e9} \"x\"".into(),
             country: "FR".into(),
         };
         assert!(wpa_supplicant_conf(&odd, None)
             .contains(&format!("\tssid={}\n", hex::encode(odd.ssid.as_bytes()))));
+    }
+
+    #[test]
+    fn a_passphrase_becomes_the_psk_of_ieee_802_11i() {
+        // IEEE 802.11i-2004 H.4.2's test vectors.
+        assert_eq!(
+            wpa_psk("IEEE", "password"),
+            "f42c6fc52df0ebef9ebb4b90b38a5f902e83fe1b135a70e23aed762e9710a12e"
+        );
+        assert_eq!(
+            wpa_psk("ThisIsASSID", "ThisIsAPassword"),
+            "0dc0d6eb90555ed6419756b9a15ec3e3209b63df707dd508d14581f8982721af"
+        );
     }
 
     #[test]
