@@ -300,17 +300,6 @@ impl ClusterSecrets {
                 format!("cannot read secrets file: {e}"),
             )]
         })?;
-        let at = |field: &str| -> Location {
-            let line = text
-                .lines()
-                .position(|l| l.trim_start().starts_with(field))
-                .map(|i| i + 1);
-            Location {
-                file: path.to_path_buf(),
-                line,
-                col: line.map(|_| 1),
-            }
-        };
         let s: ClusterSecrets = toml::from_str(&text).map_err(|e| {
             // Never echo the parser's excerpt: it could contain a secret.
             let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1);
@@ -324,31 +313,46 @@ impl ClusterSecrets {
                 format!("invalid secrets file: {}", e.message()),
             )]
         })?;
+        // The parser's key positions: a field is found by its key, not by a line that happens
+        // to start like it (`ca` and `ca_cert`, `[wifi] token` and `token`, escaped SSIDs).
+        let doc = toml_edit::ImDocument::parse(text.as_str()).ok();
+        let at = |key: &[&str]| -> Location {
+            let (line, col) = doc
+                .as_ref()
+                .and_then(|d| key_offset(d, key))
+                .map(|o| line_col(&text, o))
+                .unzip();
+            Location {
+                file: path.to_path_buf(),
+                line,
+                col,
+            }
+        };
         let mut errs = Vec::new();
         if !valid_token(&s.token) {
             errs.push(Diagnostic::error(
-                at("token"),
+                at(&["token"]),
                 "token",
                 "not a kubeadm bootstrap token (expected [a-z0-9]{6}.[a-z0-9]{16})",
             ));
         }
         if !valid_certificate_key(&s.certificate_key) {
             errs.push(Diagnostic::error(
-                at("certificate_key"),
+                at(&["certificate_key"]),
                 "certificate_key",
                 "expected 64 lowercase hex digits",
             ));
         }
         if let Err(e) = s.ca_cert_hash() {
             errs.push(Diagnostic::error(
-                at("ca_key"),
+                at(&["ca_key"]),
                 "ca_key",
                 format!("not a usable private key: {e}"),
             ));
         }
         if !s.ca_cert.contains("-----BEGIN CERTIFICATE-----") {
             errs.push(Diagnostic::error(
-                at("ca_cert"),
+                at(&["ca_cert"]),
                 "ca_cert",
                 "expected a PEM certificate",
             ));
@@ -360,20 +364,8 @@ impl ClusterSecrets {
             .map(|(k, _)| k)
         {
             // The SSID names the entry; the passphrase is never echoed.
-            let line = text
-                .lines()
-                .position(|l| {
-                    l.trim_start()
-                        .trim_start_matches('"')
-                        .starts_with(ssid.as_str())
-                })
-                .map(|i| i + 1);
             errs.push(Diagnostic::error(
-                Location {
-                    file: path.to_path_buf(),
-                    line,
-                    col: line.map(|_| 1),
-                },
+                at(&["wifi", ssid]),
                 &format!("wifi.{ssid}"),
                 "a WPA passphrase is 8 to 63 printable ASCII characters (or the PSK as 64 hex digits)",
             ));
@@ -439,6 +431,25 @@ impl ClusterSecrets {
     }
 }
 
+/// Where the key at `path` (`["wifi", "lab"]`) starts in the parsed text.
+fn key_offset(doc: &toml_edit::ImDocument<&str>, path: &[&str]) -> Option<usize> {
+    let (last, parents) = path.split_last()?;
+    let mut table: &dyn toml_edit::TableLike = doc.as_table();
+    for p in parents {
+        table = table.get(p)?.as_table_like()?;
+    }
+    Some(table.get_key_value(last)?.0.span()?.start)
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1);
+    (before.matches('\n').count() + 1, col + 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -480,6 +491,36 @@ mod tests {
         assert_eq!(
             ClusterSecrets::load(&p).unwrap().wifi["lab net"],
             "long enough"
+        );
+    }
+
+    #[test]
+    fn a_bad_passphrase_is_reported_at_its_own_wifi_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.toml");
+        ClusterSecrets::generate(1_760_000_000)
+            .unwrap()
+            .save_new(&p)
+            .unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        let wifi = text.lines().count() + 1;
+        // SSIDs named like the fields above [wifi], and one written with TOML escapes.
+        let added =
+            "[wifi]\ntoken = \"tiny\"\nca = \"short\"\n\"lab \\\"x\\\" \\\\ caf\\u00e9\" = \"x\"\n";
+        std::fs::write(&p, format!("{text}{added}")).unwrap();
+        let mut errs = ClusterSecrets::load(&p).unwrap_err();
+        errs.sort_by(|a, b| a.field.cmp(&b.field));
+        let got: Vec<(&str, Option<usize>, Option<usize>)> = errs
+            .iter()
+            .map(|e| (e.field.as_str(), e.location.line, e.location.col))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("wifi.ca", Some(wifi + 2), Some(1)),
+                ("wifi.lab \"x\" \\ caf\u{e9}", Some(wifi + 3), Some(1)),
+                ("wifi.token", Some(wifi + 1), Some(1)),
+            ]
         );
     }
 
