@@ -72,6 +72,7 @@ pub(super) fn draft(m: &Merged, diags: &mut Diagnostics) -> Option<Draft> {
         diags,
         origins: &m.origins,
         path: &m.path,
+        chain: &m.chain,
     };
     let before = ctx.diags.errors().count();
     let cluster = spec

@@ -12,6 +12,8 @@ pub(super) struct Ctx<'a> {
     pub diags: &'a mut Diagnostics,
     pub origins: &'a Origins,
     pub path: &'a Path,
+    /// The files merged, the profile's own first, then each one it extends.
+    pub chain: &'a [PathBuf],
 }
 
 impl Ctx<'_> {

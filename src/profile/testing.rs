@@ -16,6 +16,7 @@ pub fn check<T>(f: impl FnOnce(&mut Ctx) -> T) -> (T, Diagnostics) {
         diags: &mut diags,
         origins: &origins,
         path: Path::new("p.toml"),
+        chain: &[],
     };
     let out = f(&mut ctx);
     (out, diags)

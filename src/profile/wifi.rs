@@ -73,19 +73,30 @@ fn valid_ssid(s: &str) -> bool {
     !s.is_empty() && s.len() <= 32 && !s.chars().any(char::is_control)
 }
 
-/// `[network.wifi]` makes wlan0 the node's interface; another one named beside it in the same
-/// file is a contradiction (one inherited from a shared profile is simply overridden).
+/// `[network.wifi]` makes wlan0 the node's interface. Another interface set in the file that
+/// holds [network.wifi] or in a more specific one (the node's own over the base it extends) is a
+/// contradiction; only one inherited from a profile the Wi-Fi's file extends is overridden.
 fn check_interface(ctx: &mut Ctx, n: &NetworkSpec) {
     let (Some(_), Some(i)) = (&n.wifi, &n.interface) else {
         return;
     };
-    let same_file = ctx.origins.file_of("network.interface") == ctx.origins.file_of("network.wifi");
-    if i != WIFI_INTERFACE && same_file {
-        ctx.err(
-            "network.interface",
-            format!("`{i}` beside [network.wifi]: a Wi-Fi node's interface is {WIFI_INTERFACE}; remove this line"),
-        );
+    let file = |field| ctx.origins.file_of(field);
+    let rank = |field| file(field).and_then(|f| ctx.chain.iter().position(|c| c == f));
+    let inherited = matches!(
+        (rank("network.interface"), rank("network.wifi")),
+        (Some(interface), Some(wifi)) if interface > wifi
+    );
+    if i == WIFI_INTERFACE || inherited {
+        return;
     }
+    let wifi_at = match file("network.wifi") {
+        Some(w) if file("network.interface") != Some(w) => format!(" (in {})", w.display()),
+        _ => String::new(),
+    };
+    ctx.err(
+        "network.interface",
+        format!("`{i}` beside [network.wifi]{wifi_at}: a Wi-Fi node's interface is {WIFI_INTERFACE}; remove this line"),
+    );
 }
 
 /// A Zero 2 W has no Ethernet port: an interface name alone would build a node that never
@@ -182,5 +193,59 @@ mod tests {
         let e = &diags.0[0];
         assert_eq!(e.field, "network.interface");
         assert_eq!(e.location.line, Some(7));
+    }
+
+    #[test]
+    fn an_inherited_wifi_does_not_override_the_nodes_own_interface() {
+        let base = "abstract = true\n[network.wifi]\nssid = \"lab\"\ncountry = \"DE\"\n";
+        let node = |extra: &str| {
+            format!(
+                "extends = \"base\"\n{}",
+                lb_node("lb1", "10.0.0.2/24", extra)
+            )
+        };
+        let f = folder(&[("base", base), ("lb1", &node("interface = \"eth1\""))]);
+        let (d, diags) = f.draft("lb1");
+        assert!(d.is_none());
+        let e = &diags.0[0];
+        assert_eq!(
+            (e.field.as_str(), e.location.file.as_path(), e.location.line),
+            (
+                "network.interface",
+                f.dir.path().join("lb1.toml").as_path(),
+                Some(8)
+            )
+        );
+        let base_path = f.dir.path().join("base.toml");
+        assert_eq!(
+            e.message,
+            format!(
+                "`eth1` beside [network.wifi] (in {}): a Wi-Fi node's interface is wlan0; remove this line",
+                base_path.display()
+            )
+        );
+        // Set between them, in a profile that extends the Wi-Fi's: as much the node's own.
+        let mid = "abstract = true\nextends = \"base\"\n[network]\ninterface = \"eth1\"\n";
+        let f = folder(&[
+            ("base", base),
+            ("mid", mid),
+            ("lb1", &node("").replace("\"base\"", "\"mid\"")),
+        ]);
+        let (d, diags) = f.draft("lb1");
+        assert!(d.is_none());
+        let e = &diags.0[0];
+        assert_eq!(
+            (e.field.as_str(), e.location.file.as_path(), e.location.line),
+            (
+                "network.interface",
+                f.dir.path().join("mid.toml").as_path(),
+                Some(4)
+            )
+        );
+        // wlan0 itself says the same as [network.wifi].
+        let f = folder(&[("base", base), ("lb1", &node("interface = \"wlan0\""))]);
+        let (d, diags) = f.draft("lb1");
+        assert!(!diags.has_errors(), "{diags}");
+        assert_eq!(d.expect("a draft").network.interface, "wlan0");
     }
 }
