@@ -73,9 +73,10 @@ fn warn_if_open_wifi(d: &Draft, sec: Option<&ClusterSecrets>, diags: &mut Diagno
         d.at(field),
         field,
         format!(
-            "no passphrase for `{}` in the cluster secrets file ([wifi] \"{}\" = \"...\"{}): the node joins it as an open network",
+            "no passphrase for `{}` in the cluster secrets file ([wifi] {} = \"...\"{}): the node joins it as an open network",
             w.ssid,
-            w.ssid,
+            // The key as TOML spells it: quotes and backslashes in an SSID escaped.
+            toml::Value::String(w.ssid.clone()),
             if d.secrets_path.is_none() { ", and this node names no secrets file" } else { "" }
         ),
     ));
