@@ -284,7 +284,6 @@ impl Loader {
     }
 }
 
-/// Parses a list file: one entry per line, `#` comments and blank lines ignored.
 /// The options the kernel command line gives module `name` (`cfg80211.ieee80211_regdom=DE` ->
 /// `ieee80211_regdom=DE`), space-separated; '-' and '_' are one in module names.
 pub fn cmdline_options(cmdline: &str, name: &str) -> String {
@@ -298,6 +297,7 @@ pub fn cmdline_options(cmdline: &str, name: &str) -> String {
         .join(" ")
 }
 
+/// Parses a list file: one entry per line, `#` comments and blank lines ignored.
 pub fn parse_list(text: &str) -> Vec<String> {
     text.lines()
         .map(|l| l.split('#').next().unwrap_or("").trim())

@@ -383,11 +383,13 @@ fn grow_to_end(host: &Host, dev: &Path, disk_path: &Path, partno: u32) -> Result
     ))
 }
 
-/// Modules, sysctls, and the kernel's modprobe helper.
+/// The kernel's modprobe helper, modules, sysctls. The helper comes first: a module may ask for
+/// another while it probes (brcmfmac's firmware callback requests its vendor module), and that
+/// request must reach a modprobe that exists.
 fn setup_kernel(host: &Host) {
+    install_modprobe_helper(host);
     load_modules(host);
     apply_sysctls(host);
-    install_modprobe_helper(host);
 }
 
 fn load_modules(host: &Host) {
@@ -568,19 +570,27 @@ fn bring_up_network(host: &Host, network: &Network, up: &AtomicBool) {
 }
 
 /// Until wpa_supplicant's control socket for `interface` exists (the supervisor starts it; it
-/// exits and is restarted while brcmfmac has not yet created the interface).
+/// exits and is restarted while brcmfmac has not yet created the interface). After 30 s, and
+/// whenever the reason changes, the console says which of the two is missing.
 fn wait_for_supplicant(host: &Host, interface: &str, started: Instant) {
     let socket = host.path(&format!(
         "{}/{interface}",
         crate::contract::paths::WPA_CTRL_DIR
     ));
-    let mut complained = false;
+    let iface = host.path(&format!("/sys/class/net/{interface}"));
+    let mut said: Option<bool> = None;
     while !socket.exists() {
-        if !complained && started.elapsed() > Duration::from_secs(30) {
-            say(&format!(
-                "network: wpa_supplicant is not running on {interface} yet; still waiting"
-            ));
-            complained = true;
+        let has_iface = iface.exists();
+        if started.elapsed() > Duration::from_secs(30) && said != Some(has_iface) {
+            say(&if has_iface {
+                format!("network: wpa_supplicant has not started on {interface} yet; still waiting")
+            } else {
+                format!(
+                    "network: no {interface}: the Wi-Fi driver made no interface (no chip, or its \
+                     firmware is missing: see the kernel log for brcmfmac); still waiting"
+                )
+            });
+            said = Some(has_iface);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
