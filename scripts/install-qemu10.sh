@@ -22,35 +22,53 @@ if [ "$codename" != bookworm ]; then
     echo "install-qemu10: installing qemu-system-arm from $codename"
     $SUDO apt-get update -qq
     apt_install qemu-system-arm
+elif apt-cache policy 2>/dev/null | grep -q ' bookworm-backports/main '; then
+    # The host already lists backports (as Debian's cloud images do): use it as it is.
+    echo "install-qemu10: installing qemu-system-arm from the host's bookworm-backports"
+    $SUDO apt-get update -qq
+    apt_install -t bookworm-backports qemu-system-arm
 else
-    # The first `deb` source that lists the suite `bookworm`: its URI and its keyring.
+    # The first enabled http(s) `deb` source that lists the suite `bookworm`: its URI and keyring.
     uri="" signed_by=""
     for f in /etc/apt/sources.list.d/*.sources; do
         [ -f "$f" ] || continue
-        # deb822: paragraphs separated by blank lines; fields "Name: value".
+        # deb822: paragraphs separated by blank lines; fields "Name: value". An inline
+        # armoured Signed-By (a key block, not a path) is left to apt's default keyrings.
         read -r uri signed_by < <(awk -v RS='' -F '\n' '{
-            types = ""; suites = ""; uris = ""; key = ""
+            types = ""; suites = ""; uris = ""; key = ""; enabled = "yes"
             for (i = 1; i <= NF; i++) {
                 if ($i ~ /^Types:/) types = " " substr($i, 7) " "
                 if ($i ~ /^Suites:/) suites = " " substr($i, 8) " "
                 if ($i ~ /^URIs:/) { split(substr($i, 6), u, " "); uris = u[1] }
-                if ($i ~ /^Signed-By:/) { split(substr($i, 11), k, " "); key = k[1] }
+                if ($i ~ /^Signed-By:[ \t]*\//) { split(substr($i, 11), k, " "); key = k[1] }
+                if ($i ~ /^Enabled:[ \t]*[Nn]o/) enabled = "no"
             }
-            if (types ~ / deb / && suites ~ /[ \t]bookworm[ \t]/ && uris != "") {
+            if (enabled == "yes" && types ~ / deb / && suites ~ /[ \t]bookworm[ \t]/ &&
+                uris ~ /^https?:\/\//) {
                 print uris, key; exit
             }
         }' "$f") || true
         [ -n "$uri" ] && break
     done
     if [ -z "$uri" ]; then
-        # One-line style: deb [options] URI SUITE COMPONENTS...
-        uri="$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
-            sed -E 's/\[[^]]*\]//' |
-            awk '$1 == "deb" && $3 == "bookworm" { print $2; exit }')"
+        # One-line style: deb [options] URI SUITE COMPONENTS...; signed-by= from the options.
+        read -r uri signed_by < <(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
+            awk '$1 == "deb" {
+                opts = ""
+                if ($2 ~ /^\[/) {
+                    while ($2 !~ /\]$/ && NF > 2) { opts = opts " " $2; $2 = ""; $0 = $0 }
+                    opts = opts " " $2; $2 = ""; $0 = $0
+                }
+                if ($3 == "bookworm" && $2 ~ /^https?:\/\//) {
+                    key = ""
+                    if (match(opts, /signed-by=[^] ]+/)) key = substr(opts, RSTART + 10, RLENGTH - 10)
+                    print $2, key; exit
+                }
+            }') || true
     fi
     if [ -z "$uri" ]; then
-        echo "install-qemu10: no bookworm source in /etc/apt; add bookworm-backports by hand and" \
-             "run: apt-get install -t bookworm-backports qemu-system-arm" >&2
+        echo "install-qemu10: no http(s) bookworm source in /etc/apt; add bookworm-backports by" \
+             "hand and run: apt-get install -t bookworm-backports qemu-system-arm" >&2
         exit 1
     fi
     list=/etc/apt/sources.list.d/piimg-bookworm-backports.sources
