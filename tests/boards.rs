@@ -15,7 +15,7 @@
 mod common;
 use common::checkers::{
     deb_member, ext4_read, ext4_walk, extract, fat_files, firmware_glob, pipe, run, sfdisk_json,
-    spans, text_of, tool,
+    spans, text_of, tool, wpa_supplicant_reads,
 };
 use common::piimg::Run;
 use common::project::{project, Project};
@@ -470,7 +470,7 @@ fn piimg_reads_and_writes_every_boards_dtb_as_dtc_does() {
 /// `compatible` (brcmfmac's of.c) and the chip comes from the driver's own firmware table
 /// (`modinfo -F firmware` of the brcmfmac.ko in the image). Only that chip's files are there.
 #[test]
-fn wifi_firmware_is_what_brcmfmac_requests_on_each_board() {
+fn wifi_firmware_and_supplicant_configuration_on_each_board() {
     for spec in BOARDS {
         let p = parts(spec.board);
         let board_type = fdtget(&dtb_of(spec), "/", "compatible").remove(0);
@@ -499,6 +499,29 @@ fn wifi_firmware_is_what_brcmfmac_requests_on_each_board() {
                 .unwrap_or_else(|| panic!("{}: /lib/firmware/{name} missing", spec.board));
             assert!(!data.is_empty(), "{}: {name} is empty", spec.board);
         }
+        // The supplicant's configuration, as Debian's wpa_supplicant reads it on the host
+        // (in a namespace with no radio: it stops only where it opens the driver).
+        let conf = work.join("wpa_supplicant-wlan0.conf");
+        let text = ext4_read(
+            &p.root,
+            &work,
+            "/etc/wpa_supplicant/wpa_supplicant-wlan0.conf",
+        )
+        .unwrap_or_else(|| panic!("{}: no supplicant configuration", spec.board));
+        std::fs::write(&conf, text).unwrap();
+        let (_, said) = wpa_supplicant_reads(&conf);
+        for expected in ["country='DE'", "id=0 ssid='boards'"] {
+            assert!(
+                said.contains(expected),
+                "{}: `{expected}`:\n{said}",
+                spec.board
+            );
+        }
+        assert!(
+            !said.contains("Failed to read or parse configuration"),
+            "{}: {said}",
+            spec.board
+        );
         let files = ext4_walk(&p.root, "/usr/lib/firmware/brcm");
         assert!(
             !files.is_empty() && files.iter().all(|f| f.contains(&format!("/{chip}."))),

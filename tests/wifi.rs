@@ -15,7 +15,7 @@
 mod common;
 use common::checkers::{
     debugfs, e2fsck, ext4_read, ext4_walk, extract, fat_files, firmware_glob, partitions,
-    stdout_of, text_of, tool,
+    stdout_of, text_of, tool, wpa_supplicant_reads,
 };
 use common::piimg::Run;
 use common::project::{project, Project};
@@ -113,27 +113,6 @@ fn cached_deb(p: &Project, name: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("{name} not locked"))
         .to_string();
     cache_home().join("piimg/sha256").join(sha)
-}
-
-/// Debian's wpa_supplicant as the agent starts it, in a network namespace of its own (nothing
-/// it does can reach another network; wlan0 does not exist there).
-fn wpa_supplicant(conf: &Path) -> (Option<i32>, String) {
-    let r = tool(
-        Command::new("unshare")
-            .args([
-                "--net",
-                "wpa_supplicant",
-                "-i",
-                "wlan0",
-                "-D",
-                "nl80211",
-                "-dd",
-                "-K",
-                "-c",
-            ])
-            .arg(conf),
-    );
-    (r.status.code(), r.text())
 }
 
 #[test]
@@ -359,7 +338,7 @@ fn a_zero_2_w_with_wifi_holds_driver_firmware_regulatory_database_and_a_config_w
 
     // Debian's wpa_supplicant reads it whole: country, the network's SSID (printf-escaped in its
     // log) and PSK; it stops only where it opens the driver.
-    let (code, said) = wpa_supplicant(&conf);
+    let (code, said) = wpa_supplicant_reads(&conf);
     assert_ne!(code, Some(0), "{said}");
     let spaced: Vec<String> = (0..32).map(|i| psk[2 * i..2 * i + 2].to_string()).collect();
     for expected in [
@@ -383,7 +362,7 @@ fn a_zero_2_w_with_wifi_holds_driver_firmware_regulatory_database_and_a_config_w
     let text = std::fs::read_to_string(&conf).unwrap();
     assert!(text.contains("key_mgmt=WPA-PSK"));
     std::fs::write(&broken, text.replace("key_mgmt=WPA-PSK", "key_mgmt=BOGUS")).unwrap();
-    let (code, said) = wpa_supplicant(&broken);
+    let (code, said) = wpa_supplicant_reads(&broken);
     assert_ne!(code, Some(0));
     assert!(said.contains("invalid key_mgmt 'BOGUS'"), "{said}");
     assert!(

@@ -327,3 +327,24 @@ pub fn firmware_glob(pattern: &str, name: &str) -> bool {
     }
     true
 }
+
+/// Debian's wpa_supplicant as the agent starts it, in a network namespace of its own (nothing
+/// it does can reach another network; wlan0 does not exist there).
+pub fn wpa_supplicant_reads(conf: &Path) -> (Option<i32>, String) {
+    let r = tool(
+        Command::new("unshare")
+            .args([
+                "--net",
+                "wpa_supplicant",
+                "-i",
+                "wlan0",
+                "-D",
+                "nl80211",
+                "-dd",
+                "-K",
+                "-c",
+            ])
+            .arg(conf),
+    );
+    (r.status.code(), r.text())
+}
