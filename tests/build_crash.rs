@@ -185,7 +185,7 @@ fn a_cluster_build_gives_each_node_the_bytes_of_its_own_build() {
     for n in ["lb1", "cp1", "cp2", "cp3", "w1", "w2"] {
         assert_eq!(check_set(&out, n, n != "lb1"), "complete", "{n}");
     }
-    for n in ["qemu", "qemu-worker"] {
+    for n in ["qemu", "qemu-worker", "qemu-ha-lb1", "qemu-ha-w1"] {
         assert!(
             !out.join(format!("{n}.img")).exists(),
             "{n} is not in cluster home"
@@ -205,7 +205,7 @@ fn a_cluster_build_gives_each_node_the_bytes_of_its_own_build() {
     let err = &o.stderr;
     assert!(
         err.contains(
-            "no node profiles in cluster `nosuch`; clusters here: home, qemu, qemu-worker"
+            "no node profiles in cluster `nosuch`; clusters here: home, qemu, qemu-ha, qemu-worker"
         ),
         "{err}"
     );
