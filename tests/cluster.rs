@@ -12,8 +12,6 @@ mod common;
 use common::project::{project, Project};
 use common::KUBE_STANDINS;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,14 +20,6 @@ const NODES: [(&str, &str); 3] = [
     ("qemu-ha-w1", "10.77.0.21"),
     ("qemu-ha-w2", "10.77.0.22"),
 ];
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Runs `cluster down` when dropped, so that a failed assertion leaves no QEMU behind.
 struct Down<'a>(&'a Project);
@@ -64,18 +54,9 @@ fn qemus_under(root: &Path) -> Vec<i32> {
     out
 }
 
-fn http_get(port: u16, path: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: piimg\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
 /// The agent's /status through a forward, parsed.
 fn status(port: u16) -> serde_json::Value {
-    let resp = http_get(port, "/status");
+    let resp = common::http_get(port, "/status");
     let (head, body) = resp.split_once("\r\n\r\n").expect("an HTTP response");
     assert!(head.starts_with("HTTP/1.1 200"), "status endpoint: {head}");
     serde_json::from_str(body).unwrap()
@@ -123,7 +104,7 @@ fn a_cluster_boots_on_one_virtual_lan_gets_its_time_there_and_goes_down_without_
         "backends = [\"10.77.0.11:6443\", \"10.77.0.12:6443\", \"10.77.0.13:6443\"]",
         "backends = [\"10.77.0.21:7780\", \"10.77.0.99:7780\"]",
     );
-    let ports: Vec<u16> = NODES.iter().map(|_| free_port()).collect();
+    let ports: Vec<u16> = NODES.iter().map(|_| common::free_port()).collect();
     let mut up = proj.piimg_cached().args([
         "cluster",
         "up",

@@ -387,18 +387,9 @@ fn round_trip(port: u16, msg: &[u8], within: Duration) -> usize {
     panic!("no round trip through 127.0.0.1:{port} within {within:?}: {last}");
 }
 
-fn http_get(port: u16, path: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: piimg\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
 /// The agent's status endpoint through a forward: hostname, address and a running service.
 fn check_status(port: u16, hostname: &str, address: &str, service: &str) {
-    let resp = http_get(port, "/status");
+    let resp = common::http_get(port, "/status");
     let (head, body) = resp.split_once("\r\n\r\n").expect("an HTTP response");
     assert!(head.starts_with("HTTP/1.1 200"), "status endpoint: {head}");
     let v: serde_json::Value = serde_json::from_str(body).unwrap();
@@ -477,7 +468,7 @@ fn load_balancer_forwards_restarts_and_reports_status() {
     eprintln!("{exited}");
     g.wait(r"piimg-agent: service haproxy running", STEP_TIMEOUT);
     round_trip(front, b"piimg-e2e after restart\n", STEP_TIMEOUT);
-    let resp = http_get(status, "/status");
+    let resp = common::http_get(status, "/status");
     let body = resp.split_once("\r\n\r\n").unwrap().1;
     let v: serde_json::Value = serde_json::from_str(body).unwrap();
     let restarts = v["services"]

@@ -1,6 +1,6 @@
 //! `build`: one node, or every node of a cluster at once.
 
-use super::profiles::{cache, load, parse_overrides, unknown_profile};
+use super::profiles::{cache, load, unknown_profile};
 use anyhow::Result;
 use std::path::Path;
 
@@ -16,14 +16,12 @@ pub struct BuildArgs<'a> {
 
 impl BuildArgs<'_> {
     fn options(&self) -> Result<piimg::pipeline::BuildOptions> {
-        Ok(piimg::pipeline::BuildOptions {
-            out_dir: self.out.to_path_buf(),
-            offline: self.offline,
-            overrides: parse_overrides(self.components)?,
-            epoch: super::source_date_epoch()?,
-            agent: piimg::assemble::agent_binary()?,
-            compress: self.compress.to_vec(),
-        })
+        super::build_options(
+            self.out,
+            self.offline,
+            self.components,
+            self.compress.to_vec(),
+        )
     }
 }
 

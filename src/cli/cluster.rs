@@ -286,14 +286,7 @@ fn build_stale(
     p: &piimg::profile::Profiles,
     nodes: &[&piimg::profile::NodeProfile],
 ) -> Result<i32> {
-    let opts = piimg::pipeline::BuildOptions {
-        out_dir: a.out.to_path_buf(),
-        offline: a.offline,
-        overrides: super::profiles::parse_overrides(a.components)?,
-        epoch: super::source_date_epoch()?,
-        agent: piimg::assemble::agent_binary()?,
-        compress: Vec::new(),
-    };
+    let opts = super::build_options(a.out, a.offline, a.components, Vec::new())?;
     let lock = piimg::pipeline::lock_path(a.profiles);
     let mut stale = Vec::new();
     for n in nodes {

@@ -96,14 +96,7 @@ fn image_for_profile(a: &FlashArgs, name: &str) -> Result<Option<PathBuf>> {
     let Some(node) = p.node(name) else {
         return Err(super::profiles::unknown_profile(a.profiles, name));
     };
-    let opts = piimg::pipeline::BuildOptions {
-        out_dir: a.out.to_path_buf(),
-        offline: a.offline,
-        overrides: super::profiles::parse_overrides(a.components)?,
-        epoch: super::source_date_epoch()?,
-        agent: piimg::assemble::agent_binary()?,
-        compress: Vec::new(),
-    };
+    let opts = super::build_options(a.out, a.offline, a.components, Vec::new())?;
     let lock = piimg::pipeline::lock_path(a.profiles);
     let inputs = piimg::pipeline::build_inputs(&p, node, &lock, &opts)?;
     let image = a.out.join(format!("{name}.img"));

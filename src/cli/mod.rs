@@ -305,6 +305,24 @@ pub fn source_date_epoch() -> Result<i64> {
     }
 }
 
+/// What a build from the command line is given: its output folder, the cache policy, local
+/// components, the epoch and the embedded agent.
+pub fn build_options(
+    out: &std::path::Path,
+    offline: bool,
+    components: &[String],
+    compress: Vec<piimg::compress::Codec>,
+) -> Result<piimg::pipeline::BuildOptions> {
+    Ok(piimg::pipeline::BuildOptions {
+        out_dir: out.to_path_buf(),
+        offline,
+        overrides: profiles::parse_overrides(components)?,
+        epoch: source_date_epoch()?,
+        agent: piimg::assemble::agent_binary()?,
+        compress,
+    })
+}
+
 /// Runs the parsed command; the returned code is the process exit status.
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {

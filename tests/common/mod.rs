@@ -129,3 +129,15 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// `GET path` over HTTP/1.0 to 127.0.0.1:port (a forward into a guest): the whole response.
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: piimg\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
