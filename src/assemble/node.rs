@@ -363,7 +363,7 @@ pub fn assemble(inp: &Inputs, reporter: &dyn Reporter) -> Result<Assembled, Asse
     let kernel = a.read_kernel(reporter)?;
     let firmware = a.read_firmware()?;
     let boot = a.boot_partition(&kernel, &firmware)?;
-    let board_drivers = a.board_drivers(&kernel)?;
+    let board_drivers = a.board_drivers(&kernel);
     let modules = Modules::select(
         &kernel.set,
         &board_drivers,
@@ -432,6 +432,8 @@ struct Kernel {
     set: ModuleSet,
     /// `set` with the paths the image stores (decompressed).
     installed: ModuleSet,
+    /// The board's device tree from this package, parsed once for drivers and Wi-Fi firmware.
+    dtb: crate::dtb::Fdt,
 }
 
 /// Which modules go where: stage 1's closure in the initramfs, everything requested in the rootfs.
@@ -521,12 +523,14 @@ impl Assembly<'_> {
             .to_string();
         let set = module_set(self.inp.cache, deb_sha(entry)?, &tree, &release)?;
         let installed = uncompressed(&set);
+        let dtb = self.device_tree(&tree, &release)?;
         reporter.end();
         Ok(Kernel {
             tree,
             release,
             set,
             installed,
+            dtb,
         })
     }
 
@@ -543,13 +547,12 @@ impl Assembly<'_> {
     }
 
     /// The device tree the image boots with, from the kernel package.
-    fn device_tree(&self, kernel: &Kernel) -> Result<crate::dtb::Fdt, AssembleError> {
+    fn device_tree(&self, kernel: &Tree, release: &str) -> Result<crate::dtb::Fdt, AssembleError> {
         let path = format!(
-            "usr/lib/linux-image-{}/broadcom/{}",
-            kernel.release,
+            "usr/lib/linux-image-{release}/broadcom/{}",
             self.cfg.board.dtb()
         );
-        let raw = take(&kernel.tree, &path, "device tree")?
+        let raw = take(kernel, &path, "device tree")?
             .read_all()
             .map_err(|e| AssembleError::Io(path.clone(), e))?;
         crate::dtb::Fdt::parse(&raw)
@@ -557,9 +560,8 @@ impl Assembly<'_> {
     }
 
     /// The board's drivers, from the device tree the image boots with.
-    fn board_drivers(&self, kernel: &Kernel) -> Result<Vec<drivers::Choice>, AssembleError> {
-        let fdt = self.device_tree(kernel)?;
-        Ok(drivers::for_board(self.cfg.board, &fdt, &kernel.set))
+    fn board_drivers(&self, kernel: &Kernel) -> Vec<drivers::Choice> {
+        drivers::for_board(self.cfg.board, &kernel.dtb, &kernel.set)
     }
 
     /// The FAT partition the Pi firmware reads: no secrets here, ever.
@@ -909,7 +911,7 @@ impl Assembly<'_> {
         read_pkg(&mut fw, self.inp.cache, entry, self.epoch)?;
         self.used.push(entry.clone());
         let board = self.cfg.board;
-        let board_type = wifi::board_type(&self.device_tree(kernel)?).ok_or_else(|| {
+        let board_type = wifi::board_type(&kernel.dtb).ok_or_else(|| {
             AssembleError::Missing(format!("the root `compatible` of {}", board.dtb()))
         })?;
         let (files, missing) = wifi::firmware_files(&fw, board, &board_type)?;

@@ -139,10 +139,7 @@ pub fn parse_config_txt_for(text: &str, board: Board) -> BootConfig {
 /// without that node is returned as it was.
 pub fn raspi3b_dtb(bytes: &[u8]) -> Result<Vec<u8>, crate::dtb::DtbError> {
     let mut fdt = crate::dtb::Fdt::parse(bytes)?;
-    let (serial, bt) = super::pi4::BLUETOOTH
-        .rsplit_once('/')
-        .unwrap_or(("", super::pi4::BLUETOOTH));
-    if fdt.node_mut(serial).is_some_and(|n| n.remove_child(bt)) {
+    if super::pi4::remove_bluetooth(&mut fdt) {
         Ok(fdt.to_bytes())
     } else {
         Ok(bytes.to_vec())

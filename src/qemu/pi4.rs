@@ -66,12 +66,18 @@ pub struct Edits {
     pub disabled: Vec<String>,
 }
 
+/// Drops the Bluetooth node under the PL011 UART, as the firmware's `disable-bt` overlay does:
+/// the kernel then makes that UART a tty, the console QEMU connects. Whether it was there.
+pub fn remove_bluetooth(fdt: &mut Fdt) -> bool {
+    let (serial, bt) = BLUETOOTH.rsplit_once('/').unwrap_or(("", BLUETOOTH));
+    fdt.node_mut(serial).is_some_and(|n| n.remove_child(bt))
+}
+
 /// The edited device tree and what was changed. See the module header for why.
 pub fn raspi4b_dtb(bytes: &[u8]) -> Result<(Vec<u8>, Edits), Pi4DtbError> {
     let mut fdt = Fdt::parse(bytes)?;
     let mut edits = Edits::default();
-    let (serial, bt) = BLUETOOTH.rsplit_once('/').unwrap_or(("", BLUETOOTH));
-    if fdt.node_mut(serial).is_some_and(|n| n.remove_child(bt)) {
+    if remove_bluetooth(&mut fdt) {
         edits.removed.push(BLUETOOTH.to_string());
     }
     // The card: removable (QEMU's card detect works, and `non-removable` skips it), no power
