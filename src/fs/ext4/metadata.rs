@@ -218,7 +218,11 @@ impl Superblock<'_> {
         put16(&mut s, 0x34, 0);
         put16(&mut s, 0x36, 0xFFFF);
         put16(&mut s, 0x38, 0xEF53);
-        put16(&mut s, 0x3A, 1);
+        // s_state: clean in the primary. Backups say "not clean", as libext2fs writes them: a
+        // checker that has to fall back to one then checks the whole filesystem (its uninit
+        // flags are dropped on that path, and bitmaps never written would otherwise be taken
+        // as they are).
+        put16(&mut s, 0x3A, u16::from(group == 0));
         put16(&mut s, 0x3C, 1);
         put32(&mut s, 0x40, t);
         put32(&mut s, 0x4C, 1);
