@@ -28,6 +28,9 @@ pub mod paths {
     /// The interface brcmfmac names the on-board Wi-Fi.
     pub const WIFI_INTERFACE: &str = "wlan0";
 
+    /// e2fsprogs' checker: stage 2 runs it on the data filesystem before mounting it on /var.
+    pub const E2FSCK: &str = "/usr/sbin/e2fsck";
+
     /// Markers on /var: a oneshot's work is done (written atomically, after a sync).
     pub const KUBEADM_DONE: &str = "/var/lib/piimg/kubeadm.done";
     pub const IMAGES_DONE: &str = "/var/lib/piimg/images.done";

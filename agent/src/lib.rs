@@ -14,6 +14,7 @@ pub mod cmdline;
 pub mod commands;
 pub mod console;
 pub mod contract;
+pub mod fsck;
 pub mod grow;
 pub mod keeper;
 pub mod kubeadm;

@@ -6,7 +6,7 @@ use crate::node::{Network, NodeConfig, NODE_CONFIG_PATH};
 use crate::supervise::{Options, ServiceSpec, Supervisor};
 use crate::syscall::Host;
 use crate::watchdog::{self, Watchdog};
-use crate::{blockdev, clock, grow, modules, mounts, net, roles, status, sys, sysctl};
+use crate::{blockdev, clock, fsck, grow, modules, mounts, net, roles, status, sys, sysctl};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -170,31 +170,34 @@ fn mount_var_by_label(host: &Host, label: &str, wait: Duration) {
             std::thread::sleep(Duration::from_millis(200));
         };
         let on_card = match &found {
-            Some(dev) => match host.sys.mount(
-                &dev.to_string_lossy(),
-                &host.path("/var"),
-                Some("ext4"),
-                libc::MS_NOATIME,
-                None,
-            ) {
-                Ok(()) => {
-                    say(&format!("data LABEL={label} {} on /var", dev.display()));
-                    // The card was written at the image's data size: give /var the whole card,
-                    // once, as a node image's data partition gets.
-                    if !host.path(GROWN_MARKER).exists() {
-                        report(grow_data(host, dev));
+            Some(dev) => {
+                check_data(host, dev);
+                match host.sys.mount(
+                    &dev.to_string_lossy(),
+                    &host.path("/var"),
+                    Some("ext4"),
+                    libc::MS_NOATIME,
+                    None,
+                ) {
+                    Ok(()) => {
+                        say(&format!("data LABEL={label} {} on /var", dev.display()));
+                        // The card was written at the image's data size: give /var the whole card,
+                        // once, as a node image's data partition gets.
+                        if !host.path(GROWN_MARKER).exists() {
+                            report(grow_data(host, dev));
+                        }
+                        true
                     }
-                    true
-                }
-                Err(source) => {
-                    say(&StepError::MountData {
-                        dev: dev.clone(),
-                        source,
+                    Err(source) => {
+                        say(&StepError::MountData {
+                            dev: dev.clone(),
+                            source,
+                        }
+                        .to_string());
+                        false
                     }
-                    .to_string());
-                    false
                 }
-            },
+            }
             None => {
                 say(&format!("no card with an ext4 filesystem labelled {label}"));
                 false
@@ -308,6 +311,7 @@ fn mount_data(host: &Host, cfg: &NodeConfig) -> Result<(), StepError> {
         return Ok(());
     };
     if !var_mounted(host) {
+        check_data(host, &dev);
         host.sys
             .mount(
                 &dev.to_string_lossy(),
@@ -326,6 +330,27 @@ fn mount_data(host: &Host, cfg: &NodeConfig) -> Result<(), StepError> {
         grow_data(host, &dev)?;
     }
     Ok(())
+}
+
+/// e2fsck on the data filesystem before the kernel sees it ([`fsck`]). Whatever the verdict,
+/// the mount that follows decides: an unchecked /var on the card is still better than none.
+fn check_data(host: &Host, dev: &Path) {
+    use crate::contract::paths::E2FSCK;
+    match fsck::check(&host.path(E2FSCK), dev, &mut |l| say(l)) {
+        Err(e) => say(&format!(
+            "{E2FSCK}: {e}; {} mounted unchecked",
+            dev.display()
+        )),
+        Ok(fsck::Outcome::Clean | fsck::Outcome::Preened) => {}
+        Ok(fsck::Outcome::Repaired) => say(&format!(
+            "{}: e2fsck -p gave up, e2fsck -fy repaired it",
+            dev.display()
+        )),
+        Ok(fsck::Outcome::Failed(code)) => say(&format!(
+            "{}: e2fsck -fy left errors (exit {code}); mounting it anyway",
+            dev.display()
+        )),
+    }
 }
 
 /// Grows the data partition and its filesystem, and records that it is done.
@@ -1213,12 +1238,32 @@ mod tests {
         }
     }
 
+    /// A card's /dev/sda1 holding an ext4 filesystem labelled `label` (mke2fs's), and the
+    /// host's e2fsck where the image has its own, so stage 2 checks a real filesystem.
+    fn data_card(host: &Host, label: &str) {
+        put_partition(&host.root, "sda", 1, "12345678-01");
+        crate::blockdev::tests::mkfs_ext4(&host.path("/dev/sda1"), label);
+        let e2fsck = ["/usr/sbin/e2fsck", "/sbin/e2fsck"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("e2fsprogs on the host");
+        let at = host.path(crate::contract::paths::E2FSCK);
+        std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(e2fsck, at).unwrap();
+    }
+
+    /// Whether `line` is e2fsck -p's verdict "clean" on the filesystem of [`data_card`] (e2fsck
+    /// names a filesystem by its label).
+    fn says_clean(line: &str) -> bool {
+        line.strip_prefix("piimg-agent: e2fsck -p: piimg-data: clean, ")
+            .is_some_and(|rest| rest.ends_with(" blocks"))
+    }
+
     #[test]
     fn netboot_mounts_the_card_whose_ext4_label_matches_on_var() {
         let cfg = netbooted();
         let (_t, host, fake) = rootfs(&cfg);
-        put_partition(&host.root, "sda", 1, "12345678-01");
-        crate::blockdev::tests::mkfs_ext4(&host.path("/dev/sda1"), "piimg-data");
+        data_card(&host, "piimg-data");
         // Grown on an earlier boot (growing is mount_data's, tested there).
         put(&host.root, GROWN_MARKER, b"grown\n");
         let lines = crate::console::capture_thread();
@@ -1231,12 +1276,14 @@ mod tests {
         assert_eq!(got, cfg);
         assert_skeleton(&host);
         let lines = lines.lock().unwrap().clone();
+        assert_eq!(lines.len(), 2, "{lines:#?}");
+        assert!(says_clean(&lines[0]), "{lines:#?}");
         assert_eq!(
-            lines,
-            vec![format!(
+            lines[1],
+            format!(
                 "piimg-agent: data LABEL=piimg-data {} on /var",
                 host.path("/dev/sda1").display()
-            )]
+            )
         );
         // Already mounted (a restarted stage): only the skeleton is looked at.
         put(
@@ -1252,8 +1299,7 @@ mod tests {
     fn netboot_without_a_card_puts_var_on_a_tmpfs_and_warns() {
         let cfg = netbooted();
         let (_t, host, fake) = rootfs(&cfg);
-        put_partition(&host.root, "sda", 1, "12345678-01");
-        crate::blockdev::tests::mkfs_ext4(&host.path("/dev/sda1"), "someone-else");
+        data_card(&host, "someone-else");
         let lines = crate::console::capture_thread();
         let started = Instant::now();
         mount_var_by_label(&host, "piimg-data", Duration::from_millis(500));
@@ -1277,8 +1323,7 @@ mod tests {
     #[test]
     fn a_card_that_will_not_mount_leaves_var_on_a_tmpfs() {
         let (_t, host, fake) = rootfs(&netbooted());
-        put_partition(&host.root, "sda", 1, "12345678-01");
-        crate::blockdev::tests::mkfs_ext4(&host.path("/dev/sda1"), "piimg-data");
+        data_card(&host, "piimg-data");
         fake.fail("mount /dev/sda1", libc::EIO);
         mount_var_by_label(&host, "piimg-data", Duration::ZERO);
         assert_eq!(
@@ -1304,8 +1349,7 @@ mod tests {
     /// A card labelled piimg-data, mounted on /var (the fake mounts nothing: its files are put
     /// there), whose secrets are `cfg` and a CA key.
     fn secrets_card(host: &Host, cfg: Option<&NodeConfig>) {
-        put_partition(&host.root, "sda", 1, "12345678-01");
-        crate::blockdev::tests::mkfs_ext4(&host.path("/dev/sda1"), "piimg-data");
+        data_card(host, "piimg-data");
         put(&host.root, GROWN_MARKER, b"grown\n");
         let secrets = crate::contract::paths::CARD_SECRETS;
         if let Some(cfg) = cfg {
@@ -1373,8 +1417,9 @@ mod tests {
         );
         assert!(!host.path("/etc/kubernetes").exists());
         let lines = lines.lock().unwrap().clone();
+        assert!(says_clean(&lines[0]), "{lines:#?}");
         assert_eq!(
-            lines[1..],
+            lines[2..],
             [
                 "piimg-agent: the card belongs to another node: w7; none of its secrets copied, \
               w1 keeps its own config"
@@ -1411,7 +1456,8 @@ mod tests {
             assert!(!host.path("/etc/kubernetes").exists());
             let lines = lines.lock().unwrap().clone();
             let line = line.replace("{root}", &host.root.display().to_string());
-            assert_eq!(lines[1..], [line], "{lines:#?}");
+            assert!(says_clean(&lines[0]), "{lines:#?}");
+            assert_eq!(lines[2..], [line], "{lines:#?}");
         }
     }
 
@@ -1419,8 +1465,7 @@ mod tests {
     fn a_kubernetes_node_netbooted_without_its_card_says_so_and_starts_no_kubeadm_or_kubelet() {
         let cfg = netbooted_worker().public();
         let (_t, host, fake) = rootfs(&cfg);
-        put_partition(&host.root, "sda", 1, "12345678-01");
-        crate::blockdev::tests::mkfs_ext4(&host.path("/dev/sda1"), "piimg-data");
+        data_card(&host, "piimg-data");
         put(&host.root, GROWN_MARKER, b"grown\n");
         let lines = crate::console::capture_thread();
         let node = setup(&host);

@@ -20,7 +20,9 @@ use std::path::{Path, PathBuf};
 /// Debian packages every node gets, by role. Their dependency closure comes along (see
 /// [`packages_for`]).
 pub fn root_packages(role: Role) -> Vec<&'static str> {
-    let mut v = vec!["busybox-static"];
+    // e2fsprogs: stage 2 checks the data filesystem with e2fsck before mounting it on /var
+    // (a power cut can tear its superblock; see piimg_agent::fsck).
+    let mut v = vec!["busybox-static", "e2fsprogs"];
     match role {
         // conntrack, nsenter (util-linux), ip (iproute2) and mount are kubeadm v1.31's required
         // executables (preflight addExecChecks); ca-certificates holds the roots containerd
@@ -375,6 +377,13 @@ pub fn assemble(inp: &Inputs, reporter: &dyn Reporter) -> Result<Assembled, Asse
 
     let mut root = a.root_skeleton()?;
     a.install_packages(&mut root, reporter)?;
+    // Stage 2 runs it before mounting /var: a package that moved it is caught here, not on a
+    // node after a power cut.
+    take(
+        &root,
+        in_tree(agent_paths::E2FSCK),
+        "e2fsck (package e2fsprogs)",
+    )?;
     a.link_busybox_applets(&mut root)?;
     a.link_iptables_alternatives(&mut root)?;
     if a.cfg.role.is_kubernetes() {
