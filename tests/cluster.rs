@@ -101,8 +101,8 @@ fn a_cluster_boots_on_one_virtual_lan_gets_its_time_there_and_goes_down_without_
     // with TLS) and an address no node has: HAProxy tells the two apart only if lb1 reaches w1.
     proj.replace(
         "qemu-ha-lb1",
-        "backends = [\"10.77.0.11:6443\", \"10.77.0.12:6443\", \"10.77.0.13:6443\"]",
-        "backends = [\"10.77.0.21:7780\", \"10.77.0.99:7780\"]",
+        "bind = \"0.0.0.0:6443\"",
+        "bind = \"0.0.0.0:6443\"\nbackends = [\"10.77.0.21:7780\", \"10.77.0.99:7780\"]",
     );
     let ports: Vec<u16> = NODES.iter().map(|_| common::free_port()).collect();
     let mut up = proj.piimg_cached().args([
@@ -213,7 +213,7 @@ fn a_cluster_boots_on_one_virtual_lan_gets_its_time_there_and_goes_down_without_
 #[test]
 fn a_pi4_node_is_refused_before_anything_is_built() {
     let proj = project()
-        .only(&["qemu-ha", "qemu-ha-lb1", "qemu-ha-w1"])
+        .only(&["qemu-ha", "qemu-ha-lb1", "qemu-ha-cp1", "qemu-ha-w1"])
         .create_temp("piimg-cluster-pi4-");
     proj.replace("qemu-ha-w1", "board = \"rpi3b\"", "board = \"rpi4b\"");
     let run = proj

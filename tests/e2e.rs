@@ -897,6 +897,22 @@ fn worker_runs_containerd_a_preloaded_container_and_the_join_command() {
         "IGNORED",
     );
     assert_eq!(ignored, "rc=0", "join with the check ignored");
+    // The same from the configuration's nodeRegistration.ignorePreflightErrors (what a profile's
+    // kubernetes.ignore_preflight_errors writes; a worker's nodeRegistration ends its file), and
+    // `all` there is refused, as kubeadm refuses it.
+    let from_cfg = g.shell(
+        "{ busybox cat /etc/piimg/kubeadm.yaml; printf '  ignorePreflightErrors:\\n    - \"FileAvailable--etc-kubernetes-kubelet.conf\"\\n'; } >/tmp/ki.yaml; kubeadm join --config /tmp/ki.yaml >/tmp/k.out 2>&1; echo rc=$?",
+        "CFGIGNORED",
+    );
+    assert_eq!(
+        from_cfg, "rc=0",
+        "join with the check ignored in the configuration"
+    );
+    let all = g.shell(
+        "busybox sed 's/- \"FileAvailable--etc-kubernetes-kubelet.conf\"/- \"all\"/' /tmp/ki.yaml >/tmp/ka.yaml; kubeadm join --config /tmp/ka.yaml >/tmp/k.out 2>&1; r=$?; busybox grep -q \"'all' cannot be used in configuration file\" /tmp/k.out && echo rc=$r refused; busybox rm -f /tmp/ki.yaml /tmp/ka.yaml",
+        "CFGALL",
+    );
+    assert_eq!(all, "rc=1 refused", "`all` in the configuration");
     // The socket works and the preloaded image was imported on first boot.
     let listed = g.shell("ctr -n k8s.io images ls -q | grep e2e-marker", "IMAGES");
     assert_eq!(listed, image_name);

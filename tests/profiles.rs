@@ -22,6 +22,9 @@ fn home_only() -> Project {
         "qemu-worker",
         "qemu-ha",
         "qemu-ha-lb1",
+        "qemu-ha-cp1",
+        "qemu-ha-cp2",
+        "qemu-ha-cp3",
         "qemu-ha-w1",
         "qemu-ha-w2",
     ] {
@@ -89,6 +92,19 @@ fn shipped_profiles_check_clean() {
     assert!(
         out.contains("3 control-plane members, tolerates 1 failure"),
         "{out}"
+    );
+    // The QEMU cluster's 1 GiB control planes: kubeadm's Mem check ignored, with a warning at
+    // the line that asks for it.
+    assert!(out.contains("cluster qemu-ha (6 nodes)"), "{out}");
+    assert!(
+        o.stderr
+            .lines()
+            .any(|l| l.contains("profiles/qemu-ha.toml:")
+                && l.contains(
+                    "warning: kubernetes.ignore_preflight_errors: rpi3b has at most 1 GiB"
+                )),
+        "{}",
+        o.stderr
     );
 }
 

@@ -189,6 +189,9 @@ pub struct Kubernetes {
     /// Where the cluster CA certificate and key are in the rootfs (control plane only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pki_dir: Option<String>,
+    /// kubeadm preflight checks whose errors are warnings (nodeRegistration.ignorePreflightErrors).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignore_preflight_errors: Vec<String>,
 }
 
 /// A preseeded node as the init node's keeper knows it.
@@ -406,6 +409,7 @@ pub(crate) mod tests {
                 ca_cert_hash: format!("sha256:{}", "ab".repeat(32)),
                 certificate_key: None,
                 pki_dir: None,
+                ignore_preflight_errors: vec![],
             }),
             load_balancer: None,
             agent: AgentSettings {

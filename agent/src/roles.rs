@@ -294,6 +294,7 @@ mod tests {
                 ca_cert_hash: format!("sha256:{}", "ab".repeat(32)),
                 certificate_key: None,
                 pki_dir: None,
+                ignore_preflight_errors: vec![],
             }),
             load_balancer: None,
             agent: AgentSettings {

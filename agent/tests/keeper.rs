@@ -46,6 +46,7 @@ fn config(ttl: &str) -> NodeConfig {
             ca_cert_hash: format!("sha256:{}", "0".repeat(64)),
             certificate_key: None,
             pki_dir: None,
+            ignore_preflight_errors: vec![],
         }),
         load_balancer: None,
         agent: AgentSettings {

@@ -83,12 +83,18 @@ fn yaml_str(s: &str) -> String {
 pub fn kubeadm_yaml(cfg: &NodeConfig, cluster: &str) -> Option<String> {
     let k = cfg.kubernetes.as_ref()?;
     let addr = cfg.network.address.addr();
-    let node_reg = format!(
+    let mut node_reg = format!(
         "nodeRegistration:\n  name: {}\n  criSocket: {}\n  kubeletExtraArgs:\n    - name: node-ip\n      value: {}\n",
         yaml_str(&cfg.hostname),
         yaml_str(paths::CONTAINERD_SOCKET),
         yaml_str(&addr.to_string()),
     );
+    if !k.ignore_preflight_errors.is_empty() {
+        node_reg.push_str("  ignorePreflightErrors:\n");
+        for name in &k.ignore_preflight_errors {
+            node_reg.push_str(&format!("    - {}\n", yaml_str(name)));
+        }
+    }
     let endpoint_host = k
         .control_plane_endpoint
         .rsplit_once(':')
@@ -263,5 +269,35 @@ mod tests {
             "console=tty1 console=ttyS1,115200 console=ttyAMA0,115200 \
              piimg.root=http://10.0.2.2:8080/9ffefdef/root.squashfs panic=10 loglevel=4\n"
         );
+    }
+
+    /// A profile's ignored preflight checks reach kubeadm as its own
+    /// nodeRegistration.ignorePreflightErrors list; without any, the key is absent.
+    #[test]
+    fn ignored_preflight_checks_are_listed_under_the_node_registration() {
+        let cfg = |ignored: &str| {
+            piimg_agent::node::NodeConfig::from_json(
+                format!(
+                    r#"{{"schema":1,"hostname":"cp2","role":"control-plane","board":"rpi3b",
+                    "network":{{"interface":"eth0","address":"10.77.0.12/24"}},
+                    "kubernetes":{{"version":"v1.31.4","control_plane_endpoint":"10.77.0.10:6443",
+                      "pod_cidr":"10.244.0.0/16","service_cidr":"10.96.0.0/12","init":false,
+                      "token":"abcdef.0123456789abcdef","ca_cert_hash":"sha256:00"{ignored}}},
+                    "agent":{{"status_port":7780}},"build_epoch":1700000000}}"#
+                )
+                .as_bytes(),
+            )
+            .unwrap()
+        };
+        let with =
+            kubeadm_yaml(&cfg(r#","ignore_preflight_errors":["Mem","NumCPU"]"#), "c").unwrap();
+        assert!(
+            with.contains(
+                "      value: \"10.77.0.12\"\n  ignorePreflightErrors:\n    - \"Mem\"\n    - \"NumCPU\"\ncontrolPlane:\n"
+            ),
+            "{with}"
+        );
+        let without = kubeadm_yaml(&cfg(""), "c").unwrap();
+        assert!(!without.contains("ignorePreflightErrors"), "{without}");
     }
 }

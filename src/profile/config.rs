@@ -115,6 +115,7 @@ fn kubernetes(
         ca_cert_hash,
         certificate_key: cp.then(|| sec.certificate_key.clone()),
         pki_dir: cp.then(|| "/etc/kubernetes/pki".to_string()),
+        ignore_preflight_errors: k.ignore_preflight_errors.clone(),
     })
 }
 

@@ -56,6 +56,8 @@ pub(super) struct KDraft {
     pub init: bool,
     pub discovery_ca_hash: Option<String>,
     pub token_ttl: String,
+    /// kubeadm's nodeRegistration.ignorePreflightErrors.
+    pub ignore_preflight_errors: Vec<String>,
 }
 
 /// `[load_balancer]` as far as one profile decides it (derived backends need the cluster).

@@ -57,6 +57,7 @@ pub(super) fn check(
     let node_pod_cidr = node_pod_cidr(ctx, k.node_pod_cidr.as_deref(), pod_cidr, address);
     check_discovery_hash(ctx, k.discovery_ca_hash.as_deref());
     let token_ttl = token_ttl(ctx, k.token_ttl.as_deref());
+    let ignore_preflight_errors = ignore_preflight_errors(ctx, k.ignore_preflight_errors);
     let unset = || IpNet::from(IpAddr::from([0, 0, 0, 0]));
     Some(KDraft {
         version,
@@ -68,7 +69,38 @@ pub(super) fn check(
         service_cidr: service_cidr.unwrap_or_else(unset),
         init: k.init,
         discovery_ca_hash: k.discovery_ca_hash,
+        ignore_preflight_errors,
     })
+}
+
+/// Names of kubeadm preflight checks as kubeadm prints them (`Mem`, `NumCPU`,
+/// `FileAvailable--etc-kubernetes-manifests-kube-apiserver.yaml`), each once. Not `all`: kubeadm
+/// refuses it in a configuration file (validation.go, ValidateIgnorePreflightErrors).
+fn ignore_preflight_errors(ctx: &mut Ctx, list: Option<Vec<String>>) -> Vec<String> {
+    let field = "kubernetes.ignore_preflight_errors";
+    let mut out: Vec<String> = Vec::new();
+    for name in list.unwrap_or_default() {
+        let ok = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+        if !ok {
+            ctx.err(
+                field,
+                format!("`{name}` is not a kubeadm preflight check name (such as \"Mem\" or \"NumCPU\")"),
+            );
+        } else if name.eq_ignore_ascii_case("all") {
+            ctx.err(
+                field,
+                "kubeadm refuses `all` in its configuration file: name the checks (such as \"Mem\")",
+            );
+        } else if out.iter().any(|n| n.eq_ignore_ascii_case(&name)) {
+            ctx.err(field, format!("`{name}` is listed twice"));
+        } else {
+            out.push(name);
+        }
+    }
+    out
 }
 
 /// The release decides the packages and, through the pause image, containerd's configuration.
@@ -360,5 +392,22 @@ mod tests {
         assert!(errors(&diags)[0].starts_with("kubernetes.token_ttl: a token that never expires"));
         let (_, diags) = check(|ctx| token_ttl(ctx, Some("forever")));
         assert!(errors(&diags)[0].starts_with("kubernetes.token_ttl: `forever` is not a duration"));
+    }
+
+    #[test]
+    fn ignored_preflight_checks_are_check_names_each_once_and_never_all() {
+        let list = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect());
+        let (l, diags) = check(|ctx| ignore_preflight_errors(ctx, list(&["Mem", "NumCPU"])));
+        assert_eq!(l, ["Mem", "NumCPU"]);
+        assert!(diags.0.is_empty());
+        let (_, diags) = check(|ctx| ignore_preflight_errors(ctx, list(&["all"])));
+        assert!(errors(&diags)[0].contains("kubeadm refuses `all` in its configuration file"));
+        let (l, diags) = check(|ctx| ignore_preflight_errors(ctx, list(&["Mem", "mem", "a b"])));
+        assert_eq!(l, ["Mem"]);
+        assert!(
+            errors(&diags)[0].contains("`mem` is listed twice"),
+            "{diags}"
+        );
+        assert!(errors(&diags)[1].contains("`a b` is not a kubeadm preflight check name"));
     }
 }

@@ -11,28 +11,42 @@ pub(super) fn check(ctx: &mut Ctx, spec: &ProfileSpec) -> Option<(Role, Board, S
         ctx.missing("role", "role (control-plane, worker or load-balancer)");
         return None;
     };
-    let board = board(ctx, spec.board, role);
+    let ignores_mem = spec
+        .kubernetes
+        .as_ref()
+        .and_then(|k| k.ignore_preflight_errors.as_deref())
+        // kubeadm compares check names case-insensitively.
+        .is_some_and(|checks| checks.iter().any(|c| c.eq_ignore_ascii_case("Mem")));
+    let board = board(ctx, spec.board, role, ignores_mem);
     let hostname = hostname(ctx, spec.hostname.as_deref());
     Some((role, board, hostname))
 }
 
 /// The board decides the kernel and firmware, and whether kubeadm accepts it as a control plane.
-fn board(ctx: &mut Ctx, board: Option<Board>, role: Role) -> Board {
+fn board(ctx: &mut Ctx, board: Option<Board>, role: Role, ignores_mem: bool) -> Board {
     let board = board.unwrap_or_else(|| {
         ctx.missing("board", "board (rpi3b, rpi3bplus, zero2w, rpi4b or cm4)");
         Board::Rpi4b
     });
     // kubeadm v1.31's preflight (checks_linux.go, Mem) fails a control-plane node with less than
-    // 1700 MB of RAM, and no preflight error is ignored: these boards have 1 GiB or less.
-    if role == Role::ControlPlane
-        && matches!(board, Board::Rpi3b | Board::Rpi3bplus | Board::Zero2w)
-    {
-        ctx.err(
-            "board",
-            format!(
-                "{board} has at most 1 GiB of RAM; kubeadm requires 1700 MB on a control-plane node (use rpi4b or cm4 with 2 GB or more)"
-            ),
-        );
+    // 1700 MB of RAM unless the profile has it ignore that check: these boards have 1 GiB.
+    let small = matches!(board, Board::Rpi3b | Board::Rpi3bplus | Board::Zero2w);
+    if role == Role::ControlPlane && small {
+        if ignores_mem {
+            ctx.warn(
+                "kubernetes.ignore_preflight_errors",
+                format!(
+                    "{board} has at most 1 GiB of RAM, below the 1700 MB kubeadm requires on a control-plane node; its Mem check is ignored: fit for a QEMU test cluster, not for a cluster you rely on"
+                ),
+            );
+        } else {
+            ctx.err(
+                "board",
+                format!(
+                    "{board} has at most 1 GiB of RAM; kubeadm requires 1700 MB on a control-plane node (use rpi4b or cm4 with 2 GB or more; for a QEMU test cluster, kubernetes.ignore_preflight_errors = [\"Mem\"])"
+                ),
+            );
+        }
     }
     board
 }
@@ -57,7 +71,7 @@ fn hostname(ctx: &mut Ctx, hostname: Option<&str>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{check, errors};
+    use super::super::testing::{check, errors, warnings};
     use super::*;
 
     fn spec(text: &str) -> ProfileSpec {
@@ -88,16 +102,43 @@ mod tests {
 
     #[test]
     fn small_boards_are_workers_or_load_balancers_only() {
-        let (b, diags) = check(|ctx| board(ctx, Some(Board::Rpi3b), Role::Worker));
+        let (b, diags) = check(|ctx| board(ctx, Some(Board::Rpi3b), Role::Worker, false));
         assert_eq!(b, Board::Rpi3b);
         assert!(diags.0.is_empty());
-        let (_, diags) = check(|ctx| board(ctx, Some(Board::Zero2w), Role::ControlPlane));
+        let (_, diags) = check(|ctx| board(ctx, Some(Board::Zero2w), Role::ControlPlane, false));
         assert!(errors(&diags)[0].starts_with("board: zero2w has at most 1 GiB"));
+        assert!(errors(&diags)[0].contains("kubernetes.ignore_preflight_errors = [\"Mem\"]"));
+    }
+
+    /// kubeadm's own way past its Mem check, asked for in the profile: a warning, no error.
+    #[test]
+    fn a_small_control_plane_that_ignores_the_mem_check_is_only_warned_about() {
+        for list in ["[\"Mem\"]", "[\"Swap\", \"mem\"]"] {
+            let s = spec(&format!(
+                "hostname = \"cp1\"\nboard = \"rpi3b\"\nrole = \"control-plane\"\n\
+                 [kubernetes]\nignore_preflight_errors = {list}"
+            ));
+            let (out, diags) = check(|ctx| super::check(ctx, &s));
+            assert!(out.is_some());
+            assert!(errors(&diags).is_empty(), "{list}: {diags}");
+            assert!(
+                warnings(&diags)[0].starts_with(
+                    "kubernetes.ignore_preflight_errors: rpi3b has at most 1 GiB of RAM, below the 1700 MB"
+                ),
+                "{list}: {diags}"
+            );
+        }
+        let s = spec(
+            "hostname = \"cp1\"\nboard = \"rpi3b\"\nrole = \"control-plane\"\n\
+             [kubernetes]\nignore_preflight_errors = [\"Swap\"]",
+        );
+        let (_, diags) = check(|ctx| super::check(ctx, &s));
+        assert!(errors(&diags)[0].starts_with("board: rpi3b has at most 1 GiB"));
     }
 
     #[test]
     fn a_missing_board_is_reported() {
-        let (_, diags) = check(|ctx| board(ctx, None, Role::Worker));
+        let (_, diags) = check(|ctx| board(ctx, None, Role::Worker, false));
         assert!(errors(&diags)[0].starts_with("board: missing: board"));
     }
 

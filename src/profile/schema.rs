@@ -89,6 +89,9 @@ pub struct KubernetesSpec {
     /// This node's share of the pod network (default: the /24 of pod_cidr numbered by the
     /// node's host number in its subnet).
     pub node_pod_cidr: Option<String>,
+    /// kubeadm preflight checks whose errors become warnings (its
+    /// nodeRegistration.ignorePreflightErrors), e.g. ["Mem"] for a 1 GiB control plane in QEMU.
+    pub ignore_preflight_errors: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
