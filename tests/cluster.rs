@@ -2,8 +2,8 @@
 //! workers) built and booted in three raspi3b QEMUs on one virtual LAN over loopback, checked
 //! from the outside: the agents' status endpoints through `--forward` (the host's station
 //! splicing into the segment), the agents' own word that they set their clocks from the
-//! station's SNTP, HAProxy's health checks from one node to the others, and no QEMU left after
-//! `cluster down`.
+//! station's SNTP, HAProxy's health checks from one node to the others, a pod on one worker
+//! reaching a pod on the other by its pod IP, and no QEMU left after `cluster down`.
 //!
 //! Needs Debian's archive for the first build on a machine (packages are cached in
 //! target/tmp/piimg-test-cache) and qemu-system-aarch64 >= 7.2 (`-netdev dgram`).
@@ -90,6 +90,27 @@ fn wait_line(dir: &Path, node: &str, needles: &[&str], within: Duration) -> Stri
     }
 }
 
+/// The container image the workers import for the pod-to-pod check.
+const POD_IMAGE: &str = "docker.io/piimg/cluster-pod:1";
+
+/// `node_pod_cidr` as `piimg show` reports it for `node`.
+fn node_pod_cidr(proj: &Project, node: &str) -> String {
+    let show = proj.piimg().args(["show", "--profile", node]).run();
+    show.assert_ok();
+    let text = show.combined();
+    text.lines()
+        .find_map(|l| l.strip_prefix("node_pod_cidr = \""))
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("no node_pod_cidr in:\n{text}"))
+        .to_string()
+}
+
+/// The address after a subnet's first (the bridge takes .1, host-local hands out .2 first).
+fn first_pod_ip(subnet: &str) -> std::net::Ipv4Addr {
+    let net: std::net::Ipv4Addr = subnet.split('/').next().unwrap().parse().unwrap();
+    std::net::Ipv4Addr::from(u32::from(net) + 2)
+}
+
 #[test]
 fn a_cluster_boots_on_one_virtual_lan_gets_its_time_there_and_goes_down_without_a_trace() {
     let proj = project()
@@ -104,6 +125,25 @@ fn a_cluster_boots_on_one_virtual_lan_gets_its_time_there_and_goes_down_without_
         "bind = \"0.0.0.0:6443\"",
         "bind = \"0.0.0.0:6443\"\nbackends = [\"10.77.0.21:7780\", \"10.77.0.99:7780\"]",
     );
+    // Pod to pod: both workers get a busybox image to import; the stand-in kubelet's test mode
+    // runs a server pod on w2 and, on w1, a client pod that fetches from it by pod IP: the
+    // first address host-local gives out of w2's pod subnet (.1 is the bridge's).
+    let w2_subnet = node_pod_cidr(&proj, "qemu-ha-w2");
+    let w2_pod = first_pod_ip(&w2_subnet);
+    let busybox = common::oci::busybox_from_cache(&proj, "qemu-ha-lb1");
+    let overlay = proj.root().join("overlays/worker");
+    std::fs::create_dir_all(overlay.join("usr/share/piimg/images")).unwrap();
+    std::fs::write(
+        overlay.join("usr/share/piimg/images/pod.tar"),
+        common::oci::oci_archive(&busybox, POD_IMAGE),
+    )
+    .unwrap();
+    std::fs::create_dir_all(overlay.join("etc/piimg-test")).unwrap();
+    std::fs::write(
+        overlay.join("etc/piimg-test/kubelet-pods"),
+        format!("qemu-ha-w2 serve 8080 {POD_IMAGE}\nqemu-ha-w1 fetch {w2_pod}:8080 {POD_IMAGE}\n"),
+    )
+    .unwrap();
     let ports: Vec<u16> = NODES.iter().map(|_| common::free_port()).collect();
     let mut up = proj.piimg_cached().args([
         "cluster",
@@ -163,6 +203,25 @@ fn a_cluster_boots_on_one_virtual_lan_gets_its_time_there_and_goes_down_without_
             Duration::from_secs(5),
         );
     }
+    // w1's client pod reached w2's server pod by its pod IP, and the answer names w2 and that
+    // address: across the LAN by the routes the agent installed from the profiles (no
+    // overlay network, and the bridge does not masquerade).
+    let pong = wait_line(
+        &dir,
+        "qemu-ha-w1",
+        &[&format!(
+            "piimg-test-standin kubelet: pod-to-pod {w2_pod}:8080: pong from qemu-ha-w2: "
+        )],
+        Duration::from_secs(240),
+    );
+    assert!(
+        pong.contains(&format!(
+            " inet {w2_pod}/{} ",
+            w2_subnet.split('/').nth(1).unwrap()
+        )),
+        "{pong}"
+    );
+    eprintln!("w1: {pong}");
     // Node to node: HAProxy on lb1 got a TCP connection to w1 (its TLS check then fails on
     // the plain-HTTP answer: layer 6), and none to the absent address (layer 4).
     let w1 = wait_line(

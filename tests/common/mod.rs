@@ -7,6 +7,7 @@
 
 pub mod checkers;
 pub mod loopdev;
+pub mod oci;
 pub mod piimg;
 pub mod project;
 
