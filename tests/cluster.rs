@@ -1,9 +1,10 @@
-//! `piimg cluster up` end to end: the shipped `qemu-ha` cluster (a load balancer and two
-//! workers) built and booted in three raspi3b QEMUs on one virtual LAN over loopback, checked
-//! from the outside: the agents' status endpoints through `--forward` (the host's station
-//! splicing into the segment), the agents' own word that they set their clocks from the
-//! station's SNTP, HAProxy's health checks from one node to the others, a pod on one worker
-//! reaching a pod on the other by its pod IP, and no QEMU left after `cluster down`.
+//! `piimg cluster up` end to end, the shipped `qemu-ha` cluster in raspi3b QEMUs on one virtual
+//! LAN over loopback, checked from the outside. The load balancer and the two workers: the
+//! agents' status endpoints through `--forward` (the host's station splicing into the segment),
+//! the agents' own word that they set their clocks from the station's SNTP, HAProxy's health
+//! checks from one node to the others, a pod on one worker reaching a pod on the other by its
+//! pod IP, and no QEMU left after `cluster down`. The load balancer and the three control
+//! planes: failover between their (stand-in) API servers.
 //!
 //! Needs Debian's archive for the first build on a machine (packages are cached in
 //! target/tmp/piimg-test-cache) and qemu-system-aarch64 >= 7.2 (`-netdev dgram`).
@@ -287,4 +288,174 @@ fn a_pi4_node_is_refused_before_anything_is_built() {
         run.combined()
     );
     assert!(!proj.root().join("out").exists(), "nothing is built");
+}
+
+/// `GET https://10.77.0.10:6443/readyz` as kubectl sends it, through the forward at `port`
+/// (curl connects there and still checks the certificate for the endpoint's address, against
+/// the cluster CA in `ca`): the body, or curl's error.
+fn readyz(port: u16, ca: &Path) -> Result<String, String> {
+    let o = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "15", "--cacert"])
+        .arg(ca)
+        .arg("--connect-to")
+        .arg(format!("10.77.0.10:6443:127.0.0.1:{port}"))
+        .arg("https://10.77.0.10:6443/readyz")
+        .output()
+        .unwrap();
+    if o.status.success() {
+        Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).trim().to_string())
+    }
+}
+
+/// `n` requests through the load balancer: the control plane that answered each.
+fn answers(port: u16, ca: &Path, n: usize) -> Vec<Result<String, String>> {
+    (0..n)
+        .map(|_| readyz(port, ca).map(|b| b.trim_start_matches("ok from ").to_string()))
+        .collect()
+}
+
+/// How often lb1's HAProxy has logged `line` (it logs state changes; the backends derived from
+/// the control planes are named after them).
+fn haproxy_count(dir: &Path, line: &str) -> usize {
+    log(dir, "qemu-ha-lb1").matches(line).count()
+}
+
+/// Waits until lb1's HAProxy has logged `line` more than `before` times; returns when.
+fn wait_haproxy(dir: &Path, line: &str, before: usize, within: Duration) -> Instant {
+    let until = Instant::now() + within;
+    loop {
+        if haproxy_count(dir, line) > before {
+            return Instant::now();
+        }
+        assert!(
+            Instant::now() < until,
+            "lb1 never logged {line:?} again; its log ends:\n{}",
+            log(dir, "qemu-ha-lb1")
+                .lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The load balancer and three control planes (1 GiB raspi3b: kubeadm's Mem check ignored),
+/// each control plane serving a stand-in API server with a certificate the cluster CA issued
+/// (kubeadm's certs phase, the stand-in's). From the host through lb1's forwarded frontend,
+/// with the CA checked: requests reach all three; cp2's API server stopped, HAProxy marks it
+/// DOWN within its checks (inter 2s, fall 3) and no request fails or reaches it after that;
+/// started again, it is UP and back in rotation.
+#[test]
+fn the_load_balancer_fails_over_when_a_control_planes_api_server_stops() {
+    let proj = project()
+        .only(&[
+            "qemu-ha",
+            "qemu-ha-lb1",
+            "qemu-ha-cp1",
+            "qemu-ha-cp2",
+            "qemu-ha-cp3",
+        ])
+        .lock()
+        .overlays()
+        .create_temp("piimg-cluster-failover-");
+    let modes = proj.root().join("overlays/control-plane/etc/piimg-test");
+    std::fs::create_dir_all(&modes).unwrap();
+    std::fs::write(modes.join("apiserver-control"), b"").unwrap();
+    let (front, control) = (common::free_port(), common::free_port());
+    let _down = Down(&proj);
+    let t = Instant::now();
+    let run = proj
+        .piimg_cached()
+        .args([
+            "cluster",
+            "up",
+            "--cluster",
+            "qemu-ha",
+            "--until",
+            "ready",
+            "--timeout",
+            "500",
+        ])
+        .arg("--forward")
+        .arg(format!("{front}:qemu-ha-lb1:6443"))
+        .arg("--forward")
+        .arg(format!("{control}:qemu-ha-cp2:7781"))
+        .standins(&KUBE_STANDINS)
+        .run();
+    eprintln!("{}", run.combined());
+    run.assert_ok();
+    eprintln!(
+        "cluster up, 4 nodes (build and boot): {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let dir = proj.root().join("out/cluster/qemu-ha");
+    for cp in ["qemu-ha-cp1", "qemu-ha-cp2", "qemu-ha-cp3"] {
+        wait_line(
+            &dir,
+            cp,
+            &["[kubeadm]", "[WARNING Mem]: the system RAM"],
+            Duration::from_secs(5),
+        );
+    }
+    let ca = proj.root().join("ca.crt");
+    let secrets = common::read_toml(&proj.secrets("qemu-ha"));
+    std::fs::write(&ca, secrets["ca_cert"].as_str().unwrap()).unwrap();
+    for cp in ["qemu-ha-cp1", "qemu-ha-cp2", "qemu-ha-cp3"] {
+        wait_haproxy(
+            &dir,
+            &format!("[haproxy] Server kube-apiservers/{cp} is UP"),
+            0,
+            Duration::from_secs(60),
+        );
+    }
+    let all: Vec<_> = answers(front, &ca, 9);
+    let mut seen: Vec<String> = all.iter().filter_map(|r| r.clone().ok()).collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(
+        seen,
+        ["qemu-ha-cp1", "qemu-ha-cp2", "qemu-ha-cp3"],
+        "round robin over the three: {all:?}"
+    );
+
+    let (down_line, up_line) = (
+        "[haproxy] Server kube-apiservers/qemu-ha-cp2 is DOWN",
+        "[haproxy] Server kube-apiservers/qemu-ha-cp2 is UP",
+    );
+    let downs = haproxy_count(&dir, down_line);
+    let stop = common::http_get(control, "/cgi-bin/apiserver?stop");
+    assert!(stop.contains("apiserver stop: stopped"), "{stop}");
+    let stopped = Instant::now();
+    let down = wait_haproxy(&dir, down_line, downs, Duration::from_secs(60));
+    let took = down - stopped;
+    eprintln!(
+        "cp2's API server stopped: DOWN after {:.1} s",
+        took.as_secs_f64()
+    );
+    // Three failed checks 2 s apart, plus the guest's slowness under emulation.
+    assert!(took < Duration::from_secs(20), "DOWN after {took:?}");
+    let after = answers(front, &ca, 9);
+    assert!(
+        after
+            .iter()
+            .all(|r| matches!(r, Ok(n) if n == "qemu-ha-cp1" || n == "qemu-ha-cp3")),
+        "with cp2 down: {after:?}"
+    );
+
+    let ups = haproxy_count(&dir, up_line);
+    let start = common::http_get(control, "/cgi-bin/apiserver?start");
+    assert!(start.contains("apiserver start: running"), "{start}");
+    wait_haproxy(&dir, up_line, ups, Duration::from_secs(60));
+    let back = answers(front, &ca, 9);
+    assert!(
+        back.iter().all(Result::is_ok)
+            && back
+                .iter()
+                .any(|r| matches!(r, Ok(n) if n == "qemu-ha-cp2")),
+        "cp2 back in rotation: {back:?}"
+    );
 }
