@@ -14,6 +14,7 @@ use common::project::{project, Project};
 use common::KUBE_STANDINS;
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const NODES: [(&str, &str); 3] = [
@@ -21,6 +22,10 @@ const NODES: [(&str, &str); 3] = [
     ("qemu-ha-w1", "10.77.0.21"),
     ("qemu-ha-w2", "10.77.0.22"),
 ];
+
+/// One cluster at a time: each is several emulated Pis, and two clusters on two cores only
+/// slow each other down.
+static CLUSTERS: Mutex<()> = Mutex::new(());
 
 /// Runs `cluster down` when dropped, so that a failed assertion leaves no QEMU behind.
 struct Down<'a>(&'a Project);
@@ -114,6 +119,7 @@ fn first_pod_ip(subnet: &str) -> std::net::Ipv4Addr {
 
 #[test]
 fn a_cluster_boots_on_one_virtual_lan_gets_its_time_there_and_goes_down_without_a_trace() {
+    let _one = CLUSTERS.lock().unwrap_or_else(|e| e.into_inner());
     let proj = project()
         .only(&["qemu-ha", "qemu-ha-lb1", "qemu-ha-w1", "qemu-ha-w2"])
         .lock()
@@ -351,6 +357,7 @@ fn wait_haproxy(dir: &Path, line: &str, before: usize, within: Duration) -> Inst
 /// started again, it is UP and back in rotation.
 #[test]
 fn the_load_balancer_fails_over_when_a_control_planes_api_server_stops() {
+    let _one = CLUSTERS.lock().unwrap_or_else(|e| e.into_inner());
     let proj = project()
         .only(&[
             "qemu-ha",
