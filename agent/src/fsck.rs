@@ -12,15 +12,15 @@ use std::io;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-/// e2fsck's exit status bits (e2fsck(8), "EXIT CODE").
+/// e2fsck's exit status bits (e2fsck(8), "EXIT CODE"); the others (4 errors left uncorrected,
+/// 16 usage, 32 cancelled, 128 library error) all mean the filesystem was not made clean.
 const CORRECTED: i32 = 1;
 const REBOOT: i32 = 2;
-const UNCORRECTED: i32 = 4;
 const OPERATIONAL: i32 = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// Preen found nothing to do.
+    /// Nothing to do (preen, or -fy after preen failed for a passing reason).
     Clean,
     /// Preen fixed what it found (a journal replay, counts).
     Preened,
@@ -34,20 +34,33 @@ pub enum Outcome {
 /// the mode it ran in.
 pub fn check(e2fsck: &Path, dev: &Path, say: &mut dyn FnMut(&str)) -> io::Result<Outcome> {
     let preen = run(e2fsck, "-p", dev, say)?;
-    if preen & (UNCORRECTED | OPERATIONAL) == 0 {
-        return Ok(if preen & (CORRECTED | REBOOT) == 0 {
+    // Anything but "fixed" is preen giving up: uncorrected errors, an operational error (a
+    // superblock it cannot read), a usage or library error.
+    if preen & !(CORRECTED | REBOOT) == 0 {
+        return Ok(if preen == 0 {
             Outcome::Clean
         } else {
             Outcome::Preened
         });
     }
+    say(&format!(
+        "e2fsck -p gave up on {} (exit {preen}); checking all of it with e2fsck -fy, which \
+         takes minutes on a large, full card",
+        dev.display()
+    ));
     let yes = run(e2fsck, "-fy", dev, say)?;
-    Ok(if yes & !(CORRECTED | REBOOT) == 0 {
-        Outcome::Repaired
-    } else {
+    Ok(if yes & !(CORRECTED | REBOOT) != 0 {
         Outcome::Failed(yes)
+    } else if yes == 0 {
+        Outcome::Clean
+    } else {
+        Outcome::Repaired
     })
 }
+
+/// Lines of one e2fsck run shown on the console at most: a badly damaged filesystem makes
+/// e2fsck -fy print a line per fix, more than a serial console should carry before /var.
+const MAX_LINES: usize = 200;
 
 fn run(e2fsck: &Path, mode: &str, dev: &Path, say: &mut dyn FnMut(&str)) -> io::Result<i32> {
     let out = Command::new(e2fsck)
@@ -55,12 +68,20 @@ fn run(e2fsck: &Path, mode: &str, dev: &Path, say: &mut dyn FnMut(&str)) -> io::
         .arg(dev)
         .stdin(Stdio::null())
         .output()?;
-    for text in [&out.stdout, &out.stderr] {
-        for line in String::from_utf8_lossy(text).lines() {
-            if !line.trim().is_empty() {
-                say(&format!("e2fsck {mode}: {line}"));
-            }
-        }
+    let text = [&out.stdout, &out.stderr].map(|t| String::from_utf8_lossy(t).into_owned());
+    let lines: Vec<&str> = text
+        .iter()
+        .flat_map(|t| t.lines())
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    for line in lines.iter().take(MAX_LINES) {
+        say(&format!("e2fsck {mode}: {line}"));
+    }
+    if lines.len() > MAX_LINES {
+        say(&format!(
+            "e2fsck {mode}: ... {} more lines not shown",
+            lines.len() - MAX_LINES
+        ));
     }
     // Killed by a signal: nothing was decided, as with an operational error.
     Ok(out.status.code().unwrap_or(OPERATIONAL))
@@ -183,6 +204,35 @@ mod tests {
             matches!(got, Outcome::Failed(c) if c & OPERATIONAL != 0),
             "{got:?}"
         );
+    }
+
+    /// A preen that fails in any way (here a usage error, 16) leads to -fy, whose output the
+    /// console gets at most MAX_LINES of, then a count.
+    #[test]
+    fn any_preen_failure_leads_to_a_full_check_whose_output_is_capped() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let fake = t.path().join("e2fsck");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\ncase $1 in -p) exit 16 ;; -fy) seq 1 300; exit 1 ;; esac\nexit 99\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut lines = Vec::new();
+        let got = check(&fake, Path::new("/dev/x"), &mut |l| {
+            lines.push(l.to_string())
+        })
+        .unwrap();
+        assert_eq!(got, Outcome::Repaired);
+        assert!(lines[0].starts_with("e2fsck -p gave up on /dev/x (exit 16); "));
+        assert_eq!(lines[1], "e2fsck -fy: 1");
+        assert_eq!(lines[MAX_LINES], format!("e2fsck -fy: {MAX_LINES}"));
+        assert_eq!(
+            lines[MAX_LINES + 1],
+            "e2fsck -fy: ... 100 more lines not shown"
+        );
+        assert_eq!(lines.len(), MAX_LINES + 2);
     }
 
     #[test]

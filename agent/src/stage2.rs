@@ -338,7 +338,7 @@ fn check_data(host: &Host, dev: &Path) {
     use crate::contract::paths::E2FSCK;
     match fsck::check(&host.path(E2FSCK), dev, &mut |l| say(l)) {
         Err(e) => say(&format!(
-            "{E2FSCK}: {e}; {} mounted unchecked",
+            "{E2FSCK}: {e}; mounting {} unchecked",
             dev.display()
         )),
         Ok(fsck::Outcome::Clean | fsck::Outcome::Preened) => {}
