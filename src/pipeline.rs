@@ -410,7 +410,14 @@ pub fn build_inputs(
             .iter()
             .map(|p| Ok((p.display().to_string(), sha256_path(p)?)))
             .collect::<Result<_, PipelineError>>()?,
-        secrets: node.secrets_path.as_deref().map(sha256_path).transpose()?,
+        // A node that needs none (a load balancer without Wi-Fi) may name a secrets file that
+        // its cluster never created.
+        secrets: match node.secrets_path.as_deref().map(sha256_path) {
+            Some(Err(PipelineError::Input(_, e))) if e.kind() == std::io::ErrorKind::NotFound => {
+                None
+            }
+            r => r.transpose()?,
+        },
         // No lock yet: the build itself says to run `piimg fetch`.
         lock: match sha256_path(lock_file) {
             Err(PipelineError::Input(_, e)) if e.kind() == std::io::ErrorKind::NotFound => None,
