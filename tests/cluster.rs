@@ -411,24 +411,22 @@ fn the_load_balancer_fails_over_when_a_control_planes_api_server_stops() {
     let ca = proj.root().join("ca.crt");
     let secrets = common::read_toml(&proj.secrets("qemu-ha"));
     std::fs::write(&ca, secrets["ca_cert"].as_str().unwrap()).unwrap();
-    for cp in ["qemu-ha-cp1", "qemu-ha-cp2", "qemu-ha-cp3"] {
-        wait_haproxy(
-            &dir,
-            &format!("[haproxy] Server kube-apiservers/{cp} is UP"),
-            0,
-            Duration::from_secs(60),
+    // Until HAProxy has all three in rotation (each API server starts after its node joins).
+    let until = Instant::now() + Duration::from_secs(90);
+    loop {
+        let all = answers(front, &ca, 9);
+        let mut seen: Vec<String> = all.iter().filter_map(|r| r.clone().ok()).collect();
+        seen.sort();
+        seen.dedup();
+        if seen == ["qemu-ha-cp1", "qemu-ha-cp2", "qemu-ha-cp3"] {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "round robin never reached all three: {all:?}"
         );
+        std::thread::sleep(Duration::from_secs(2));
     }
-    let all: Vec<_> = answers(front, &ca, 9);
-    let mut seen: Vec<String> = all.iter().filter_map(|r| r.clone().ok()).collect();
-    seen.sort();
-    seen.dedup();
-    assert_eq!(
-        seen,
-        ["qemu-ha-cp1", "qemu-ha-cp2", "qemu-ha-cp3"],
-        "round robin over the three: {all:?}"
-    );
-
     let (down_line, up_line) = (
         "[haproxy] Server kube-apiservers/qemu-ha-cp2 is DOWN",
         "[haproxy] Server kube-apiservers/qemu-ha-cp2 is UP",
@@ -465,4 +463,102 @@ fn the_load_balancer_fails_over_when_a_control_planes_api_server_stops() {
                 .any(|r| matches!(r, Ok(n) if n == "qemu-ha-cp2")),
         "cp2 back in rotation: {back:?}"
     );
+}
+
+/// At a terminal, without `--until`: the table is live (a spinner per node, redrawn in place,
+/// each node going from booting to ready), and Ctrl-C typed at that terminal stops the whole
+/// cluster: exit status 130, no QEMU left, no state behind. `script` gives piimg the terminal
+/// and passes on what the test types, as a terminal would.
+#[test]
+fn at_a_terminal_the_table_is_live_and_ctrl_c_stops_every_qemu() {
+    use std::io::{Read, Write};
+    let _one = CLUSTERS.lock().unwrap_or_else(|e| e.into_inner());
+    let proj = project()
+        .only(&["qemu-ha", "qemu-ha-lb1"])
+        .lock()
+        .overlays()
+        .create_temp("piimg-cluster-tty-");
+    // Without its control planes here, lb1 names a backend of its own.
+    proj.replace(
+        "qemu-ha-lb1",
+        "bind = \"0.0.0.0:6443\"",
+        "bind = \"0.0.0.0:6443\"\nbackends = [\"10.77.0.11:6443\"]",
+    );
+    let cmd = proj
+        .piimg_cached()
+        .args(["cluster", "up", "--cluster", "qemu-ha", "--timeout", "300"])
+        .command();
+    let line = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| format!("'{}'", a.to_string_lossy()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut script = std::process::Command::new("script");
+    script
+        .args(["-qefc", &format!("exec {line}"), "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    if let Some(dir) = cmd.get_current_dir() {
+        script.current_dir(dir);
+    }
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => script.env(k, v),
+            None => script.env_remove(k),
+        };
+    }
+    let mut child = script.spawn().unwrap();
+    let _down = Down(&proj);
+    let mut out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut screen = Vec::new();
+    let until = Instant::now() + Duration::from_secs(400);
+    let ready = |s: &[u8]| String::from_utf8_lossy(s).contains("10.77.0.10       ready");
+    while !ready(&screen) {
+        assert!(
+            Instant::now() < until,
+            "lb1 never showed ready:\n{}",
+            String::from_utf8_lossy(&screen)
+        );
+        if let Ok(b) = rx.recv_timeout(Duration::from_millis(500)) {
+            screen.extend(b);
+        }
+    }
+    let text = String::from_utf8_lossy(&screen).into_owned();
+    // Live: the booting row is redrawn in place (cursor movement), with a spinner, before it
+    // says ready; no line-per-change log as without a terminal.
+    assert!(text.contains("booting"), "{text}");
+    assert!(
+        text.contains("\u{1b}["),
+        "no redraw on the terminal: {text:?}"
+    );
+    assert!(!text.contains("piimg: qemu-ha-lb1  10.77.0.10"), "{text}");
+    assert_eq!(qemus_under(proj.root()).len(), 1);
+
+    child.stdin.as_mut().unwrap().write_all(b"\x03").unwrap();
+    let status = child.wait().unwrap();
+    while let Ok(b) = rx.recv_timeout(Duration::from_millis(200)) {
+        screen.extend(b);
+    }
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "after Ctrl-C:\n{}",
+        String::from_utf8_lossy(&screen)
+    );
+    assert_eq!(
+        qemus_under(proj.root()),
+        Vec::<i32>::new(),
+        "QEMU left behind"
+    );
+    assert!(!proj.root().join("out/cluster/qemu-ha/state.json").exists());
 }

@@ -798,7 +798,7 @@ fn worker_runs_containerd_a_preloaded_container_and_the_join_command() {
     // kubernetes.ignore_preflight_errors writes; a worker's nodeRegistration ends its file), and
     // `all` there is refused, as kubeadm refuses it.
     let from_cfg = g.shell(
-        "{ busybox cat /etc/piimg/kubeadm.yaml; printf '  ignorePreflightErrors:\\n    - \"FileAvailable--etc-kubernetes-kubelet.conf\"\\n'; } >/tmp/ki.yaml; kubeadm join --config /tmp/ki.yaml >/tmp/k.out 2>&1; echo rc=$?",
+        "{ busybox cat /etc/piimg/kubeadm.yaml; printf '  ignorePreflightErrors:\\n    - \"FileAvailable--etc-kubernetes-kubelet.conf\"\\n'; } >/tmp/ki.yaml; kubeadm join --config /tmp/ki.yaml >/tmp/k.out 2>&1; echo rc=$?; busybox rm -f /tmp/k.out",
         "CFGIGNORED",
     );
     assert_eq!(
@@ -806,7 +806,7 @@ fn worker_runs_containerd_a_preloaded_container_and_the_join_command() {
         "join with the check ignored in the configuration"
     );
     let all = g.shell(
-        "busybox sed 's/- \"FileAvailable--etc-kubernetes-kubelet.conf\"/- \"all\"/' /tmp/ki.yaml >/tmp/ka.yaml; kubeadm join --config /tmp/ka.yaml >/tmp/k.out 2>&1; r=$?; busybox grep -q \"'all' cannot be used in configuration file\" /tmp/k.out && echo rc=$r refused; busybox rm -f /tmp/ki.yaml /tmp/ka.yaml",
+        "busybox sed 's/- \"FileAvailable--etc-kubernetes-kubelet.conf\"/- \"all\"/' /tmp/ki.yaml >/tmp/ka.yaml; kubeadm join --config /tmp/ka.yaml >/tmp/k.out 2>&1; r=$?; busybox grep -q \"'all' cannot be used in configuration file\" /tmp/k.out && echo rc=$r refused; busybox rm -f /tmp/ki.yaml /tmp/ka.yaml /tmp/k.out",
         "CFGALL",
     );
     assert_eq!(all, "rc=1 refused", "`all` in the configuration");
@@ -1020,7 +1020,15 @@ fn power_cuts() -> Vec<Cut> {
         Ok(phase) if MILESTONES.iter().any(|&(p, _)| p == phase) => {
             all.into_iter().filter(|c| c.phase == phase).collect()
         }
-        _ => [4, 13, 22, 31].iter().map(|&i| all[i].clone()).collect(),
+        Ok(other) => panic!(
+            "PIIMG_POWERCUTS={other:?}: expected all or a phase ({})",
+            MILESTONES
+                .iter()
+                .map(|m| m.0)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Err(_) => [4, 13, 22, 31].iter().map(|&i| all[i].clone()).collect(),
     }
 }
 
