@@ -23,6 +23,14 @@ const NODES: [(&str, &str); 3] = [
     ("qemu-ha-w2", "10.77.0.22"),
 ];
 
+/// The load balancer and the control planes, for the failover test.
+const CONTROL_PLANES: [(&str, &str); 4] = [
+    ("qemu-ha-lb1", "10.77.0.10"),
+    ("qemu-ha-cp1", "10.77.0.11"),
+    ("qemu-ha-cp2", "10.77.0.12"),
+    ("qemu-ha-cp3", "10.77.0.13"),
+];
+
 /// One cluster at a time: each is several emulated Pis, and two clusters on two cores only
 /// slow each other down.
 static CLUSTERS: Mutex<()> = Mutex::new(());
@@ -96,6 +104,38 @@ fn wait_line(dir: &Path, node: &str, needles: &[&str], within: Duration) -> Stri
     }
 }
 
+/// The stand-in kubelet's test-mode lines: each Kubernetes node of `nodes` (all but the load
+/// balancer, which runs no kubelet) pings every other node's address.
+fn ping_lines(nodes: &[(&str, &str)]) -> String {
+    nodes
+        .iter()
+        .filter(|(n, _)| !n.ends_with("-lb1"))
+        .map(|(n, _)| {
+            let others: Vec<&str> = nodes
+                .iter()
+                .filter(|(o, _)| o != n)
+                .map(|(_, a)| *a)
+                .collect();
+            format!("{n} ping {}\n", others.join(","))
+        })
+        .collect()
+}
+
+/// Every ping of [`ping_lines`] reached its address.
+fn assert_pings(dir: &Path, nodes: &[(&str, &str)]) {
+    for (n, _) in nodes.iter().filter(|(n, _)| !n.ends_with("-lb1")) {
+        for (o, a) in nodes.iter().filter(|(o, _)| o != n) {
+            let line = wait_line(
+                dir,
+                n,
+                &[&format!("piimg-test-standin kubelet: ping {a}: ")],
+                Duration::from_secs(90),
+            );
+            assert!(line.ends_with(": reached"), "{n} -> {o}: {line}");
+        }
+    }
+}
+
 /// The container image the workers import for the pod-to-pod check.
 const POD_IMAGE: &str = "docker.io/piimg/cluster-pod:1";
 
@@ -125,12 +165,13 @@ fn a_cluster_boots_on_one_virtual_lan_gets_its_time_there_and_goes_down_without_
         .lock()
         .overlays()
         .create_temp("piimg-cluster-");
-    // The load balancer health-checks w1's status endpoint (a node that answers, though not
-    // with TLS) and an address no node has: HAProxy tells the two apart only if lb1 reaches w1.
+    // The load balancer health-checks the workers' status endpoints (nodes that answer, though
+    // not with TLS) and an address no node has: HAProxy tells them apart only if lb1 reaches
+    // each worker.
     proj.replace(
         "qemu-ha-lb1",
         "bind = \"0.0.0.0:6443\"",
-        "bind = \"0.0.0.0:6443\"\nbackends = [\"10.77.0.21:7780\", \"10.77.0.99:7780\"]",
+        "bind = \"0.0.0.0:6443\"\nbackends = [\"10.77.0.21:7780\", \"10.77.0.22:7780\", \"10.77.0.99:7780\"]",
     );
     // Pod to pod: both workers get a busybox image to import; the stand-in kubelet's test mode
     // runs a server pod on w2 and, on w1, a client pod that fetches from it by pod IP: the
@@ -148,7 +189,10 @@ fn a_cluster_boots_on_one_virtual_lan_gets_its_time_there_and_goes_down_without_
     std::fs::create_dir_all(overlay.join("etc/piimg-test")).unwrap();
     std::fs::write(
         overlay.join("etc/piimg-test/kubelet-pods"),
-        format!("qemu-ha-w2 serve 8080 {POD_IMAGE}\nqemu-ha-w1 fetch {w2_pod}:8080 {POD_IMAGE}\n"),
+        format!(
+            "{}qemu-ha-w2 serve 8080 {POD_IMAGE}\nqemu-ha-w1 fetch {w2_pod}:8080 {POD_IMAGE}\n",
+            ping_lines(&NODES)
+        ),
     )
     .unwrap();
     let ports: Vec<u16> = NODES.iter().map(|_| common::free_port()).collect();
@@ -229,6 +273,9 @@ fn a_cluster_boots_on_one_virtual_lan_gets_its_time_there_and_goes_down_without_
         "{pong}"
     );
     eprintln!("w1: {pong}");
+    // Each worker reached every other node's address (the load balancer reaches them: its
+    // checks above).
+    assert_pings(&dir, &NODES);
     // Node to node: HAProxy on lb1 got a TCP connection to w1 (its TLS check then fails on
     // the plain-HTTP answer: layer 6), and none to the absent address (layer 4).
     let w1 = wait_line(
@@ -238,10 +285,17 @@ fn a_cluster_boots_on_one_virtual_lan_gets_its_time_there_and_goes_down_without_
         Duration::from_secs(60),
     );
     assert!(w1.contains("reason: Layer6"), "{w1}");
-    let absent = wait_line(
+    let w2 = wait_line(
         &dir,
         "qemu-ha-lb1",
         &["Server kube-apiservers/backend2 is DOWN, reason: "],
+        Duration::from_secs(60),
+    );
+    assert!(w2.contains("reason: Layer6"), "{w2}");
+    let absent = wait_line(
+        &dir,
+        "qemu-ha-lb1",
+        &["Server kube-apiservers/backend3 is DOWN, reason: "],
         Duration::from_secs(60),
     );
     assert!(absent.contains("reason: Layer4"), "{absent}");
@@ -372,6 +426,7 @@ fn the_load_balancer_fails_over_when_a_control_planes_api_server_stops() {
     let modes = proj.root().join("overlays/control-plane/etc/piimg-test");
     std::fs::create_dir_all(&modes).unwrap();
     std::fs::write(modes.join("apiserver-control"), b"").unwrap();
+    std::fs::write(modes.join("kubelet-pods"), ping_lines(&CONTROL_PLANES)).unwrap();
     let (front, control) = (common::free_port(), common::free_port());
     let _down = Down(&proj);
     let t = Instant::now();
@@ -432,6 +487,8 @@ fn the_load_balancer_fails_over_when_a_control_planes_api_server_stops() {
         "[haproxy] Server kube-apiservers/qemu-ha-cp2 is UP",
     );
     let downs = haproxy_count(&dir, down_line);
+    // Each control plane reached every other node's address.
+    assert_pings(&dir, &CONTROL_PLANES);
     let stop = common::http_get(control, "/cgi-bin/apiserver?stop");
     assert!(stop.contains("apiserver stop: stopped"), "{stop}");
     let stopped = Instant::now();
