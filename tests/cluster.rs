@@ -524,7 +524,7 @@ fn the_load_balancer_fails_over_when_a_control_planes_api_server_stops() {
 
 /// At a terminal, without `--until`: the table is live (a spinner per node, redrawn in place,
 /// each node going from booting to ready), and Ctrl-C typed at that terminal stops the whole
-/// cluster: exit status 130, no QEMU left, no state behind. `script` gives piimg the terminal
+/// cluster: exit status 130, no QEMU left, no state behind. Then a timeout too short to boot. `script` gives piimg the terminal
 /// and passes on what the test types, as a terminal would.
 #[test]
 fn at_a_terminal_the_table_is_live_and_ctrl_c_stops_every_qemu() {
@@ -618,4 +618,20 @@ fn at_a_terminal_the_table_is_live_and_ctrl_c_stops_every_qemu() {
         "QEMU left behind"
     );
     assert!(!proj.root().join("out/cluster/qemu-ha/state.json").exists());
+
+    // A node not ready in time: exit 1, the node named, the cluster stopped (the image is
+    // built now, so the second is all boot).
+    let late = proj
+        .piimg_cached()
+        .args(["cluster", "up", "--cluster", "qemu-ha", "--until", "ready"])
+        .args(["--timeout", "1"])
+        .run();
+    late.assert_code(1);
+    assert!(
+        late.combined()
+            .contains("timed out after 1 s; not ready: qemu-ha-lb1; cluster qemu-ha stopped"),
+        "{}",
+        late.combined()
+    );
+    assert_eq!(qemus_under(proj.root()), Vec::<i32>::new());
 }
