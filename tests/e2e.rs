@@ -1167,8 +1167,8 @@ fn power_cut_trial(i: usize, cut: &Cut, image: &Path, dir: &Path) -> CutResult {
 /// milestone (growth, image import, kubeadm, log writes...), the card booted again. Each must
 /// reach `ready` with /var filling the card, kubeadm not run again once it had succeeded, its
 /// files and the preloaded image in place, and both ext4 filesystems clean by e2fsck.
-/// PIIMG_POWERCUTS=all runs all 36 cuts (scripts/powercut.sh), PIIMG_POWERCUT_JOBS=2 two at a
-/// time.
+/// PIIMG_POWERCUTS=all runs all 36 cuts (scripts/powercut.sh). Two cards at a time by default
+/// (PIIMG_POWERCUT_JOBS): a guest is one TCG thread, and no other boot runs meanwhile (BOOTS).
 #[test]
 fn power_cuts_during_the_first_boot_leave_a_card_that_boots_to_ready() {
     let _serial = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
@@ -1181,7 +1181,7 @@ fn power_cuts_during_the_first_boot_leave_a_card_that_boots_to_ready() {
     let jobs: usize = std::env::var("PIIMG_POWERCUT_JOBS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(1)
+        .unwrap_or(2)
         .max(1);
     let next = AtomicUsize::new(0);
     let results = Mutex::new(Vec::new());
