@@ -23,6 +23,20 @@ const NODES: [(&str, &str); 3] = [
     ("qemu-ha-w2", "10.77.0.22"),
 ];
 
+/// `cluster up --cluster qemu-ha --until ready` with the Kubernetes stand-ins and `forwards`
+/// (HOSTPORT:NODE:GUESTPORT), run to its end.
+fn up_until_ready(proj: &Project, timeout_secs: u32, forwards: &[String]) -> common::piimg::Run {
+    let mut up = proj
+        .piimg_cached()
+        .args(["cluster", "up", "--cluster", "qemu-ha", "--until", "ready"])
+        .arg("--timeout")
+        .arg(timeout_secs.to_string());
+    for f in forwards {
+        up = up.arg("--forward").arg(f);
+    }
+    up.standins(&KUBE_STANDINS).run()
+}
+
 /// The load balancer and the control planes, for the failover test.
 const CONTROL_PLANES: [(&str, &str); 4] = [
     ("qemu-ha-lb1", "10.77.0.10"),
@@ -196,22 +210,14 @@ fn a_cluster_boots_on_one_virtual_lan_gets_its_time_there_and_goes_down_without_
     )
     .unwrap();
     let ports: Vec<u16> = NODES.iter().map(|_| common::free_port()).collect();
-    let mut up = proj.piimg_cached().args([
-        "cluster",
-        "up",
-        "--cluster",
-        "qemu-ha",
-        "--until",
-        "ready",
-        "--timeout",
-        "400",
-    ]);
-    for ((node, _), port) in NODES.iter().zip(&ports) {
-        up = up.arg("--forward").arg(format!("{port}:{node}:7780"));
-    }
+    let forwards: Vec<String> = NODES
+        .iter()
+        .zip(&ports)
+        .map(|((node, _), port)| format!("{port}:{node}:7780"))
+        .collect();
     let _down = Down(&proj);
     let t = Instant::now();
-    let run = up.standins(&KUBE_STANDINS).run();
+    let run = up_until_ready(&proj, 400, &forwards);
     let wall = t.elapsed();
     eprintln!("{}", run.combined());
     run.assert_ok();
@@ -430,24 +436,14 @@ fn the_load_balancer_fails_over_when_a_control_planes_api_server_stops() {
     let (front, control) = (common::free_port(), common::free_port());
     let _down = Down(&proj);
     let t = Instant::now();
-    let run = proj
-        .piimg_cached()
-        .args([
-            "cluster",
-            "up",
-            "--cluster",
-            "qemu-ha",
-            "--until",
-            "ready",
-            "--timeout",
-            "500",
-        ])
-        .arg("--forward")
-        .arg(format!("{front}:qemu-ha-lb1:6443"))
-        .arg("--forward")
-        .arg(format!("{control}:qemu-ha-cp2:7781"))
-        .standins(&KUBE_STANDINS)
-        .run();
+    let run = up_until_ready(
+        &proj,
+        500,
+        &[
+            format!("{front}:qemu-ha-lb1:6443"),
+            format!("{control}:qemu-ha-cp2:7781"),
+        ],
+    );
     eprintln!("{}", run.combined());
     run.assert_ok();
     eprintln!(
